@@ -1,0 +1,89 @@
+"""TraceRL's trajectory-aware likelihood: replay the steps the sampler actually took.
+
+For shrinkage s, the distinct steps of each block are grouped s at a time. Pass k masks,
+in every block at once, the tokens decoded at or after the first step of that block's
+k-th group, and scores the tokens decoded in that group (Wang et al., 2025, "Revolutionizing
+Reinforcement Learning Framework for Diffusion Large Language Models", TraceRL). A response
+thus costs ceil(max steps per block / s) forward passes, not total_steps / s.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from algorithms.packing import pack_noisy
+from rollout.models import DiffusionLM
+from rollout.trajectory import Trajectory
+
+
+def trace_pass_index(step_map: Sequence[int], prompt_len: int, block_size: int, shrink: int) -> list[int]:
+    """Pass in which each completion token is scored: its step group's rank inside its block.
+
+    >>> # block size 2, prompt of 2: blocks {0,1} and {2,3}; steps 0,1 then 2,2
+    >>> trace_pass_index([1, 0, 2, 2], prompt_len=2, block_size=2, shrink=1)
+    [1, 0, 0, 0]
+    """
+    if shrink < 1:
+        raise ValueError("shrink must be >= 1")
+    blocks: dict[int, list[int]] = {}
+    for c, step in enumerate(step_map):
+        blocks.setdefault((prompt_len + c) // block_size, []).append(step)
+    rank = {b: {s: i for i, s in enumerate(sorted(set(st)))} for b, st in blocks.items()}
+    return [rank[(prompt_len + c) // block_size][s] // shrink for c, s in enumerate(step_map)]
+
+
+def trace_logprobs(
+    lm: DiffusionLM, trajs: Sequence[Trajectory], shrink: int = 1, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-token log-probs of sampled completions on the trajectory the sampler took.
+
+    Returns:
+        logp: [N, C] log-prob of each completion token (0 at padding), differentiable.
+        mask: [N, C] bool, True for real completion tokens.
+        entropy: [N, C] entropy of the sampling distribution at each token (if asked), detached.
+    """
+    if lm.family.attention != "block":
+        raise NotImplementedError("TraceRL for full-attention families is not implemented yet")
+    temps = {t.temperature for t in trajs}
+    if len(temps) != 1:
+        raise ValueError(f"a TraceRL batch must share one sampling temperature, got {sorted(temps)}")
+    temperature = temps.pop()
+    bs, device = lm.block_size, lm.device
+    width = max(len(t.completion_ids) for t in trajs)
+    n = len(trajs)
+    passes = [trace_pass_index(t.step_map, len(t.prompt_ids), bs, shrink) for t in trajs]
+    mask = torch.zeros((n, width), dtype=torch.bool, device=device)
+    targets = torch.zeros((n, width), dtype=torch.long, device=device)
+    for i, t in enumerate(trajs):
+        mask[i, : len(t.completion_ids)] = True
+        targets[i, : len(t.completion_ids)] = torch.tensor(t.completion_ids)
+    pass_of = torch.full((n, width), -1, dtype=torch.long, device=device)
+    for i, p in enumerate(passes):
+        pass_of[i, : len(p)] = torch.tensor(p)
+
+    dtype = torch.promote_types(lm.model.dtype, torch.float32)
+    logp = torch.zeros((n, width), device=device, dtype=dtype)
+    entropy = torch.zeros((n, width), device=device, dtype=dtype) if with_entropy else None
+    for k in range(max(max(p) for p in passes) + 1):
+        rows = [i for i, p in enumerate(passes) if max(p) >= k]
+        packed = pack_noisy(
+            [trajs[i].prompt_ids for i in rows],
+            [trajs[i].completion_ids for i in rows],
+            [[q >= k for q in passes[i]] for i in rows],
+            bs,
+            lm.mask_id,
+            lm.pad_id,
+            device,
+        )
+        logits = lm.forward_logits(packed.input_ids, packed.position_ids, packed.allowed, packed.select)
+        lp = lm.sampling_logprobs(logits, temperature)  # [r, Cr, V]
+        r_idx = torch.tensor(rows, device=device)
+        c = lp.shape[1]
+        tok_lp = lp.gather(-1, targets[r_idx, :c, None]).squeeze(-1)  # [r, Cr]
+        ri, ci = (pass_of[r_idx, :c] == k).nonzero(as_tuple=True)  # tokens decoded in this step group
+        logp = logp.index_put((r_idx[ri], ci), tok_lp[ri, ci])
+        if entropy is not None:
+            entropy[r_idx[ri], ci] = torch.special.entr(lp[ri, ci].detach().exp()).sum(-1)
+    return logp, mask, entropy

@@ -1,0 +1,1 @@
+"""The unmask driver: config, CLI, trainer loop, learner actor, data, checkpoints, logging."""

@@ -1,0 +1,211 @@
+"""Run configuration: typed, documented, validated with errors that name key and file.
+
+Each field's description is its documentation (shown by `unmask train --help-config`).
+Unknown keys are errors, with a did-you-mean suggestion; values are checked for type
+and range; cross-field rules live in one validator per model.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    path: str = Field(description="Local directory (or hub id) of the policy's base checkpoint.")
+    block_size: int | None = Field(None, ge=1, description="Tokens per block; default: the checkpoint's config.block_size.")
+
+
+class TaskConfig(_Section):
+    name: Literal["arithmetic"] = Field("arithmetic", description="Synthetic task providing prompts and the exact verifier.")
+    digits: int = Field(3, ge=1, le=9, description="Operand width of the arithmetic task.")
+    heldout_size: int = Field(500, ge=1, description="Held-out problems scored before and after RL.")
+
+
+class SamplingConfig(_Section):
+    strategy: Literal["static", "threshold"] = Field("static", description="static: fixed steps per block; threshold: dynamic confidence threshold.")
+    steps_per_block: int | None = Field(None, ge=1, description="Static strategy: denoising steps per block (default block_size).")
+    threshold: float = Field(0.9, gt=0.0, le=1.0, description="Threshold strategy: commit tokens whose confidence exceeds this.")
+    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature; 0 is greedy. Log-probs use logits / temperature.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Generation budget; default: the task's answer length + EOS.")
+
+
+class RolloutConfig(_Section):
+    num_workers: int = Field(1, ge=1, description="RolloutWorker Ray actors; prompts are split evenly across them.")
+    prompts_per_step: int = Field(16, ge=1, description="Distinct prompts per RL step.")
+    samples_per_prompt: int = Field(8, ge=1, description="Completions per prompt (the GRPO group size).")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Decoding used for training rollouts.")
+
+
+class RewardSpec(_Section):
+    name: str = Field(description="Built-in reward name, 'package.module:function', or an 'unmask.rewards' entry point.")
+    weight: float = Field(1.0, description="Weight of this reward in the total.")
+
+
+class AlgorithmConfig(_Section):
+    estimator: Literal["trace"] = Field("trace", description="Likelihood estimator; 'trace' replays the recorded step map (TraceRL).")
+    shrink: int = Field(1, ge=1, description="TraceRL shrinkage s: consecutive decoding steps merged into one training step.")
+    advantage: Literal["zscore", "mean", "loo"] = Field("zscore", description="Group advantage: GRPO z-score, mean-centred (Dr. GRPO) or leave-one-out.")
+    eps_low: float = Field(0.2, ge=0.0, description="Lower clip of the importance ratio (1 - eps_low).")
+    eps_high: float = Field(0.2, ge=0.0, description="Upper clip of the importance ratio (1 + eps_high); DAPO raises it to 0.28.")
+    beta: float = Field(0.0, ge=0.0, description="Weight of the k3 KL penalty to the initial policy; 0 skips the reference model.")
+    loss_norm: Literal["token", "sequence"] = Field("token", description="Loss averaging: over all tokens of a minibatch, or per sequence then over sequences.")
+    lr: float = Field(1e-4, gt=0.0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, gt=0.0, description="Max global gradient norm.")
+    minibatches: int = Field(1, ge=1, description="Optimizer steps per rollout batch (the batch is split this many ways).")
+    epochs: int = Field(1, ge=1, description="Passes over each rollout batch (mu); old log-probs are taken before the first.")
+
+
+class EvalConfig(_Section):
+    every: int = Field(0, ge=0, description="Score the held-out split every N RL steps (0: only before and after training).")
+    sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(temperature=0.0), description="Decoding for held-out evaluation (greedy by default)."
+    )
+
+
+class WandbConfig(_Section):
+    mode: Literal["offline", "online", "disabled"] = Field("offline", description="wandb mode; offline writes under the run directory.")
+    project: str = Field("unmask", description="wandb project.")
+
+
+class TrainConfig(_Section):
+    steps: int = Field(40, ge=1, description="RL steps (rollout + update) in the run.")
+    seed: int = Field(0, description="Seed for data order, sampling and minibatch shuffling.")
+    save_every: int = Field(10, ge=1, description="Write a resumable checkpoint every N steps (and at the end).")
+    output_dir: str = Field("runs/quickstart", description="Run directory (config copy, metrics.jsonl, checkpoints, plots).")
+    threads: int | None = Field(None, ge=1, description="torch threads per actor; default: all cores (stages run one at a time).")
+
+
+class RunConfig(_Section):
+    """An RL run: `unmask train CONFIG`."""
+
+    model: ModelConfig
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    rewards: list[RewardSpec] = Field(default_factory=list, description="Training rewards; empty means the task's verifier.")
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> "RunConfig":
+        if self.rollout.sampling.temperature == 0 and self.rollout.samples_per_prompt > 1:
+            raise ValueError(
+                "rollout.sampling.temperature is 0 (greedy) but rollout.samples_per_prompt > 1: every sample of a "
+                "group would be identical and get zero advantage; set a temperature > 0"
+            )
+        return self
+
+
+class ArchConfig(_Section):
+    hidden_size: int = Field(128, ge=8, description="Transformer width.")
+    num_layers: int = Field(4, ge=1, description="Transformer layers.")
+    num_heads: int = Field(4, ge=1, description="Attention heads.")
+    num_kv_heads: int = Field(2, ge=1, description="Key/value heads (GQA).")
+    intermediate_size: int = Field(512, ge=8, description="MLP width.")
+    block_size: int = Field(4, ge=1, description="Tokens per diffusion block.")
+
+
+class SFTConfig(_Section):
+    """Block-diffusion SFT from scratch or from a checkpoint: `unmask sft CONFIG`."""
+
+    init: str | None = Field(None, description="Checkpoint to start from; None builds a fresh tiny model from `arch`.")
+    arch: ArchConfig = Field(default_factory=ArchConfig, description="Architecture of a fresh tiny model.")
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    steps: int = Field(1500, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(64, ge=1, description="Sequences per step.")
+    lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate (linear warmup over 5% of steps, then constant).")
+    seed: int = Field(0, description="Seed for model init, data and masks.")
+    eval_every: int = Field(250, ge=1, description="Held-out greedy accuracy every N steps.")
+    eval_size: int = Field(200, ge=1, description="Held-out problems per evaluation during SFT.")
+    output_dir: str = Field("runs/sft", description="Where the final model (transformers format) is written.")
+    threads: int | None = Field(None, ge=1, description="torch threads; default all cores.")
+
+
+class ConfigError(ValueError):
+    """A config file failed validation; the message names file, key and fix."""
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, schema: type[BaseModel] = RunConfig):
+    """Read a YAML config, apply `key.sub=value` overrides, and validate it.
+
+    Raises ConfigError with one line per problem: `FILE: key.path: message`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p} is not a section")
+        node[leaf] = yaml.safe_load(value)
+    try:
+        return schema.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, path, schema)) from None
+
+
+def _format_errors(err: ValidationError, path: Path, schema: type[BaseModel]) -> str:
+    lines = [f"{path}: invalid config ({err.error_count()} problem{'s' if err.error_count() > 1 else ''})"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            known = _fields_at(schema, e["loc"][:-1])
+            close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
+            msg = "unknown key" + (f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}")
+        elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict):
+            msg += f" (got {e['input']!r})"
+        lines.append(f"  {path}: {loc or '<top>'}: {msg}")
+    return "\n".join(lines)
+
+
+def _fields_at(schema: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    model = schema
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        ann = model.model_fields[part].annotation
+        args = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        elif args:
+            model = args[0]
+        else:
+            return []
+    return sorted(model.model_fields)
+
+
+def config_help(schema: type[BaseModel] = RunConfig, prefix: str = "") -> str:
+    """Every config key with its type, default and description, for `--help-config`."""
+    out = []
+    for name, f in schema.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.append(config_help(ann, prefix + name + "."))
+            continue
+        default = "required" if f.is_required() else repr(f.get_default(call_default_factory=False))
+        out.append(f"{prefix}{name} = {default}\n    {f.description or ''}")
+    return "\n".join(out)

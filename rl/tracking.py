@@ -1,0 +1,83 @@
+"""Metrics: metrics.jsonl (the source of truth), wandb (offline by default), and plots."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLogger:
+    """Append one JSON line per step to RUN_DIR/metrics.jsonl and mirror it to wandb.
+
+    wandb runs offline under RUN_DIR/wandb unless the config asks for online; `wandb sync`
+    uploads an offline run later.
+    """
+
+    def __init__(self, run_dir: Path, wandb_mode: str = "offline", project: str = "unmask", config: dict | None = None, resume_step: int | None = None):
+        self.path = run_dir / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():
+            # Drop lines past the checkpoint we resume from, so a crashed run leaves no duplicates.
+            keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in keep))
+        self._wandb = None
+        if wandb_mode != "disabled":
+            os.environ.setdefault("WANDB_SILENT", "true")
+            import wandb
+
+            self._wandb = wandb.init(
+                project=project, mode=wandb_mode, dir=str(run_dir), config=config, name=run_dir.name, reinit="finish_previous"
+            )
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        record = {"step": step, **metrics}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._wandb is not None:
+            self._wandb.log(metrics, step=step)
+
+    def close(self) -> None:
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """All records of RUN_DIR/metrics.jsonl, in order."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """PNG of reward, accuracy (train and held-out), loss and KL against the RL step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(run_dir)
+    out = Path(out) if out else Path(run_dir) / "curves.png"
+    panels = [
+        ("reward", ["reward/mean"]),
+        ("accuracy", ["accuracy/train", "accuracy/heldout"]),
+        ("loss", ["loss/policy"]),
+        ("KL / entropy", ["kl", "entropy"]),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    for ax, (title, keys) in zip(axes, panels):
+        for key in keys:
+            pts = [(r["step"], r[key]) for r in records if key in r and r[key] is not None]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker="o" if key.endswith("heldout") else None, label=key)
+        ax.set_title(title)
+        ax.set_xlabel("RL step")
+        ax.grid(alpha=0.3)
+        if any(k in r for r in records for k in keys):
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

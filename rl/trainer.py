@@ -1,0 +1,246 @@
+"""The RL driver: Ray actors for rollout and learning, and the step loop.
+
+One step reads: rollout -> score -> advantages -> update -> sync_weights, each stage
+timed as timing_s/<stage>. Light work (scoring the synthetic task, advantages) runs on
+the driver; decoding and learning run in actors. Weights travel learner -> object store
+-> workers, never through disk.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import ray
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from algorithms.advantages import group_advantages
+from rewards import get_reward, score
+from rl.checkpoint import checkpoint_dir, latest_checkpoint, read_trainer_state, write_trainer_state
+from rl.config import RunConfig, SamplingConfig
+from rl.learner import Learner
+from rl.tasks import make_task
+from rl.tracking import MetricsLogger, plot_run
+from rollout.engine import SamplingParams
+from rollout.trajectory import Trajectory
+from rollout.worker import RolloutWorker
+
+
+def sampling_params(s: SamplingConfig, default_max_new: int) -> SamplingParams:
+    return SamplingParams(
+        max_new_tokens=s.max_new_tokens or default_max_new,
+        strategy=s.strategy,
+        steps_per_block=s.steps_per_block,
+        threshold=s.threshold,
+        temperature=s.temperature,
+    )
+
+
+def split_evenly(items: Sequence[Any], n: int) -> list[list[Any]]:
+    """Split into n contiguous, near-equal chunks (order kept)."""
+    k, r = divmod(len(items), n)
+    out, i = [], 0
+    for j in range(n):
+        size = k + (1 if j < r else 0)
+        out.append(list(items[i : i + size]))
+        i += size
+    return out
+
+
+class Trainer:
+    """Runs `unmask train`. Construct, then call `train()`."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = False):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir or cfg.train.output_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.task = make_task(cfg.task.name, digits=cfg.task.digits)
+        self.verifier = get_reward(self.task.reward)
+        specs = cfg.rewards or []
+        self.reward_fns = [get_reward(s.name) for s in specs] or [self.verifier]
+        self.reward_weights = [s.weight for s in specs] or [1.0]
+        self.train_params = sampling_params(cfg.rollout.sampling, self.task.max_new_tokens)
+        self.eval_params = sampling_params(cfg.eval.sampling, self.task.max_new_tokens)
+        self.resume_from = latest_checkpoint(self.run_dir) if resume else None
+        if resume and self.resume_from is None:
+            raise FileNotFoundError(f"--resume: no complete checkpoint under {self.run_dir / 'checkpoints'}")
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+
+        threads = cfg.train.threads or os.cpu_count() or 1
+        if not ray.is_initialized():
+            ray.init(num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        # Stages run one after another, so every actor may use all cores while it works.
+        share = 1.0 / (cfg.rollout.num_workers + 1)
+        self.learner = ray.remote(Learner).options(num_cpus=share).remote(cfg)
+        self.workers = [
+            ray.remote(RolloutWorker).options(num_cpus=share).remote(cfg.model.path, cfg.model.block_size, threads)
+            for _ in range(cfg.rollout.num_workers)
+        ]
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
+
+    # -- Ray plumbing: the one place that fans work out to the rollout workers -------------
+    def _on_workers(self, items: Sequence[Any], seed: int, params: SamplingParams) -> list[Trajectory]:
+        chunks = split_evenly(items, len(self.workers))
+        futures = []
+        for w, (worker, chunk) in enumerate(zip(self.workers, chunks)):
+            if chunk:
+                prompts, groups, cols = zip(*chunk)
+                futures.append(worker.generate.remote(list(prompts), params, seed * 7919 + w, list(groups), list(cols)))
+        return [t for part in ray.get(futures) for t in part]
+
+    def sync_weights(self, version: int) -> None:
+        ref = self.learner.get_weights.remote()  # stays in the object store; workers fetch it directly
+        ray.get([w.load_weights.remote(ref, version) for w in self.workers])
+
+    # -- stages ----------------------------------------------------------------------------
+    def rollout(self, step: int) -> list[Trajectory]:
+        rows = self.task.train_rows(self.cfg.rollout.prompts_per_step, self.cfg.train.seed, step)
+        items = [
+            (self.tokenizer(r["prompt"])["input_ids"], g, r)
+            for g, r in enumerate(rows)
+            for _ in range(self.cfg.rollout.samples_per_prompt)
+        ]
+        return self._on_workers(items, seed=self.cfg.train.seed * 1_000_003 + step, params=self.train_params)
+
+    def score(self, trajs: Sequence[Trajectory]) -> tuple[list[float], dict[str, float]]:
+        prompts = [t.columns["prompt"] for t in trajs]
+        completions = [t.text for t in trajs]
+        columns = {k: [t.columns[k] for t in trajs] for k in trajs[0].columns if k != "prompt"}
+        total, per_fn, errors = score(self.reward_fns, self.reward_weights, prompts, completions, columns)
+        correct = self.verifier(prompts, completions, **columns)
+        metrics: dict[str, float] = {"accuracy/train": float(np.mean([c == 1.0 for c in correct]))}
+        for name, values in per_fn.items():
+            vals = [v for v in values if v is not None]
+            metrics[f"reward/{name}/mean"] = float(np.mean(vals)) if vals else float("nan")
+        metrics["reward/failed"] = float(sum(v is None for v in total))
+        for name, err in errors.items():
+            tqdm.write(f"reward {name} failed this step: {err}")
+        # A sample no reward could score gets 0: it is kept (never misaligned), it just earns nothing.
+        return [0.0 if v is None else float(v) for v in total], metrics
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        rows = self.task.heldout_rows(self.cfg.task.heldout_size, seed=0)
+        items = [(self.tokenizer(r["prompt"])["input_ids"], i, r) for i, r in enumerate(rows)]
+        t0 = time.perf_counter()
+        trajs = self._on_workers(items, seed=0, params=self.eval_params)
+        correct = self.verifier([r["prompt"] for r in rows], [t.text for t in trajs], answer=[r["answer"] for r in rows])
+        return {
+            "accuracy/heldout": float(np.mean([c == 1.0 for c in correct])),
+            "eval/nfe_mean": float(np.mean([t.nfe for t in trajs])),
+            "timing_s/eval": time.perf_counter() - t0,
+        }
+
+    # -- the loop --------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        cfg, t_start = self.cfg, time.perf_counter()
+        start, state = 0, {}
+        if self.resume_from is not None:
+            start = ray.get(self.learner.load.remote(str(self.resume_from)))
+            state = read_trainer_state(self.resume_from)
+            print(f"resumed from {self.resume_from} (step {start})")
+        logger = MetricsLogger(self.run_dir, cfg.wandb.mode, cfg.wandb.project, cfg.model_dump(), resume_step=start if state else None)
+        self.sync_weights(version=start)
+
+        if "accuracy_before" in state:
+            acc_before = state["accuracy_before"]
+        else:
+            before = self.evaluate(step=0)
+            acc_before = before["accuracy/heldout"]
+            logger.log(before, step=0)
+            print(f"held-out accuracy before RL: {acc_before:.3f} ({cfg.task.heldout_size} problems)")
+
+        bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc="RL", unit="step")
+        for step in bar:
+            metrics: dict[str, float] = {}
+            t0 = time.perf_counter()
+            trajs = self.rollout(step)
+            metrics["timing_s/rollout"] = t1 = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            rewards, reward_metrics = self.score(trajs)
+            metrics.update(reward_metrics)
+            metrics["timing_s/score"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            adv = group_advantages(torch.tensor(rewards), torch.tensor([t.group for t in trajs]), cfg.algorithm.advantage)
+            grouped = torch.tensor(rewards).view(-1, cfg.rollout.samples_per_prompt)
+            metrics["frac_reward_zero_std"] = float((grouped.std(dim=1) == 0).float().mean())
+            metrics["timing_s/advantages"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            metrics.update(ray.get(self.learner.update.remote(trajs, adv.tolist())))
+            metrics["timing_s/update"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            self.sync_weights(version=step + 1)
+            metrics["timing_s/sync_weights"] = time.perf_counter() - t0
+
+            n_tok = sum(len(t.completion_ids) for t in trajs)
+            metrics.update(
+                {
+                    "reward/mean": float(np.mean(rewards)),
+                    "tokens_per_s": n_tok / t1,
+                    "rollout/nfe_mean": float(np.mean([t.nfe for t in trajs])),
+                    "rollout/tokens_per_forward": n_tok / max(1, sum(t.nfe for t in trajs)),
+                    "rollout/frac_eos": float(np.mean([t.finish_reason == "eos" for t in trajs])),
+                }
+            )
+            done = step + 1
+            if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.train.steps:
+                metrics.update(self.evaluate(done))
+            logger.log(metrics, step=done)
+            bar.set_postfix(
+                reward=f"{metrics['reward/mean']:.2f}", acc=f"{metrics['accuracy/train']:.2f}",
+                loss=f"{metrics['loss/total']:.3f}", kl=f"{metrics['kl']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}",
+            )
+            if done % cfg.train.save_every == 0 or done == cfg.train.steps:
+                wall = state.get("wall_seconds", 0.0) + time.perf_counter() - t_start
+                self.save(done, {"accuracy_before": acc_before, "wall_seconds": wall})
+        bar.close()
+
+        after = self.evaluate(cfg.train.steps)
+        logger.log(after, step=cfg.train.steps)
+        logger.close()
+        wall = time.perf_counter() - t_start
+        summary = {
+            "accuracy_before": acc_before,
+            "accuracy_after": after["accuracy/heldout"],
+            "heldout_size": cfg.task.heldout_size,
+            "steps": cfg.train.steps,
+            "wall_seconds": round(wall, 1),
+            "wall_seconds_total": round(wall + state.get("wall_seconds", 0.0), 1),
+            "run_dir": str(self.run_dir),
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        plot = plot_run(self.run_dir)
+        last = checkpoint_dir(self.run_dir, cfg.train.steps)
+        print(
+            f"\nheld-out accuracy: {acc_before:.3f} -> {summary['accuracy_after']:.3f} "
+            f"({cfg.task.heldout_size} problems, {self.eval_params.strategy} decoding, T={self.eval_params.temperature})\n"
+            f"wall time: {summary['wall_seconds']:.0f}s (this invocation)\n"
+            f"run directory: {self.run_dir}\n"
+            f"  config.yaml, metrics.jsonl, summary.json, {plot.name}, checkpoints/\n"
+            f"resume (e.g. with more steps): unmask train {self.run_dir / 'config.yaml'} --output-dir {self.run_dir} --resume --set train.steps={cfg.train.steps * 2}\n"
+            f"evaluate:                      unmask eval {last} --task {cfg.task.name}"
+        )
+        return summary
+
+    def save(self, step: int, extra: dict[str, Any]) -> Path:
+        ckpt = checkpoint_dir(self.run_dir, step)
+        ckpt.mkdir(parents=True, exist_ok=True)
+        ray.get(self.learner.save.remote(str(ckpt)))
+        write_trainer_state(ckpt, {"step": step, **extra})
+        return ckpt
+
+    def shutdown(self) -> None:
+        for actor in [self.learner, *self.workers]:
+            ray.kill(actor)

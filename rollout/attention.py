@@ -1,0 +1,58 @@
+"""Attention patterns of diffusion LMs, as boolean "may attend" matrices.
+
+Block grid: block boundaries are a property of *absolute* positions
+(block id = position // block_size). When the prompt length is not a multiple
+of block_size, the first generated block is partial: it shares its block with
+the prompt's tail, which is then part of that block's bidirectional context.
+The sampler, the learner's packed forward and SFT all build their masks here,
+so the three always agree on what each token could see.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def block_attention_allowed(block_ids: torch.Tensor, is_noisy: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Block-causal attention over a sequence that may hold a clean and a noisy copy.
+
+    Rules (q = query token, k = key token, blk = absolute block id):
+      - clean q sees clean k with blk(k) <= blk(q)   (block-causal, bidirectional in a block)
+      - noisy q sees clean k with blk(k) <  blk(q)   (committed context before its block)
+      - noisy q sees noisy k with blk(k) == blk(q)   (its own partially masked block)
+      - clean q never sees noisy k.
+    A sequence with no noisy tokens is plain block-causal attention (what the sampler runs).
+
+    Args:
+        block_ids: [B, L] absolute block id of each token.
+        is_noisy:  [B, L] True for tokens of the noisy copy.
+        valid:     [B, L] False for right padding.
+    Returns:
+        [B, L, L] bool, True where query (dim 1) may attend key (dim 2). Padding rows
+        attend to themselves only, so softmax never sees an empty row.
+    """
+    qb, kb = block_ids[:, :, None], block_ids[:, None, :]
+    qn, kn = is_noisy[:, :, None], is_noisy[:, None, :]
+    clean_clean = ~qn & ~kn & (kb <= qb)
+    noisy_clean = qn & ~kn & (kb < qb)
+    noisy_noisy = qn & kn & (kb == qb)
+    allowed = (clean_clean | noisy_clean | noisy_noisy) & valid[:, :, None] & valid[:, None, :]
+    eye = torch.eye(block_ids.shape[1], dtype=torch.bool, device=block_ids.device)[None]
+    return allowed | (eye & ~valid[:, :, None])
+
+
+def full_attention_allowed(valid: torch.Tensor) -> torch.Tensor:
+    """Bidirectional attention among valid tokens: [B, L] -> [B, L, L] bool."""
+    allowed = valid[:, :, None] & valid[:, None, :]
+    eye = torch.eye(valid.shape[1], dtype=torch.bool, device=valid.device)[None]
+    return allowed | (eye & ~valid[:, :, None])
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, L, L] bool -> [B, 1, L, L] additive mask (0 where allowed, dtype min elsewhere).
+
+    transformers passes a ready 4D mask through unchanged; an additive float mask works
+    for both the eager and the SDPA attention kernels.
+    """
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]

@@ -1,0 +1,183 @@
+"""Model-family adapters: loading, attention pattern, logit alignment, special tokens.
+
+Everything that differs between diffusion-LM families lives here, so samplers and
+likelihood estimators are written once:
+
+- attention: "block" (block-causal; SDAR, TraDo, the project's tiny model) or
+  "full" (bidirectional; LLaDA, Dream);
+- logit alignment: aligned (the logit at position p predicts the token at p; LLaDA,
+  SDAR) or shifted (position p-1 predicts p; Dream, DiffuCoder);
+- mask / eos / pad ids, read from the tokenizer or config, never hard-coded.
+
+The walking skeleton implements the block family end to end; the other families
+register here as their samplers land.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import logging as hf_logging
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Qwen3Config, Qwen3ForCausalLM
+
+from rollout.attention import additive_mask, block_attention_allowed
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a model family looks like to the sampler and the learner."""
+
+    name: str
+    attention: str  # "block" | "full"
+    shift_logits: bool
+
+
+FAMILIES = {
+    # Block diffusion on a Qwen3 backbone with aligned logits (SDAR, TraDo, tiny CPU models).
+    "block": Family("block", attention="block", shift_logits=False),
+}
+
+
+class DiffusionLM:
+    """A diffusion LM: a transformers model, its tokenizer and its family.
+
+    Args:
+        model: a causal-LM class from transformers that accepts a 4D attention mask.
+        tokenizer: must define a mask token (and an eos token).
+        family: key of FAMILIES.
+        block_size: tokens per block for block-causal families.
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer, family: str = "block", block_size: int | None = None):
+        if family not in FAMILIES:
+            raise ValueError(f"unknown model family {family!r}; known: {sorted(FAMILIES)}")
+        self.model, self.tokenizer, self.family = model, tokenizer, FAMILIES[family]
+        self.mask_id = _special_id(tokenizer, model.config, "mask_token_id")
+        self.eos_id = _special_id(tokenizer, model.config, "eos_token_id")
+        pad = tokenizer.pad_token_id
+        self.pad_id = self.eos_id if pad is None else pad
+        if self.family.attention == "block":
+            block_size = block_size or getattr(model.config, "block_size", None)
+            if not block_size or block_size < 1:
+                raise ValueError("a block-diffusion model needs block_size >= 1 (config.block_size or argument)")
+        self.block_size = block_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def forward_logits(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        allowed: torch.Tensor,
+        select: torch.Tensor,
+    ) -> torch.Tensor:
+        """Logits predicting the tokens at the `select`ed positions.
+
+        Args:
+            input_ids: [B, L] token ids.
+            position_ids: [B, L] absolute positions (a noisy copy repeats its positions).
+            allowed: [B, L, L] bool attention pattern (rollout.attention).
+            select: [B, K] long indices into L whose tokens we want predicted.
+        Returns:
+            [B, K, V] float logits. Only the selected rows go through the LM head.
+        """
+        mask = additive_mask(allowed, self.model.dtype)
+        hidden = self.model.model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask).last_hidden_state
+        if self.family.shift_logits:
+            # Shifted heads (Dream): the hidden state one position earlier predicts the token.
+            select = (select - 1).clamp(min=0)
+        rows = hidden.gather(1, select[:, :, None].expand(-1, -1, hidden.shape[-1]))  # [B, K, H]
+        return self.model.lm_head(rows)
+
+    def sampling_logprobs(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Log-probs of the distribution tokens are actually sampled from.
+
+        logits / temperature with the mask token excluded (a sampler that can emit the mask
+        id can loop forever). Temperature 0 (greedy) scores under temperature 1. The rollout
+        and the learner both call this, so their log-probs agree by construction.
+        """
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()  # log-softmax in at least fp32
+        else:
+            logits = logits.clone()
+        if temperature > 0:
+            logits = logits / temperature
+        logits[..., self.mask_id] = float("-inf")
+        return torch.log_softmax(logits, dim=-1)
+
+    def block_causal_logits(self, input_ids: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+        """Logits for a plain (unpacked) sequence under this family's attention, positions 0..L-1."""
+        bsz, length = input_ids.shape
+        pos = torch.arange(length, device=input_ids.device).expand(bsz, length)
+        valid = torch.ones_like(input_ids, dtype=torch.bool)
+        allowed = block_attention_allowed(pos // self.block_size, torch.zeros_like(valid), valid)
+        return self.forward_logits(input_ids, pos, allowed, select)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Save weights (safetensors) and tokenizer so transformers can load them back."""
+        self.model.config.block_size = self.block_size
+        self.model.config.unmask_family = self.family.name
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
+
+def _special_id(tokenizer, config, attr: str) -> int:
+    value = getattr(tokenizer, attr, None)
+    if value is None:
+        value = getattr(config, attr, None)
+    if value is None:
+        raise ValueError(f"the tokenizer/config defines no {attr.replace('_id', '')}; a diffusion LM needs one")
+    return int(value)
+
+
+def load_model(path: str | Path, family: str | None = None, block_size: int | None = None, dtype=torch.float32) -> DiffusionLM:
+    """Load a diffusion LM from a local directory (or the hub when the user has network).
+
+    The family defaults to `config.unmask_family` (written by save_pretrained), then "block".
+    """
+    hf_logging.disable_progress_bar()  # a per-tensor loading bar in every actor is noise
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    family = family or getattr(model.config, "unmask_family", None) or "block"
+    return DiffusionLM(model.eval(), tokenizer, family=family, block_size=block_size)
+
+
+def build_tiny_block_lm(
+    tokenizer,
+    block_size: int = 4,
+    hidden_size: int = 128,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 512,
+    max_positions: int = 256,
+    seed: int = 0,
+) -> DiffusionLM:
+    """A randomly initialised block-diffusion LM on the stock Qwen3 architecture (~1M params).
+
+    Embeddings keep the transformers default init (std 0.02); a large init drowns the
+    position signal and the model learns far slower.
+    """
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        head_dim=hidden_size // num_heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        attn_implementation="sdpa",
+    )
+    config.mask_token_id = tokenizer.mask_token_id
+    config.block_size = block_size
+    config.unmask_family = "block"
+    torch.manual_seed(seed)
+    return DiffusionLM(Qwen3ForCausalLM(config).eval(), tokenizer, family="block", block_size=block_size)

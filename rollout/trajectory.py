@@ -1,0 +1,55 @@
+"""The Trajectory record every rollout returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Trajectory:
+    """One sampled completion and how it was decoded.
+
+    Token ids are exactly as sampled; nothing downstream re-tokenises text.
+    """
+
+    prompt_ids: list[int]
+    """Prompt token ids."""
+    completion_ids: list[int]
+    """Sampled ids of every decoded position, EOS included. Block models decode whole
+    blocks, so the block that holds the first EOS is kept entire: its later tokens were
+    part of the context the sampler saw and the learner must replay them."""
+    step_map: list[int]
+    """Per completion token: the 0-based global denoising step at which it was first
+    unmasked. Monotone over blocks (block j's steps come after block j-1's)."""
+    logprobs: list[float]
+    """Per completion token: log-prob under the distribution it was sampled from, at its step."""
+    block_size: int | None
+    """Tokens per block for block models, None for full attention."""
+    temperature: float
+    """Sampling temperature (0 = greedy)."""
+    nfe: int
+    """Forward passes this sample took part in."""
+    finish_reason: str
+    """"eos" if an EOS was decoded, else "length"."""
+    text: str = ""
+    """Completion text up to (not including) the first EOS."""
+    group: int = 0
+    """Index of the prompt this sample belongs to (for group advantages)."""
+    columns: dict[str, Any] = field(default_factory=dict)
+    """The dataset row, handed to reward functions as keyword columns."""
+
+    def __post_init__(self) -> None:
+        n = len(self.completion_ids)
+        if len(self.step_map) != n or len(self.logprobs) != n:
+            raise ValueError(
+                f"Trajectory: completion_ids ({n}), step_map ({len(self.step_map)}) and "
+                f"logprobs ({len(self.logprobs)}) must have the same length"
+            )
+        if self.finish_reason not in ("eos", "length"):
+            raise ValueError(f"Trajectory: finish_reason must be 'eos' or 'length', got {self.finish_reason!r}")
+
+    @property
+    def num_steps(self) -> int:
+        """Number of distinct denoising steps that committed tokens."""
+        return len(set(self.step_map))

@@ -1,0 +1,53 @@
+"""The rollout worker: owns a model copy, takes new weights in memory, generates.
+
+A plain class; rl/ runs it as a Ray actor (`ray.remote(RolloutWorker)`), tests call it
+directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from rollout.engine import SamplingParams, generate
+from rollout.models import load_model
+from rollout.trajectory import Trajectory
+
+
+class RolloutWorker:
+    """Decode prompts with the current policy weights.
+
+    Args:
+        model_path: checkpoint directory to load once at start-up.
+        block_size: override of the checkpoint's block size.
+        threads: torch intra-op threads for this process (None keeps the default).
+    """
+
+    def __init__(self, model_path: str, block_size: int | None = None, threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        self.lm = load_model(model_path, block_size=block_size)
+        self.weights_version = 0
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor], version: int | None = None) -> int:
+        """Replace the policy weights in memory (no disk); returns the new weights version."""
+        missing, unexpected = self.lm.model.load_state_dict(state_dict, strict=False)
+        # Tied embeddings appear once in a state dict; anything else missing is a real mismatch.
+        missing = [k for k in missing if k != "lm_head.weight"]
+        if missing or unexpected:
+            raise ValueError(f"weight sync mismatch: missing={missing[:5]} unexpected={unexpected[:5]}")
+        self.weights_version = self.weights_version + 1 if version is None else version
+        return self.weights_version
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams,
+        seed: int,
+        groups: Sequence[int] | None = None,
+        columns: Sequence[dict[str, Any]] | None = None,
+    ) -> list[Trajectory]:
+        """Decode every prompt; sampling randomness comes from `seed` alone."""
+        generator = torch.Generator(device=self.lm.device).manual_seed(seed)
+        return generate(self.lm, prompts, params, generator, groups=groups, columns=columns)

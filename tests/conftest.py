@@ -1,0 +1,31 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from rollout import build_char_tokenizer, build_tiny_block_lm
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE_CKPT = ROOT / "examples" / "checkpoints" / "arith3-base"
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return build_char_tokenizer()
+
+
+def tiny_lm(tokenizer, block_size=4, double=True, seed=0):
+    """A random tiny block LM; float64 so token-identity tests are not at the mercy of 1e-7 ties."""
+    lm = build_tiny_block_lm(tokenizer, block_size=block_size, hidden_size=64, num_layers=2, intermediate_size=128, seed=seed)
+    if double:
+        lm.model.double()
+    return lm
+
+
+@pytest.fixture
+def lm(tokenizer):
+    return tiny_lm(tokenizer)

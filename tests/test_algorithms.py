@@ -1,0 +1,145 @@
+import math
+
+import pytest
+import torch
+
+from algorithms import group_advantages, k3_kl, policy_loss, trace_logprobs, trace_pass_index
+from algorithms.sft import pad_to_block, random_block_mask, sft_loss
+from rollout import SamplingParams, generate
+
+from .conftest import tiny_lm
+
+
+# -- advantages ---------------------------------------------------------------------------
+def test_group_zscore_matches_hand_computation():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+    g = torch.tensor([0, 0, 0, 0, 1, 1])
+    adv = group_advantages(r, g, "zscore")
+    std = math.sqrt(((0.5**2) * 4) / 3)  # Bessel-corrected std of [1, 0, 0, 1]
+    assert adv[:4].tolist() == pytest.approx([0.5 / std, -0.5 / std, -0.5 / std, 0.5 / std], rel=1e-5)
+    assert adv[4:].tolist() == [0.0, 0.0]  # zero-variance group contributes nothing
+
+
+def test_leave_one_out_and_mean_modes_with_interleaved_groups():
+    r = torch.tensor([3.0, 10.0, 1.0, 20.0, 2.0])
+    g = torch.tensor([7, 9, 7, 9, 7])  # groups interleaved, arbitrary ids
+    loo = group_advantages(r, g, "loo")
+    assert loo.tolist() == pytest.approx([3 - 1.5, 10 - 20, 1 - 2.5, 20 - 10, 2 - 2.0])
+    assert group_advantages(r, g, "mean").tolist() == pytest.approx([1.0, -5.0, -1.0, 5.0, 0.0])
+    with pytest.raises(ValueError, match="advantage mode"):
+        group_advantages(r, g, "median")
+
+
+# -- losses -------------------------------------------------------------------------------
+def test_policy_loss_clips_like_ppo_by_hand():
+    logp = torch.log(torch.tensor([[1.5, 0.5, 1.0]]))  # ratios 1.5, 0.5, 1.0 against old = 0
+    old = torch.zeros(1, 3)
+    mask = torch.tensor([[True, True, True]])
+    loss, m = policy_loss(logp, old, torch.tensor([2.0]), mask, eps_low=0.2, eps_high=0.2)
+    # A > 0: per token max(-A r, -A clip(r)) = -2*min(r, clip r) = -2*1.2, -2*0.5, -2*1.0
+    assert loss.item() == pytest.approx((-2.4 - 1.0 - 2.0) / 3, rel=1e-6)
+    assert m["clipfrac"] == pytest.approx(1 / 3)
+    loss_neg, _ = policy_loss(logp, old, torch.tensor([-1.0]), mask, eps_low=0.2, eps_high=0.2)
+    # A < 0: per token max(r, clip r) = 1.5, 0.8, 1.0
+    assert loss_neg.item() == pytest.approx((1.5 + 0.8 + 1.0) / 3, rel=1e-6)
+
+
+def test_policy_loss_kl_and_sequence_norm():
+    logp = torch.log(torch.tensor([[0.5, 0.25, 1.0], [0.5, 1.0, 1.0]]))
+    ref = torch.log(torch.tensor([[0.25, 0.25, 1.0], [1.0, 1.0, 1.0]]))
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    k3 = k3_kl(logp, ref)
+    assert k3[0, 0].item() == pytest.approx(0.5 - math.log(0.5) - 1)  # exp(d) - d - 1, d = log(1/2)
+    assert k3[1, 0].item() == pytest.approx(2 - math.log(2) - 1)
+    adv = torch.zeros(2)
+    tok, _ = policy_loss(logp, logp.detach(), adv, mask, ref_logp=ref, beta=0.1, norm="token")
+    seq, _ = policy_loss(logp, logp.detach(), adv, mask, ref_logp=ref, beta=0.1, norm="sequence")
+    assert tok.item() == pytest.approx(0.1 * (k3[0, 0] + k3[0, 1] + k3[1, 0]).item() / 3)
+    assert seq.item() == pytest.approx(0.1 * (((k3[0, 0] + k3[0, 1]) / 2 + k3[1, 0]) / 2).item())
+
+
+def test_policy_gradient_sign():
+    logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    loss, _ = policy_loss(logp, logp.detach(), torch.tensor([1.0]), torch.ones(1, 2, dtype=torch.bool))
+    loss.backward()
+    assert (logp.grad < 0).all()  # minimising the loss raises the log-prob of a good sample
+
+
+# -- TraceRL --------------------------------------------------------------------------------
+def test_trace_pass_index_groups_steps_within_blocks():
+    # prompt 2, block 4: completion tokens 0-1 in block 0 (partial), 2-5 in block 1
+    steps = [1, 0, 5, 2, 3, 2]
+    assert trace_pass_index(steps, 2, 4, shrink=1) == [1, 0, 2, 0, 1, 0]
+    assert trace_pass_index(steps, 2, 4, shrink=2) == [0, 0, 1, 0, 0, 0]
+
+
+@pytest.mark.parametrize("text,shrink", [("047+385=", 1), ("12+34=", 1), ("047+385=", 2)])
+def test_trace_logprobs_match_the_rollout_and_cost_ceil_steps_over_s_passes(tokenizer, text, shrink, monkeypatch):
+    lm = tiny_lm(tokenizer)
+    params = SamplingParams(max_new_tokens=8, temperature=0.7, stop_at_eos=False)
+    trajs = generate(lm, [tokenizer(text)["input_ids"]] * 3, params, torch.Generator().manual_seed(3))
+    calls = []
+    real = lm.forward_logits
+    monkeypatch.setattr(lm, "forward_logits", lambda *a: calls.append(1) or real(*a))
+    logp, mask, _ = trace_logprobs(lm, trajs, shrink=shrink)
+    assert len(calls) == math.ceil(4 / shrink)  # one packed pass per step group, all blocks at once
+    if shrink == 1:  # the replay sees exactly the sampler's context
+        for i, t in enumerate(trajs):
+            assert torch.allclose(logp[i, : len(t.logprobs)], torch.tensor(t.logprobs, dtype=logp.dtype), atol=1e-9)
+
+
+def test_block_size_one_trace_equals_sequential_likelihood(tokenizer):
+    """Autoregression is block diffusion with block size 1: the TraceRL log-prob must be the
+    exact left-to-right log-likelihood."""
+    lm = tiny_lm(tokenizer, block_size=1)
+    prompt = tokenizer("12+34=")["input_ids"]
+    (t,) = generate(lm, [prompt], SamplingParams(max_new_tokens=5, temperature=1.0, stop_at_eos=False), torch.Generator().manual_seed(0))
+    logp, _, _ = trace_logprobs(lm, [t], shrink=1)
+    seq, total = prompt + t.completion_ids, 0.0
+    for c, tok in enumerate(t.completion_ids):
+        x = torch.tensor([seq[: len(prompt) + c] + [lm.mask_id]])
+        lp = lm.sampling_logprobs(lm.block_causal_logits(x, torch.tensor([[x.shape[1] - 1]])), 1.0)
+        total += lp[0, 0, tok].item()
+    assert logp.sum().item() == pytest.approx(total, abs=1e-9)
+
+
+def test_trace_logprobs_are_differentiable(tokenizer):
+    lm = tiny_lm(tokenizer, double=False)
+    trajs = generate(lm, [tokenizer("1+2=")["input_ids"]], SamplingParams(max_new_tokens=4), torch.Generator().manual_seed(0))
+    logp, mask, ent = trace_logprobs(lm, trajs, with_entropy=True)
+    logp.sum().backward()
+    assert lm.model.model.embed_tokens.weight.grad.abs().sum() > 0
+    assert (ent[mask] >= 0).all()
+
+
+# -- SFT ----------------------------------------------------------------------------------
+def test_random_block_mask_masks_every_block():
+    g = torch.Generator().manual_seed(0)
+    for plen in range(1, 9):
+        for _ in range(20):
+            m = random_block_mask(plen, 9, 4, g)
+            assert len(m) == 9
+            blocks = {}
+            for c, v in enumerate(m):
+                blocks.setdefault((plen + c) // 4, []).append(v)
+            assert all(any(v) for v in blocks.values())
+    assert pad_to_block(6, [5, 6, 7], 4, 1) == [5, 6, 7, 1, 1, 1] and pad_to_block(8, [5] * 4, 4, 1) == [5] * 4
+
+
+def test_sft_learns_a_fixed_mapping(tokenizer):
+    torch.manual_seed(0)
+    lm = tiny_lm(tokenizer, double=False)
+    opt = torch.optim.AdamW(lm.model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    prompts = [tokenizer("1+1=")["input_ids"], tokenizer("2+2=")["input_ids"]]
+    comps = [tokenizer("02")["input_ids"] + [lm.eos_id] * 2, tokenizer("04")["input_ids"] + [lm.eos_id] * 2]
+    first = None
+    for _ in range(60):
+        loss, _ = sft_loss(lm, prompts, comps, g)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * first
+    out = generate(lm, prompts, SamplingParams(max_new_tokens=4, temperature=0.0))
+    assert [t.text for t in out] == ["02", "04"]

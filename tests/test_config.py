@@ -1,0 +1,69 @@
+import subprocess
+import sys
+
+import pytest
+
+from rl.config import ConfigError, RunConfig, SFTConfig, config_help, load_config
+
+from .conftest import ROOT
+
+
+def write(tmp_path, text):
+    p = tmp_path / "run.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_shipped_configs_validate():
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml")
+    assert cfg.rollout.samples_per_prompt == 8 and cfg.algorithm.estimator == "trace"
+    assert load_config(ROOT / "configs" / "sft_quickstart.yaml", schema=SFTConfig).arch.block_size == 4
+
+
+def test_unknown_key_names_file_key_and_suggestion(tmp_path):
+    p = write(tmp_path, "model: {path: x}\nalgorithm:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert str(p) in msg and "algorithm.lrr" in msg and "did you mean 'lr'" in msg
+
+
+def test_wrong_type_and_range(tmp_path):
+    p = write(tmp_path, "model: {path: x}\nrollout:\n  samples_per_prompt: many\ntrain:\n  steps: 0\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert "rollout.samples_per_prompt" in msg and "'many'" in msg
+    assert "train.steps" in msg and "greater than or equal to 1" in msg and "2 problems" in msg
+
+
+def test_missing_required_and_bad_literal(tmp_path):
+    with pytest.raises(ConfigError, match=r"model: Field required"):
+        load_config(write(tmp_path, "train: {steps: 3}\n"))
+    with pytest.raises(ConfigError, match=r"algorithm.advantage: Input should be"):
+        load_config(write(tmp_path, "model: {path: x}\nalgorithm: {advantage: max}\n"))
+
+
+def test_overrides_and_cross_field_rule(tmp_path):
+    p = write(tmp_path, "model: {path: x}\n")
+    cfg = load_config(p, ["algorithm.lr=5e-5", "rollout.sampling.strategy=threshold"])
+    assert cfg.algorithm.lr == 5e-5 and cfg.rollout.sampling.strategy == "threshold"
+    with pytest.raises(ConfigError, match="temperature is 0"):
+        load_config(p, ["rollout.sampling.temperature=0"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(p, ["algorithm.lr"])
+
+
+def test_every_field_is_documented():
+    text = config_help(RunConfig) + config_help(SFTConfig)
+    assert "algorithm.shrink" in text and "rollout.sampling.threshold" in text
+    for line in text.splitlines():
+        if line.startswith("    "):
+            assert line.strip(), "a config field without a description"
+
+
+def test_cli_reports_config_errors_with_exit_code_2(tmp_path):
+    p = write(tmp_path, "model: {path: x}\nrolout: {}\n")
+    res = subprocess.run([sys.executable, "-m", "rl.cli", "train", str(p)], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 2
+    assert "rolout: unknown key; did you mean 'rollout'?" in res.stderr

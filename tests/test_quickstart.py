@@ -1,0 +1,24 @@
+"""The README's quickstart, in full: the accuracy bar of the walking skeleton (slow)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import ROOT
+
+
+@pytest.mark.slow
+def test_quickstart_raises_heldout_accuracy(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "rl.cli", "train", "configs/quickstart.yaml", "--output-dir", str(tmp_path), "--set", "wandb.mode=disabled"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    s = json.loads((tmp_path / "summary.json").read_text())
+    gain = s["accuracy_after"] - s["accuracy_before"]
+    halved = (1 - s["accuracy_after"]) <= 0.5 * (1 - s["accuracy_before"])
+    assert s["heldout_size"] >= 500
+    assert gain >= 0.10 or halved, s
+    assert s["wall_seconds"] < 600, s

@@ -1,0 +1,72 @@
+import copy
+
+import pytest
+import torch
+
+from rl.config import RunConfig
+from rl.learner import Learner
+from rollout import SamplingParams
+from rollout.worker import RolloutWorker
+
+from .conftest import BASE_CKPT
+
+
+def run_cfg(**algo):
+    return RunConfig.model_validate(
+        {"model": {"path": str(BASE_CKPT)}, "algorithm": {"lr": 1e-3, "minibatches": 2, **algo}, "wandb": {"mode": "disabled"}}
+    )
+
+
+def rollouts(worker, tok, n=8, seed=0):
+    prompts = [tok("123+456=")["input_ids"], tok("507+045=")["input_ids"]] * (n // 2)
+    return worker.generate(prompts, SamplingParams(max_new_tokens=5, temperature=1.0), seed=seed, groups=[0, 1] * (n // 2))
+
+
+def test_worker_rollouts_change_after_an_in_memory_weight_update():
+    worker = RolloutWorker(str(BASE_CKPT))
+    tok = worker.lm.tokenizer
+    before = [t.completion_ids for t in rollouts(worker, tok)]
+    assert [t.completion_ids for t in rollouts(worker, tok)] == before  # same seed, same weights
+    state = {k: v + 0.05 * torch.randn_like(v) for k, v in worker.lm.model.state_dict().items()}
+    assert worker.load_weights(state, version=3) == 3
+    after = [t.completion_ids for t in rollouts(worker, tok)]
+    assert after != before
+    with pytest.raises(ValueError, match="weight sync mismatch"):
+        worker.load_weights({"bogus.weight": torch.zeros(1)})
+
+
+def test_update_moves_every_parameter_and_logp_matches_rollout():
+    learner = Learner(run_cfg(beta=0.05))
+    worker = RolloutWorker(str(BASE_CKPT))
+    trajs = rollouts(worker, worker.lm.tokenizer, n=16)
+    start = {k: v.clone() for k, v in learner.lm.model.named_parameters()}
+    adv = torch.linspace(-1, 1, len(trajs)).tolist()
+    m = learner.update(trajs, adv)
+    assert m["logp_mismatch"] < 1e-4  # learner replays the rollout's own log-probs
+    assert learner.step == 1
+    for name, p in learner.lm.model.named_parameters():
+        assert not torch.equal(p, start[name]), f"{name} did not change"
+    for name, p in learner.ref.model.named_parameters():  # the reference stays the initial policy
+        assert torch.equal(p, start[name])
+    with pytest.raises(ValueError, match="advantages"):
+        learner.update(trajs, adv[:-1])
+
+
+def test_checkpoint_restores_step_optimizer_and_the_next_update(tmp_path):
+    worker = RolloutWorker(str(BASE_CKPT))
+    b1 = rollouts(worker, worker.lm.tokenizer, n=8, seed=1)
+    b2 = rollouts(worker, worker.lm.tokenizer, n=8, seed=2)
+    adv1, adv2 = [1.0, -1.0] * 4, [-0.5, 0.5] * 4
+    a = Learner(run_cfg(beta=0.05))
+    a.update(b1, adv1)
+    a.save(tmp_path / "ckpt")
+    a.update(b2, adv2)
+
+    b = Learner(run_cfg(beta=0.05))
+    assert b.load(tmp_path / "ckpt") == 1 and b.step == 1
+    sa, sb = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
+    assert sb[0]["step"] == 2 * 1  # two minibatches per update
+    b.update(b2, adv2)
+    for (name, pa), (_, pb) in zip(a.lm.model.named_parameters(), b.lm.model.named_parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6), name
+    assert all(torch.allclose(sa[k]["exp_avg_sq"], b.optimizer.state_dict()["state"][k]["exp_avg_sq"], atol=1e-9) for k in sa)
