@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 
 
-def block_attention_allowed(block_ids: torch.Tensor, is_noisy: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def block_attention_allowed(
+    block_ids: torch.Tensor, is_noisy: torch.Tensor, valid: torch.Tensor, query_start: int = 0
+) -> torch.Tensor:
     """Block-causal attention over a sequence that may hold a clean and a noisy copy.
 
     Rules (q = query token, k = key token, blk = absolute block id):
@@ -26,19 +28,24 @@ def block_attention_allowed(block_ids: torch.Tensor, is_noisy: torch.Tensor, val
     Args:
         block_ids: [B, L] absolute block id of each token.
         is_noisy:  [B, L] True for tokens of the noisy copy.
-        valid:     [B, L] False for right padding.
+        valid:     [B, L] False for padding.
+        query_start: only queries at index >= query_start are returned (a KV-cached step
+            whose earlier tokens are already in the cache).
     Returns:
-        [B, L, L] bool, True where query (dim 1) may attend key (dim 2). Padding rows
-        attend to themselves only, so softmax never sees an empty row.
+        [B, L - query_start, L] bool, True where query (dim 1) may attend key (dim 2).
+        Padding rows attend to themselves only, so softmax never sees an empty row (a NaN
+        there would reach real tokens through 0 * NaN in the attention product).
     """
-    qb, kb = block_ids[:, :, None], block_ids[:, None, :]
-    qn, kn = is_noisy[:, :, None], is_noisy[:, None, :]
+    qs = slice(query_start, None)
+    qb, kb = block_ids[:, qs, None], block_ids[:, None, :]
+    qn, kn = is_noisy[:, qs, None], is_noisy[:, None, :]
     clean_clean = ~qn & ~kn & (kb <= qb)
     noisy_clean = qn & ~kn & (kb < qb)
     noisy_noisy = qn & kn & (kb == qb)
-    allowed = (clean_clean | noisy_clean | noisy_noisy) & valid[:, :, None] & valid[:, None, :]
-    eye = torch.eye(block_ids.shape[1], dtype=torch.bool, device=block_ids.device)[None]
-    return allowed | (eye & ~valid[:, :, None])
+    allowed = (clean_clean | noisy_clean | noisy_noisy) & valid[:, qs, None] & valid[:, None, :]
+    length = block_ids.shape[1]
+    eye = (torch.arange(query_start, length, device=block_ids.device)[:, None] == torch.arange(length, device=block_ids.device))[None]
+    return allowed | (eye & ~valid[:, qs, None])
 
 
 def full_attention_allowed(valid: torch.Tensor) -> torch.Tensor:

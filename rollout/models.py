@@ -15,14 +15,19 @@ register here as their samplers land.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import logging as hf_logging
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Qwen3Config, Qwen3ForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Qwen3Config, Qwen3ForCausalLM, Qwen3Model
 
 from rollout.attention import additive_mask, block_attention_allowed
+
+
+# transformers renamed `past_key_values` to `cache` in 5.x; pass whichever this version takes.
+_CACHE_KWARG = "cache" if "cache" in inspect.signature(Qwen3Model.forward).parameters else "past_key_values"
 
 
 @dataclass(frozen=True)
@@ -68,29 +73,36 @@ class DiffusionLM:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def encode(self, input_ids: torch.Tensor, position_ids: torch.Tensor, allowed: torch.Tensor, cache=None) -> torch.Tensor:
+        """Final hidden states [B, Q, H] of the backbone under the given attention pattern."""
+        mask = additive_mask(allowed, self.model.dtype)
+        kwargs = {_CACHE_KWARG: cache, "use_cache": True} if cache is not None else {}
+        return self.model.model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, **kwargs).last_hidden_state
+
     def forward_logits(
         self,
         input_ids: torch.Tensor,
         position_ids: torch.Tensor,
         allowed: torch.Tensor,
         select: torch.Tensor,
+        cache=None,
     ) -> torch.Tensor:
         """Logits predicting the tokens at the `select`ed positions.
 
         Args:
-            input_ids: [B, L] token ids.
-            position_ids: [B, L] absolute positions (a noisy copy repeats its positions).
-            allowed: [B, L, L] bool attention pattern (rollout.attention).
-            select: [B, K] long indices into L whose tokens we want predicted.
+            input_ids: [B, Q] token ids.
+            position_ids: [B, Q] absolute positions (a noisy copy repeats its positions).
+            allowed: [B, Q, K] bool attention pattern (rollout.attention); K = cached + Q.
+            select: [B, S] long indices into Q whose tokens we want predicted.
+            cache: a transformers `DynamicCache` to read and append to (None: no cache).
         Returns:
-            [B, K, V] float logits. Only the selected rows go through the LM head.
+            [B, S, V] float logits. Only the selected rows go through the LM head.
         """
-        mask = additive_mask(allowed, self.model.dtype)
-        hidden = self.model.model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask).last_hidden_state
+        hidden = self.encode(input_ids, position_ids, allowed, cache)
         if self.family.shift_logits:
             # Shifted heads (Dream): the hidden state one position earlier predicts the token.
             select = (select - 1).clamp(min=0)
-        rows = hidden.gather(1, select[:, :, None].expand(-1, -1, hidden.shape[-1]))  # [B, K, H]
+        rows = hidden.gather(1, select[:, :, None].expand(-1, -1, hidden.shape[-1]))  # [B, S, H]
         return self.model.lm_head(rows)
 
     def sampling_logprobs(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -1,6 +1,8 @@
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from rollout import SamplingParams, generate
@@ -123,3 +125,56 @@ def test_bad_sampling_params_are_rejected():
         SamplingParams(strategy="fastest")
     with pytest.raises(ValueError, match="threshold"):
         SamplingParams(threshold=0.0)
+
+
+MIXED = ["047+385=", "12+34=", "5+6=", "1234567+7654321=", "9="]
+
+
+@pytest.mark.parametrize("strategy", ["static", "threshold"])
+def test_kv_cache_gives_the_same_trajectories_as_full_recompute(tokenizer, strategy):
+    lm = tiny_lm(tokenizer, block_size=4)
+    kw = dict(max_new_tokens=10, strategy=strategy, threshold=0.05, temperature=0.0, stop_at_eos=False)
+    cached = generate(lm, prompts_of(tokenizer, MIXED), SamplingParams(**kw))
+    full = generate(lm, prompts_of(tokenizer, MIXED), SamplingParams(**kw, kv_cache=False))
+    for a, b in zip(cached, full):
+        assert a.completion_ids == b.completion_ids and a.step_map == b.step_map and a.nfe == b.nfe
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-10)
+
+
+def test_kv_cache_drift_in_float32_is_bounded(tokenizer):
+    lm = tiny_lm(tokenizer, block_size=4, double=False)
+    kw = dict(max_new_tokens=12, temperature=0.0, stop_at_eos=False)
+    cached = generate(lm, prompts_of(tokenizer, MIXED), SamplingParams(**kw))
+    full = generate(lm, prompts_of(tokenizer, MIXED), SamplingParams(**kw, kv_cache=False))
+    for a, b in zip(cached, full):
+        if a.completion_ids == b.completion_ids:  # a 1e-6 near-tie may flip a token in fp32
+            assert max(abs(u - v) for u, v in zip(a.logprobs, b.logprobs)) < 1e-4
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    texts=st.lists(st.text(alphabet="0123456789+=", min_size=1, max_size=11), min_size=1, max_size=4),
+    block_size=st.integers(1, 5),
+    strategy=st.sampled_from(["static", "threshold"]),
+    confidence=st.sampled_from(["prob", "margin", "entropy"]),
+)
+def test_property_replaying_the_step_map_reproduces_the_decode(tokenizer, texts, block_size, strategy, confidence):
+    lm = _PROPERTY_LMS.setdefault(block_size, tiny_lm(tokenizer, block_size=block_size))
+    params = SamplingParams(max_new_tokens=6, strategy=strategy, threshold=0.1, temperature=0.0, confidence=confidence, stop_at_eos=False)
+    for t in generate(lm, prompts_of(tokenizer, texts), params):
+        replay_check(lm, t, params if confidence == "prob" else SamplingParams(strategy="threshold"))
+
+
+_PROPERTY_LMS: dict = {}
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy(tokenizer):
+    lm = tiny_lm(tokenizer)
+    p = prompts_of(tokenizer, MIXED)
+    greedy = [t.completion_ids for t in generate(lm, p, SamplingParams(max_new_tokens=8, temperature=0.0, stop_at_eos=False))]
+    g = torch.Generator().manual_seed(0)
+    for extra in ({"top_k": 1}, {"top_p": 1e-9}):
+        out = generate(lm, p, SamplingParams(max_new_tokens=8, temperature=1.0, stop_at_eos=False, **extra), g)
+        assert [t.completion_ids for t in out] == greedy
+        # log-probs are of the full temperature-1 distribution, not the truncated one
+        assert all(lp < 0 for t in out for lp in t.logprobs)
