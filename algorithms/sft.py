@@ -10,15 +10,19 @@ from algorithms.packing import pack_noisy
 from rollout.models import DiffusionLM
 
 
-def random_block_mask(prompt_len: int, completion_len: int, block_size: int, generator: torch.Generator) -> list[bool]:
+def random_block_mask(prompt_len: int, completion_len: int, block_size: int | None, generator: torch.Generator) -> list[bool]:
     """Mask each block's completion tokens with a per-block ratio t ~ U(0, 1], at least one per block.
 
     Every block is noised independently, as the block sampler denoises them one at a time.
+    block_size None (full attention): the completion is one block (LLaDA's SFT masking).
     """
     mask = []
     c = 0
     while c < completion_len:
-        blk_end = ((prompt_len + c) // block_size + 1) * block_size - prompt_len
+        if block_size is None:
+            blk_end = completion_len
+        else:
+            blk_end = ((prompt_len + c) // block_size + 1) * block_size - prompt_len
         n = min(blk_end, completion_len) - c
         t = 1.0 - torch.rand((), generator=generator).item()  # (0, 1]
         m = (torch.rand(n, generator=generator) < t).tolist()
@@ -37,8 +41,8 @@ def sft_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Cross-entropy on masked completion tokens, one packed forward for all blocks.
 
-    Completions should already be padded with EOS to a block boundary (`pad_to_block`), as
-    the sampler decodes whole blocks.
+    Completions should already be padded with EOS (`pad_completion`) to exactly what the
+    sampler decodes (whole blocks, or the full-attention canvas).
     Returns (loss, metrics) where the loss is the mean over masked tokens.
     """
     noisy = [random_block_mask(len(p), len(c), lm.block_size, generator) for p, c in zip(prompts, completions)]
@@ -58,7 +62,13 @@ def sft_loss(
     return loss, {"loss/sft": loss.item(), "masked_token_acc": acc.item()}
 
 
-def pad_to_block(prompt_len: int, completion: list[int], block_size: int, fill_id: int) -> list[int]:
-    """Pad a completion with `fill_id` (EOS) so prompt + completion ends on a block boundary."""
+def pad_completion(prompt_len: int, completion: list[int], block_size: int | None, canvas: int, fill_id: int) -> list[int]:
+    """Pad a completion with `fill_id` (EOS) to the length the sampler will decode.
+
+    Block models decode whole blocks: pad until prompt + completion ends on a block boundary.
+    Full-attention models decode a fixed canvas of `canvas` tokens: pad to that length.
+    """
+    if block_size is None:
+        return completion + [fill_id] * max(0, canvas - len(completion))
     rem = (prompt_len + len(completion)) % block_size
     return completion + [fill_id] * ((block_size - rem) % block_size)

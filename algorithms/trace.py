@@ -3,8 +3,9 @@
 For shrinkage s, the distinct steps of each block are grouped s at a time. Pass k masks,
 in every block at once, the tokens decoded at or after the first step of that block's
 k-th group, and scores the tokens decoded in that group (Wang et al., 2025, "Revolutionizing
-Reinforcement Learning Framework for Diffusion Large Language Models", TraceRL). A response
-thus costs ceil(max steps per block / s) forward passes, not total_steps / s.
+Reinforcement Learning Framework for Diffusion Large Language Models", TraceRL). A block
+model's response thus costs ceil(max steps per block / s) forward passes. A full-attention
+model's response is one block: ceil(total steps / s) passes, each over [prompt | response].
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from rollout.models import DiffusionLM
 from rollout.trajectory import Trajectory
 
 
-def trace_pass_index(step_map: Sequence[int], prompt_len: int, block_size: int, shrink: int) -> list[int]:
+def trace_pass_index(step_map: Sequence[int], prompt_len: int, block_size: int | None, shrink: int) -> list[int]:
     """Pass in which each completion token is scored: its step group's rank inside its block.
+
+    block_size None (full attention): the whole completion is one block.
 
     >>> # block size 2, prompt of 2: blocks {0,1} and {2,3}; steps 0,1 then 2,2
     >>> trace_pass_index([1, 0, 2, 2], prompt_len=2, block_size=2, shrink=1)
@@ -27,11 +30,12 @@ def trace_pass_index(step_map: Sequence[int], prompt_len: int, block_size: int, 
     """
     if shrink < 1:
         raise ValueError("shrink must be >= 1")
-    blocks: dict[int, list[int]] = {}
-    for c, step in enumerate(step_map):
-        blocks.setdefault((prompt_len + c) // block_size, []).append(step)
-    rank = {b: {s: i for i, s in enumerate(sorted(set(st)))} for b, st in blocks.items()}
-    return [rank[(prompt_len + c) // block_size][s] // shrink for c, s in enumerate(step_map)]
+    block_of = [0 if block_size is None else (prompt_len + c) // block_size for c in range(len(step_map))]
+    blocks: dict[int, set[int]] = {}
+    for b, step in zip(block_of, step_map):
+        blocks.setdefault(b, set()).add(step)
+    rank = {b: {s: i for i, s in enumerate(sorted(st))} for b, st in blocks.items()}
+    return [rank[b][s] // shrink for b, s in zip(block_of, step_map)]
 
 
 def trace_logprobs(
@@ -44,8 +48,6 @@ def trace_logprobs(
         mask: [N, C] bool, True for real completion tokens.
         entropy: [N, C] entropy of the sampling distribution at each token (if asked), detached.
     """
-    if lm.family.attention != "block":
-        raise NotImplementedError("TraceRL for full-attention families is not implemented yet")
     temps = {t.temperature for t in trajs}
     if len(temps) != 1:
         raise ValueError(f"a TraceRL batch must share one sampling temperature, got {sorted(temps)}")

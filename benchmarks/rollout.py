@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rl.evaluate import evaluate_task  # noqa: E402
 from rl.tasks import ArithmeticTask  # noqa: E402
 from rollout import SamplingParams, generate, load_model  # noqa: E402
+from rollout.models import build_tiny_lm  # noqa: E402
 
 BASE = Path(__file__).resolve().parents[1] / "examples" / "checkpoints" / "arith3-base"
 
@@ -102,6 +103,17 @@ def main():
     with PeakRSS() as mem:
         _, secs = timed(hf)
     results["HF generate (autoregressive)"] = {"tokens_per_s": args.batch * L / secs, "nfe": L, "tokens_per_forward": 1.0, "seconds": secs, "peak_mb": mem.peak / 2**20}
+
+    # Full-attention family (LLaDA layout): prefix / dual cache vs full recompute, on a tiny
+    # random Llama-architecture model of the same size (speed only; the caches are approximate).
+    llada = build_tiny_lm(lm.tokenizer, family="llada", max_positions=1024)
+    full_kw = dict(max_new_tokens=L, block_length=32, temperature=0.0, strategy="threshold", threshold=args.threshold)
+    for name, extra in (("LLaDA naive (full recompute)", {"kv_cache": False}), ("LLaDA prefix cache", {}), ("LLaDA dual cache", {"dual_cache": True})):
+        params = SamplingParams(**full_kw, **extra)
+        with PeakRSS() as mem:
+            trajs, secs = timed(lambda params=params: generate(llada, prompts, params))
+        nfe = sum(t.nfe for t in trajs) / len(trajs)
+        results[name] = {"tokens_per_s": args.batch * L / secs, "nfe": nfe, "tokens_per_forward": L / nfe, "seconds": secs, "peak_mb": mem.peak / 2**20}
 
     # Token identity, static decoding at T=0: float64 so 1e-7 near-ties cannot flip a token.
     lm.model.double()

@@ -19,9 +19,16 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+Family = Literal["block", "llada", "dream"]
+
+
 class ModelConfig(_Section):
     path: str = Field(description="Local directory (or hub id) of the policy's base checkpoint.")
-    block_size: int | None = Field(None, ge=1, description="Tokens per block; default: the checkpoint's config.block_size.")
+    family: Family | None = Field(
+        None, description="block (SDAR/TraDo), llada (full attention) or dream (full attention, shifted logits); default: from the checkpoint."
+    )
+    block_size: int | None = Field(None, ge=1, description="Block models: tokens per block; default: the checkpoint's config.block_size.")
+    trust_remote_code: bool = Field(False, description="Allow the checkpoint's own modeling code (LLaDA/Dream on the hub).")
 
 
 class TaskConfig(_Section):
@@ -34,8 +41,15 @@ class SamplingConfig(_Section):
     strategy: Literal["static", "threshold"] = Field("static", description="static: fixed steps per block; threshold: dynamic confidence threshold.")
     steps_per_block: int | None = Field(None, ge=1, description="Static strategy: denoising steps per block (default block_size).")
     threshold: float = Field(0.9, gt=0.0, le=1.0, description="Threshold strategy: commit tokens whose confidence exceeds this.")
+    confidence: Literal["prob", "margin", "entropy"] = Field("prob", description="Confidence criterion: sampled-token prob, top1-top2 margin, or exp(-entropy).")
     temperature: float = Field(1.0, ge=0.0, description="Sampling temperature; 0 is greedy. Log-probs use logits / temperature.")
+    top_k: int | None = Field(None, ge=1, description="Sample among the k most likely tokens (log-probs stay those of the full distribution).")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     max_new_tokens: int | None = Field(None, ge=1, description="Generation budget; default: the task's answer length + EOS.")
+    kv_cache: bool = Field(True, description="Block models: exact cache of committed blocks. Full attention: approximate prefix cache.")
+    dual_cache: bool = Field(False, description="Full attention with kv_cache: also cache the suffix (Fast-dLLM dual cache).")
+    block_length: int | None = Field(None, ge=1, description="Full attention: semi-autoregressive decoding block; default: one block.")
+    eos_guard: float | None = Field(None, gt=0.0, le=1.0, description="Full attention: damp early EOS confidence by eos_guard**(1-progress).")
 
 
 class RolloutConfig(_Section):
@@ -108,12 +122,13 @@ class RunConfig(_Section):
 
 
 class ArchConfig(_Section):
+    family: Family = Field("block", description="Architecture family of a fresh tiny model: block (Qwen3), llada (Llama), dream (Qwen2).")
     hidden_size: int = Field(128, ge=8, description="Transformer width.")
     num_layers: int = Field(4, ge=1, description="Transformer layers.")
     num_heads: int = Field(4, ge=1, description="Attention heads.")
     num_kv_heads: int = Field(2, ge=1, description="Key/value heads (GQA).")
     intermediate_size: int = Field(512, ge=8, description="MLP width.")
-    block_size: int = Field(4, ge=1, description="Tokens per diffusion block.")
+    block_size: int = Field(4, ge=1, description="Tokens per diffusion block (block family only).")
 
 
 class SFTConfig(_Section):

@@ -30,7 +30,8 @@ class Learner:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.cfg = cfg
-        self.lm = load_model(cfg.model.path, block_size=cfg.model.block_size)
+        m = cfg.model
+        self.lm = load_model(m.path, family=m.family, block_size=m.block_size, trust_remote_code=m.trust_remote_code)
         self.ref = None
         if cfg.algorithm.beta > 0:
             # The reference is the initial policy, frozen.
@@ -108,7 +109,7 @@ class Learner:
         """Restore weights, optimizer, step and RNG from a checkpoint written by `save`."""
         path = Path(path)
         state = torch.load(path / "learner.pt", weights_only=False)
-        restored = load_model(path / "model", block_size=self.cfg.model.block_size)
+        restored = load_model(path / "model", family=self.lm.family.name, block_size=self.lm.block_size)
         self.lm.model.load_state_dict(restored.model.state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ref is not None and state["ref"] is not None:

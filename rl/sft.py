@@ -9,12 +9,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from algorithms.sft import pad_to_block, sft_loss
+from algorithms.sft import pad_completion, sft_loss
 from rl.config import SFTConfig
 from rl.evaluate import evaluate_task
 from rl.tasks import make_task
 from rollout.engine import SamplingParams
-from rollout.models import build_tiny_block_lm, load_model
+from rollout.models import build_tiny_lm, load_model
 from rollout.tokenizer import build_char_tokenizer
 
 
@@ -33,8 +33,8 @@ def run_sft(cfg: SFTConfig, output_dir: str | Path | None = None) -> dict:
         lm = load_model(cfg.init)
     else:
         a = cfg.arch
-        lm = build_tiny_block_lm(
-            build_char_tokenizer(), block_size=a.block_size, hidden_size=a.hidden_size, num_layers=a.num_layers,
+        lm = build_tiny_lm(
+            build_char_tokenizer(), family=a.family, block_size=a.block_size, hidden_size=a.hidden_size, num_layers=a.num_layers,
             num_heads=a.num_heads, num_kv_heads=a.num_kv_heads, intermediate_size=a.intermediate_size, seed=cfg.seed,
         )
     tok, bs = lm.tokenizer, lm.block_size
@@ -51,7 +51,7 @@ def run_sft(cfg: SFTConfig, output_dir: str | Path | None = None) -> dict:
         lm.model.train()
         rows = task.train_rows(cfg.batch_size, cfg.seed, step)
         prompts = [tok(r["prompt"])["input_ids"] for r in rows]
-        completions = [pad_to_block(len(p), tok(r["answer"])["input_ids"] + [lm.eos_id], bs, lm.eos_id) for p, r in zip(prompts, rows)]
+        completions = [pad_completion(len(p), tok(r["answer"])["input_ids"] + [lm.eos_id], bs, task.max_new_tokens, lm.eos_id) for p, r in zip(prompts, rows)]
         loss, m = sft_loss(lm, prompts, completions, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -34,13 +34,10 @@ from rollout.worker import RolloutWorker
 
 
 def sampling_params(s: SamplingConfig, default_max_new: int) -> SamplingParams:
-    return SamplingParams(
-        max_new_tokens=s.max_new_tokens or default_max_new,
-        strategy=s.strategy,
-        steps_per_block=s.steps_per_block,
-        threshold=s.threshold,
-        temperature=s.temperature,
-    )
+    """The engine's SamplingParams from a config section (same field names)."""
+    fields = s.model_dump()
+    fields["max_new_tokens"] = s.max_new_tokens or default_max_new
+    return SamplingParams(**fields)
 
 
 def split_evenly(items: Sequence[Any], n: int) -> list[list[Any]]:
@@ -80,7 +77,7 @@ class Trainer:
         share = 1.0 / (cfg.rollout.num_workers + 1)
         self.learner = ray.remote(Learner).options(num_cpus=share).remote(cfg)
         self.workers = [
-            ray.remote(RolloutWorker).options(num_cpus=share).remote(cfg.model.path, cfg.model.block_size, threads)
+            ray.remote(RolloutWorker).options(num_cpus=share).remote(cfg.model.path, cfg.model.block_size, threads, cfg.model.family, cfg.model.trust_remote_code)
             for _ in range(cfg.rollout.num_workers)
         ]
         from transformers import AutoTokenizer

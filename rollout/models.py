@@ -21,9 +21,20 @@ from pathlib import Path
 
 import torch
 from transformers import logging as hf_logging
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Qwen3Config, Qwen3ForCausalLM, Qwen3Model
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    Qwen3Model,
+)
 
-from rollout.attention import additive_mask, block_attention_allowed
+from rollout.attention import additive_mask, block_attention_allowed, full_attention_allowed
 
 
 # transformers renamed `past_key_values` to `cache` in 5.x; pass whichever this version takes.
@@ -42,7 +53,14 @@ class Family:
 FAMILIES = {
     # Block diffusion on a Qwen3 backbone with aligned logits (SDAR, TraDo, tiny CPU models).
     "block": Family("block", attention="block", shift_logits=False),
+    # Full-attention masked diffusion with aligned logits (LLaDA; Llama architecture).
+    "llada": Family("llada", attention="full", shift_logits=False),
+    # Full-attention masked diffusion with AR-style shifted logits (Dream, DiffuCoder; Qwen2).
+    "dream": Family("dream", attention="full", shift_logits=True),
 }
+
+# config.model_type -> family, for checkpoints saved without `unmask_family`.
+MODEL_TYPES = {"qwen3": "block", "sdar": "block", "llama": "llada", "llada": "llada", "qwen2": "dream", "dream": "dream"}
 
 
 class DiffusionLM:
@@ -67,6 +85,8 @@ class DiffusionLM:
             block_size = block_size or getattr(model.config, "block_size", None)
             if not block_size or block_size < 1:
                 raise ValueError("a block-diffusion model needs block_size >= 1 (config.block_size or argument)")
+        else:
+            block_size = None  # full attention: decoding blocks are a sampler setting, not the model's
         self.block_size = block_size
 
     @property
@@ -121,17 +141,24 @@ class DiffusionLM:
         logits[..., self.mask_id] = float("-inf")
         return torch.log_softmax(logits, dim=-1)
 
-    def block_causal_logits(self, input_ids: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
-        """Logits for a plain (unpacked) sequence under this family's attention, positions 0..L-1."""
+    def attention_allowed(self, position_ids: torch.Tensor, valid: torch.Tensor, query_start: int = 0) -> torch.Tensor:
+        """This family's attention over one (unpacked) sequence per row: [B, L - query_start, L]."""
+        if self.family.attention == "full":
+            return full_attention_allowed(valid)[:, query_start:]
+        noisy = torch.zeros_like(valid)
+        return block_attention_allowed(position_ids // self.block_size, noisy, valid, query_start)
+
+    def sequence_logits(self, input_ids: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+        """Logits for plain sequences (positions 0..L-1, no padding) under this family's attention."""
         bsz, length = input_ids.shape
         pos = torch.arange(length, device=input_ids.device).expand(bsz, length)
         valid = torch.ones_like(input_ids, dtype=torch.bool)
-        allowed = block_attention_allowed(pos // self.block_size, torch.zeros_like(valid), valid)
-        return self.forward_logits(input_ids, pos, allowed, select)
+        return self.forward_logits(input_ids, pos, self.attention_allowed(pos, valid), select)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Save weights (safetensors) and tokenizer so transformers can load them back."""
-        self.model.config.block_size = self.block_size
+        if self.block_size is not None:
+            self.model.config.block_size = self.block_size
         self.model.config.unmask_family = self.family.name
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
@@ -146,20 +173,37 @@ def _special_id(tokenizer, config, attr: str) -> int:
     return int(value)
 
 
-def load_model(path: str | Path, family: str | None = None, block_size: int | None = None, dtype=torch.float32) -> DiffusionLM:
+def load_model(
+    path: str | Path,
+    family: str | None = None,
+    block_size: int | None = None,
+    dtype=torch.float32,
+    trust_remote_code: bool = False,
+) -> DiffusionLM:
     """Load a diffusion LM from a local directory (or the hub when the user has network).
 
-    The family defaults to `config.unmask_family` (written by save_pretrained), then "block".
+    The family is `family`, else `config.unmask_family` (written by save_pretrained), else
+    inferred from `config.model_type` (MODEL_TYPES). Checkpoints with their own modeling code
+    (LLaDA, Dream on the hub) need `trust_remote_code=True` and a model class that accepts a
+    4D attention mask; converted Llama/Qwen2 checkpoints load with the stock classes.
     """
     hf_logging.disable_progress_bar()  # a per-tensor loading bar in every actor is noise
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    family = family or getattr(model.config, "unmask_family", None) or "block"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa", trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    family = family or getattr(model.config, "unmask_family", None) or MODEL_TYPES.get(model.config.model_type)
+    if family is None:
+        raise ValueError(
+            f"cannot tell the diffusion family of model_type {model.config.model_type!r}; pass family= one of {sorted(FAMILIES)}"
+        )
     return DiffusionLM(model.eval(), tokenizer, family=family, block_size=block_size)
 
 
-def build_tiny_block_lm(
+_ARCHS = {"block": (Qwen3Config, Qwen3ForCausalLM), "llada": (LlamaConfig, LlamaForCausalLM), "dream": (Qwen2Config, Qwen2ForCausalLM)}
+
+
+def build_tiny_lm(
     tokenizer,
+    family: str = "block",
     block_size: int = 4,
     hidden_size: int = 128,
     num_layers: int = 4,
@@ -169,12 +213,16 @@ def build_tiny_block_lm(
     max_positions: int = 256,
     seed: int = 0,
 ) -> DiffusionLM:
-    """A randomly initialised block-diffusion LM on the stock Qwen3 architecture (~1M params).
+    """A randomly initialised tiny diffusion LM on its family's stock architecture.
 
-    Embeddings keep the transformers default init (std 0.02); a large init drowns the
-    position signal and the model learns far slower.
+    block: Qwen3 (SDAR/TraDo), llada: Llama (LLaDA), dream: Qwen2 (Dream). About 1M
+    parameters at the defaults. Embeddings keep the transformers default init (std 0.02);
+    a large init drowns the position signal and the model learns far slower.
     """
-    config = Qwen3Config(
+    if family not in _ARCHS:
+        raise ValueError(f"unknown family {family!r}; known: {sorted(_ARCHS)}")
+    config_cls, model_cls = _ARCHS[family]
+    config = config_cls(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
@@ -189,7 +237,13 @@ def build_tiny_block_lm(
         attn_implementation="sdpa",
     )
     config.mask_token_id = tokenizer.mask_token_id
-    config.block_size = block_size
-    config.unmask_family = "block"
+    config.unmask_family = family
+    if family == "block":
+        config.block_size = block_size
     torch.manual_seed(seed)
-    return DiffusionLM(Qwen3ForCausalLM(config).eval(), tokenizer, family="block", block_size=block_size)
+    return DiffusionLM(model_cls(config).eval(), tokenizer, family=family, block_size=block_size if family == "block" else None)
+
+
+def build_tiny_block_lm(tokenizer, block_size: int = 4, **kwargs) -> DiffusionLM:
+    """`build_tiny_lm` for the block-diffusion family (the quickstart's architecture)."""
+    return build_tiny_lm(tokenizer, family="block", block_size=block_size, **kwargs)

@@ -22,12 +22,20 @@ class RolloutWorker:
         model_path: checkpoint directory to load once at start-up.
         block_size: override of the checkpoint's block size.
         threads: torch intra-op threads for this process (None keeps the default).
+        family, trust_remote_code: see rollout.models.load_model.
     """
 
-    def __init__(self, model_path: str, block_size: int | None = None, threads: int | None = None):
+    def __init__(
+        self,
+        model_path: str,
+        block_size: int | None = None,
+        threads: int | None = None,
+        family: str | None = None,
+        trust_remote_code: bool = False,
+    ):
         if threads:
             torch.set_num_threads(threads)
-        self.lm = load_model(model_path, block_size=block_size)
+        self.lm = load_model(model_path, family=family, block_size=block_size, trust_remote_code=trust_remote_code)
         self.weights_version = 0
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], version: int | None = None) -> int:

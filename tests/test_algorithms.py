@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from algorithms import group_advantages, k3_kl, policy_loss, trace_logprobs, trace_pass_index
-from algorithms.sft import pad_to_block, random_block_mask, sft_loss
+from algorithms.sft import pad_completion, random_block_mask, sft_loss
 from rollout import SamplingParams, generate
 
 from .conftest import tiny_lm
@@ -98,7 +98,7 @@ def test_block_size_one_trace_equals_sequential_likelihood(tokenizer):
     seq, total = prompt + t.completion_ids, 0.0
     for c, tok in enumerate(t.completion_ids):
         x = torch.tensor([seq[: len(prompt) + c] + [lm.mask_id]])
-        lp = lm.sampling_logprobs(lm.block_causal_logits(x, torch.tensor([[x.shape[1] - 1]])), 1.0)
+        lp = lm.sampling_logprobs(lm.sequence_logits(x, torch.tensor([[x.shape[1] - 1]])), 1.0)
         total += lp[0, 0, tok].item()
     assert logp.sum().item() == pytest.approx(total, abs=1e-9)
 
@@ -123,12 +123,16 @@ def test_random_block_mask_masks_every_block():
             for c, v in enumerate(m):
                 blocks.setdefault((plen + c) // 4, []).append(v)
             assert all(any(v) for v in blocks.values())
-    assert pad_to_block(6, [5, 6, 7], 4, 1) == [5, 6, 7, 1, 1, 1] and pad_to_block(8, [5] * 4, 4, 1) == [5] * 4
+    assert pad_completion(6, [5, 6, 7], 4, 0, 1) == [5, 6, 7, 1, 1, 1] and pad_completion(8, [5] * 4, 4, 0, 1) == [5] * 4
+    assert pad_completion(6, [5, 6], None, 5, 1) == [5, 6, 1, 1, 1]
 
 
-def test_sft_learns_a_fixed_mapping(tokenizer):
+@pytest.mark.parametrize("family", ["block", "llada", "dream"])
+def test_sft_learns_a_fixed_mapping(tokenizer, family):
+    from rollout.models import build_tiny_lm
+
     torch.manual_seed(0)
-    lm = tiny_lm(tokenizer, double=False)
+    lm = build_tiny_lm(tokenizer, family=family, hidden_size=64, num_layers=2, intermediate_size=128)
     opt = torch.optim.AdamW(lm.model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
     prompts = [tokenizer("1+1=")["input_ids"], tokenizer("2+2=")["input_ids"]]

@@ -27,7 +27,7 @@ def replay_check(lm, traj, params):
         blk_end = (blk + 1) * bs
         state = [t if i < plen or traj.step_map[i - plen] < step else lm.mask_id for i, t in enumerate(seq[:blk_end])]
         lo = max(blk * bs, plen)
-        logits = lm.block_causal_logits(torch.tensor([state]), torch.arange(lo, blk_end)[None])
+        logits = lm.sequence_logits(torch.tensor([state]), torch.arange(lo, blk_end)[None])
         lp = lm.sampling_logprobs(logits, 1.0)[0]
         for c in cur:
             assert lp[plen + c - lo].argmax().item() == traj.completion_ids[c]

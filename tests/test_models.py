@@ -32,13 +32,13 @@ def test_block_causal_logits_ignore_later_blocks(tokenizer):
     lm = tiny_lm(tokenizer, block_size=4)
     x = torch.randint(3, 20, (1, 12))
     sel = torch.arange(0, 8)[None]
-    base = lm.block_causal_logits(x, sel)
+    base = lm.sequence_logits(x, sel)
     later = x.clone()
     later[0, 9] = 25  # a token in block 2
-    assert torch.allclose(lm.block_causal_logits(later, sel), base)
+    assert torch.allclose(lm.sequence_logits(later, sel), base)
     same = x.clone()
     same[0, 6] = 25  # a token in block 1 changes block 1's logits, not block 0's
-    out = lm.block_causal_logits(same, sel)
+    out = lm.sequence_logits(same, sel)
     assert torch.allclose(out[0, :4], base[0, :4])
     assert not torch.allclose(out[0, 4:8], base[0, 4:8])
 
@@ -50,7 +50,7 @@ def test_save_and_load_keeps_family_block_size_and_outputs(tokenizer, tmp_path):
     assert again.block_size == 2 and again.family.name == "block" and again.mask_id == tokenizer.mask_token_id
     x = torch.randint(3, 20, (2, 6))
     sel = torch.arange(6).expand(2, 6)
-    assert torch.allclose(again.block_causal_logits(x, sel), lm.block_causal_logits(x, sel), atol=1e-6)
+    assert torch.allclose(again.sequence_logits(x, sel), lm.sequence_logits(x, sel), atol=1e-6)
 
 
 def test_sampling_logprobs_exclude_mask_and_apply_temperature(lm):
