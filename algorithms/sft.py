@@ -72,3 +72,23 @@ def pad_completion(prompt_len: int, completion: list[int], block_size: int | Non
         return completion + [fill_id] * max(0, canvas - len(completion))
     rem = (prompt_len + len(completion)) % block_size
     return completion + [fill_id] * ((block_size - rem) % block_size)
+
+
+def ar_sft_loss(model, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """Next-token cross-entropy on completion tokens for an autoregressive baseline.
+
+    Sequences are right-padded; the causal mask of the stock model class applies.
+    """
+    seqs = [list(p) + list(c) for p, c in zip(prompts, completions)]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    target_mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, (p, s) in enumerate(zip(prompts, seqs)):
+        ids[i, : len(s)] = torch.tensor(s)
+        target_mask[i, len(p) : len(s)] = True
+    attn = (torch.arange(width)[None] < torch.tensor([len(s) for s in seqs])[:, None]).long()
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]  # position t predicts t+1
+    lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    m = target_mask[:, 1:]
+    loss = -(lp * m).sum() / m.sum()
+    return loss, {"loss/sft": loss.item(), "masked_token_acc": ((logits.argmax(-1) == ids[:, 1:]) & m).sum().item() / m.sum().item()}

@@ -67,6 +67,7 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threshold", type=float, default=0.9)
     ap.add_argument("--heldout", type=int, default=500, help="held-out problems for accuracy vs NFE")
+    ap.add_argument("--ar-checkpoint", type=Path, help="an AR baseline (unmask sft --set objective=ar) to score on the task")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--plot", type=Path, default=Path("benchmarks/rollout_accuracy_vs_nfe.png"))
     args = ap.parse_args()
@@ -142,6 +143,12 @@ def main():
         label = f"{strategy} " + ", ".join(f"{k}={v}" for k, v in kw.items())
         curve.append({"strategy": label, "accuracy": r["accuracy"], "nfe": r["nfe_mean"], "tokens_per_s": r["tokens_per_s"]})
         print(f"  {label:32s} accuracy {r['accuracy']:.3f}  NFE {r['nfe_mean']:.2f}  {r['tokens_per_s']:.0f} tok/s")
+    if args.ar_checkpoint:
+        from rl.evaluate import load_policy
+
+        r = evaluate_task(load_policy(args.ar_checkpoint), task, heldout, SamplingParams(max_new_tokens=task.max_new_tokens, temperature=0.0))
+        curve.append({"strategy": "autoregressive (HF generate)", "accuracy": r["accuracy"], "nfe": r["nfe_mean"], "tokens_per_s": r["tokens_per_s"]})
+        print(f"  {'autoregressive (HF generate)':32s} accuracy {r['accuracy']:.3f}  NFE {r['nfe_mean']:.2f}  {r['tokens_per_s']:.0f} tok/s")
     _plot(curve, args.plot)
     print(f"plot: {args.plot}")
 
@@ -166,11 +173,11 @@ def _plot(curve, out: Path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for kind, marker in (("static", "o"), ("threshold", "s")):
+    for kind, marker in (("static", "o"), ("threshold", "s"), ("autoregressive", "^")):
         pts = [c for c in curve if c["strategy"].startswith(kind)]
         ax.plot([c["nfe"] for c in pts], [c["accuracy"] for c in pts], marker=marker, label=kind)
         for c in pts:
-            ax.annotate(c["strategy"].split(" ", 1)[1], (c["nfe"], c["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(c["strategy"].split(" ", 1)[-1], (c["nfe"], c["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("forward passes per answer (NFE)")
     ax.set_ylabel("held-out accuracy")
     ax.set_title("accuracy vs NFE, tiny block-diffusion LM")

@@ -54,33 +54,42 @@ def sft(
 
 @app.command("eval")
 def evaluate(
-    checkpoint: Path = typer.Argument(..., help="Model dir, checkpoint dir (step_N) or run dir (latest checkpoint)."),
+    checkpoints: List[Path] = typer.Argument(..., help="Model dirs, checkpoint dirs (step_N) or run dirs (latest checkpoint); diffusion or AR."),
     task: str = typer.Option("arithmetic", help="Task whose held-out split to score."),
     digits: int = typer.Option(3, help="Operand width of the arithmetic task."),
     n: int = typer.Option(500, help="Held-out problems."),
-    strategy: str = typer.Option("static", help="static | threshold"),
+    strategies: List[str] = typer.Option(["static"], "--strategy", help="static | threshold (repeat to compare both)."),
     threshold: float = typer.Option(0.9, help="Confidence threshold for --strategy threshold."),
     steps_per_block: Optional[int] = typer.Option(None, help="Static steps per block (default block size)."),
     temperature: float = typer.Option(0.0, help="0 = greedy."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON here."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write {checkpoint: {strategy: metrics}} as JSON here."),
 ) -> None:
-    """Accuracy of a checkpoint on a held-out split."""
+    """Accuracy, NFE and tokens/s of checkpoints on a held-out split, as one table."""
     from rl.checkpoint import resolve_model_path
-    from rl.evaluate import evaluate_task
-    from rl.tasks import make_task
-    from rollout.engine import SamplingParams
-    from rollout.models import load_model
+    from rl.evaluate import evaluate_task, load_policy
+    from rollout.autoregressive import ARModel
 
     t = _task(task, digits)
-    lm = load_model(resolve_model_path(checkpoint))
-    params = _params(t.max_new_tokens, strategy, threshold, steps_per_block, temperature)
-    res = evaluate_task(lm, t, t.heldout_rows(n), params)
-    typer.echo(f"{checkpoint}: accuracy {res['accuracy']:.3f} on {n} held-out {task} problems "
-               f"({strategy}, T={temperature}); NFE {res['nfe_mean']:.1f}, {res['tokens_per_forward']:.2f} tokens/forward, {res['tokens_per_s']:.0f} tokens/s")
+    rows, results = t.heldout_rows(n), {}
+    typer.echo(f"| checkpoint | decoding | accuracy | NFE | tokens/forward | tokens/s |\n|---|---|---|---|---|---|")
+    for ckpt in checkpoints:
+        try:
+            policy = load_policy(resolve_model_path(ckpt))
+        except (FileNotFoundError, OSError, ValueError) as e:
+            typer.echo(f"cannot load {ckpt}: {e}", err=True)
+            raise typer.Exit(2) from None
+        kinds = ["autoregressive"] if isinstance(policy, ARModel) else strategies
+        for strategy in kinds:
+            params = _params(t.max_new_tokens, "static" if strategy == "autoregressive" else strategy, threshold, steps_per_block, temperature)
+            res = evaluate_task(policy, t, rows, params)
+            results.setdefault(str(ckpt), {})[strategy] = res
+            typer.echo(f"| {ckpt} | {strategy} T={temperature} | {res['accuracy']:.3f} | {res['nfe_mean']:.2f} | "
+                       f"{res['tokens_per_forward']:.2f} | {res['tokens_per_s']:.0f} |")
+    typer.echo(f"\n{n} held-out {task} problems. Examples from the last row:")
     for ex in res["examples"]:
         typer.echo(f"  {ex['prompt']}{ex['completion']}   (answer {ex['answer']})")
     if json_out:
-        json_out.write_text(json.dumps(res, indent=2))
+        json_out.write_text(json.dumps(results, indent=2))
 
 
 @app.command()

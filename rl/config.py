@@ -134,6 +134,9 @@ class ArchConfig(_Section):
 class SFTConfig(_Section):
     """Block-diffusion SFT from scratch or from a checkpoint: `unmask sft CONFIG`."""
 
+    objective: Literal["diffusion", "ar"] = Field(
+        "diffusion", description="diffusion: masked-token loss under the family's attention; ar: next-token loss (an autoregressive baseline on the same backbone)."
+    )
     init: str | None = Field(None, description="Checkpoint to start from; None builds a fresh tiny model from `arch`.")
     arch: ArchConfig = Field(default_factory=ArchConfig, description="Architecture of a fresh tiny model.")
     task: TaskConfig = Field(default_factory=TaskConfig)

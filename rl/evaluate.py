@@ -1,8 +1,9 @@
-"""Held-out accuracy of a checkpoint on a synthetic task, in one process."""
+"""Held-out accuracy of a checkpoint (diffusion or autoregressive) on a synthetic task, in one process."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,11 +11,28 @@ import torch
 
 from rewards import get_reward
 from rl.tasks import ArithmeticTask
+from rollout.autoregressive import ARModel, is_ar_checkpoint
 from rollout.engine import SamplingParams, generate
-from rollout.models import DiffusionLM
+from rollout.models import DiffusionLM, load_model
+
+Policy = DiffusionLM | ARModel
 
 
-def evaluate_task(lm: DiffusionLM, task: ArithmeticTask, rows: list[dict[str, str]], params: SamplingParams, batch_size: int = 256, seed: int = 0) -> dict[str, Any]:
+def load_policy(path: str | Path, **kwargs) -> Policy:
+    """A diffusion LM, or an ARModel for checkpoints saved as autoregressive baselines."""
+    return ARModel.load(path) if is_ar_checkpoint(path) else load_model(path, **kwargs)
+
+
+def decode(policy: Policy, prompts, params: SamplingParams, generator: torch.Generator, columns=None):
+    """Trajectories from either kind of policy (AR models ignore the diffusion-only settings)."""
+    if isinstance(policy, ARModel):
+        return policy.generate(prompts, params.max_new_tokens, params.temperature, generator, columns=columns)
+    return generate(policy, prompts, params, generator, columns=columns)
+
+
+def evaluate_task(
+    policy: Policy, task: ArithmeticTask, rows: list[dict[str, str]], params: SamplingParams, batch_size: int = 256, seed: int = 0
+) -> dict[str, Any]:
     """Decode every row's prompt and score it with the task's verifier.
 
     Returns accuracy, mean NFE, tokens per forward and decoded tokens/s.
@@ -24,8 +42,8 @@ def evaluate_task(lm: DiffusionLM, task: ArithmeticTask, rows: list[dict[str, st
     trajs, t0 = [], time.perf_counter()
     for i in range(0, len(rows), batch_size):
         chunk = rows[i : i + batch_size]
-        prompts = [lm.tokenizer(r["prompt"])["input_ids"] for r in chunk]
-        trajs += generate(lm, prompts, params, gen, columns=chunk)
+        prompts = [policy.tokenizer(r["prompt"])["input_ids"] for r in chunk]
+        trajs += decode(policy, prompts, params, gen, columns=chunk)
     elapsed = time.perf_counter() - t0
     correct = verifier([r["prompt"] for r in rows], [t.text for t in trajs], answer=[r["answer"] for r in rows])
     n_tok = sum(len(t.completion_ids) for t in trajs)

@@ -9,12 +9,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from algorithms.sft import pad_completion, sft_loss
+from algorithms.sft import ar_sft_loss, pad_completion, sft_loss
 from rl.config import SFTConfig
-from rl.evaluate import evaluate_task
+from rl.evaluate import evaluate_task, load_policy
 from rl.tasks import make_task
 from rollout.engine import SamplingParams
-from rollout.models import build_tiny_lm, load_model
+from rollout.autoregressive import ARModel
+from rollout.models import build_tiny_lm
 from rollout.tokenizer import build_char_tokenizer
 
 
@@ -29,15 +30,20 @@ def run_sft(cfg: SFTConfig, output_dir: str | Path | None = None) -> dict:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     task = make_task(cfg.task.name, digits=cfg.task.digits)
+    ar = cfg.objective == "ar"
     if cfg.init:
-        lm = load_model(cfg.init)
+        lm = load_policy(cfg.init)
     else:
         a = cfg.arch
         lm = build_tiny_lm(
             build_char_tokenizer(), family=a.family, block_size=a.block_size, hidden_size=a.hidden_size, num_layers=a.num_layers,
             num_heads=a.num_heads, num_kv_heads=a.num_kv_heads, intermediate_size=a.intermediate_size, seed=cfg.seed,
         )
-    tok, bs = lm.tokenizer, lm.block_size
+        if ar:  # same backbone, trained left to right with its stock causal mask
+            lm = ARModel(lm.model, lm.tokenizer)
+    if ar != isinstance(lm, ARModel):
+        raise ValueError(f"objective={cfg.objective!r} does not match the checkpoint {cfg.init}")
+    tok, bs = lm.tokenizer, getattr(lm, "block_size", None)
     opt = torch.optim.AdamW(lm.model.parameters(), lr=cfg.lr, weight_decay=0.0)
     warmup = max(1, cfg.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
@@ -51,8 +57,12 @@ def run_sft(cfg: SFTConfig, output_dir: str | Path | None = None) -> dict:
         lm.model.train()
         rows = task.train_rows(cfg.batch_size, cfg.seed, step)
         prompts = [tok(r["prompt"])["input_ids"] for r in rows]
-        completions = [pad_completion(len(p), tok(r["answer"])["input_ids"] + [lm.eos_id], bs, task.max_new_tokens, lm.eos_id) for p, r in zip(prompts, rows)]
-        loss, m = sft_loss(lm, prompts, completions, gen)
+        answers = [tok(r["answer"])["input_ids"] + [lm.eos_id] for r in rows]
+        if ar:
+            loss, m = ar_sft_loss(lm.model, prompts, answers, lm.pad_id)
+        else:
+            completions = [pad_completion(len(p), a, bs, task.max_new_tokens, lm.eos_id) for p, a in zip(prompts, answers)]
+            loss, m = sft_loss(lm, prompts, completions, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lm.model.parameters(), 1.0)
