@@ -31,7 +31,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from ._text import as_text, column
-from .registry import register_reward
+from .registry import in_process, register_reward
 
 logger = logging.getLogger(__name__)
 
@@ -347,6 +347,7 @@ def _present(value: Any) -> bool:
 
 
 @register_reward("math")
+@in_process
 def math_reward(
     prompts: list,
     completions: list,
@@ -390,6 +391,7 @@ def math_reward(
 
 
 @register_reward("boxed_format")
+@in_process
 def boxed_format_reward(prompts: list, completions: list, **columns: Any) -> list[float | None]:
     r"""Score the answer format: 1.0 iff the completion ends its answer in a closed, non-empty ``\boxed{}``.
 

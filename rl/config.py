@@ -62,6 +62,14 @@ class RolloutConfig(_Section):
 class RewardSpec(_Section):
     name: str = Field(description="Built-in reward name, 'package.module:function', or an 'unmask.rewards' entry point.")
     weight: float = Field(1.0, description="Weight of this reward in the total.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword options bound to the reward, e.g. {mode: fraction, timeout_s: 10} for 'code'.")
+
+
+class ScoringConfig(_Section):
+    timeout_s: float = Field(60.0, gt=0.0, description="Wall-clock limit of one plugin reward call (the batch call, then each per-sample retry).")
+    num_workers: int | None = Field(None, ge=1, description="Worker processes for plugin rewards and per-sample retries (default: min(8, cores)).")
+    fail_fast: bool = Field(False, description="Stop the run on the first reward failure instead of scoring that sample None.")
+    sandbox: Literal["auto", "bwrap", "rlimit"] = Field("auto", description="Code sandbox: bubblewrap where it works, else rlimits + Landlock + seccomp.")
 
 
 class AlgorithmConfig(_Section):
@@ -106,6 +114,7 @@ class RunConfig(_Section):
     task: TaskConfig = Field(default_factory=TaskConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     rewards: list[RewardSpec] = Field(default_factory=list, description="Training rewards; empty means the task's verifier.")
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="How rewards are run.")
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -8,8 +8,8 @@ the driver; decoding and learning run in actors. Weights travel learner -> objec
 
 from __future__ import annotations
 
+import functools
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -61,7 +61,12 @@ class Trainer:
         self.task = make_task(cfg.task.name, digits=cfg.task.digits)
         self.verifier = get_reward(self.task.reward)
         specs = cfg.rewards or []
-        self.reward_fns = [get_reward(s.name) for s in specs] or [self.verifier]
+        os.environ["UNMASK_SANDBOX"] = cfg.scoring.sandbox  # read by the code reward's sandbox
+        self.reward_fns = [functools.partial(get_reward(s.name), **s.kwargs) if s.kwargs else get_reward(s.name) for s in specs] or [self.verifier]
+        if any(s.name == "code" for s in specs):
+            from rewards import sandbox_info
+
+            print(f"code sandbox: {sandbox_info()}")
         self.reward_weights = [s.weight for s in specs] or [1.0]
         self.train_params = sampling_params(cfg.rollout.sampling, self.task.max_new_tokens)
         self.eval_params = sampling_params(cfg.eval.sampling, self.task.max_new_tokens)
@@ -112,9 +117,16 @@ class Trainer:
         prompts = [t.columns["prompt"] for t in trajs]
         completions = [t.text for t in trajs]
         columns = {k: [t.columns[k] for t in trajs] for k in trajs[0].columns if k != "prompt"}
-        total, per_fn, errors = score(self.reward_fns, self.reward_weights, prompts, completions, columns)
+        sc = self.cfg.scoring
+        res = score(
+            self.reward_fns, self.reward_weights, prompts, completions, columns,
+            fail_fast=sc.fail_fast, timeout_s=sc.timeout_s, num_workers=sc.num_workers,
+        )
+        total, per_fn, errors = res
         correct = self.verifier(prompts, completions, **columns)
         metrics: dict[str, float] = {"accuracy/train": float(np.mean([c == 1.0 for c in correct]))}
+        for name, k in res.num_failed.items():
+            metrics[f"reward/{name}/failed"] = float(k)
         for name, values in per_fn.items():
             vals = [v for v in values if v is not None]
             metrics[f"reward/{name}/mean"] = float(np.mean(vals)) if vals else float("nan")

@@ -75,6 +75,43 @@ def test_arithmetic_format_reward():
     assert arithmetic_format_reward(prompts, completions, answer=answer) == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0, None]
 
 
+# --- countdown and sudoku -------------------------------------------------------
+
+
+def test_countdown_reward():
+    from rewards import countdown_reward
+
+    prompt = "Using the numbers [19, 36, 55, 7], create an equation that equals 65."
+    completions = [
+        "<think>try things</think><answer>55 + 36 - 19 - 7</answer>",  # 65, every number once
+        "<answer>55 + 36 - 19 - 7 = 65</answer>",  # a trailing "= target" is fine
+        "<answer>55 + 7 + 3</answer>",  # 3 is not given, 19 and 36 unused
+        "<answer>55 + 36 - 19 - 7 + 0</answer>",  # an extra number
+        "<answer>__import__('os').system('true')</answer>",  # not arithmetic: never evaluated
+        "<answer>(55 - 36) / (7 - 7) + 19</answer>",  # division by zero
+        "55 + 36 - 19 - 7",  # no tags: the last line
+    ]
+    assert countdown_reward([prompt] * 7, completions) == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    # Columns win over the prompt; no problem at all gives None.
+    assert countdown_reward(["x", "x"], ["<answer>2 * 3</answer>"] * 2, nums=[[2, 3], None], target=[6, None]) == [1.0, None]
+    # Exact rational arithmetic: 1/3 * 3 is 1, not 0.999...
+    assert countdown_reward(["x"], ["<answer>1 / 3 * 3</answer>"], nums=[[1, 3, 3]], target=[1]) == [1.0]
+
+
+def test_sudoku_reward():
+    from rewards import sudoku_reward
+
+    puzzle = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
+    solution = "534678912672195348198342567859761423426853791713924856961537284287419635345286179"
+    broken = solution[:-2] + "97"  # the last row no longer holds every digit once
+    givens_changed = "634578912" + solution[9:]  # a valid-looking first row that overwrites a given
+    grid = "\n".join(" ".join(solution[r * 9 : (r + 1) * 9]) for r in range(9))
+    completions = [f"Answer:\n{grid}", solution, broken, givens_changed, "no idea"]
+    assert sudoku_reward(["Solve it."] * 5, completions, puzzle=[puzzle] * 5) == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert sudoku_reward([f"Solve: {puzzle}"], [solution]) == [1.0]  # puzzle read from the prompt
+    assert sudoku_reward(["no puzzle"], [solution]) == [None]
+
+
 # --- math ---------------------------------------------------------------------
 
 # What math-verify 0.9.0 actually returns for each (completion, ground truth).
@@ -265,7 +302,10 @@ def test_package_is_a_leaf():
     assert out.stdout.strip() == "[]"  # sympy too: it loads only when a math answer is checked
     assert set(rewards.__all__) == {
         "arithmetic_reward", "arithmetic_format_reward", "math_reward", "boxed_format_reward",
-        "get_reward", "register_reward", "score", "solve_arithmetic",
+        "code_reward", "extract_code", "sandbox_info", "StepReward", "split_steps",
+        "countdown_reward", "sudoku_reward",
+        "get_reward", "register_reward", "in_process", "score", "ScoreResult", "SampleFailure",
+        "solve_arithmetic",
     }
 
 

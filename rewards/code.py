@@ -1,0 +1,360 @@
+"""Code rewards: run the completion's Python program against tests in the sandbox.
+
+Columns (the dataset's fields; each one entry per completion, None where absent):
+
+- ``tests``: assert-style tests. Either a list of snippets, each one test
+  (MBPP ``test_list``: ``["assert f(1) == 2", ...]``), or one string of test code:
+  if it defines ``check`` and ``entry_point`` is given, the single test is
+  ``check(<entry_point>)`` (HumanEval); if it defines ``test_*`` functions, each
+  is a test (pytest style); otherwise the whole string is one test. A JSON string
+  holding a list is read as the list.
+- ``inputs_outputs``: stdin/stdout cases. ``{"inputs": [...], "outputs": [...]}``
+  (APPS/TACO; may be a JSON string; with ``"fn_name"`` the cases are calls
+  instead: each input is the argument list, the output the return value, and a
+  LeetCode-style ``class Solution`` method is found too), a list of
+  ``{"input": ..., "output": ...}`` dicts, or a list of ``(input, output)`` pairs.
+  Outputs match when equal line by line ignoring trailing whitespace, or token by
+  token with a 1e-6 tolerance where the expected token is a non-integer number.
+- ``entry_point``: the function under test; tests may call it ``candidate``.
+- ``prefix``: code placed before the solution (imports, setup code, or a
+  HumanEval prompt whose body the completion continues).
+
+The program is the last fenced ```python block of the completion (else the last
+untagged fenced block, else the whole text). Each test runs in a fresh process
+forked inside one sandbox per sample (see rewards/sandbox.py), after the prefix
+and the solution. The reward is 1.0 if every test passes and 0.0 otherwise
+(``mode="all"``, which stops at the first failure), or the fraction passed
+(``mode="fraction"``); None when the sample has no tests.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import math
+import os
+import re
+import secrets
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from . import sandbox
+from ._text import as_text, column
+from .registry import in_process, register_reward
+
+logger = logging.getLogger(__name__)
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
+_PYTHON_TAGS = {"python", "py", "python3", "py3"}
+
+
+def extract_code(text: str) -> str:
+    """Return the program in a completion.
+
+    The last fenced block tagged python (``python``, ``py``, ``python3``); else the
+    last untagged fenced block; else the whole text. An unclosed final fence (a
+    completion cut off at the length limit) runs to the end of the text.
+
+    >>> extract_code("Try:\\n```python\\nprint(1)\\n```\\nor\\n```py\\nprint(2)\\n```")
+    'print(2)\\n'
+    >>> extract_code("x = 1")
+    'x = 1'
+    """
+    blocks = [(m.group(1).lower(), m.group(2)) for m in _FENCE.finditer(text)]
+    for lang, body in reversed(blocks):
+        if lang in _PYTHON_TAGS:
+            return body
+    for lang, body in reversed(blocks):
+        if not lang:
+            return body
+    return text
+
+
+def _is_int_token(token: str) -> bool:
+    return re.fullmatch(r"[+-]?\d+", token) is not None
+
+
+def outputs_match(actual: str, expected: str, rel_tol: float = 1e-6) -> bool:
+    """Whether a program's stdout matches the expected output.
+
+    Equal line by line after trailing whitespace and blank lines at the end are
+    dropped; or equal token by token, where a token expected to be a non-integer
+    number may differ by ``rel_tol`` (relative or absolute).
+
+    >>> outputs_match("3 \\n4\\n\\n", "3\\n4"), outputs_match("0.3333333", "0.333333333"), outputs_match("3.0", "3")
+    (True, True, False)
+    """
+
+    def lines(s: str) -> list[str]:
+        out = [line.rstrip() for line in s.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+        while out and not out[-1]:
+            out.pop()
+        return out
+
+    if lines(actual) == lines(expected):
+        return True
+    got, want = actual.split(), expected.split()
+    if len(got) != len(want):
+        return False
+    for g, w in zip(got, want):
+        if g == w:
+            continue
+        if _is_int_token(w):
+            return False
+        try:
+            fg, fw = float(g), float(w)
+        except ValueError:
+            return False
+        if not math.isclose(fg, fw, rel_tol=rel_tol, abs_tol=rel_tol):
+            return False
+    return True
+
+
+def _values_match(got: Any, want: Any, rel_tol: float = 1e-6) -> bool:
+    if isinstance(got, tuple):
+        got = list(got)
+    if isinstance(want, tuple):
+        want = list(want)
+    if isinstance(got, bool) or isinstance(want, bool):
+        return type(got) is type(want) and got == want
+    if isinstance(got, (int, float)) and isinstance(want, (int, float)):
+        if isinstance(got, int) and isinstance(want, int):
+            return got == want
+        return math.isclose(got, want, rel_tol=rel_tol, abs_tol=rel_tol)
+    if isinstance(got, list) and isinstance(want, list):
+        return len(got) == len(want) and all(_values_match(g, w, rel_tol) for g, w in zip(got, want))
+    if isinstance(got, dict) and isinstance(want, dict):
+        return got.keys() == want.keys() and all(_values_match(got[k], want[k], rel_tol) for k in got)
+    try:
+        return bool(got == want)
+    except Exception:
+        return False
+
+
+# --- turning columns into tests ----------------------------------------------------------
+
+
+@dataclass
+class _Case:
+    """One test of a sample: the program to run and how to judge its result."""
+
+    program: sandbox.Program
+    expected: str | None = None  # stdout cases
+    call_expected: Any = None  # call cases (fn_name)
+    mark: str | None = None  # call cases: the result follows the last mark
+
+
+def _maybe_json(value: Any) -> Any:
+    if isinstance(value, str) and value.lstrip()[:1] in ("[", "{"):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _test_cases(tests: Any, solution: str, prefix: str, entry_point: str | None) -> list[_Case]:
+    tests = _maybe_json(tests)
+    if not isinstance(tests, (str, bytes, dict)) and hasattr(tests, "__iter__"):
+        tests = list(tests)  # a numpy array or other sequence from a dataset
+    head = "\n".join(p for p in (prefix, solution) if p) + "\n"
+    if entry_point:
+        head += f"candidate = {entry_point}\n"
+    if isinstance(tests, (list, tuple)):
+        return [_Case(sandbox.Program(head + str(t) + "\n", kind="test")) for t in tests if str(t).strip()]
+    if not isinstance(tests, str):
+        raise TypeError(f"'tests' must be a string or a list of strings, got {type(tests).__name__}")
+    if not tests.strip():
+        return []
+    names: list[str] = []
+    try:
+        tree = ast.parse(tests)
+        names = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    except SyntaxError:
+        pass
+    body = head + tests + "\n"
+    if entry_point and "check" in names:
+        return [_Case(sandbox.Program(body + f"check({entry_point})\n", kind="test"))]
+    test_fns = [n for n in names if n.startswith("test")]
+    if test_fns:
+        return [_Case(sandbox.Program(body + f"{n}()\n", kind="test")) for n in test_fns]
+    return [_Case(sandbox.Program(body, kind="test"))]
+
+
+def _text_of(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "\n".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def _io_cases(spec: Any, solution: str, prefix: str) -> list[_Case]:
+    spec = _maybe_json(spec)
+    if not isinstance(spec, (str, bytes, dict)) and hasattr(spec, "__iter__"):
+        spec = list(spec)
+    program = "\n".join(p for p in (prefix, solution) if p) + "\n"
+    fn_name = None
+    if isinstance(spec, dict):
+        inputs, outputs = spec.get("inputs") or [], spec.get("outputs") or []
+        fn_name = spec.get("fn_name")
+        if len(inputs) != len(outputs):
+            raise ValueError(f"'inputs_outputs' has {len(inputs)} inputs and {len(outputs)} outputs")
+        pairs = list(zip(inputs, outputs))
+    elif isinstance(spec, (list, tuple)):
+        pairs = []
+        for case in spec:
+            if isinstance(case, dict):
+                pairs.append((case.get("input", ""), case.get("output", "")))
+            elif isinstance(case, (list, tuple)) and len(case) == 2:
+                pairs.append((case[0], case[1]))
+            else:
+                raise TypeError(f"cannot read stdin/stdout case {case!r}; expected {{'input', 'output'}} or a pair")
+    else:
+        raise TypeError(f"'inputs_outputs' must be a dict or a list, got {type(spec).__name__}")
+    cases = []
+    for given, want in pairs:
+        if fn_name:
+            args = given if isinstance(given, list) else [given]
+            mark = "@@unmask-result-" + secrets.token_hex(8) + "@@"
+            driver = (
+                f"__unmask_fn = globals().get({fn_name!r})\n"
+                f"if __unmask_fn is None and 'Solution' in globals():\n"
+                f"    __unmask_fn = getattr(Solution(), {fn_name!r})\n"
+                f"__unmask_result = __unmask_fn(*{args!r})\n"
+                f"import sys as __unmask_sys\n"
+                f"__unmask_sys.stdout.write('\\n' + {mark!r} + repr(__unmask_result) + '\\n')\n"
+            )
+            prog = sandbox.Program(program + driver, kind="io", stdout="capture")
+            cases.append(_Case(prog, call_expected=want, mark=mark))
+        else:
+            want = _text_of(want)
+            # Enough room for the expected output with generous whitespace differences.
+            limit = 2 * len(want.encode("utf-8", "surrogateescape")) + 4096
+            prog = sandbox.Program(program, stdin=_text_of(given), kind="io", stdout="capture", output_limit=limit)
+            cases.append(_Case(prog, expected=want))
+    return cases
+
+
+def _judge(case: _Case, unit: sandbox.UnitResult) -> bool:
+    if not unit.passed:
+        return False
+    if case.expected is not None:
+        return outputs_match(unit.output.decode("utf-8", "replace"), case.expected)
+    if case.mark is not None:
+        text = unit.output.decode("utf-8", "replace")
+        pos = text.rfind(case.mark)
+        if pos < 0:
+            return False
+        try:
+            got = ast.literal_eval(text[pos + len(case.mark) :].strip())
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            return False
+        want = case.call_expected
+        return _values_match(got, want) or (isinstance(want, list) and len(want) == 1 and _values_match(got, want[0]))
+    return True
+
+
+def run_tests(
+    completion: str,
+    tests: Any = None,
+    inputs_outputs: Any = None,
+    entry_point: str | None = None,
+    prefix: str | None = None,
+    *,
+    stop_on_failure: bool = False,
+    limits: sandbox.Limits | None = None,
+    backend: str | None = None,
+) -> tuple[list[bool], sandbox.SandboxResult | None]:
+    """Run one completion's tests in one sandbox; returns (pass/fail per test, the sandbox result).
+
+    Tests that were skipped (``stop_on_failure``, or the sample ran out of time)
+    count as failed. No tests at all gives ``([], None)``.
+    """
+    solution = extract_code(as_text(completion))
+    cases: list[_Case] = []
+    if tests is not None:
+        cases += _test_cases(tests, solution, prefix or "", entry_point)
+    if inputs_outputs is not None:
+        cases += _io_cases(inputs_outputs, solution, prefix or "")
+    if not cases:
+        return [], None
+    if not solution.strip():
+        return [False] * len(cases), None
+    result = sandbox.run_programs(
+        [c.program for c in cases], limits=limits, stop_on_failure=stop_on_failure, backend=backend
+    )
+    return [_judge(c, u) for c, u in zip(cases, result.units)], result
+
+
+def default_num_workers() -> int:
+    """Sandboxes run at once when the caller does not say: one per core."""
+    return max(1, os.cpu_count() or 1)
+
+
+@register_reward("code")
+@in_process
+def code_reward(
+    prompts: list,
+    completions: list,
+    tests: Sequence | None = None,
+    inputs_outputs: Sequence | None = None,
+    entry_point: Sequence | None = None,
+    prefix: Sequence | None = None,
+    *,
+    mode: str = "all",
+    timeout_s: float = 10.0,
+    test_timeout_s: float | None = None,
+    memory_mb: int = 1024,
+    num_workers: int | None = None,
+    backend: str | None = None,
+    **columns: Any,
+) -> list[float | None]:
+    """Score Python completions by running them against their tests in the sandbox.
+
+    ``mode``: ``"all"`` (1.0 if every test passes, else 0.0) or ``"fraction"``
+    (the fraction passed). ``timeout_s`` bounds each sample (all its tests),
+    ``test_timeout_s`` each test (default: ``timeout_s``); ``memory_mb`` is the
+    address-space limit per test. Samples run in ``num_workers`` sandboxes at once
+    (default: one per core). A sample without tests scores None, and so does one
+    whose sandbox could not start (logged). Bind the keyword options with
+    functools.partial to change them.
+
+    >>> code_reward(["q"] * 2, ["```python\\ndef f(x):\\n    return 2 * x\\n```", "def f(x): return x"],
+    ...             tests=[["assert f(2) == 4", "assert f(0) == 0"]] * 2)
+    [1.0, 0.0]
+    """
+    if mode not in ("all", "fraction"):
+        raise ValueError(f"mode must be 'all' or 'fraction', got {mode!r}")
+    n = len(completions)
+    tests_col = column(tests, n, "tests")
+    io_col = column(inputs_outputs, n, "inputs_outputs")
+    entry_col = column(entry_point, n, "entry_point")
+    prefix_col = column(prefix, n, "prefix")
+    limits = sandbox.Limits(timeout_s=timeout_s, unit_timeout_s=test_timeout_s, memory_mb=memory_mb)
+
+    def score_one(i: int) -> float | None:
+        if tests_col[i] is None and io_col[i] is None:
+            return None
+        try:
+            passed, _ = run_tests(
+                completions[i], tests_col[i], io_col[i], entry_col[i], prefix_col[i],
+                stop_on_failure=(mode == "all"), limits=limits, backend=backend,
+            )  # fmt: skip
+        except sandbox.SandboxError as exc:
+            logger.warning("code reward: sandbox failed on sample %d: %s", i, exc)
+            return None
+        if not passed:
+            return None
+        if mode == "all":
+            return 1.0 if all(passed) else 0.0
+        return sum(passed) / len(passed)
+
+    workers = min(num_workers or default_num_workers(), max(n, 1))
+    if workers <= 1 or n <= 1:
+        return [score_one(i) for i in range(n)]
+    # Threads, not processes: each sample's work happens in its sandbox process, and a
+    # thread only waits on its pipes (without the GIL).
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="code-reward") as pool:
+        return list(pool.map(score_one, range(n)))

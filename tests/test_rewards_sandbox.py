@@ -1,0 +1,325 @@
+"""Hostile programs in the code sandbox: each is contained, scores 0, and leaves the test process unharmed.
+
+Every test runs with bubblewrap (skipped where it cannot start) and with the
+forced fallback (``backend="rlimit"``: no namespaces). Tests whose protection is
+not active on this machine are skipped, never run unprotected.
+"""
+
+import os
+import pwd
+import resource
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from rewards import code_reward, sandbox_info
+from rewards import sandbox as sb
+
+BACKENDS = ["bwrap", "rlimit"]
+
+
+def _info(backend):
+    try:
+        return sandbox_info(backend)
+    except sb.SandboxError as exc:
+        pytest.skip(f"{backend} sandbox unavailable here: {exc}")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    _info(request.param)
+    return request.param
+
+
+def require(backend, key):
+    info = _info(backend)
+    if not info[key]:
+        pytest.skip(f"{key} is not active for the {backend} sandbox on this machine")
+
+
+def reward(backend, program, tests=("assert True",), **kw):
+    """Score ``program`` as a completion with trivial tests: 1.0 means the hostile part did no harm to it."""
+    completion = f"```python\n{program}\n```"
+    return code_reward(["q"], [completion], tests=[list(tests)], backend=backend, **kw)[0]
+
+
+def leftover_sandboxes():
+    """Processes still running a sandbox of this test process (their command line carries its tag)."""
+    tag = f"unmask-sandbox:{os.getpid()}".encode()
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if tag in cmd.split(b"\0"):
+            found.append(int(pid))
+    return found
+
+
+def test_leftover_scan_sees_a_running_sandbox(backend):
+    # The leftover checks below would pass vacuously if the scan could not see a sandbox.
+    seen = []
+    t = threading.Thread(target=lambda: sb.run_python("import time\ntime.sleep(1.5)", backend=backend))
+    t.start()
+    deadline = time.monotonic() + 10
+    while not seen and time.monotonic() < deadline:
+        seen = leftover_sandboxes()
+        time.sleep(0.05)
+    t.join()
+    assert seen
+    assert wait_no_leftovers() == []
+
+
+def wait_no_leftovers(timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while leftover_sandboxes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return leftover_sandboxes()
+
+
+# --- the protections report ----------------------------------------------------------------
+
+
+def test_sandbox_info_reports_protections(backend):
+    info = sandbox_info(backend)
+    assert info["backend"] == backend
+    for key in ("seccomp", "landlock_abi", "capabilities_dropped", "network_blocked", "host_writes_blocked",
+                "fork_blocked", "signals_to_host_blocked", "rlimits", "unprivileged_uid", "python"):  # fmt: skip
+        assert key in info
+    if backend == "bwrap":
+        assert "network" in info["namespaces"] and "pid" in info["namespaces"]
+    assert {"cpu", "address_space", "file_size"} <= set(info["rlimits"])
+
+
+def test_auto_falls_back_when_user_namespaces_are_disabled(tmp_path, monkeypatch):
+    # A bwrap that fails the way it does where unprivileged user namespaces are off.
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr(sb.shutil, "which", lambda name: str(fake) if name == "bwrap" else None)
+    monkeypatch.delenv("UNMASK_SANDBOX", raising=False)
+    sb.clear_probe_cache()
+    try:
+        info = sandbox_info()
+        assert info["backend"] == "rlimit"
+        assert "No permissions to create new namespace" in info["fallback_reason"]
+        assert reward(None, "x = 1") == 1.0
+        with pytest.raises(sb.SandboxError, match="namespace"):
+            sandbox_info("bwrap")
+    finally:
+        sb.clear_probe_cache()
+
+
+def test_old_bubblewrap_without_size_option_still_works(tmp_path, monkeypatch):
+    real = sb.shutil.which("bwrap")
+    if real is None:
+        pytest.skip("bubblewrap is not installed")
+    _info("bwrap")
+    fake = tmp_path / "bwrap"  # bubblewrap < 0.8 has no --size for its tmpfs
+    fake.write_text(
+        "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = --size ] && { echo 'bwrap: Unknown option --size' >&2; exit 1; }; done\n"
+        f"exec {real} \"$@\"\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr(sb.shutil, "which", lambda name: str(fake) if name == "bwrap" else None)
+    sb.clear_probe_cache()
+    try:
+        info = sandbox_info("bwrap")
+        assert info["backend"] == "bwrap" and "size-capped" not in info["filesystem"]
+        assert reward("bwrap", "x = 1") == 1.0
+    finally:
+        sb.clear_probe_cache()
+
+
+def test_a_sandbox_that_cannot_start_scores_none_not_zero(monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise sb.SandboxError("the sandbox failed to start (exit code 1): out of memory")
+
+    monkeypatch.setattr(sb, "run_programs", broken)
+    assert code_reward(["q"] * 2, ["x = 1"] * 2, tests=[["assert True"]] * 2) == [None, None]
+    assert "out of memory" in caplog.text
+
+
+def test_environment_variable_selects_the_backend(monkeypatch):
+    monkeypatch.setenv("UNMASK_SANDBOX", "rlimit")
+    assert sandbox_info()["backend"] == "rlimit"
+    assert sb.run_python("print(1)").backend == "rlimit"
+    monkeypatch.setenv("UNMASK_SANDBOX", "docker")
+    with pytest.raises(ValueError, match="docker"):
+        sandbox_info()
+
+
+def test_ordinary_program_runs(backend):
+    r = sb.run_python("import sys, math\nprint(math.isqrt(int(sys.stdin.read())))", stdin="1000000", backend=backend)
+    assert r.passed and r.stdout == b"1000\n" and r.returncode == 0
+
+
+# --- hostile programs --------------------------------------------------------------------
+
+
+def test_infinite_loop_is_killed(backend):
+    start = time.monotonic()
+    assert reward(backend, "while True:\n    pass", timeout_s=1.0) == 0.0
+    assert time.monotonic() - start < 15
+    r = sb.run_python("while True: pass", limits=sb.Limits(timeout_s=1.0), backend=backend)
+    assert r.units[0].status == "timeout" and r.returncode is None
+    assert wait_no_leftovers() == []
+
+
+def test_sleeping_program_with_ignored_signals_is_killed(backend):
+    program = "import signal, time\nfor s in (signal.SIGTERM, signal.SIGINT, signal.SIGXCPU):\n    signal.signal(s, signal.SIG_IGN)\ntime.sleep(600)"
+    assert reward(backend, program, timeout_s=1.0) == 0.0
+    assert wait_no_leftovers() == []
+
+
+def test_fork_bomb_is_contained(backend):
+    require(backend, "fork_blocked")
+    program = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    assert reward(backend, program, timeout_s=1.0) == 0.0
+    assert wait_no_leftovers() == []  # forked children carry the tag too: none left behind
+    assert subprocess.run(["true"]).returncode == 0  # and this process can still start one
+    assert reward(backend, "import subprocess\nsubprocess.run(['true'])") == 0.0  # nor may it start programs
+
+
+def test_ten_gigabyte_allocation_fails_inside(backend):
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert reward(backend, "x = bytearray(10 * 1024 ** 3)") == 0.0
+    assert reward(backend, "x = [0] * (10 ** 10)") == 0.0
+    r = sb.run_python("x = bytearray(10 * 1024 ** 3)", backend=backend)
+    assert "MemoryError" in r.units[0].error
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 100 * 1024  # KiB
+
+
+def test_writing_outside_its_temp_dir_fails(backend, tmp_path):
+    require(backend, "host_writes_blocked")
+    target = tmp_path / "pwned.txt"
+    shared_tmp = Path(tempfile.gettempdir()) / f"unmask-pwned-{os.getpid()}.txt"
+    for path in (target, shared_tmp, Path.cwd() / "pwned.txt", Path(sys.prefix) / "pwned.txt"):
+        program = f"with open({str(path)!r}, 'w') as f:\n    f.write('pwned')"
+        score = reward(backend, program)
+        assert not path.exists()  # nothing reached the host
+        if not (backend == "bwrap" and path.parent == Path("/tmp")):  # bwrap's /tmp is the sandbox's own tmpfs
+            assert score == 0.0
+    # Its own temp dir (the working directory) is writable.
+    assert reward(backend, "with open('scratch.txt', 'w') as f:\n    f.write('ok')\nassert open('scratch.txt').read() == 'ok'") == 1.0
+
+
+def test_network_socket_fails(backend):
+    require(backend, "network_blocked")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.2)
+    port = server.getsockname()[1]
+    try:
+        program = f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\ns.sendall(b'leak')"
+        assert reward(backend, program) == 0.0
+        assert reward(backend, "import socket\nsocket.socket(socket.AF_INET6, socket.SOCK_DGRAM)") == 0.0
+        with pytest.raises(socket.timeout):
+            server.accept()
+    finally:
+        server.close()
+
+
+def test_environment_secrets_are_invisible(backend, monkeypatch):
+    secret = "hunter2-" + os.urandom(4).hex()
+    monkeypatch.setenv("UNMASK_TEST_SECRET", secret)
+    # If the program could read the secret it would print it and pass the case.
+    snoop = (
+        "import os\n"
+        "found = os.environ.get('UNMASK_TEST_SECRET', '')\n"
+        "for pid in ['self', str(os.getppid()), " + repr(str(os.getpid())) + "]:\n"
+        "    try:\n"
+        "        data = open('/proc/%s/environ' % pid, 'rb').read().decode()\n"
+        "    except Exception:\n"
+        "        continue\n"
+        "    if 'hunter2' in data:\n"
+        "        found = data\n"
+        "print(found)"
+    )
+    assert code_reward(["q"], [snoop], inputs_outputs=[[["", secret]]], backend=backend) == [0.0]
+    r = sb.run_python(snoop + "\nimport os\nprint(sorted(os.environ))", backend=backend)
+    assert secret.encode() not in r.stdout and b"UNMASK_TEST_SECRET" not in r.stdout
+
+
+def test_deleting_files_in_the_home_directory_fails(backend, tmp_path):
+    require(backend, "host_writes_blocked")
+    homes = {pwd.getpwuid(os.getuid()).pw_dir, os.path.expanduser("~")}
+    sentinels = []
+    try:
+        for home in homes:
+            if not os.path.isdir(home) or not os.access(home, os.W_OK):
+                continue
+            path = Path(home) / f"unmask_sentinel_{os.getpid()}.txt"
+            path.write_text("keep me")
+            sentinels.append(path)
+        if not sentinels:
+            pytest.skip("no writable home directory to put a sentinel in")
+        for path in sentinels:
+            program = f"import os\nos.remove({str(path)!r})"
+            assert reward(backend, program) == 0.0
+            program = f"import os\nos.rename({str(path)!r}, {str(path) + '.moved'!r})"
+            assert reward(backend, program) == 0.0
+            program = f"open({str(path)!r}, 'w').close()"  # truncating is harming it too
+            assert reward(backend, program) == 0.0
+            assert path.read_text() == "keep me"
+    finally:
+        for path in sentinels:
+            path.unlink(missing_ok=True)
+
+
+def test_killing_its_parent_fails(backend):
+    require(backend, "signals_to_host_blocked")
+    me = os.getpid()
+    for program in (
+        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",
+        f"import os, signal\nos.kill({me}, signal.SIGKILL)",  # the test process itself, by pid
+        "import os, signal\nos.killpg(os.getpgid(0), signal.SIGKILL)",
+        "import os, signal\nos.kill(-1, signal.SIGKILL)",
+    ):
+        assert reward(backend, program) == 0.0
+    assert os.getpid() == me  # still here
+
+
+def test_printing_100_megabytes_is_cut_off(backend):
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    program = "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(100):\n    sys.stdout.write(chunk)"
+    limits = sb.Limits(output_bytes=1 << 20)
+    start = time.monotonic()
+    r = sb.run_python(program, limits=limits, backend=backend)
+    assert r.output_truncated and not r.passed
+    assert len(r.stdout) <= limits.output_bytes
+    # As a stdin/stdout case the output goes to a capped file instead: 0, and nothing blows up.
+    assert code_reward(["q"], [program], inputs_outputs=[[["", "x"]]], backend=backend) == [0.0]
+    # Inside an assert test the output is discarded.
+    assert reward(backend, program) == 1.0
+    assert time.monotonic() - start < 30
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 100 * 1024  # KiB
+    assert wait_no_leftovers() == []
+
+
+def test_filling_the_disk_stops_at_the_file_size_limit(backend):
+    program = "with open('big', 'wb') as f:\n    for _ in range(64):\n        f.write(b'x' * (1 << 20))"
+    r = sb.run_python(program, limits=sb.Limits(file_size_mb=4), backend=backend)
+    assert not r.passed and "File too large" in r.units[0].error
+
+
+def test_test_process_is_unharmed_after_everything():
+    # The suite is still running, can start processes and threads, and left no temp dirs behind.
+    assert subprocess.run([sys.executable, "-c", "pass"]).returncode == 0
+    t = threading.Thread(target=lambda: None)
+    t.start()
+    t.join()
+    stale = list(Path(tempfile.gettempdir()).glob(f"unmask-sandbox-{os.getpid()}-*"))
+    assert stale == []
+    assert wait_no_leftovers() == []
