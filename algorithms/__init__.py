@@ -1,9 +1,30 @@
-"""Likelihood estimators, advantages and policy losses as plain tensor functions."""
+"""Likelihood estimators, advantages, the value model and policy/value losses as plain tensor functions."""
 
-from algorithms.advantages import group_advantages
-from algorithms.losses import k3_kl, policy_loss
+from algorithms.advantages import filter_groups, group_advantages, truncated_rewards
+from algorithms.estimators import ESTIMATORS, count_forward_passes, get_estimator
+from algorithms.losses import LOSSES, k3_kl, policy_loss, sequence_policy_loss
 from algorithms.packing import pack_noisy
 from algorithms.sft import sft_loss
 from algorithms.trace import trace_logprobs, trace_pass_index
+from algorithms.value import ValueModel, terminal_token_rewards, trace_gae, value_loss
 
-__all__ = ["group_advantages", "k3_kl", "pack_noisy", "policy_loss", "sft_loss", "trace_logprobs", "trace_pass_index"]
+__all__ = [
+    "ESTIMATORS",
+    "LOSSES",
+    "ValueModel",
+    "count_forward_passes",
+    "filter_groups",
+    "get_estimator",
+    "group_advantages",
+    "k3_kl",
+    "pack_noisy",
+    "policy_loss",
+    "sequence_policy_loss",
+    "sft_loss",
+    "terminal_token_rewards",
+    "trace_gae",
+    "trace_logprobs",
+    "trace_pass_index",
+    "truncated_rewards",
+    "value_loss",
+]

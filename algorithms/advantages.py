@@ -1,4 +1,4 @@
-"""Group-relative advantages (GRPO family)."""
+"""Group-relative advantages (GRPO family), group filters and the treatment of truncated responses."""
 
 from __future__ import annotations
 
@@ -40,3 +40,81 @@ def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, mode: str = "z
         std = (sq / (count - 1).clamp(min=1)).sqrt()
         adv = (rewards - mean[inv]) / (std[inv] + eps)
     return adv.float()
+
+
+def _group_stats(rewards: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per sample: its group's mean, population std and dense group id ([B] each)."""
+    rewards = rewards.double()
+    _, inv = groups.unique(return_inverse=True)
+    count = torch.bincount(inv).double()
+    mean = torch.zeros_like(count).index_add_(0, inv, rewards) / count
+    var = torch.zeros_like(count).index_add_(0, inv, (rewards - mean[inv]) ** 2) / count
+    return mean[inv], var.sqrt()[inv], inv
+
+
+def filter_groups(
+    rewards: torch.Tensor,
+    groups: torch.Tensor,
+    drop_zero_std: bool = True,
+    min_acc: float | None = None,
+    max_acc: float | None = None,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """Which samples to keep, decided per group (DAPO's dynamic sampling).
+
+    A group whose rewards are all equal gets zero advantage in every mode and only dilutes the
+    loss normalisation, so drop_zero_std removes it (std <= eps). The accuracy filter drops
+    groups whose mean reward (the accuracy, for 0/1 rewards) lies outside [min_acc, max_acc]
+    (bounds inclusive; None = unbounded): too easy or too hard prompts.
+
+    Args:
+        rewards: [B]; groups: [B] prompt index per sample.
+    Returns:
+        keep: [B] bool, the same value for every sample of a group.
+
+    >>> filter_groups(torch.tensor([1., 1., 1., 0., 0., 1.]), torch.tensor([0, 0, 1, 1, 2, 2]), True, max_acc=0.5).tolist()
+    [False, False, True, True, True, True]
+    """
+    if rewards.shape != groups.shape or rewards.dim() != 1:
+        raise ValueError(f"rewards {tuple(rewards.shape)} and groups {tuple(groups.shape)} must be equal 1-D shapes")
+    mean, std, _ = _group_stats(rewards, groups)
+    keep = torch.ones_like(rewards, dtype=torch.bool)
+    if drop_zero_std:
+        keep &= std > eps
+    if min_acc is not None:
+        keep &= mean >= min_acc - eps
+    if max_acc is not None:
+        keep &= mean <= max_acc + eps
+    return keep
+
+
+TRUNCATION_MODES = ("mask", "wrong", "keep")
+
+
+def truncated_rewards(
+    rewards: torch.Tensor,
+    finish_reasons: list[str],
+    mode: str = "keep",
+    wrong_reward: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Treatment of responses cut off at the length limit (finish_reason == "length").
+
+    "mask":  keep the rewards, and return a loss mask that is False for truncated samples
+             (DAPO's overlong filtering: a cut-off answer is neither right nor wrong). Their
+             rewards still count in the group baseline unless the caller filters them first.
+    "wrong": score truncated samples as wrong (reward = wrong_reward, default 0), loss mask all True.
+    "keep":  rewards as scored, loss mask all True.
+
+    Returns (rewards [B], loss_mask [B] bool).
+    """
+    if mode not in TRUNCATION_MODES:
+        raise ValueError(f"truncation mode must be one of {TRUNCATION_MODES}, got {mode!r}")
+    if len(finish_reasons) != rewards.shape[0]:
+        raise ValueError(f"{rewards.shape[0]} rewards but {len(finish_reasons)} finish reasons")
+    truncated = torch.tensor([r == "length" for r in finish_reasons], dtype=torch.bool, device=rewards.device)
+    keep = torch.ones_like(truncated)
+    if mode == "mask":
+        return rewards.clone(), ~truncated
+    if mode == "wrong":
+        return torch.where(truncated, torch.full_like(rewards, wrong_reward), rewards), keep
+    return rewards.clone(), keep

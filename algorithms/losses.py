@@ -1,10 +1,24 @@
-"""Policy objectives as plain tensor functions."""
+"""Policy objectives as plain tensor functions.
+
+Loss normalisations (`norm`), for a per-token loss l[i, t] with mask m[i, t]:
+  "token"     sum_{i,t} m l / sum_{i,t} m          every token of the batch weighs the same, so
+                                                   long answers weigh more (DAPO's token-level loss);
+  "sequence"  mean_i [ sum_t m l / sum_t m ]       each sequence weighs the same, its tokens share
+                                                   1/|o_i| (GRPO's original; biased towards long
+                                                   wrong and short right answers, per Dr. GRPO);
+  "constant"  sum_{i,t} m l / norm_constant        a fixed denominator such as max completion
+                                                   length x batch size (Dr. GRPO), so a token's
+                                                   weight depends neither on its answer's length
+                                                   nor on the batch's.
+"""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
-LOSS_NORMS = ("token", "sequence")
+LOSS_NORMS = ("token", "sequence", "constant")
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -14,6 +28,22 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """
     d = ref_logp - logp
     return torch.exp(d) - d - 1
+
+
+def reduce_loss(x: torch.Tensor, mask: torch.Tensor, norm: str = "token", norm_constant: float | None = None) -> torch.Tensor:
+    """Reduce a per-token [B, L] quantity to a scalar with one of LOSS_NORMS (module docstring)."""
+    if norm not in LOSS_NORMS:
+        raise ValueError(f"norm must be one of {LOSS_NORMS}, got {norm!r}")
+    mask = mask.to(x.dtype)
+    if norm == "token":
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    if norm == "constant":
+        if norm_constant is None or norm_constant <= 0:
+            raise ValueError("norm='constant' needs norm_constant > 0 (e.g. max completion length x batch size)")
+        return (x * mask).sum() / norm_constant
+    lengths = mask.sum(1)
+    per_seq = (x * mask).sum(1) / lengths.clamp(min=1)
+    return per_seq[lengths > 0].mean() if (lengths > 0).any() else per_seq.sum() * 0
 
 
 def policy_loss(
@@ -26,6 +56,7 @@ def policy_loss(
     ref_logp: torch.Tensor | None = None,
     beta: float = 0.0,
     norm: str = "token",
+    norm_constant: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Token-level clipped-ratio policy loss with an optional k3 KL penalty (PPO / GRPO).
 
@@ -37,8 +68,7 @@ def policy_loss(
         advantages: [B] per sample (broadcast over tokens) or [B, L] per token.
         mask: [B, L] bool, tokens that carry loss.
         ref_logp: [B, L] log-probs under the frozen reference policy (needed when beta > 0).
-        norm: "token" averages over all tokens of the batch (long answers weigh more);
-              "sequence" averages tokens within a sequence, then sequences (GRPO's original).
+        norm: "token" | "sequence" | "constant" (module docstring); norm_constant for "constant".
     Returns:
         (loss, metrics) with clipfrac, approx_kl (to old policy), kl (to reference), ratio mean.
     """
@@ -57,10 +87,7 @@ def policy_loss(
         per_token = per_token + beta * kl
 
     def reduce(x: torch.Tensor) -> torch.Tensor:
-        if norm == "token":
-            return (x * mask).sum() / mask.sum().clamp(min=1)
-        per_seq = (x * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return per_seq[mask.sum(1) > 0].mean() if (mask.sum(1) > 0).any() else per_seq.sum() * 0
+        return reduce_loss(x, mask, norm, norm_constant)
 
     loss = reduce(per_token)
     with torch.no_grad():
@@ -73,3 +100,66 @@ def policy_loss(
             "ratio/mean": float((ratio * mask).sum() / n),
         }
     return loss, metrics
+
+
+def sequence_policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    eps_low: float = 3e-4,
+    eps_high: float = 4e-4,
+    ref_logp: torch.Tensor | None = None,
+    beta: float = 0.0,
+    norm: str = "sequence",
+    norm_constant: float | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sequence-level clipped ratio, length-normalised (GSPO: Zheng et al., 2025, arXiv:2507.18071).
+
+        s_i = exp( (1/|o_i|) sum_t (logp_it - old_logp_it) )           (geometric-mean ratio)
+        L_i = max(-A_i s_i, -A_i clip(s_i, 1 - eps_low, 1 + eps_high)) + beta * mean_t k3_it
+
+    and the loss is the mean of L_i over sequences (norm="sequence", GSPO's). It is computed
+    in GSPO-token form, s_it = sg[s_i] * exp(logp_it - sg[logp_it]), whose value is s_i and
+    whose gradient averaged over t is grad s_i, so [B, L] per-token advantages also work and
+    "token"/"constant" norms reduce the same per-token terms. Clipping is decided per
+    sequence, hence GSPO's much smaller default range (3e-4, 4e-4). This is the natural loss
+    for sequence-level likelihoods such as the ELBO (mc_elbo estimator).
+
+    Args and returns as `policy_loss`; clipfrac and ratio/mean are per sequence.
+    """
+    if norm not in LOSS_NORMS:
+        raise ValueError(f"norm must be one of {LOSS_NORMS}, got {norm!r}")
+    if beta > 0 and ref_logp is None:
+        raise ValueError("beta > 0 needs ref_logp")
+    m = mask.to(logp.dtype)
+    lengths = m.sum(1)
+    has = lengths > 0
+    seq_log_ratio = ((logp - old_logp) * m).sum(1) / lengths.clamp(min=1)  # [B]
+    seq_ratio = torch.exp(seq_log_ratio)
+    ratio = seq_ratio.detach()[:, None] * torch.exp(logp - logp.detach())  # value s_i, gradient s_i * grad logp_t
+    adv = advantages[:, None] if advantages.dim() == 1 else advantages
+    pg_loss1 = -adv * ratio
+    pg_loss2 = -adv * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
+    pg = torch.maximum(pg_loss1, pg_loss2)
+    kl = k3_kl(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
+    per_token = pg + beta * kl if beta > 0 else pg
+    loss = reduce_loss(per_token, m, norm, norm_constant)
+    with torch.no_grad():
+        n = m.sum().clamp(min=1)
+        nseq = has.sum().clamp(min=1)
+        clipped_seq = ((pg_loss2 > pg_loss1) & mask.bool()).any(1)
+        metrics = {
+            "loss/policy": reduce_loss(pg, m, norm, norm_constant).item(),
+            "kl": float((kl * m).sum() / n),
+            "clipfrac": float((clipped_seq & has).sum() / nseq),
+            "approx_kl": float((0.5 * (logp - old_logp) ** 2 * m).sum() / n),
+            "ratio/mean": float(seq_ratio[has].sum() / nseq),
+        }
+    return loss, metrics
+
+
+LOSSES: dict[str, Callable[..., tuple[torch.Tensor, dict[str, float]]]] = {
+    "grpo": policy_loss,  # token-level clipped ratio (PPO / GRPO / DAPO)
+    "gspo": sequence_policy_loss,  # sequence-level, length-normalised ratio (GSPO)
+}

@@ -1,0 +1,398 @@
+"""Likelihood estimators for sampled completions of a diffusion LM, behind one interface.
+
+A masked diffusion LM has no tractable sequence likelihood, and the RL papers for dLLMs differ
+mostly in how they estimate it. Every estimator here has the same signature,
+
+    estimate(lm, trajs, generator=None, **opts) -> (logp [N, C], mask [N, C])
+
+where N = len(trajs), C = the longest completion, logp[i, c] is the (differentiable) estimate
+for completion token c of sample i (0 at padding) and mask[i, c] is True where that estimate
+carries loss. `with_entropy=True` adds a third tensor, the entropy [N, C] of the scored
+distribution (detached, a metric). Options that only another estimator takes are ignored, so
+one options dict (the run config's) can be passed to whichever estimator is selected.
+
+Inputs. Block models (lm.block_size set) score the packed [prompt | clean | noisy] layout of
+`algorithms.packing.pack_noisy`, so noisy block j sees the prompt and the clean blocks before
+it, exactly as the block sampler did; full-attention models (block_size None) see
+[prompt | noisy]. Log-probs are always `lm.sampling_logprobs(logits, temperature)` with the
+trajectory's temperature: the distribution the rollout actually sampled from.
+
+Randomness. The same call serves the old, the reference and the current policy, and their
+ratio is only meaningful if all three see the same masks. So no estimator draws from a shared
+stream: each sample gets its own `torch.Generator` seeded from a base seed and the sample's
+identity (a hash of its prompt and completion ids, plus its occurrence number among identical
+samples of the call). The base seed is `opts["seed"]` if given, else `generator.initial_seed()`
+(unaffected by draws already taken from it), else 0. Hence two calls with the same seed give
+identical masks whatever the weights, and a sample's mask does not depend on which other
+samples share its minibatch. Re-drawing masks (say, per inner epoch, as d1 does) means passing
+a new seed to the old, reference and current calls alike.
+
+Estimators (ESTIMATORS):
+  trace         TraceRL: replay the recorded step map (algorithms.trace).
+  one_step      diffu-GRPO (d1): completion fully masked, prompt tokens masked with prob p.
+  coupled       coupled-GRPO (DiffuCoder): complementary masks, every token scored once.
+  mc_elbo       Monte Carlo / quadrature ELBO of masked diffusion (GDPO-style), per token.
+  block_random  one random mask per block (SFT-style masking), loss on the masked tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from functools import lru_cache
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from algorithms.packing import pack_noisy
+from algorithms.sft import random_block_mask
+from algorithms.trace import trace_logprobs, trace_pass_index
+from rollout.models import DiffusionLM
+from rollout.trajectory import Trajectory
+
+Estimate = tuple[torch.Tensor, ...]
+
+
+# -- shared pieces ---------------------------------------------------------------------------------
+def sample_generators(trajs: Sequence[Trajectory], seed: int) -> list[torch.Generator]:
+    """One CPU generator per sample, seeded from `seed` and the sample's identity.
+
+    Identity = (prompt ids, completion ids, k) where k counts earlier identical samples in
+    `trajs`, so duplicates in a group still get independent masks while a sample's masks do not
+    depend on its position in the batch. blake2b, not hash(): stable across processes.
+    """
+    seen: Counter = Counter()
+    gens = []
+    for t in trajs:
+        key = (tuple(t.prompt_ids), tuple(t.completion_ids))
+        k = seen[key]
+        seen[key] += 1
+        digest = hashlib.blake2b(repr((int(seed), key, k)).encode(), digest_size=8).digest()
+        gens.append(torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1)))
+    return gens
+
+
+def _base_seed(generator: torch.Generator | None, seed: int | None) -> int:
+    if seed is not None:
+        return int(seed)
+    return int(generator.initial_seed()) if generator is not None else 0
+
+
+def _temperature(trajs: Sequence[Trajectory]) -> float:
+    if not trajs:
+        raise ValueError("an estimator needs at least one trajectory")
+    temps = {t.temperature for t in trajs}
+    if len(temps) != 1:
+        raise ValueError(f"an estimator batch must share one sampling temperature, got {sorted(temps)}")
+    return temps.pop()
+
+
+def _block_spans(prompt_len: int, completion_len: int, block_size: int | None) -> list[tuple[int, int]]:
+    """[start, end) of each completion block on the absolute grid; None: the whole completion."""
+    if block_size is None:
+        return [(0, completion_len)] if completion_len else []
+    spans, c = [], 0
+    while c < completion_len:
+        end = min(((prompt_len + c) // block_size + 1) * block_size - prompt_len, completion_len)
+        spans.append((c, end))
+        c = end
+    return spans
+
+
+def _completion_tensors(trajs: Sequence[Trajectory], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """targets [N, C] (completion ids, 0 at padding) and mask [N, C] (real tokens)."""
+    width = max(len(t.completion_ids) for t in trajs)
+    targets = torch.zeros((len(trajs), width), dtype=torch.long)
+    mask = torch.zeros((len(trajs), width), dtype=torch.bool)
+    for i, t in enumerate(trajs):
+        targets[i, : len(t.completion_ids)] = torch.tensor(t.completion_ids, dtype=torch.long)
+        mask[i, : len(t.completion_ids)] = True
+    return targets.to(device), mask.to(device)
+
+
+def _pad(rows: Sequence[Sequence[float | bool]], width: int, dtype, device) -> torch.Tensor:
+    out = torch.zeros((len(rows), width), dtype=dtype)
+    for i, r in enumerate(rows):
+        if len(r):
+            out[i, : len(r)] = torch.tensor(list(r), dtype=dtype)
+    return out.to(device)
+
+
+def _score(
+    lm: DiffusionLM,
+    trajs: Sequence[Trajectory],
+    noisy: Sequence[Sequence[bool]],
+    temperature: float,
+    targets: torch.Tensor,
+    prompt_noisy: Sequence[Sequence[bool]] | None = None,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One forward pass: log-prob [N, C] of every completion token with `noisy` tokens masked.
+
+    prompt_noisy: per prompt token, True to mask it too (d1's prompt masking). It is applied
+    to every copy of that prompt position in the packed row (the noisy block holding the prompt's
+    tail repeats those tokens), so all copies of the context agree.
+    """
+    packed = pack_noisy(
+        [t.prompt_ids for t in trajs], [t.completion_ids for t in trajs], noisy, lm.block_size, lm.mask_id, lm.pad_id, lm.device
+    )
+    input_ids = packed.input_ids
+    if prompt_noisy is not None and any(any(p) for p in prompt_noisy):
+        plen = max(len(p) for p in prompt_noisy)
+        hit = torch.zeros((len(trajs), plen + 1), dtype=torch.bool)
+        for i, p in enumerate(prompt_noisy):
+            hit[i, : len(p)] = torch.tensor(list(p), dtype=torch.bool)
+        hit = hit.to(input_ids.device)
+        # The last real token of a packed row is its last (noisy) completion token: padding starts after it.
+        last = packed.select.gather(1, (packed.completion_mask.sum(1, keepdim=True) - 1).clamp(min=0))
+        real = torch.arange(input_ids.shape[1], device=input_ids.device)[None] <= last
+        plens = torch.tensor([len(t.prompt_ids) for t in trajs], device=input_ids.device)
+        is_prompt = real & (packed.position_ids < plens[:, None])
+        masked = is_prompt & hit.gather(1, packed.position_ids.clamp(max=plen))
+        input_ids = input_ids.masked_fill(masked, lm.mask_id)
+    logits = lm.forward_logits(input_ids, packed.position_ids, packed.allowed, packed.select)
+    lp = lm.sampling_logprobs(logits, temperature)  # [N, C, V]
+    tok_lp = lp.gather(-1, targets[..., None]).squeeze(-1)  # [N, C]: pack_noisy's width is the longest completion
+    entropy = torch.special.entr(lp.detach().exp()).sum(-1) if with_entropy else None
+    return tok_lp, entropy
+
+
+def _out(logp, mask, entropy, with_entropy: bool) -> Estimate:
+    return (logp, mask, entropy) if with_entropy else (logp, mask)
+
+
+# -- estimators ------------------------------------------------------------------------------------
+def trace_estimate(
+    lm: DiffusionLM, trajs: Sequence[Trajectory], generator: torch.Generator | None = None, *, shrink: int = 1,
+    with_entropy: bool = False, **_: object,
+) -> Estimate:
+    """TraceRL (Wang et al., 2025, arXiv:2509.06949): log pi(o_c | state where its step group began).
+
+    For shrinkage s, a block's distinct steps are grouped s at a time; pass k masks every token
+    decoded at or after its block's k-th group and scores the tokens of that group (all blocks
+    in one packed pass). Deterministic: `generator` is unused. mask = every real token.
+    """
+    logp, mask, entropy = trace_logprobs(lm, trajs, shrink=shrink, with_entropy=with_entropy)
+    return _out(logp, mask, entropy, with_entropy)
+
+
+def one_step_estimate(
+    lm: DiffusionLM, trajs: Sequence[Trajectory], generator: torch.Generator | None = None, *,
+    p_mask_prompt: float = 0.15, seed: int | None = None, with_entropy: bool = False, **_: object,
+) -> Estimate:
+    """diffu-GRPO's one-step estimator (Zhao et al., 2025, "d1", arXiv:2504.12216).
+
+        log pi(o_c | q) ~= log p_theta(o_c | q', all completion tokens masked)
+
+    q' is the prompt with each token masked independently with probability p_mask_prompt
+    (0.15 in d1). One forward pass. Block models: every completion block is fully masked in
+    the noisy copy and sees the clean blocks before it (the block-diffusion analogue of d1's
+    fully masked canvas). mask = every real token. Shapes: logp, mask [N, C].
+    """
+    if not 0.0 <= p_mask_prompt < 1.0:
+        raise ValueError("p_mask_prompt must be in [0, 1)")
+    temperature = _temperature(trajs)
+    gens = sample_generators(trajs, _base_seed(generator, seed))
+    prompt_noisy = [(torch.rand(len(t.prompt_ids), generator=g) < p_mask_prompt).tolist() for t, g in zip(trajs, gens)]
+    targets, mask = _completion_tensors(trajs, lm.device)
+    noisy = [[True] * len(t.completion_ids) for t in trajs]
+    tok_lp, entropy = _score(lm, trajs, noisy, temperature, targets, prompt_noisy, with_entropy)
+    logp = torch.where(mask, tok_lp, torch.zeros_like(tok_lp))
+    if entropy is not None:
+        entropy = entropy * mask
+    return _out(logp, mask, entropy, with_entropy)
+
+
+def coupled_estimate(
+    lm: DiffusionLM, trajs: Sequence[Trajectory], generator: torch.Generator | None = None, *,
+    t_min: float = 0.2, t_max: float = 0.8, weighted: bool = False, full_mask_pass: bool = False,
+    seed: int | None = None, with_entropy: bool = False, **_: object,
+) -> Estimate:
+    """Coupled sampling of coupled-GRPO (Gong et al., 2025, "DiffuCoder", arXiv:2506.20639).
+
+    Per sample draw t ~ U[t_min, t_max] (DiffuCoder's trainer: [0.2, 0.8]) and a mask M with
+    P(c in M) = t; pass 1 masks M, pass 2 masks its complement, so every completion token is
+    masked, and scored, in exactly one of the two passes:
+
+        log pi(o_c | q) ~= log p_theta(o_c | q, o with M masked)     if c in M
+                           log p_theta(o_c | q, o with ~M masked)    otherwise
+
+    Options reproducing DiffuCoder's released trainer: weighted=True multiplies the pass-1
+    score by 1/t and the pass-2 score by 1/(1 - t) (the ELBO weights); full_mask_pass=True adds
+    d1's fully masked pass and returns (full + coupled) / 2. Defaults give the plain per-token
+    log-prob above. Two forward passes (three with full_mask_pass). mask = every real token.
+    """
+    if not 0.0 < t_min <= t_max < 1.0:
+        raise ValueError("coupled needs 0 < t_min <= t_max < 1")
+    temperature = _temperature(trajs)
+    gens = sample_generators(trajs, _base_seed(generator, seed))
+    first, ts = [], []
+    for t, g in zip(trajs, gens):
+        ratio = t_min + (t_max - t_min) * torch.rand((), generator=g, dtype=torch.float64).item()
+        first.append((torch.rand(len(t.completion_ids), generator=g, dtype=torch.float64) < ratio).tolist())
+        ts.append(ratio)
+    second = [[not m for m in row] for row in first]
+    targets, mask = _completion_tensors(trajs, lm.device)
+    width = mask.shape[1]
+    lp1, ent1 = _score(lm, trajs, first, temperature, targets, with_entropy=with_entropy)
+    lp2, ent2 = _score(lm, trajs, second, temperature, targets, with_entropy=with_entropy)
+    in_first = _pad(first, width, torch.bool, lm.device)
+    w1 = w2 = None
+    if weighted:
+        t_col = torch.tensor(ts, dtype=lp1.dtype, device=lm.device)[:, None]
+        w1, w2 = 1.0 / t_col, 1.0 / (1.0 - t_col)
+    s1 = lp1 if w1 is None else w1 * lp1
+    s2 = lp2 if w2 is None else w2 * lp2
+    logp = torch.where(in_first, s1, s2)
+    entropy = torch.where(in_first, ent1, ent2) if with_entropy else None
+    if full_mask_pass:
+        lp0, _ = _score(lm, trajs, [[True] * len(t.completion_ids) for t in trajs], temperature, targets)
+        logp = 0.5 * (lp0 + logp)
+    logp = torch.where(mask, logp, torch.zeros_like(logp))
+    if entropy is not None:
+        entropy = entropy * mask
+    return _out(logp, mask, entropy, with_entropy)
+
+
+@lru_cache(maxsize=32)
+def _gauss_legendre_unit(n: int) -> tuple[tuple[float, float], ...]:
+    x, w = np.polynomial.legendre.leggauss(n)  # on [-1, 1], weights sum to 2
+    return tuple((float((xi + 1) / 2), float(wi / 2)) for xi, wi in zip(x, w))
+
+
+def elbo_schedule(n: int, quadrature: bool, generator: torch.Generator, t_min: float = 1e-3) -> list[tuple[float, float]]:
+    """(t_k, w_k) for k < n: the noise levels and weights of the ELBO's outer integral over t.
+
+    quadrature=True: n-point Gauss-Legendre nodes and weights mapped to (0, 1) (sum w_k = 1),
+    GDPO's semi-deterministic scheme; the randomness left is the masks. quadrature=False:
+    t_k = t_min + (1 - t_min) u_k, u_k ~ U(0, 1], w_k = 1/n (plain Monte Carlo; t_min keeps
+    the 1/t weight finite, as LLaDA's eps does).
+    """
+    if n < 1:
+        raise ValueError("mc_elbo needs n >= 1 samples")
+    if quadrature:
+        return list(_gauss_legendre_unit(n))
+    u = 1.0 - torch.rand(n, generator=generator, dtype=torch.float64)
+    return [(t_min + (1.0 - t_min) * float(ui), 1.0 / n) for ui in u]
+
+
+def mc_elbo_estimate(
+    lm: DiffusionLM, trajs: Sequence[Trajectory], generator: torch.Generator | None = None, *,
+    n: int = 4, quadrature: bool = False, t_min: float = 1e-3, seed: int | None = None,
+    with_entropy: bool = False, **_: object,
+) -> Estimate:
+    """Per-token masked-diffusion ELBO (GDPO: Rojas et al., 2025, arXiv:2510.08554).
+
+    The ELBO of masked diffusion (LLaDA / MDLM) bounds the sequence log-likelihood,
+
+        log pi(o | q) >= E_{t ~ U(0,1]} E_{o_t ~ q_t(.|o)} [ (1/t) sum_c 1[o_t^c = M] log p_theta(o^c | o_t, q) ],
+
+    where q_t masks each token independently with probability t. Its per-token terms are
+    estimated with n noise levels (t_k, w_k) from `elbo_schedule` and one mask M_k per level:
+
+        logp[c] = sum_k  w_k / t_k * 1[c in M_k] * log p_theta(o^c | q, o with M_k masked)
+
+    so sum_c logp[c] is the ELBO estimate (plain MC: w_k = 1/n, t_k ~ U; quadrature: GDPO's
+    Gauss-Legendre nodes). Block models use the block-diffusion ELBO (BD3-LM: Arriola et al.,
+    2025), a sum over blocks each with its own t: in pass k every block b draws
+    t_kb (plain MC; quadrature shares the node t_k) and is masked with it, conditioned on the
+    clean blocks before it. A token unmasked in every pass scores 0, which is its term in the
+    sum. n forward passes. mask = every real token (all are terms of the bound).
+    """
+    temperature = _temperature(trajs)
+    gens = sample_generators(trajs, _base_seed(generator, seed))
+    targets, mask = _completion_tensors(trajs, lm.device)
+    width = mask.shape[1]
+    # per pass k: noisy masks and per-token weight w/t of every sample
+    passes_noisy: list[list[list[bool]]] = [[] for _ in range(n)]
+    passes_weight: list[list[list[float]]] = [[] for _ in range(n)]
+    for t, g in zip(trajs, gens):
+        spans = _block_spans(len(t.prompt_ids), len(t.completion_ids), lm.block_size)
+        # one schedule per block (plain MC draws independent t per block; quadrature is fixed)
+        sched = [elbo_schedule(n, quadrature, g, t_min) for _ in spans]
+        for k in range(n):
+            noisy, weight = [], []
+            for (a, b), s in zip(spans, sched):
+                tk, wk = s[k]
+                m = (torch.rand(b - a, generator=g, dtype=torch.float64) < tk).tolist()
+                noisy += m
+                weight += [wk / tk if mk else 0.0 for mk in m]
+            passes_noisy[k].append(noisy)
+            passes_weight[k].append(weight)
+    logp = None
+    ent_sum = torch.zeros((len(trajs), width), dtype=torch.float64, device=lm.device) if with_entropy else None
+    ent_cnt = torch.zeros((len(trajs), width), dtype=torch.float64, device=lm.device) if with_entropy else None
+    for k in range(n):
+        tok_lp, ent = _score(lm, trajs, passes_noisy[k], temperature, targets, with_entropy=with_entropy)
+        w = _pad(passes_weight[k], width, tok_lp.dtype, lm.device)
+        term = torch.where(w > 0, w * tok_lp, torch.zeros_like(tok_lp))
+        logp = term if logp is None else logp + term
+        if with_entropy:
+            scored = (w > 0).to(ent_sum.dtype)
+            ent_sum += ent.to(ent_sum.dtype) * scored
+            ent_cnt += scored
+    entropy = (ent_sum / ent_cnt.clamp(min=1)).to(logp.dtype) if with_entropy else None
+    return _out(logp, mask, entropy, with_entropy)
+
+
+def block_random_estimate(
+    lm: DiffusionLM, trajs: Sequence[Trajectory], generator: torch.Generator | None = None, *,
+    seed: int | None = None, with_entropy: bool = False, **_: object,
+) -> Estimate:
+    """Random masking per block, the objective of block-diffusion SFT (algorithms.sft).
+
+    Every block b draws t_b ~ U(0, 1] and masks each of its completion tokens with
+    probability t_b (at least one per block: `random_block_mask`); one packed forward scores
+
+        logp[c] = log p_theta(o^c | q, clean blocks before b, block b with its mask)   for masked c
+
+    mask = the masked (scored) real tokens; tokens left visible carry no loss. This is the
+    "random masking" baseline TraceRL is compared against. Full attention: one block.
+    """
+    temperature = _temperature(trajs)
+    gens = sample_generators(trajs, _base_seed(generator, seed))
+    noisy = [random_block_mask(len(t.prompt_ids), len(t.completion_ids), lm.block_size, g) for t, g in zip(trajs, gens)]
+    targets, real = _completion_tensors(trajs, lm.device)
+    width = real.shape[1]
+    tok_lp, entropy = _score(lm, trajs, noisy, temperature, targets, with_entropy=with_entropy)
+    mask = real & _pad(noisy, width, torch.bool, lm.device)
+    logp = torch.where(mask, tok_lp, torch.zeros_like(tok_lp))
+    if entropy is not None:
+        entropy = entropy * mask
+    return _out(logp, mask, entropy, with_entropy)
+
+
+ESTIMATORS: dict[str, Callable[..., Estimate]] = {
+    "trace": trace_estimate,
+    "one_step": one_step_estimate,
+    "coupled": coupled_estimate,
+    "mc_elbo": mc_elbo_estimate,
+    "block_random": block_random_estimate,
+}
+
+
+def get_estimator(name: str) -> Callable[..., Estimate]:
+    """`ESTIMATORS[name]`, with an error that lists the known names."""
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {name!r}; known: {sorted(ESTIMATORS)}")
+    return ESTIMATORS[name]
+
+
+def count_forward_passes(name: str, trajs: Sequence[Trajectory], **opts) -> int:
+    """Forward passes (calls of `lm.forward_logits`, each over the whole batch) one estimate takes.
+
+    trace: max over samples of ceil(distinct steps per block / shrink) (block models) or
+    ceil(total steps / shrink) (full attention); one_step, block_random: 1; coupled: 2
+    (3 with full_mask_pass); mc_elbo: n.
+    """
+    if name == "trace":
+        shrink = opts.get("shrink", 1)
+        return max(max(trace_pass_index(t.step_map, len(t.prompt_ids), t.block_size, shrink), default=-1) + 1 for t in trajs)
+    if name in ("one_step", "block_random"):
+        return 1
+    if name == "coupled":
+        return 3 if opts.get("full_mask_pass", False) else 2
+    if name == "mc_elbo":
+        return int(opts.get("n", 4))
+    raise ValueError(f"unknown estimator {name!r}; known: {sorted(ESTIMATORS)}")

@@ -1,0 +1,195 @@
+"""TraceRL's diffusion value model and step-level GAE over the decoding trace.
+
+Decoding a diffusion LM is an MDP whose steps are the sampler's denoising steps: the state
+before step k is the prompt plus every token committed at earlier steps, the action commits
+the tokens of step k. A value model estimates, for every token, the value of the state in
+which it was decoded; TraceRL (Wang et al., 2025) averages those per step, runs GAE over the
+trace steps, and hands each token its step's advantage and return.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from algorithms.packing import pack_noisy
+from algorithms.trace import trace_pass_index
+from rollout.models import DiffusionLM
+from rollout.trajectory import Trajectory
+
+
+class ValueModel(nn.Module):
+    """A DiffusionLM backbone plus a scalar head: one value per completion token.
+
+    The head is nn.Linear(hidden, 1), zero-initialised so a fresh critic predicts 0 everywhere
+    and the first advantages are plain returns rather than noise from a random head. The
+    backbone is registered as a submodule, so `parameters()` trains both; pass a copy of the
+    policy's DiffusionLM (the critic must not share weights with the actor).
+    """
+
+    def __init__(self, lm: DiffusionLM):
+        super().__init__()
+        self.lm = lm
+        self.backbone = lm.model  # registered: its parameters are the critic's
+        hidden = lm.model.config.hidden_size
+        self.head = nn.Linear(hidden, 1, dtype=lm.model.dtype, device=lm.device)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, trajs: Sequence[Trajectory], shrink: int = 1) -> torch.Tensor:
+        return self.values(trajs, shrink)
+
+    def values(self, trajs: Sequence[Trajectory], shrink: int = 1) -> torch.Tensor:
+        """Values [N, C] of every completion token at the state where it was decoded.
+
+        The inputs are TraceRL's replayed passes (`trace_pass_index`, `pack_noisy`): token c is read
+        in the pass that scores it, where it and every later-decoded token of its block are masked.
+        The value is read from the hidden state that predicts c (its own position; one position
+        earlier for shifted-logit families such as Dream), the same row that gives its log-prob.
+        Differentiable; 0 at padding.
+        """
+        lm, bs, device = self.lm, self.lm.block_size, self.lm.device
+        n, width = len(trajs), max(len(t.completion_ids) for t in trajs)
+        passes = [trace_pass_index(t.step_map, len(t.prompt_ids), bs, shrink) for t in trajs]
+        pass_of = torch.full((n, width), -1, dtype=torch.long)
+        for i, p in enumerate(passes):
+            pass_of[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+        pass_of = pass_of.to(device)
+        dtype = torch.promote_types(lm.model.dtype, torch.float32)
+        values = torch.zeros((n, width), dtype=dtype, device=device)
+        for k in range(max(max(p) for p in passes) + 1):
+            rows = [i for i, p in enumerate(passes) if max(p) >= k]
+            packed = pack_noisy(
+                [trajs[i].prompt_ids for i in rows],
+                [trajs[i].completion_ids for i in rows],
+                [[q >= k for q in passes[i]] for i in rows],
+                bs,
+                lm.mask_id,
+                lm.pad_id,
+                device,
+            )
+            hidden = lm.encode(packed.input_ids, packed.position_ids, packed.allowed)  # [r, Q, H]
+            select = packed.select
+            if lm.family.shift_logits:
+                select = (select - 1).clamp(min=0)  # read where the token's logit is read
+            h = hidden.gather(1, select[:, :, None].expand(-1, -1, hidden.shape[-1]))  # [r, Cr, H]
+            v = self.head(h).squeeze(-1).to(dtype)  # [r, Cr]
+            r_idx = torch.tensor(rows, device=device)
+            ri, ci = (pass_of[r_idx, : v.shape[1]] == k).nonzero(as_tuple=True)
+            values = values.index_put((r_idx[ri], ci), v[ri, ci])
+        return values
+
+
+def terminal_token_rewards(rewards: torch.Tensor, step_map: torch.Tensor) -> torch.Tensor:
+    """Place each sequence reward on the last trace step: [N] rewards, [N, C] step_map -> [N, C].
+
+    The whole reward goes to one token of the last step (the rightmost one), so that the step
+    reward, the sum over its tokens, is exactly the sequence reward whatever the step's size.
+    step_map: long, -1 at padding.
+    """
+    valid = step_map >= 0
+    last_step = step_map.masked_fill(~valid, -1).max(dim=1, keepdim=True).values  # [N, 1]
+    in_last = valid & (step_map == last_step)
+    cols = torch.arange(step_map.shape[1], device=step_map.device).expand_as(step_map)
+    rightmost = torch.where(in_last, cols, -1).max(dim=1).values  # [N]
+    out = torch.zeros(step_map.shape, dtype=rewards.dtype, device=rewards.device)
+    has = rightmost >= 0
+    out[has.nonzero(as_tuple=True)[0], rightmost[has]] = rewards[has]
+    return out
+
+
+@torch.no_grad()
+def trace_gae(
+    token_rewards: torch.Tensor,
+    token_values: torch.Tensor,
+    step_map: torch.Tensor,
+    gamma: float = 1.0,
+    lam: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over trace steps (TraceRL), mapped back to tokens.
+
+    Args:
+        token_rewards: [N, C] reward per completion token (a terminal reward sits on one token of
+            the last step: `terminal_token_rewards`; per-token terms such as KL penalties may sit
+            anywhere).
+        token_values: [N, C] value of each token's decoding state (`ValueModel.values`).
+        step_map: [N, C] long, the global step at which each token was unmasked; -1 = padding.
+    For each row, let s_1 < ... < s_K be its distinct steps and T_k its tokens at step s_k:
+
+        R_k     = sum_{c in T_k} token_rewards[c]          (step reward)
+        V_k     = mean_{c in T_k} token_values[c]          (step value), V_{K+1} = 0
+        delta_k = R_k + gamma V_{k+1} - V_k
+        A_k     = delta_k + gamma lam A_{k+1},   A_{K+1} = 0
+        G_k     = A_k + V_k                               (return, the value target)
+
+    and every token of T_k gets A_k and G_k. With gamma = lam = 1, G_k = sum_{j >= k} R_j
+    (the Monte Carlo return) and A_k = G_k - V_k. Steps are ordered by their global index, so
+    the blocks of a block model are walked in decoding order. Computed without gradient.
+    Returns (advantages [N, C], returns [N, C]), 0 at padding.
+    """
+    if not (token_rewards.shape == token_values.shape == step_map.shape):
+        raise ValueError("token_rewards, token_values and step_map must have the same [N, C] shape")
+    rewards, values = token_rewards.double(), token_values.detach().double()
+    adv = torch.zeros_like(values)
+    ret = torch.zeros_like(values)
+    for i in range(step_map.shape[0]):
+        valid = step_map[i] >= 0
+        if not valid.any():
+            continue
+        steps, inv = step_map[i][valid].unique(sorted=True, return_inverse=True)  # inv: token -> step rank
+        k = steps.numel()
+        zeros = torch.zeros(k, dtype=values.dtype, device=values.device)
+        count = zeros.index_add(0, inv, torch.ones_like(inv, dtype=values.dtype))
+        r_step = zeros.index_add(0, inv, rewards[i][valid])  # step reward: sum over its tokens
+        v_step = zeros.index_add(0, inv, values[i][valid]) / count  # step value: mean over its tokens
+        a_step = torch.zeros_like(v_step)
+        next_v, next_a = 0.0, 0.0
+        for j in range(k - 1, -1, -1):
+            delta = r_step[j] + gamma * next_v - v_step[j]
+            next_a = delta + gamma * lam * next_a
+            a_step[j] = next_a
+            next_v = v_step[j]
+        adv[i, valid] = a_step[inv]
+        ret[i, valid] = (a_step + v_step)[inv]
+    return adv.to(token_values.dtype), ret.to(token_values.dtype)
+
+
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float = 0.2,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped PPO value loss, averaged over the tokens in `mask` (all [N, C]).
+
+        V_clip = old_V + clip(V - old_V, -clip_eps, clip_eps)
+        L      = 0.5 * mean_tokens max((V - G)^2, (V_clip - G)^2)
+
+    The clip keeps the critic from moving far from the values the advantages were computed
+    with in one update (PPO2 / OpenAI baselines). Metrics: loss/value, value/clipfrac (tokens
+    where the clipped error is the larger), value/mean, returns/mean and explained_variance
+    = 1 - Var[G - V] / Var[G] over the masked tokens (1 is perfect, <= 0 is no better than a
+    constant).
+    """
+    m = mask.to(values.dtype)
+    n = m.sum().clamp(min=1)
+    v_clip = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
+    err = (values - returns) ** 2
+    err_clip = (v_clip - returns) ** 2
+    loss = 0.5 * (torch.maximum(err, err_clip) * m).sum() / n
+    with torch.no_grad():
+        sel = mask.bool()
+        g, v = returns[sel].double(), values[sel].double()
+        var_g = g.var(unbiased=False) if g.numel() else torch.tensor(0.0)
+        ev = float(1 - (g - v).var(unbiased=False) / var_g) if g.numel() and var_g > 0 else float("nan")
+        metrics = {
+            "loss/value": loss.item(),
+            "value/clipfrac": float(((err_clip > err).to(m.dtype) * m).sum() / n),
+            "value/mean": float((values * m).sum() / n),
+            "returns/mean": float((returns * m).sum() / n),
+            "explained_variance": ev,
+        }
+    return loss, metrics
