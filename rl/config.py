@@ -72,19 +72,51 @@ class ScoringConfig(_Section):
     sandbox: Literal["auto", "bwrap", "rlimit"] = Field("auto", description="Code sandbox: bubblewrap where it works, else rlimits + Landlock + seccomp.")
 
 
+class ValueConfig(_Section):
+    enabled: bool = Field(False, description="Train a diffusion value model (TraceRL) and use step-level GAE advantages instead of group advantages.")
+    gamma: float = Field(1.0, ge=0.0, le=1.0, description="GAE discount over trace steps.")
+    lam: float = Field(1.0, ge=0.0, le=1.0, description="GAE lambda over trace steps.")
+    lr: float = Field(1e-4, gt=0.0, description="AdamW learning rate of the value model.")
+    clip: float = Field(0.2, gt=0.0, description="Clip range of the PPO value loss.")
+
+
 class AlgorithmConfig(_Section):
-    estimator: Literal["trace"] = Field("trace", description="Likelihood estimator; 'trace' replays the recorded step map (TraceRL).")
+    estimator: Literal["trace", "one_step", "coupled", "mc_elbo", "block_random"] = Field(
+        "trace", description="Likelihood estimator: trace (TraceRL, replays the step map), one_step (diffu-GRPO), coupled (DiffuCoder), mc_elbo (GDPO), block_random."
+    )
     shrink: int = Field(1, ge=1, description="TraceRL shrinkage s: consecutive decoding steps merged into one training step.")
+    p_mask_prompt: float = Field(0.15, ge=0.0, le=1.0, description="one_step: probability of masking each prompt token (d1 uses 0.15).")
+    mc_samples: int = Field(4, ge=1, description="mc_elbo: Monte Carlo samples (or quadrature nodes) of the masking level t.")
+    quadrature: bool = Field(False, description="mc_elbo: Gauss-Legendre nodes instead of random t (GDPO).")
     advantage: Literal["zscore", "mean", "loo"] = Field("zscore", description="Group advantage: GRPO z-score, mean-centred (Dr. GRPO) or leave-one-out.")
+    drop_zero_std: bool = Field(False, description="Drop groups whose rewards are all equal (they carry no signal) before the update.")
+    min_acc: float | None = Field(None, ge=0.0, le=1.0, description="Dynamic accuracy filter: drop groups whose mean reward is below this.")
+    max_acc: float | None = Field(None, ge=0.0, le=1.0, description="Dynamic accuracy filter: drop groups whose mean reward is above this.")
+    truncation: Literal["keep", "mask", "wrong"] = Field("keep", description="Responses cut at the length limit: keep their reward, mask them out of the loss, or score them as wrong.")
+    loss: Literal["grpo", "gspo"] = Field("grpo", description="grpo: token-level clipped ratio; gspo: sequence-level length-normalised ratio (pair with mc_elbo).")
     eps_low: float = Field(0.2, ge=0.0, description="Lower clip of the importance ratio (1 - eps_low).")
     eps_high: float = Field(0.2, ge=0.0, description="Upper clip of the importance ratio (1 + eps_high); DAPO raises it to 0.28.")
     beta: float = Field(0.0, ge=0.0, description="Weight of the k3 KL penalty to the initial policy; 0 skips the reference model.")
-    loss_norm: Literal["token", "sequence"] = Field("token", description="Loss averaging: over all tokens of a minibatch, or per sequence then over sequences.")
+    loss_norm: Literal["token", "sequence", "constant"] = Field(
+        "token", description="token: mean over all tokens of a minibatch; sequence: per sequence, then over sequences; constant: sum / norm_constant (Dr. GRPO)."
+    )
+    norm_constant: float | None = Field(None, gt=0.0, description="loss_norm=constant: the divisor (e.g. max completion length x minibatch size).")
     lr: float = Field(1e-4, gt=0.0, description="AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, gt=0.0, description="Max global gradient norm.")
     minibatches: int = Field(1, ge=1, description="Optimizer steps per rollout batch (the batch is split this many ways).")
     epochs: int = Field(1, ge=1, description="Passes over each rollout batch (mu); old log-probs are taken before the first.")
+    value: ValueConfig = Field(default_factory=ValueConfig, description="The diffusion value model (TraceRL + value).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "AlgorithmConfig":
+        if self.loss_norm == "constant" and self.norm_constant is None:
+            raise ValueError("algorithm.loss_norm is 'constant' but algorithm.norm_constant is not set")
+        if self.value.enabled and self.estimator != "trace":
+            raise ValueError("algorithm.value.enabled needs algorithm.estimator: trace (values are read on the decoding trace)")
+        if self.min_acc is not None and self.max_acc is not None and self.min_acc > self.max_acc:
+            raise ValueError("algorithm.min_acc must be <= algorithm.max_acc")
+        return self
 
 
 class EvalConfig(_Section):
@@ -169,14 +201,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, schema: ty
     Raises ConfigError with one line per problem: `FILE: key.path: message`.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    data = _read_yaml(path)
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -192,6 +217,32 @@ def load_config(path: str | Path, overrides: list[str] | None = None, schema: ty
         return schema.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, path, schema)) from None
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """Read a config file; a top-level `base: other.yaml` (relative to this file) is read first
+    and this file's keys are merged over it, section by section."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: `base` chain loops back to itself")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    return _merge(_read_yaml(path.parent / base, seen + (path.resolve(),)), data)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _format_errors(err: ValidationError, path: Path, schema: type[BaseModel]) -> str:

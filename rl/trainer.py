@@ -21,7 +21,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from algorithms.advantages import group_advantages
+from algorithms.advantages import filter_groups, group_advantages, truncated_rewards
 from rewards import get_reward, score
 from rl.checkpoint import checkpoint_dir, latest_checkpoint, read_trainer_state, write_trainer_state
 from rl.config import RunConfig, SamplingConfig
@@ -136,6 +136,26 @@ class Trainer:
         # A sample no reward could score gets 0: it is kept (never misaligned), it just earns nothing.
         return [0.0 if v is None else float(v) for v in total], metrics
 
+    def advantages(self, trajs: list[Trajectory], rewards: list[float]):
+        """Truncation handling, group filters and group advantages, on the driver.
+
+        Returns the kept trajectories with their advantages, rewards and loss mask (aligned:
+        a filtered group leaves with its rewards and step maps), plus metrics.
+        """
+        algo = self.cfg.algorithm
+        r, loss_mask = truncated_rewards(torch.tensor(rewards), [t.finish_reason for t in trajs], algo.truncation)
+        groups = torch.tensor([t.group for t in trajs])
+        adv = group_advantages(r, groups, algo.advantage)
+        keep = filter_groups(r, groups, algo.drop_zero_std, algo.min_acc, algo.max_acc)
+        grouped = r.view(-1, self.cfg.rollout.samples_per_prompt)
+        metrics = {
+            "frac_reward_zero_std": float((grouped.std(dim=1) == 0).float().mean()),
+            "frac_truncated": float(np.mean([t.finish_reason == "length" for t in trajs])),
+            "frac_filtered": float(1 - keep.float().mean()),
+        }
+        idx = keep.nonzero().flatten().tolist()
+        return [trajs[i] for i in idx], adv[idx].tolist(), r[idx].tolist(), loss_mask[idx].tolist(), metrics
+
     def evaluate(self, step: int) -> dict[str, float]:
         rows = self.task.heldout_rows(self.cfg.task.heldout_size, seed=0)
         items = [(self.tokenizer(r["prompt"])["input_ids"], i, r) for i, r in enumerate(rows)]
@@ -171,36 +191,38 @@ class Trainer:
         for step in bar:
             metrics: dict[str, float] = {}
             t0 = time.perf_counter()
-            trajs = self.rollout(step)
+            trajs = rollouts = self.rollout(step)
             metrics["timing_s/rollout"] = t1 = time.perf_counter() - t0
 
             t0 = time.perf_counter()
-            rewards, reward_metrics = self.score(trajs)
+            scores, reward_metrics = self.score(trajs)
             metrics.update(reward_metrics)
             metrics["timing_s/score"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
-            adv = group_advantages(torch.tensor(rewards), torch.tensor([t.group for t in trajs]), cfg.algorithm.advantage)
-            grouped = torch.tensor(rewards).view(-1, cfg.rollout.samples_per_prompt)
-            metrics["frac_reward_zero_std"] = float((grouped.std(dim=1) == 0).float().mean())
+            trajs, adv, rewards, loss_mask, adv_metrics = self.advantages(trajs, scores)
+            metrics.update(adv_metrics)
             metrics["timing_s/advantages"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
-            metrics.update(ray.get(self.learner.update.remote(trajs, adv.tolist())))
+            if trajs:
+                metrics.update(ray.get(self.learner.update.remote(trajs, adv, rewards, loss_mask)))
+            else:
+                tqdm.write(f"step {step + 1}: every group was filtered out; no update")
             metrics["timing_s/update"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
             self.sync_weights(version=step + 1)
             metrics["timing_s/sync_weights"] = time.perf_counter() - t0
 
-            n_tok = sum(len(t.completion_ids) for t in trajs)
+            n_tok = sum(len(t.completion_ids) for t in rollouts)
             metrics.update(
                 {
-                    "reward/mean": float(np.mean(rewards)),
+                    "reward/mean": float(np.mean(scores)),
                     "tokens_per_s": n_tok / t1,
-                    "rollout/nfe_mean": float(np.mean([t.nfe for t in trajs])),
-                    "rollout/tokens_per_forward": n_tok / max(1, sum(t.nfe for t in trajs)),
-                    "rollout/frac_eos": float(np.mean([t.finish_reason == "eos" for t in trajs])),
+                    "rollout/nfe_mean": float(np.mean([t.nfe for t in rollouts])),
+                    "rollout/tokens_per_forward": n_tok / max(1, sum(t.nfe for t in rollouts)),
+                    "rollout/frac_eos": float(np.mean([t.finish_reason == "eos" for t in rollouts])),
                 }
             )
             done = step + 1
@@ -209,7 +231,8 @@ class Trainer:
             logger.log(metrics, step=done)
             bar.set_postfix(
                 reward=f"{metrics['reward/mean']:.2f}", acc=f"{metrics['accuracy/train']:.2f}",
-                loss=f"{metrics['loss/total']:.3f}", kl=f"{metrics['kl']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}",
+                loss=f"{metrics.get('loss/total', float('nan')):.3f}", kl=f"{metrics.get('kl', float('nan')):.4f}",
+                tok_s=f"{metrics['tokens_per_s']:.0f}",
             )
             if done % cfg.train.save_every == 0 or done == cfg.train.steps:
                 wall = state.get("wall_seconds", 0.0) + time.perf_counter() - t_start

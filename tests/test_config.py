@@ -67,3 +67,30 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path):
     res = subprocess.run([sys.executable, "-m", "rl.cli", "train", str(p)], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 2
     assert "rolout: unknown key; did you mean 'rollout'?" in res.stderr
+
+
+def test_experiment_configs_override_only_what_differs():
+    base = load_config(ROOT / "configs" / "quickstart.yaml")
+    for name, check in {
+        "tracerl_value": lambda c: c.algorithm.value.enabled and c.algorithm.value.lam == 0.95,
+        "diffu_grpo": lambda c: c.algorithm.estimator == "one_step",
+        "coupled_grpo": lambda c: c.algorithm.estimator == "coupled",
+    }.items():
+        cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+        assert check(cfg), name
+        assert cfg.rollout == base.rollout and cfg.model == base.model and cfg.algorithm.lr == base.algorithm.lr
+
+
+def test_base_chain_errors(tmp_path):
+    a = tmp_path / "a.yaml"
+    a.write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="loops"):
+        load_config(a)
+    b = tmp_path / "b.yaml"
+    b.write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(b)
+    c = tmp_path / "c.yaml"
+    c.write_text("model: {path: x}\nalgorithm: {loss_norm: constant}\n")
+    with pytest.raises(ConfigError, match="norm_constant"):
+        load_config(c)
