@@ -33,13 +33,15 @@ def read_trainer_state(ckpt: Path) -> dict:
 
 
 def resolve_model_path(path: str | Path) -> Path:
-    """Accept a model directory, a checkpoint directory, or a run directory (its latest checkpoint)."""
+    """Accept a model (or LoRA adapter) directory, a checkpoint directory, or a run directory
+    (its latest checkpoint)."""
     path = Path(path)
-    if (path / "config.json").exists():
+    if (path / "config.json").exists() or (path / "adapter_config.json").exists():
         return path
-    if (path / "model" / "config.json").exists():
-        return path / "model"
+    for sub in ("model", "adapter"):
+        if (path / sub / "config.json").exists() or (path / sub / "adapter_config.json").exists():
+            return path / sub
     ckpt = latest_checkpoint(path)
     if ckpt is not None:
-        return ckpt / "model"
+        return resolve_model_path(ckpt)
     raise FileNotFoundError(f"{path} is not a model directory, a checkpoint, or a run directory with checkpoints")

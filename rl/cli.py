@@ -120,6 +120,24 @@ def generate(
 
 
 @app.command()
+def merge(
+    checkpoint: Path = typer.Argument(..., help="A LoRA checkpoint: its adapter dir, a step_N dir or a run dir."),
+    output: Path = typer.Argument(..., help="Where to write the merged transformers checkpoint."),
+) -> None:
+    """Merge a LoRA adapter into its base model and save a plain transformers checkpoint."""
+    from rl.checkpoint import resolve_model_path
+    from rollout.lora import is_adapter_dir
+    from rollout.models import load_model
+
+    path = resolve_model_path(checkpoint)
+    if not is_adapter_dir(path):
+        typer.echo(f"{path} is not a LoRA adapter (no adapter_config.json); nothing to merge", err=True)
+        raise typer.Exit(2)
+    load_model(path).save_pretrained(output)
+    typer.echo(f"merged {path} into {output} (loads with AutoModelForCausalLM.from_pretrained)")
+
+
+@app.command()
 def plot(run_dir: Path = typer.Argument(..., help="Run directory with metrics.jsonl.")) -> None:
     """Write the PNG of reward / accuracy / loss / KL curves for a run."""
     from rl.tracking import plot_run

@@ -19,6 +19,17 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class LoraSettings(_Section):
+    enabled: bool = Field(False, description="Train a LoRA adapter (peft) instead of all weights; weight sync ships only the adapter.")
+    r: int = Field(8, ge=1, description="LoRA rank.")
+    alpha: int = Field(16, ge=1, description="LoRA alpha (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Module names that get adapters.",
+    )
+
+
 Family = Literal["block", "llada", "dream"]
 
 
@@ -29,6 +40,7 @@ class ModelConfig(_Section):
     )
     block_size: int | None = Field(None, ge=1, description="Block models: tokens per block; default: the checkpoint's config.block_size.")
     trust_remote_code: bool = Field(False, description="Allow the checkpoint's own modeling code (LLaDA/Dream on the hub).")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA adapter for the policy; the reference is the base with the adapter disabled.")
 
 
 class TaskConfig(_Section):

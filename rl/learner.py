@@ -21,6 +21,7 @@ from algorithms.estimators import get_estimator
 from algorithms.losses import LOSSES
 from algorithms.value import ValueModel, terminal_token_rewards, trace_gae, value_loss
 from rl.config import RunConfig
+from rollout.lora import adapter_state, apply_lora, load_adapter_state
 from rollout.models import load_model
 from rollout.trajectory import Trajectory
 
@@ -42,12 +43,18 @@ class Learner:
         self.cfg = cfg
         m, algo = cfg.model, cfg.algorithm
         self.lm = load_model(m.path, family=m.family, block_size=m.block_size, trust_remote_code=m.trust_remote_code)
-        self.ref = None
-        if algo.beta > 0:
+        self.ref = self.peft = None
+        if m.lora.enabled:
+            # The reference is then the base model with the adapter disabled: no second copy.
+            self.peft = apply_lora(self.lm, m.lora.r, m.lora.alpha, m.lora.dropout, m.lora.target_modules)
+            if Path(m.path).exists():  # saved adapters must find their base from any directory
+                self.peft.peft_config["default"].base_model_name_or_path = str(Path(m.path).resolve())
+        elif algo.beta > 0:
             # The reference is the initial policy, frozen.
             self.ref = copy.deepcopy(self.lm)
             self.ref.model.requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(self.lm.model.parameters(), lr=algo.lr, weight_decay=algo.weight_decay)
+        trainable = [p for p in self.lm.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=algo.lr, weight_decay=algo.weight_decay)
         self.value = self.value_optimizer = None
         if algo.value.enabled:
             # The critic starts from the policy's weights, with its own copy and optimizer.
@@ -59,8 +66,17 @@ class Learner:
         self.step = 0
 
     def get_weights(self) -> dict[str, torch.Tensor]:
-        """The policy's state dict (CPU tensors) for in-memory sync to rollout workers."""
+        """What rollout workers need to match the policy (CPU tensors): the full state dict, or
+        only the adapter's tensors with LoRA."""
+        if self.peft is not None:
+            return adapter_state(self.peft)
         return {k: v.detach().to("cpu", copy=True) for k, v in self.lm.model.state_dict().items()}
+
+    def _ref_estimate(self, batch, seed, opts):
+        if self.peft is not None:
+            with self.peft.disable_adapter():
+                return self.estimate(self.lm, batch, None, seed=seed, **opts)[0]
+        return self.estimate(self.ref, batch, None, seed=seed, **opts)[0]
 
     def update(
         self,
@@ -95,8 +111,8 @@ class Learner:
             for j, idx in enumerate(chunks):
                 batch = [trajs[i] for i in idx]
                 old[j], mask = self.estimate(self.lm, batch, None, seed=mb_seed(j), **opts)
-                if self.ref is not None:
-                    ref[j], _ = self.estimate(self.ref, batch, None, seed=mb_seed(j), **opts)
+                if algo.beta > 0:
+                    ref[j] = self._ref_estimate(batch, mb_seed(j), opts)
                 adv[j] = adv_all[idx]
                 if self.value is not None:
                     steps = step_map_tensor(batch, mask.shape[1])
@@ -122,7 +138,7 @@ class Learner:
                 )
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.lm.model.parameters(), algo.grad_clip)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], algo.grad_clip)
                 self.optimizer.step()
                 m["loss/total"] = loss.item()
                 m["grad_norm"] = float(grad_norm)
@@ -142,9 +158,14 @@ class Learner:
         return {k: float(np.mean(v)) for k, v in metrics.items()}
 
     def save(self, path: str | Path) -> None:
-        """Weights in transformers format under path/model; optimizer, value model and RNG in path/learner.pt."""
+        """Weights in transformers format under path/model (or the LoRA adapter under path/adapter);
+        optimizer, value model and RNG in path/learner.pt."""
         path = Path(path)
-        self.lm.save_pretrained(path / "model")
+        if self.peft is not None:
+            self.peft.save_pretrained(path / "adapter")  # base_model_name_or_path points at the base
+            self.lm.tokenizer.save_pretrained(path / "adapter")
+        else:
+            self.lm.save_pretrained(path / "model")
         torch.save(
             {
                 "step": self.step,
@@ -162,8 +183,13 @@ class Learner:
         """Restore weights, optimizers, value model, step and RNG from a checkpoint written by `save`."""
         path = Path(path)
         state = torch.load(path / "learner.pt", weights_only=False)
-        restored = load_model(path / "model", family=self.lm.family.name, block_size=self.lm.block_size)
-        self.lm.model.load_state_dict(restored.model.state_dict())
+        if self.peft is not None:
+            from safetensors.torch import load_file
+
+            load_adapter_state(self.peft, load_file(path / "adapter" / "adapter_model.safetensors"))
+        else:
+            restored = load_model(path / "model", family=self.lm.family.name, block_size=self.lm.block_size)
+            self.lm.model.load_state_dict(restored.model.state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ref is not None and state["ref"] is not None:
             self.ref.model.load_state_dict(state["ref"])

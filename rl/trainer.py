@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -51,6 +53,33 @@ def split_evenly(items: Sequence[Any], n: int) -> list[list[Any]]:
     return out
 
 
+class _StopSignals:
+    """Record SIGINT/SIGTERM instead of dying mid-step, so the loop can checkpoint first.
+
+    A second signal restores the default behaviour (a user pressing Ctrl-C twice gets out).
+    Only the main thread may install handlers; elsewhere this does nothing.
+    """
+
+    def __init__(self):
+        self.signum = 0
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signum:
+            self.restore()
+            signal.raise_signal(signum)
+        self.signum = signum
+        tqdm.write(f"signal {signum}: finishing this step, then writing a checkpoint (again to abort)")
+
+    def restore(self):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
 class Trainer:
     """Runs `unmask train`. Construct, then call `train()`."""
 
@@ -80,9 +109,12 @@ class Trainer:
             ray.init(num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         # Stages run one after another, so every actor may use all cores while it works.
         share = 1.0 / (cfg.rollout.num_workers + 1)
+        lora = cfg.model.lora.model_dump(exclude={"enabled"}) if cfg.model.lora.enabled else None
         self.learner = ray.remote(Learner).options(num_cpus=share).remote(cfg)
         self.workers = [
-            ray.remote(RolloutWorker).options(num_cpus=share).remote(cfg.model.path, cfg.model.block_size, threads, cfg.model.family, cfg.model.trust_remote_code)
+            ray.remote(RolloutWorker).options(num_cpus=share).remote(
+                cfg.model.path, cfg.model.block_size, threads, cfg.model.family, cfg.model.trust_remote_code, lora
+            )
             for _ in range(cfg.rollout.num_workers)
         ]
         from transformers import AutoTokenizer
@@ -188,6 +220,7 @@ class Trainer:
             print(f"held-out accuracy before RL: {acc_before:.3f} ({cfg.task.heldout_size} problems)")
 
         bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc="RL", unit="step")
+        stop = _StopSignals()  # SIGINT/SIGTERM: finish the step, checkpoint, exit
         for step in bar:
             metrics: dict[str, float] = {}
             t0 = time.perf_counter()
@@ -234,9 +267,16 @@ class Trainer:
                 loss=f"{metrics.get('loss/total', float('nan')):.3f}", kl=f"{metrics.get('kl', float('nan')):.4f}",
                 tok_s=f"{metrics['tokens_per_s']:.0f}",
             )
-            if done % cfg.train.save_every == 0 or done == cfg.train.steps:
+            if done % cfg.train.save_every == 0 or done == cfg.train.steps or stop.signum:
                 wall = state.get("wall_seconds", 0.0) + time.perf_counter() - t_start
-                self.save(done, {"accuracy_before": acc_before, "wall_seconds": wall})
+                ckpt = self.save(done, {"accuracy_before": acc_before, "wall_seconds": wall})
+            if stop.signum:
+                bar.close()
+                logger.close()
+                print(f"\nstopped by signal {stop.signum} after step {done}; checkpoint: {ckpt}\n"
+                      f"resume: unmask train {self.run_dir / 'config.yaml'} --output-dir {self.run_dir} --resume")
+                raise SystemExit(128 + stop.signum)
+        stop.restore()
         bar.close()
 
         after = self.evaluate(cfg.train.steps)

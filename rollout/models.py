@@ -185,9 +185,14 @@ def load_model(
     The family is `family`, else `config.unmask_family` (written by save_pretrained), else
     inferred from `config.model_type` (MODEL_TYPES). Checkpoints with their own modeling code
     (LLaDA, Dream on the hub) need `trust_remote_code=True` and a model class that accepts a
-    4D attention mask; converted Llama/Qwen2 checkpoints load with the stock classes.
+    4D attention mask; converted Llama/Qwen2 checkpoints load with the stock classes. A LoRA
+    adapter directory loads onto its base model, merged.
     """
     hf_logging.disable_progress_bar()  # a per-tensor loading bar in every actor is noise
+    if (Path(path) / "adapter_config.json").exists():  # a LoRA checkpoint: base + adapter, merged
+        from rollout.lora import load_merged
+
+        return load_merged(path, family=family, block_size=block_size, dtype=dtype)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa", trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     family = family or getattr(model.config, "unmask_family", None) or MODEL_TYPES.get(model.config.model_type)

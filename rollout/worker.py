@@ -23,6 +23,7 @@ class RolloutWorker:
         block_size: override of the checkpoint's block size.
         threads: torch intra-op threads for this process (None keeps the default).
         family, trust_remote_code: see rollout.models.load_model.
+        lora: LoRA settings (r, alpha, dropout, target_modules); weights then arrive as adapter deltas.
     """
 
     def __init__(
@@ -32,14 +33,27 @@ class RolloutWorker:
         threads: int | None = None,
         family: str | None = None,
         trust_remote_code: bool = False,
+        lora: dict | None = None,
     ):
         if threads:
             torch.set_num_threads(threads)
         self.lm = load_model(model_path, family=family, block_size=block_size, trust_remote_code=trust_remote_code)
+        self.peft = None
+        if lora:
+            from rollout.lora import apply_lora
+
+            self.peft = apply_lora(self.lm, **lora)  # same adapter layout as the learner's
         self.weights_version = 0
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], version: int | None = None) -> int:
-        """Replace the policy weights in memory (no disk); returns the new weights version."""
+        """Replace the policy weights in memory (no disk): a full state dict, or only the LoRA
+        adapter's tensors when the worker runs an adapter. Returns the new weights version."""
+        if self.peft is not None:
+            from rollout.lora import load_adapter_state
+
+            load_adapter_state(self.peft, state_dict)
+            self.weights_version = self.weights_version + 1 if version is None else version
+            return self.weights_version
         missing, unexpected = self.lm.model.load_state_dict(state_dict, strict=False)
         # Tied embeddings appear once in a state dict; anything else missing is a real mismatch.
         missing = [k for k in missing if k != "lm_head.weight"]

@@ -61,3 +61,23 @@ def test_train_kill_resume_matches_uninterrupted_run(tmp_path):
         assert torch.allclose(a[name], b[name], atol=1e-5), f"{name} differs after resume"
     base = load_file(ROOT / "examples" / "checkpoints" / "arith3-base" / "model.safetensors")
     assert any(not torch.equal(a[n], base[n]) for n in a), "training changed nothing"
+
+
+def test_sigterm_finishes_the_step_and_checkpoints(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = tmp_path / "run"
+    args = [a if a != f"train.steps={STEPS}" else "train.steps=50" for a in ARGS]
+    args = [a if a != "train.save_every=1" else "train.save_every=100" for a in args]
+    cmd = [sys.executable, "-m", "rl.cli", "train", "configs/quickstart.yaml", "--output-dir", str(run), *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 600
+    while not (metrics.exists() and '"loss/policy"' in metrics.read_text()):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)  # the whole group, as a scheduler's kill would
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM, out[-2000:]
+    ckpts = sorted((run / "checkpoints").iterdir())
+    assert len(ckpts) == 1 and (ckpts[0] / "trainer_state.json").exists()
+    assert "stopped by signal" in out and "--resume" in out

@@ -1,0 +1,57 @@
+"""LoRA adapters (peft) on a DiffusionLM: inject, ship the delta, merge.
+
+peft injects the low-rank layers into the model's modules in place, so `DiffusionLM`
+keeps calling the same transformers model and every family works unchanged. Only the
+adapter's tensors travel from the learner to the rollout workers each step.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+from rollout.models import DiffusionLM
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def apply_lora(
+    lm: DiffusionLM, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_modules: list[str] | tuple[str, ...] = DEFAULT_TARGETS
+) -> PeftModel:
+    """Inject a LoRA adapter into lm.model in place; returns the peft handle (for saving,
+    disabling the adapter and moving its state). Base weights are frozen."""
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules), bias="none")
+    peft_model = get_peft_model(lm.model, config)
+    # get_peft_model wraps lm.model: its layers now hold the LoRA modules, so lm keeps working.
+    return peft_model
+
+
+def adapter_state(peft_model: PeftModel) -> dict[str, torch.Tensor]:
+    """The adapter's tensors only (CPU copies): what weight sync ships instead of the full model."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(peft_model).items()}
+
+
+def load_adapter_state(peft_model: PeftModel, state: dict[str, torch.Tensor]) -> None:
+    """Load adapter tensors produced by `adapter_state` (strict: every LoRA tensor must be present)."""
+    result = set_peft_model_state_dict(peft_model, state)
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise ValueError(f"adapter sync: unexpected keys {unexpected[:5]}")
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").exists()
+
+
+def load_merged(path: str | Path, family: str | None = None, block_size: int | None = None, dtype=torch.float32) -> DiffusionLM:
+    """Load an adapter directory onto its base model and merge it: a plain DiffusionLM."""
+    from rollout.models import load_model
+
+    path = Path(path)
+    base_path = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base = load_model(base_path, family=family, block_size=block_size, dtype=dtype)
+    merged = PeftModel.from_pretrained(base.model, path).merge_and_unload()
+    return DiffusionLM(merged.eval(), base.tokenizer, family=base.family.name, block_size=base.block_size)

@@ -1,0 +1,65 @@
+"""LoRA: adapter-only weight sync, reference = adapter disabled, checkpoint, merge."""
+
+import subprocess
+import sys
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from rl.config import RunConfig
+from rl.learner import Learner
+from rollout import SamplingParams, generate, load_model
+from rollout.worker import RolloutWorker
+
+from .conftest import BASE_CKPT, ROOT
+
+LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "up_proj", "down_proj"]}
+
+
+def cfg():
+    return RunConfig.model_validate({
+        "model": {"path": str(BASE_CKPT), "lora": {"enabled": True, **LORA}},
+        "algorithm": {"lr": 5e-3, "beta": 0.1, "minibatches": 1},
+        "wandb": {"mode": "disabled"},
+    })
+
+
+def batch(worker, n=16, seed=0):
+    tok = worker.lm.tokenizer
+    prompts = [tok("123+456=")["input_ids"], tok("507+045=")["input_ids"]] * (n // 2)
+    return worker.generate(prompts, SamplingParams(max_new_tokens=5, temperature=1.0), seed=seed, groups=[0, 1] * (n // 2))
+
+
+def test_lora_update_syncs_only_the_adapter_and_changes_rollouts(tmp_path):
+    learner = Learner(cfg())
+    worker = RolloutWorker(str(BASE_CKPT), lora=LORA)
+    base = {k: v.clone() for k, v in learner.lm.model.state_dict().items() if "lora_" not in k}
+    trajs = batch(worker)
+    before = [t.completion_ids for t in batch(worker, seed=5)]
+    m = learner.update(trajs, torch.linspace(-1, 1, len(trajs)).tolist())
+    assert m["kl"] == 0.0  # first update: old policy == base with adapter off (lora_B starts at 0)
+    weights = learner.get_weights()
+    full = sum(v.numel() for v in learner.lm.model.state_dict().values())
+    assert all("lora_" in k for k in weights) and sum(v.numel() for v in weights.values()) < 0.1 * full
+    for k, v in learner.lm.model.state_dict().items():  # base weights frozen
+        if "lora_" not in k:
+            assert torch.equal(v, base[k]), k
+    worker.load_weights(weights, version=1)
+    assert [t.completion_ids for t in batch(worker, seed=5)] != before
+    m2 = learner.update(batch(worker, seed=7), torch.linspace(-1, 1, 16).tolist())
+    assert m2["kl"] > 0  # the reference (adapter disabled) now differs from the policy
+
+    # checkpoint -> resume restores the adapter; merge -> plain transformers model, same tokens
+    learner.save(tmp_path / "ckpt")
+    again = Learner(cfg())
+    again.load(tmp_path / "ckpt")
+    assert all(torch.equal(again.get_weights()[k], v) for k, v in learner.get_weights().items())
+    out = tmp_path / "merged"
+    res = subprocess.run([sys.executable, "-m", "rl.cli", "merge", str(tmp_path / "ckpt"), str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert AutoModelForCausalLM.from_pretrained(out) is not None
+    merged = load_model(out)
+    prompts = [merged.tokenizer("123+456=")["input_ids"], merged.tokenizer("99+1=")["input_ids"]]
+    greedy = SamplingParams(max_new_tokens=5, temperature=0.0)
+    worker.load_weights(learner.get_weights())
+    assert [t.completion_ids for t in generate(merged, prompts, greedy)] == [t.completion_ids for t in generate(worker.lm, prompts, greedy)]
