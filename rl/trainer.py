@@ -111,28 +111,54 @@ class Trainer:
         share = 1.0 / (cfg.rollout.num_workers + 1)
         lora = cfg.model.lora.model_dump(exclude={"enabled"}) if cfg.model.lora.enabled else None
         self.learner = ray.remote(Learner).options(num_cpus=share).remote(cfg)
-        self.workers = [
-            ray.remote(RolloutWorker).options(num_cpus=share).remote(
-                cfg.model.path, cfg.model.block_size, threads, cfg.model.family, cfg.model.trust_remote_code, lora
-            )
-            for _ in range(cfg.rollout.num_workers)
-        ]
+        self._worker_args = (cfg.model.path, cfg.model.block_size, threads, cfg.model.family, cfg.model.trust_remote_code, lora)
+        self._worker_cpus = share
+        self.workers = [self._spawn_worker() for _ in range(cfg.rollout.num_workers)]
+        self._weights = None  # (object ref, version) of the weights the workers hold
+        self.worker_restarts = 0
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
 
     # -- Ray plumbing: the one place that fans work out to the rollout workers -------------
-    def _on_workers(self, items: Sequence[Any], seed: int, params: SamplingParams) -> list[Trajectory]:
+    def _spawn_worker(self):
+        return ray.remote(RolloutWorker).options(num_cpus=self._worker_cpus).remote(*self._worker_args)
+
+    def _on_workers(self, items: Sequence[Any], seed: int, params: SamplingParams, retries: int = 2) -> list[Trajectory]:
+        """Split items over the workers, decode, and concatenate in order.
+
+        A worker that dies mid-call is replaced (with the current weights) and its share of
+        the prompts is decoded again with the same seed, so the step completes unchanged.
+        """
         chunks = split_evenly(items, len(self.workers))
-        futures = []
-        for w, (worker, chunk) in enumerate(zip(self.workers, chunks)):
-            if chunk:
-                prompts, groups, cols = zip(*chunk)
-                futures.append(worker.generate.remote(list(prompts), params, seed * 7919 + w, list(groups), list(cols)))
-        return [t for part in ray.get(futures) for t in part]
+        parts: list[list[Trajectory]] = [[] for _ in chunks]
+        todo = [w for w, chunk in enumerate(chunks) if chunk]
+        for attempt in range(retries + 1):
+            futures = {}
+            for w in todo:
+                prompts, groups, cols = zip(*chunks[w])
+                futures[w] = self.workers[w].generate.remote(list(prompts), params, seed * 7919 + w, list(groups), list(cols))
+            failed = []
+            for w, fut in futures.items():
+                try:
+                    parts[w] = ray.get(fut)
+                except ray.exceptions.RayActorError as e:
+                    if attempt == retries:
+                        raise RuntimeError(f"rollout worker {w} died {retries + 1} times in one call") from e
+                    tqdm.write(f"rollout worker {w} died ({type(e).__name__}); replacing it and redoing its {len(chunks[w])} prompts")
+                    self.workers[w] = self._spawn_worker()
+                    if self._weights is not None:
+                        ray.get(self.workers[w].load_weights.remote(*self._weights))
+                    self.worker_restarts += 1
+                    failed.append(w)
+            if not failed:
+                break
+            todo = failed
+        return [t for part in parts for t in part]
 
     def sync_weights(self, version: int) -> None:
         ref = self.learner.get_weights.remote()  # stays in the object store; workers fetch it directly
+        self._weights = (ref, version)
         ray.get([w.load_weights.remote(ref, version) for w in self.workers])
 
     # -- stages ----------------------------------------------------------------------------
@@ -256,6 +282,7 @@ class Trainer:
                     "rollout/nfe_mean": float(np.mean([t.nfe for t in rollouts])),
                     "rollout/tokens_per_forward": n_tok / max(1, sum(t.nfe for t in rollouts)),
                     "rollout/frac_eos": float(np.mean([t.finish_reason == "eos" for t in rollouts])),
+                    "faults/worker_restarts": float(self.worker_restarts),
                 }
             )
             done = step + 1
