@@ -148,7 +148,7 @@ class TrainConfig(_Section):
     seed: int = Field(0, description="Seed for data order, sampling and minibatch shuffling.")
     save_every: int = Field(10, ge=1, description="Write a resumable checkpoint every N steps (and at the end).")
     output_dir: str = Field("runs/quickstart", description="Run directory (config copy, metrics.jsonl, checkpoints, plots).")
-    threads: int | None = Field(None, ge=1, description="torch threads per actor; default: all cores (stages run one at a time).")
+    threads: int | None = Field(None, ge=1, description="torch threads per actor; default: all cores for the learner, cores / num_workers for each rollout worker.")
 
 
 class RunConfig(_Section):

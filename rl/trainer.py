@@ -104,7 +104,9 @@ class Trainer:
             raise FileNotFoundError(f"--resume: no complete checkpoint under {self.run_dir / 'checkpoints'}")
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
 
-        threads = cfg.train.threads or os.cpu_count() or 1
+        # Rollout workers decode at the same time, so by default they split the cores; the
+        # learner runs alone and uses them all (Learner reads train.threads).
+        threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // cfg.rollout.num_workers)
         if not ray.is_initialized():
             ray.init(num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         # Stages run one after another, so every actor may use all cores while it works.

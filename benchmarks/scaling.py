@@ -1,0 +1,102 @@
+"""Scaling: RL steps/hour with 1 vs 2 rollout workers, and in-memory weight sync vs disk.
+
+    python benchmarks/scaling.py [--steps 4] [--json out.json]
+
+Both comparisons run in one process on the quickstart's model, baseline first:
+- steps/hour of the full RL step (rollout, score, update, sync) with rollout.num_workers 1 and 2
+  (on a 2-core machine the two workers share the cores; the figure shows the overhead, on a
+  multi-GPU machine it shows the speed-up);
+- weight sync: learner -> object store -> worker `load_weights` (what the trainer does every
+  step) vs. the learner's `save_pretrained` + the worker re-loading with `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rl.config import load_config  # noqa: E402
+from rl.learner import Learner  # noqa: E402
+from rl.trainer import Trainer  # noqa: E402
+from rollout.models import load_model  # noqa: E402
+from rollout.worker import RolloutWorker  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def steps_per_hour(workers: int, steps: int, overrides: list[str]) -> float:
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml", [f"rollout.num_workers={workers}", "wandb.mode=disabled", *overrides])
+    with tempfile.TemporaryDirectory() as d:
+        trainer = Trainer(cfg, d)
+        trainer.sync_weights(0)
+        times = []
+        for step in range(steps + 1):  # step 0 warms up
+            t0 = time.perf_counter()
+            trajs = trainer.rollout(step)
+            scores, _ = trainer.score(trajs)
+            kept, adv, rewards, mask, _ = trainer.advantages(trajs, scores)
+            ray.get(trainer.learner.update.remote(kept, adv, rewards, mask))
+            trainer.sync_weights(step + 1)
+            times.append(time.perf_counter() - t0)
+        trainer.shutdown()
+    return 3600 / statistics.median(times[1:])
+
+
+def sync_times(repeats: int) -> tuple[float, float]:
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml", ["wandb.mode=disabled"])
+    learner = ray.remote(Learner).remote(cfg)
+    worker = ray.remote(RolloutWorker).remote(cfg.model.path)
+
+    class Disk:  # the reference implementations' path: write a checkpoint, reload it
+        @staticmethod
+        def run(d):
+            ray.get(learner.save.remote(d))
+            ray.get(worker.__ray_call__.remote(lambda self, p: setattr(self, "lm", load_model(p)), str(Path(d) / "model")))
+
+    def memory():
+        ray.get(worker.load_weights.remote(learner.get_weights.remote()))
+
+    mem, disk = [], []
+    with tempfile.TemporaryDirectory() as d:
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            memory()
+            mem.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            Disk.run(d)
+            disk.append(time.perf_counter() - t0)
+    ray.kill(learner)
+    ray.kill(worker)
+    return statistics.median(mem[1:]), statistics.median(disk[1:])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    mem, disk = sync_times(args.repeats)
+    overrides = ["rollout.prompts_per_step=32"]
+    one = steps_per_hour(1, args.steps, overrides)
+    two = steps_per_hour(2, args.steps, overrides)
+    print(f"weight sync (1M params): in memory {mem * 1e3:.1f} ms, save_pretrained + from_pretrained {disk * 1e3:.1f} ms -> {disk / mem:.1f}x")
+    print(f"RL steps/hour: 1 rollout worker {one:.0f}, 2 rollout workers {two:.0f} -> {two / one:.2f}x")
+    out = {"rollout_scaling_2_workers": two / one, "sync_speedup_vs_disk": disk / mem,
+           "steps_per_hour": {"1": one, "2": two}, "sync_ms": {"memory": mem * 1e3, "disk": disk * 1e3}}
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
