@@ -52,40 +52,51 @@ def trace_logprobs(
     if len(temps) != 1:
         raise ValueError(f"a TraceRL batch must share one sampling temperature, got {sorted(temps)}")
     temperature = temps.pop()
-    bs, device = lm.block_size, lm.device
+    device, n = lm.device, len(trajs)
     width = max(len(t.completion_ids) for t in trajs)
-    n = len(trajs)
-    passes = [trace_pass_index(t.step_map, len(t.prompt_ids), bs, shrink) for t in trajs]
     mask = torch.zeros((n, width), dtype=torch.bool, device=device)
     targets = torch.zeros((n, width), dtype=torch.long, device=device)
     for i, t in enumerate(trajs):
         mask[i, : len(t.completion_ids)] = True
         targets[i, : len(t.completion_ids)] = torch.tensor(t.completion_ids)
-    pass_of = torch.full((n, width), -1, dtype=torch.long, device=device)
-    for i, p in enumerate(passes):
-        pass_of[i, : len(p)] = torch.tensor(p)
-
     dtype = torch.promote_types(lm.model.dtype, torch.float32)
     logp = torch.zeros((n, width), device=device, dtype=dtype)
     entropy = torch.zeros((n, width), device=device, dtype=dtype) if with_entropy else None
+    for rows, packed, (ri, ci) in trace_passes(lm, trajs, shrink):
+        logits = lm.forward_logits(packed.input_ids, packed.position_ids, packed.allowed, packed.select)
+        lp = lm.sampling_logprobs(logits, temperature)  # [r, Cr, V]
+        tok_lp = lp.gather(-1, targets[rows, : lp.shape[1], None]).squeeze(-1)  # [r, Cr]
+        logp = logp.index_put((rows[ri], ci), tok_lp[ri, ci])
+        if entropy is not None:
+            entropy[rows[ri], ci] = torch.special.entr(lp[ri, ci].detach().exp()).sum(-1)
+    return logp, mask, entropy
+
+
+def trace_passes(lm: DiffusionLM, trajs: Sequence[Trajectory], shrink: int = 1):
+    """The replayed TraceRL passes of a batch, in order.
+
+    Yields (rows, packed, (ri, ci)) per pass k: `rows` [r] indexes the samples that have a step
+    group k, `packed` is their input with every token of group >= k masked (pack_noisy), and
+    (ri, ci) index, within the pass's [r, Cr] outputs, the tokens decoded in group k, which this
+    pass scores. Log-probs (trace_logprobs) and values (algorithms.value) both read these passes.
+    """
+    device = lm.device
+    passes = [trace_pass_index(t.step_map, len(t.prompt_ids), lm.block_size, shrink) for t in trajs]
+    width = max(len(t.completion_ids) for t in trajs)
+    pass_of = torch.full((len(trajs), width), -1, dtype=torch.long)
+    for i, p in enumerate(passes):
+        pass_of[i, : len(p)] = torch.tensor(p)
+    pass_of = pass_of.to(device)
     for k in range(max(max(p) for p in passes) + 1):
         rows = [i for i, p in enumerate(passes) if max(p) >= k]
         packed = pack_noisy(
             [trajs[i].prompt_ids for i in rows],
             [trajs[i].completion_ids for i in rows],
             [[q >= k for q in passes[i]] for i in rows],
-            bs,
+            lm.block_size,
             lm.mask_id,
             lm.pad_id,
             device,
         )
-        logits = lm.forward_logits(packed.input_ids, packed.position_ids, packed.allowed, packed.select)
-        lp = lm.sampling_logprobs(logits, temperature)  # [r, Cr, V]
         r_idx = torch.tensor(rows, device=device)
-        c = lp.shape[1]
-        tok_lp = lp.gather(-1, targets[r_idx, :c, None]).squeeze(-1)  # [r, Cr]
-        ri, ci = (pass_of[r_idx, :c] == k).nonzero(as_tuple=True)  # tokens decoded in this step group
-        logp = logp.index_put((r_idx[ri], ci), tok_lp[ri, ci])
-        if entropy is not None:
-            entropy[r_idx[ri], ci] = torch.special.entr(lp[ri, ci].detach().exp()).sum(-1)
-    return logp, mask, entropy
+        yield r_idx, packed, (pass_of[r_idx, : packed.select.shape[1]] == k).nonzero(as_tuple=True)

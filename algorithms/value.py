@@ -14,8 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from algorithms.packing import pack_noisy
-from algorithms.trace import trace_pass_index
+from algorithms.trace import trace_passes
 from rollout.models import DiffusionLM
 from rollout.trajectory import Trajectory
 
@@ -50,35 +49,15 @@ class ValueModel(nn.Module):
         earlier for shifted-logit families such as Dream), the same row that gives its log-prob.
         Differentiable; 0 at padding.
         """
-        lm, bs, device = self.lm, self.lm.block_size, self.lm.device
+        lm, device = self.lm, self.lm.device
         n, width = len(trajs), max(len(t.completion_ids) for t in trajs)
-        passes = [trace_pass_index(t.step_map, len(t.prompt_ids), bs, shrink) for t in trajs]
-        pass_of = torch.full((n, width), -1, dtype=torch.long)
-        for i, p in enumerate(passes):
-            pass_of[i, : len(p)] = torch.tensor(p, dtype=torch.long)
-        pass_of = pass_of.to(device)
         dtype = torch.promote_types(lm.model.dtype, torch.float32)
         values = torch.zeros((n, width), dtype=dtype, device=device)
-        for k in range(max(max(p) for p in passes) + 1):
-            rows = [i for i, p in enumerate(passes) if max(p) >= k]
-            packed = pack_noisy(
-                [trajs[i].prompt_ids for i in rows],
-                [trajs[i].completion_ids for i in rows],
-                [[q >= k for q in passes[i]] for i in rows],
-                bs,
-                lm.mask_id,
-                lm.pad_id,
-                device,
-            )
+        for rows, packed, (ri, ci) in trace_passes(lm, trajs, shrink):
             hidden = lm.encode(packed.input_ids, packed.position_ids, packed.allowed)  # [r, Q, H]
-            select = packed.select
-            if lm.family.shift_logits:
-                select = (select - 1).clamp(min=0)  # read where the token's logit is read
-            h = hidden.gather(1, select[:, :, None].expand(-1, -1, hidden.shape[-1]))  # [r, Cr, H]
+            h = lm.predicting_rows(hidden, packed.select)  # [r, Cr, H], where each token's logit is read
             v = self.head(h).squeeze(-1).to(dtype)  # [r, Cr]
-            r_idx = torch.tensor(rows, device=device)
-            ri, ci = (pass_of[r_idx, : v.shape[1]] == k).nonzero(as_tuple=True)
-            values = values.index_put((r_idx[ri], ci), v[ri, ci])
+            values = values.index_put((rows[ri], ci), v[ri, ci])
         return values
 
 

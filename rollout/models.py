@@ -119,11 +119,16 @@ class DiffusionLM:
             [B, S, V] float logits. Only the selected rows go through the LM head.
         """
         hidden = self.encode(input_ids, position_ids, allowed, cache)
+        return self.model.lm_head(self.predicting_rows(hidden, select))
+
+    def predicting_rows(self, hidden: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+        """Hidden states [B, S, H] that predict the tokens at `select` [B, S] of `hidden` [B, Q, H].
+
+        Aligned families read the token's own position; shifted heads (Dream) read the one before.
+        """
         if self.family.shift_logits:
-            # Shifted heads (Dream): the hidden state one position earlier predicts the token.
             select = (select - 1).clamp(min=0)
-        rows = hidden.gather(1, select[:, :, None].expand(-1, -1, hidden.shape[-1]))  # [B, S, H]
-        return self.model.lm_head(rows)
+        return hidden.gather(1, select[:, :, None].expand(-1, -1, hidden.shape[-1]))
 
     def sampling_logprobs(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
         """Log-probs of the distribution tokens are actually sampled from.
