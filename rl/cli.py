@@ -54,42 +54,102 @@ def sft(
 
 @app.command("eval")
 def evaluate(
-    checkpoints: List[Path] = typer.Argument(..., help="Model dirs, checkpoint dirs (step_N) or run dirs (latest checkpoint); diffusion or AR."),
-    task: str = typer.Option("arithmetic", help="Task whose held-out split to score."),
+    checkpoints: Optional[List[Path]] = typer.Argument(None, help="Model dirs, checkpoint dirs (step_N) or run dirs (latest checkpoint); diffusion or AR."),
+    benchmarks: Optional[List[str]] = typer.Option(
+        None, "--benchmark", "-b",
+        help="NAME[:PATH][,KEY=VALUE...] (repeatable). Names: arithmetic (synthetic, no file), gsm8k, math, humaneval, mbpp. "
+        "Keys: label, template (default | raw | a text file with {field} placeholders), max_new_tokens, limit; "
+        "math/gsm8k: question=FIELD, answer=FIELD; arithmetic: digits, seed. Default: --task.",
+    ),
+    task: str = typer.Option("arithmetic", help="Synthetic task to score when no --benchmark is given."),
     digits: int = typer.Option(3, help="Operand width of the arithmetic task."),
-    n: int = typer.Option(500, help="Held-out problems."),
-    strategies: List[str] = typer.Option(["static"], "--strategy", help="static | threshold (repeat to compare both)."),
+    limit: Optional[int] = typer.Option(None, "--limit", "--n", help="First N problems of each benchmark (synthetic tasks: N held-out problems, default 500)."),
+    strategies: List[str] = typer.Option(["static"], "--strategy", help="static | static:STEPS | threshold | threshold:T (repeat to compare; AR checkpoints decode left to right)."),
     threshold: float = typer.Option(0.9, help="Confidence threshold for --strategy threshold."),
     steps_per_block: Optional[int] = typer.Option(None, help="Static steps per block (default block size)."),
     temperature: float = typer.Option(0.0, help="0 = greedy."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write {checkpoint: {strategy: metrics}} as JSON here."),
+    samples: int = typer.Option(1, "--samples", "-k", help="Samples per problem: pass@k and avg@k with k = samples (use a temperature > 0)."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Generation budget for every benchmark (default: per benchmark)."),
+    batch_size: int = typer.Option(64, help="Samples decoded together."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    chat_template: str = typer.Option("auto", help="auto: wrap prompts in the tokenizer's chat template when it has one (not synthetic tasks); none: never."),
+    completions: Optional[List[Path]] = typer.Option(
+        None, "--completions", help="Score the completions in this JSONL ({task_id or id, completion} rows, several per id for pass@k) "
+        "instead of decoding; one row of the table per file (repeatable; needs exactly one --benchmark).",
+    ),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write DIR/results.json, results.md, accuracy_vs_nfe.png and samples/."),
+    resume: bool = typer.Option(False, "--resume", help="Skip entries already in DIR/results.json with the same settings."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="For checkpoints with their own modeling code."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write {checkpoint: {strategy: metrics}} as JSON here (one benchmark; else the results.json schema)."),
 ) -> None:
-    """Accuracy, NFE and tokens/s of checkpoints on a held-out split, as one table."""
-    from rl.checkpoint import resolve_model_path
-    from rl.evaluate import evaluate_task, load_policy
-    from rollout.autoregressive import ARModel
+    """Score checkpoints (diffusion or AR) on benchmarks: pass@1, pass@k, avg@k, NFE, tokens/s, as one table.
 
-    t = _task(task, digits)
-    rows, results = t.heldout_rows(n), {}
-    typer.echo(f"| checkpoint | decoding | accuracy | NFE | tokens/forward | tokens/s |\n|---|---|---|---|---|---|")
-    for ckpt in checkpoints:
-        try:
-            policy = load_policy(resolve_model_path(ckpt))
-        except (FileNotFoundError, OSError, ValueError) as e:
-            typer.echo(f"cannot load {ckpt}: {e}", err=True)
-            raise typer.Exit(2) from None
-        kinds = ["autoregressive"] if isinstance(policy, ARModel) else strategies
-        for strategy in kinds:
-            params = _params(t.max_new_tokens, "static" if strategy == "autoregressive" else strategy, threshold, steps_per_block, temperature)
-            res = evaluate_task(policy, t, rows, params)
-            results.setdefault(str(ckpt), {})[strategy] = res
-            typer.echo(f"| {ckpt} | {strategy} T={temperature} | {res['accuracy']:.3f} | {res['nfe_mean']:.2f} | "
-                       f"{res['tokens_per_forward']:.2f} | {res['tokens_per_s']:.0f} |")
-    typer.echo(f"\n{n} held-out {task} problems. Examples from the last row:")
-    for ex in res["examples"]:
-        typer.echo(f"  {ex['prompt']}{ex['completion']}   (answer {ex['answer']})")
+    Examples:
+
+    unmask eval runs/quickstart examples/checkpoints/arith3-base --strategy static --strategy threshold:0.9 -o eval/
+
+    unmask eval CKPT AR_CKPT -b gsm8k:gsm8k_test.jsonl -b humaneval:HumanEval.jsonl.gz -k 8 --temperature 0.7 -o eval/ --resume
+
+    unmask eval -b humaneval:HumanEval.jsonl.gz --completions samples.jsonl
+
+    results.json: {benchmark: {checkpoint: {strategy: {pass@1, pass@k, avg@k, k, accuracy, n, nfe, tokens_per_forward,
+    tokens_per_s, kind, settings, ...}}}}; results.md holds the tables printed at the end.
+    """
+    from rl.benchmarks import BenchmarkError, load_benchmark, parse_benchmark
+    from rl.evaluate import EvalOptions, Results, results_markdown, run_eval
+    from rl.tasks import TASKS
+
+    if not checkpoints and not completions:
+        typer.echo("nothing to evaluate: give checkpoints and/or --completions FILE", err=True)
+        raise typer.Exit(2)
+    if chat_template not in ("auto", "none") or dtype not in ("float32", "bfloat16", "float16") or samples < 1:
+        typer.echo("bad option: --chat-template auto|none, --dtype float32|bfloat16|float16, --samples >= 1", err=True)
+        raise typer.Exit(2)
+    if resume and output is None:
+        typer.echo("--resume needs --output DIR (the results.json to resume)", err=True)
+        raise typer.Exit(2)
+    try:
+        requests = [parse_benchmark(b) for b in benchmarks] if benchmarks else [parse_benchmark(f"{task},digits={digits}")]
+        if completions and len(requests) != 1:
+            raise BenchmarkError("--completions needs exactly one --benchmark (the completions' problems)")
+        benches = [load_benchmark(r, limit=limit, max_new_tokens=max_new_tokens, **({"digits": digits} if r.name in TASKS else {})) for r in requests]
+    except (BenchmarkError, ValueError) as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+    base = _params(8, "static", threshold, steps_per_block, temperature)
+    opts = EvalOptions(
+        strategies=list(strategies), base=base, samples=samples, batch_size=batch_size, seed=seed, chat_template=chat_template,
+        device=device, dtype=dtype, trust_remote_code=trust_remote_code, resume=resume,
+    )
+    ran: dict = {}
+    try:
+        ran = run_eval(checkpoints or [], benches, opts, output, completions or [], echo=typer.echo)
+    except KeyboardInterrupt:
+        typer.echo(f"\ninterrupted: finished entries are in {output / 'results.json'}; rerun with --resume to continue" if output else "\ninterrupted", err=True)
+        raise typer.Exit(130) from None
+    except (FileNotFoundError, OSError, ValueError) as e:
+        typer.echo(f"eval failed: {e}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        if output is not None and (output / "results.json").exists():
+            from rl.tracking import plot_eval
+
+            plot_eval(output / "results.json", output / "accuracy_vs_nfe.png")
+    typer.echo("\n" + results_markdown(Results(output).data if output else ran))
+    last = next((e for ck in reversed(list(ran.values())) for ss in reversed(list(ck.values())) for e in reversed(list(ss.values()))), None)
+    if last and last.get("examples"):
+        typer.echo("Examples from the last row:")
+        for ex in last["examples"]:
+            line = f"{ex['prompt']}{ex['completion']}"
+            line = line if len(line) <= 100 and "\n" not in line else f"[{ex['id']}] " + repr(ex["completion"])[:90]
+            typer.echo(f"  {line}   (reward {ex['reward']})")
+    if output:
+        typer.echo(f"results: {output / 'results.json'}, {output / 'results.md'}, {output / 'accuracy_vs_nfe.png'}")
     if json_out:
-        json_out.write_text(json.dumps(results, indent=2))
+        data = next(iter(ran.values())) if len(ran) == 1 else ran
+        json_out.write_text(json.dumps(data, indent=2))
 
 
 @app.command()
@@ -138,11 +198,20 @@ def merge(
 
 
 @app.command()
-def plot(run_dir: Path = typer.Argument(..., help="Run directory with metrics.jsonl.")) -> None:
-    """Write the PNG of reward / accuracy / loss / KL curves for a run."""
-    from rl.tracking import plot_run
+def plot(run_dir: Path = typer.Argument(..., help="Run directory with metrics.jsonl, or an eval output dir with results.json.")) -> None:
+    """Write the PNGs of a run (reward / accuracy / loss / KL curves) or of eval results (accuracy vs NFE)."""
+    from rl.tracking import plot_eval, plot_run
 
-    typer.echo(plot_run(run_dir))
+    wrote = False
+    if (run_dir / "metrics.jsonl").exists():
+        typer.echo(plot_run(run_dir))
+        wrote = True
+    if (run_dir / "results.json").exists():
+        typer.echo(plot_eval(run_dir / "results.json", run_dir / "accuracy_vs_nfe.png"))
+        wrote = True
+    if not wrote:
+        typer.echo(f"{run_dir} has neither metrics.jsonl nor results.json", err=True)
+        raise typer.Exit(2)
 
 
 @app.command("config-help")

@@ -81,3 +81,41 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_eval(results: str | Path | dict, out: str | Path) -> Path:
+    """PNG of accuracy (pass@1) against NFE from an `unmask eval` results.json: one panel per
+    benchmark, one line per checkpoint through its decoding strategies (sorted by NFE), each
+    point labelled with its strategy. Entries without NFE (scored completions) are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(Path(results).read_text()) if not isinstance(results, dict) else results
+    out = Path(out)
+    benches = list(data) or ["(no results)"]
+    fig, axes = plt.subplots(1, len(benches), figsize=(4.8 * len(benches), 3.8), squeeze=False)
+    for ax, bench in zip(axes[0], benches):
+        for ckpt, strategies in data.get(bench, {}).items():
+            pts = sorted(
+                (e["nfe"], e["pass@1"], strategy) for strategy, e in strategies.items()
+                if e.get("nfe") is not None and e.get("pass@1") is not None
+            )  # fmt: skip
+            if not pts:
+                continue
+            xs, ys, names = zip(*pts)
+            line = ax.plot(xs, ys, marker="o", label=ckpt if len(ckpt) <= 40 else "..." + ckpt[-37:])[0]
+            for x, y, name in pts:
+                ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=line.get_color())
+        ax.set_title(bench)
+        ax.margins(x=0.15, y=0.1)  # room for the strategy labels
+        ax.set_xlabel("NFE per sample")
+        ax.set_ylabel("pass@1")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

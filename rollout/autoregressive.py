@@ -53,13 +53,14 @@ class ARModel:
         for i, p in enumerate(prompts):
             ids[i, width - len(p) :] = torch.tensor(list(p))
             attn[i, width - len(p) :] = 1
+        dev = next(self.model.parameters()).device
         out = self.model.generate(
-            ids, attention_mask=attn, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+            ids.to(dev), attention_mask=attn.to(dev), max_new_tokens=max_new_tokens, do_sample=temperature > 0,
             temperature=temperature if temperature > 0 else None, top_k=None, top_p=None,
             pad_token_id=self.pad_id, eos_token_id=self.eos_id, output_scores=True, return_dict_in_generate=True,
         )
-        new = out.sequences[:, width:]  # [n, T]
-        scores = torch.stack(out.scores, dim=1).float()  # [n, T, V] (processed by temperature)
+        new = out.sequences[:, width:].cpu()  # [n, T]
+        scores = torch.stack(out.scores, dim=1).float().cpu()  # [n, T, V] (processed by temperature)
         logp = torch.log_softmax(scores, -1).gather(-1, new[..., None]).squeeze(-1)
         trajs = []
         for i, p in enumerate(prompts):
