@@ -220,16 +220,6 @@ def config_help_cmd(kind: str = typer.Argument("train", help="train | sft")) -> 
     typer.echo(config_help(RunConfig if kind == "train" else SFTConfig))
 
 
-def _task(name: str, digits: int):
-    from rl.tasks import make_task
-
-    try:
-        return make_task(name, digits=digits)
-    except ValueError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(2) from None
-
-
 def _params(max_new, strategy, threshold, steps_per_block, temperature):
     from rollout.engine import SamplingParams
 
