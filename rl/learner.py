@@ -84,6 +84,7 @@ class Learner:
         advantages: Sequence[float],
         rewards: Sequence[float] | None = None,
         loss_mask: Sequence[bool] | None = None,
+        token_rewards: Sequence[Sequence[float]] | None = None,
     ) -> dict[str, float]:
         """One RL update on a rollout batch; returns averaged diagnostics.
 
@@ -91,6 +92,8 @@ class Learner:
             advantages: per sample (group advantages); ignored when the value model is on.
             rewards: per sample, needed by the value model (placed on the last trace step).
             loss_mask: per sample, False to keep a sample out of the loss (truncation: mask).
+            token_rewards: per completion token (process rewards placed on their trace steps,
+                rl.process_rewards); the value model uses them instead of the terminal reward.
         """
         algo = self.cfg.algorithm
         if len(trajs) != len(advantages):
@@ -117,8 +120,13 @@ class Learner:
                 if self.value is not None:
                     steps = step_map_tensor(batch, mask.shape[1])
                     old_values[j] = self.value.values(batch, algo.shrink).float()
-                    token_rewards = terminal_token_rewards(torch.tensor([rewards[i] for i in idx], dtype=torch.float32), steps)
-                    adv[j], returns[j] = trace_gae(token_rewards, old_values[j], steps, algo.value.gamma, algo.value.lam)
+                    if token_rewards is not None:
+                        tok_r = torch.zeros(steps.shape)
+                        for r, i in enumerate(idx):
+                            tok_r[r, : len(token_rewards[i])] = torch.tensor(token_rewards[i], dtype=torch.float32)
+                    else:
+                        tok_r = terminal_token_rewards(torch.tensor([rewards[i] for i in idx], dtype=torch.float32), steps)
+                    adv[j], returns[j] = trace_gae(tok_r, old_values[j], steps, algo.value.gamma, algo.value.lam)
                 if algo.estimator == "trace":
                     # ~0 when rollout and learner agree on weights and replay; large = stale or misaligned.
                     rollout_lp = torch.zeros_like(old[j])

@@ -28,6 +28,7 @@ from rewards import get_reward, score
 from rl.checkpoint import checkpoint_dir, latest_checkpoint, read_trainer_state, write_trainer_state
 from rl.config import RunConfig, SamplingConfig
 from rl.learner import Learner
+from rl.process_rewards import token_rewards
 from rl.tasks import make_task
 from rl.tracking import MetricsLogger, plot_run
 from rollout.engine import SamplingParams
@@ -117,6 +118,8 @@ class Trainer:
         self._worker_cpus = share
         self.workers = [self._spawn_worker() for _ in range(cfg.rollout.num_workers)]
         self._weights = None  # (object ref, version) of the weights the workers hold
+        # Process rewards of the current step, per token (set by score, filtered by advantages).
+        self._token_rewards = self._kept_token_rewards = None
         self.worker_restarts = 0
         from transformers import AutoTokenizer
 
@@ -193,6 +196,12 @@ class Trainer:
         metrics["reward/failed"] = float(sum(v is None for v in total))
         for name, err in errors.items():
             tqdm.write(f"reward {name} failed this step: {err}")
+        # Process rewards: per-token rewards on the steps that finished each chunk (value model).
+        self._token_rewards = None
+        if any(s is not None for s in res.steps):
+            self._token_rewards = [
+                token_rewards(t, res.outcome[i] or 0.0, res.steps[i], self.tokenizer) for i, t in enumerate(trajs)
+            ]
         # A sample no reward could score gets 0: it is kept (never misaligned), it just earns nothing.
         return [0.0 if v is None else float(v) for v in total], metrics
 
@@ -214,6 +223,8 @@ class Trainer:
             "frac_filtered": float(1 - keep.float().mean()),
         }
         idx = keep.nonzero().flatten().tolist()
+        tok_r = self._token_rewards
+        self._kept_token_rewards = [tok_r[i] for i in idx] if tok_r is not None else None
         return [trajs[i] for i in idx], adv[idx].tolist(), r[idx].tolist(), loss_mask[idx].tolist(), metrics
 
     def evaluate(self, step: int) -> dict[str, float]:
@@ -267,7 +278,7 @@ class Trainer:
 
             t0 = time.perf_counter()
             if trajs:
-                metrics.update(ray.get(self.learner.update.remote(trajs, adv, rewards, loss_mask)))
+                metrics.update(ray.get(self.learner.update.remote(trajs, adv, rewards, loss_mask, self._kept_token_rewards)))
             else:
                 tqdm.write(f"step {step + 1}: every group was filtered out; no update")
             metrics["timing_s/update"] = time.perf_counter() - t0

@@ -37,7 +37,7 @@ def build_char_tokenizer(chars: str = DEFAULT_CHARS) -> PreTrainedTokenizerFast:
         vocab[ch] = len(vocab)
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=None))
     # Split every character into its own pre-token; WordLevel then maps it to an id.
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # "." would skip newlines
     backend.decoder = decoders.Fuse()  # join characters without spaces
     backend.add_special_tokens(SPECIAL_TOKENS)
     return PreTrainedTokenizerFast(

@@ -102,3 +102,14 @@ def test_value_model_trains_and_checkpoints(tmp_path):
     assert torch.equal(other.value.head.weight, learner.value.head.weight)
     with pytest.raises(ValueError, match="one reward per trajectory"):
         learner.update(trajs, [0.0] * 8)
+
+
+def test_value_model_uses_process_rewards_on_their_steps():
+    learner = Learner(run_cfg(value={"enabled": True}, minibatches=1))
+    worker = RolloutWorker(str(BASE_CKPT))
+    trajs = rollouts(worker, worker.lm.tokenizer, n=8)  # static decoding: one token per step
+    # 1.0 on the token decoded at step 0: with gamma = lam = 1 and a zero critic, only that
+    # token's step has return 1, so the first value loss is 0.5 * (#samples / #tokens).
+    token_rewards = [[1.0 if s == 0 else 0.0 for s in t.step_map] for t in trajs]
+    m = learner.update(trajs, [0.0] * 8, rewards=[0.0] * 8, token_rewards=token_rewards)
+    assert m["loss/value"] == pytest.approx(0.5 * len(trajs) / sum(len(t.completion_ids) for t in trajs), rel=1e-5)
