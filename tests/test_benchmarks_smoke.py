@@ -1,0 +1,48 @@
+"""The ablation and learner benchmarks run end to end with tiny settings (no timing asserted)."""
+
+import json
+import os
+import subprocess
+import sys
+
+from .conftest import ROOT
+
+
+def _run(args, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
+    res = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    return res.stdout
+
+
+def test_ablation_smoke(tmp_path):
+    out = tmp_path / "ablation.json"
+    stdout = _run(
+        [
+            "benchmarks/ablation.py", "--methods", "trace,one_step", "--steps", "1", "--heldout", "8",
+            "--set", "rollout.prompts_per_step=2", "--set", "rollout.samples_per_prompt=2",
+            "--out-dir", str(tmp_path / "runs"), "--json", str(out), "--plot", str(tmp_path / "rewards.png"),
+        ],
+        tmp_path,
+    )
+    res = json.loads(out.read_text())
+    assert set(res) == {"trace", "one_step"}
+    for r in res.values():
+        assert {"accuracy_before", "accuracy_after", "wall_seconds", "forward_passes_per_update"} <= set(r)
+        assert r["steps"] == 1 and 0.0 <= r["accuracy_after"] <= 1.0
+    assert res["trace"]["accuracy_before"] == res["one_step"]["accuracy_before"]  # same greedy eval of the same base
+    assert res["trace"]["forward_passes_per_update"] == 4 and res["one_step"]["forward_passes_per_update"] == 1
+    assert (tmp_path / "rewards.png").stat().st_size > 0 and (tmp_path / "runs" / "trace" / "metrics.jsonl").exists()
+    assert "TraceRL s=1" in stdout and "diffu-GRPO" in stdout
+
+
+def test_learner_benchmark_smoke(tmp_path):
+    out = tmp_path / "learner.json"
+    _run(["benchmarks/learner.py", "--prompts", "2", "--samples", "2", "--long-tokens", "8", "--repeats", "1", "--threads", "2", "--json", str(out)], tmp_path)
+    res = json.loads(out.read_text())
+    assert len(res) == 2
+    for setting in res.values():
+        methods = setting["methods"]
+        assert methods["AR (causal, 1 pass)"]["ratio_vs_ar"] == 1.0
+        assert methods["trace s=1"]["forward_passes_per_estimate"] == 4 and methods["trace s=4"]["forward_passes_per_estimate"] == 1
+        assert all(m["tokens_per_s"] > 0 for m in methods.values())
