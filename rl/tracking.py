@@ -64,6 +64,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         ("accuracy", ["accuracy/train", "accuracy/heldout"]),
         ("loss", ["loss/policy"]),
         ("KL / entropy", ["kl", "entropy"]),
+        ("response length (tokens)", ["rollout/response_length"]),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     for ax, (title, keys) in zip(axes, panels):

@@ -54,6 +54,11 @@ def split_evenly(items: Sequence[Any], n: int) -> list[list[Any]]:
     return out
 
 
+def _response_length(t: Trajectory, eos_id: int) -> int:
+    """Tokens up to and including the first EOS (what the answer cost, not the block padding after it)."""
+    return t.completion_ids.index(eos_id) + 1 if eos_id in t.completion_ids else len(t.completion_ids)
+
+
 class _StopSignals:
     """Record SIGINT/SIGTERM instead of dying mid-step, so the loop can checkpoint first.
 
@@ -295,6 +300,7 @@ class Trainer:
                     "rollout/nfe_mean": float(np.mean([t.nfe for t in rollouts])),
                     "rollout/tokens_per_forward": n_tok / max(1, sum(t.nfe for t in rollouts)),
                     "rollout/frac_eos": float(np.mean([t.finish_reason == "eos" for t in rollouts])),
+                    "rollout/response_length": float(np.mean([_response_length(t, self.tokenizer.eos_token_id) for t in rollouts])),
                     "faults/worker_restarts": float(self.worker_restarts),
                 }
             )

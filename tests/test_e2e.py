@@ -49,7 +49,7 @@ def test_train_kill_resume_matches_uninterrupted_run(tmp_path):
     records = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
     train_steps = [r["step"] for r in records if "loss/policy" in r]
     assert train_steps == list(range(1, STEPS + 1)), "each RL step logged exactly once across the kill"
-    assert {"reward/mean", "accuracy/train", "kl", "tokens_per_s", "timing_s/update", "logp_mismatch"} <= set(records[-2])
+    assert {"reward/mean", "accuracy/train", "kl", "tokens_per_s", "timing_s/update", "logp_mismatch", "rollout/response_length"} <= set(records[-2])
     assert max(r["logp_mismatch"] for r in records if "logp_mismatch" in r) < 1e-4
     assert (killed / "curves.png").stat().st_size > 10_000 and (killed / "config.yaml").exists()
 
