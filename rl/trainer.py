@@ -174,11 +174,8 @@ class Trainer:
     # -- stages ----------------------------------------------------------------------------
     def rollout(self, step: int) -> list[Trajectory]:
         rows = self.task.train_rows(self.cfg.rollout.prompts_per_step, self.cfg.train.seed, step)
-        items = [
-            (self.tokenizer(r["prompt"])["input_ids"], g, r)
-            for g, r in enumerate(rows)
-            for _ in range(self.cfg.rollout.samples_per_prompt)
-        ]
+        ids = [self.tokenizer(r["prompt"])["input_ids"] for r in rows]  # once per prompt, not per sample
+        items = [(ids[g], g, r) for g, r in enumerate(rows) for _ in range(self.cfg.rollout.samples_per_prompt)]
         return self._on_workers(items, seed=self.cfg.train.seed * 1_000_003 + step, params=self.train_params)
 
     def score(self, trajs: Sequence[Trajectory]) -> tuple[list[float], dict[str, float]]:
