@@ -21,7 +21,9 @@ Randomness. The same call serves the old, the reference and the current policy, 
 ratio is only meaningful if all three see the same masks. So no estimator draws from a shared
 stream: each sample gets its own `torch.Generator` seeded from a base seed and the sample's
 identity (a hash of its prompt and completion ids, plus its occurrence number among identical
-samples of the call). The base seed is `opts["seed"]` if given, else `generator.initial_seed()`
+samples of the call, or `opts["occurrences"]`: the learner passes `occurrence_index` of the
+whole minibatch, so the pieces it scores on several ranks or micro-batches draw the masks the
+whole would). The base seed is `opts["seed"]` if given, else `generator.initial_seed()`
 (unaffected by draws already taken from it), else 0. Hence two calls with the same seed give
 identical masks whatever the weights, and a sample's mask does not depend on which other
 samples share its minibatch. Re-drawing masks (say, per inner epoch, as d1 does) means passing
@@ -55,19 +57,36 @@ Estimate = tuple[torch.Tensor, ...]
 
 
 # -- shared pieces ---------------------------------------------------------------------------------
-def sample_generators(trajs: Sequence[Trajectory], seed: int) -> list[torch.Generator]:
+def occurrence_index(trajs: Sequence[Trajectory]) -> list[int]:
+    """Per sample, how many identical samples (same prompt and completion ids) come before it."""
+    seen: Counter = Counter()
+    out = []
+    for t in trajs:
+        key = (tuple(t.prompt_ids), tuple(t.completion_ids))
+        out.append(seen[key])
+        seen[key] += 1
+    return out
+
+
+def sample_generators(
+    trajs: Sequence[Trajectory], seed: int, occurrences: Sequence[int] | None = None
+) -> list[torch.Generator]:
     """One CPU generator per sample, seeded from `seed` and the sample's identity.
 
     Identity = (prompt ids, completion ids, k) where k counts earlier identical samples in
-    `trajs`, so duplicates in a group still get independent masks while a sample's masks do not
-    depend on its position in the batch. blake2b, not hash(): stable across processes.
+    `trajs` (`occurrence_index`), so duplicates in a group still get independent masks while a
+    sample's masks do not depend on its position in the batch. `occurrences` overrides k: a
+    learner that scores a minibatch in pieces (ranks, micro-batches) passes each piece the k
+    computed over the whole minibatch, so the pieces draw exactly the whole's masks.
+    blake2b, not hash(): stable across processes.
     """
-    seen: Counter = Counter()
+    if occurrences is None:
+        occurrences = occurrence_index(trajs)
+    elif len(occurrences) != len(trajs):
+        raise ValueError(f"{len(trajs)} trajectories but {len(occurrences)} occurrences")
     gens = []
-    for t in trajs:
+    for t, k in zip(trajs, occurrences):
         key = (tuple(t.prompt_ids), tuple(t.completion_ids))
-        k = seen[key]
-        seen[key] += 1
         digest = hashlib.blake2b(repr((int(seed), key, k)).encode(), digest_size=8).digest()
         gens.append(torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1)))
     return gens
@@ -179,7 +198,7 @@ def trace_estimate(
 
 def one_step_estimate(
     lm: DiffusionLM, trajs: Sequence[Trajectory], generator: torch.Generator | None = None, *,
-    p_mask_prompt: float = 0.15, seed: int | None = None, with_entropy: bool = False, **_: object,
+    p_mask_prompt: float = 0.15, seed: int | None = None, occurrences: Sequence[int] | None = None, with_entropy: bool = False, **_: object,
 ) -> Estimate:
     """diffu-GRPO's one-step estimator (Zhao et al., 2025, "d1", arXiv:2504.12216).
 
@@ -193,7 +212,7 @@ def one_step_estimate(
     if not 0.0 <= p_mask_prompt < 1.0:
         raise ValueError("p_mask_prompt must be in [0, 1)")
     temperature = _temperature(trajs)
-    gens = sample_generators(trajs, _base_seed(generator, seed))
+    gens = sample_generators(trajs, _base_seed(generator, seed), occurrences)
     prompt_noisy = [(torch.rand(len(t.prompt_ids), generator=g) < p_mask_prompt).tolist() for t, g in zip(trajs, gens)]
     targets, mask = _completion_tensors(trajs, lm.device)
     noisy = [[True] * len(t.completion_ids) for t in trajs]
@@ -207,7 +226,7 @@ def one_step_estimate(
 def coupled_estimate(
     lm: DiffusionLM, trajs: Sequence[Trajectory], generator: torch.Generator | None = None, *,
     t_min: float = 0.2, t_max: float = 0.8, weighted: bool = False, full_mask_pass: bool = False,
-    seed: int | None = None, with_entropy: bool = False, **_: object,
+    seed: int | None = None, occurrences: Sequence[int] | None = None, with_entropy: bool = False, **_: object,
 ) -> Estimate:
     """Coupled sampling of coupled-GRPO (Gong et al., 2025, "DiffuCoder", arXiv:2506.20639).
 
@@ -226,7 +245,7 @@ def coupled_estimate(
     if not 0.0 < t_min <= t_max < 1.0:
         raise ValueError("coupled needs 0 < t_min <= t_max < 1")
     temperature = _temperature(trajs)
-    gens = sample_generators(trajs, _base_seed(generator, seed))
+    gens = sample_generators(trajs, _base_seed(generator, seed), occurrences)
     first, ts = [], []
     for t, g in zip(trajs, gens):
         ratio = t_min + (t_max - t_min) * torch.rand((), generator=g, dtype=torch.float64).item()
@@ -280,7 +299,7 @@ def elbo_schedule(n: int, quadrature: bool, generator: torch.Generator, t_min: f
 def mc_elbo_estimate(
     lm: DiffusionLM, trajs: Sequence[Trajectory], generator: torch.Generator | None = None, *,
     n: int = 4, quadrature: bool = False, t_min: float = 1e-3, seed: int | None = None,
-    with_entropy: bool = False, **_: object,
+    occurrences: Sequence[int] | None = None, with_entropy: bool = False, **_: object,
 ) -> Estimate:
     """Per-token masked-diffusion ELBO (GDPO: Rojas et al., 2025, arXiv:2510.08554).
 
@@ -301,7 +320,7 @@ def mc_elbo_estimate(
     sum. n forward passes. mask = every real token (all are terms of the bound).
     """
     temperature = _temperature(trajs)
-    gens = sample_generators(trajs, _base_seed(generator, seed))
+    gens = sample_generators(trajs, _base_seed(generator, seed), occurrences)
     targets, mask = _completion_tensors(trajs, lm.device)
     width = mask.shape[1]
     # per pass k: noisy masks and per-token weight w/t of every sample
@@ -338,7 +357,7 @@ def mc_elbo_estimate(
 
 def block_random_estimate(
     lm: DiffusionLM, trajs: Sequence[Trajectory], generator: torch.Generator | None = None, *,
-    seed: int | None = None, with_entropy: bool = False, **_: object,
+    seed: int | None = None, occurrences: Sequence[int] | None = None, with_entropy: bool = False, **_: object,
 ) -> Estimate:
     """Random masking per block, the objective of block-diffusion SFT (algorithms.sft).
 
@@ -351,7 +370,7 @@ def block_random_estimate(
     "random masking" baseline TraceRL is compared against. Full attention: one block.
     """
     temperature = _temperature(trajs)
-    gens = sample_generators(trajs, _base_seed(generator, seed))
+    gens = sample_generators(trajs, _base_seed(generator, seed), occurrences)
     noisy = [random_block_mask(len(t.prompt_ids), len(t.completion_ids), lm.block_size, g) for t, g in zip(trajs, gens)]
     targets, real = _completion_tensors(trajs, lm.device)
     width = real.shape[1]

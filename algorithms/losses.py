@@ -10,15 +10,41 @@ Loss normalisations (`norm`), for a per-token loss l[i, t] with mask m[i, t]:
                                                    length x batch size (Dr. GRPO), so a token's
                                                    weight depends neither on its answer's length
                                                    nor on the batch's.
+
+Pieces. A learner that splits a minibatch across data-parallel ranks and micro-batches must
+get the gradient of the whole minibatch's loss, and summing per-piece means does not give it.
+So every function here takes `totals` (`LossTotals`: the whole minibatch's token and sequence
+counts); with it, the returned loss and every metric are the piece's share, numerator over the
+whole's denominator, and summing them over the pieces gives exactly the whole's value:
+"token" divides by totals.tokens, "sequence" by totals.sequences, "constant" by the constant.
+Without it the piece is the whole (the counts come from `mask`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 LOSS_NORMS = ("token", "sequence", "constant")
+
+
+@dataclass(frozen=True)
+class LossTotals:
+    """Counts over a whole minibatch whose loss is computed in pieces (see the module docstring).
+
+    tokens: tokens carrying loss (mask True); sequences: rows with at least one such token.
+    """
+
+    tokens: float
+    sequences: float
+
+    @classmethod
+    def of(cls, mask: torch.Tensor) -> LossTotals:
+        """The totals of `mask` [B, L] alone."""
+        lengths = mask.sum(1)
+        return cls(float(lengths.sum()), float((lengths > 0).sum()))
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -30,20 +56,28 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1
 
 
-def reduce_loss(x: torch.Tensor, mask: torch.Tensor, norm: str = "token", norm_constant: float | None = None) -> torch.Tensor:
-    """Reduce a per-token [B, L] quantity to a scalar with one of LOSS_NORMS (module docstring)."""
+def reduce_loss(
+    x: torch.Tensor, mask: torch.Tensor, norm: str = "token", norm_constant: float | None = None, totals: LossTotals | None = None
+) -> torch.Tensor:
+    """Reduce a per-token [B, L] quantity to a scalar with one of LOSS_NORMS (module docstring).
+
+    totals: the whole minibatch's counts when `x` is one piece of it; the result is then this
+    piece's share of the whole's reduction (the shares sum to it). Always connected to `x`'s
+    graph, even when nothing is masked in (a data-parallel backward needs every rank's graph).
+    """
     if norm not in LOSS_NORMS:
         raise ValueError(f"norm must be one of {LOSS_NORMS}, got {norm!r}")
+    totals = totals or LossTotals.of(mask)
     mask = mask.to(x.dtype)
     if norm == "token":
-        return (x * mask).sum() / mask.sum().clamp(min=1)
+        return (x * mask).sum() / max(totals.tokens, 1.0)
     if norm == "constant":
         if norm_constant is None or norm_constant <= 0:
             raise ValueError("norm='constant' needs norm_constant > 0 (e.g. max completion length x batch size)")
         return (x * mask).sum() / norm_constant
     lengths = mask.sum(1)
-    per_seq = (x * mask).sum(1) / lengths.clamp(min=1)
-    return per_seq[lengths > 0].mean() if (lengths > 0).any() else per_seq.sum() * 0
+    per_seq = (x * mask).sum(1) / lengths.clamp(min=1)  # 0 for rows without tokens
+    return per_seq.sum() / max(totals.sequences, 1.0)
 
 
 def policy_loss(
@@ -57,6 +91,7 @@ def policy_loss(
     beta: float = 0.0,
     norm: str = "token",
     norm_constant: float | None = None,
+    totals: LossTotals | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Token-level clipped-ratio policy loss with an optional k3 KL penalty (PPO / GRPO).
 
@@ -69,6 +104,7 @@ def policy_loss(
         mask: [B, L] bool, tokens that carry loss.
         ref_logp: [B, L] log-probs under the frozen reference policy (needed when beta > 0).
         norm: "token" | "sequence" | "constant" (module docstring); norm_constant for "constant".
+        totals: whole-minibatch counts when this is one piece of it (module docstring).
     Returns:
         (loss, metrics) with clipfrac, approx_kl (to old policy), kl (to reference), ratio mean.
     """
@@ -86,12 +122,14 @@ def policy_loss(
     if beta > 0:
         per_token = per_token + beta * kl
 
+    totals = totals or LossTotals.of(mask)
+
     def reduce(x: torch.Tensor) -> torch.Tensor:
-        return reduce_loss(x, mask, norm, norm_constant)
+        return reduce_loss(x, mask, norm, norm_constant, totals)
 
     loss = reduce(per_token)
     with torch.no_grad():
-        n = mask.sum().clamp(min=1)
+        n = max(totals.tokens, 1.0)
         metrics = {
             "loss/policy": reduce(torch.maximum(pg_loss1, pg_loss2)).item(),
             "kl": float((kl * mask).sum() / n),
@@ -113,6 +151,7 @@ def sequence_policy_loss(
     beta: float = 0.0,
     norm: str = "sequence",
     norm_constant: float | None = None,
+    totals: LossTotals | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Sequence-level clipped ratio, length-normalised (GSPO: Zheng et al., 2025, arXiv:2507.18071).
 
@@ -132,6 +171,7 @@ def sequence_policy_loss(
         raise ValueError(f"norm must be one of {LOSS_NORMS}, got {norm!r}")
     if beta > 0 and ref_logp is None:
         raise ValueError("beta > 0 needs ref_logp")
+    totals = totals or LossTotals.of(mask)
     m = mask.to(logp.dtype)
     lengths = m.sum(1)
     has = lengths > 0
@@ -144,13 +184,13 @@ def sequence_policy_loss(
     pg = torch.maximum(pg_loss1, pg_loss2)
     kl = k3_kl(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
     per_token = pg + beta * kl if beta > 0 else pg
-    loss = reduce_loss(per_token, m, norm, norm_constant)
+    loss = reduce_loss(per_token, m, norm, norm_constant, totals)
     with torch.no_grad():
-        n = m.sum().clamp(min=1)
-        nseq = has.sum().clamp(min=1)
+        n = max(totals.tokens, 1.0)
+        nseq = max(totals.sequences, 1.0)
         clipped_seq = ((pg_loss2 > pg_loss1) & mask.bool()).any(1)
         metrics = {
-            "loss/policy": reduce_loss(pg, m, norm, norm_constant).item(),
+            "loss/policy": reduce_loss(pg, m, norm, norm_constant, totals).item(),
             "kl": float((kl * m).sum() / n),
             "clipfrac": float((clipped_seq & has).sum() / nseq),
             "approx_kl": float((0.5 * (logp - old_logp) ** 2 * m).sum() / n),

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from algorithms.losses import LossTotals
 from algorithms.trace import trace_passes
 from rollout.models import DiffusionLM
 from rollout.trajectory import Trajectory
@@ -141,6 +142,7 @@ def value_loss(
     returns: torch.Tensor,
     mask: torch.Tensor,
     clip_eps: float = 0.2,
+    totals: LossTotals | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped PPO value loss, averaged over the tokens in `mask` (all [N, C]).
 
@@ -152,23 +154,47 @@ def value_loss(
     where the clipped error is the larger), value/mean, returns/mean and explained_variance
     = 1 - Var[G - V] / Var[G] over the masked tokens (1 is perfect, <= 0 is no better than a
     constant).
+
+    totals: the whole minibatch's counts when this is one piece of it (algorithms.losses): the
+    loss and the token means are then this piece's share (they sum over the pieces to the
+    whole's), and explained_variance, which does not split that way, is left out; sum
+    `explained_variance_moments` over the pieces and call `explained_variance` instead.
     """
     m = mask.to(values.dtype)
-    n = m.sum().clamp(min=1)
+    n = max((totals or LossTotals.of(mask)).tokens, 1.0)
     v_clip = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
     err = (values - returns) ** 2
     err_clip = (v_clip - returns) ** 2
     loss = 0.5 * (torch.maximum(err, err_clip) * m).sum() / n
     with torch.no_grad():
-        sel = mask.bool()
-        g, v = returns[sel].double(), values[sel].double()
-        var_g = g.var(unbiased=False) if g.numel() else torch.tensor(0.0)
-        ev = float(1 - (g - v).var(unbiased=False) / var_g) if g.numel() and var_g > 0 else float("nan")
         metrics = {
             "loss/value": loss.item(),
             "value/clipfrac": float(((err_clip > err).to(m.dtype) * m).sum() / n),
             "value/mean": float((values * m).sum() / n),
             "returns/mean": float((returns * m).sum() / n),
-            "explained_variance": ev,
         }
+        if totals is None:
+            metrics["explained_variance"] = explained_variance(explained_variance_moments(values, returns, mask))
     return loss, metrics
+
+
+def explained_variance_moments(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sums over the masked tokens that `explained_variance` needs: [n, sum G, sum G^2, sum E, sum E^2]
+    with E = G - V (float64). Additive, so pieces of a batch (ranks, micro-batches) can sum them."""
+    sel = mask.bool()
+    g = returns.detach()[sel].double()
+    e = g - values.detach()[sel].double()
+    return torch.stack([torch.tensor(float(g.numel()), dtype=torch.float64, device=g.device), g.sum(), (g * g).sum(), e.sum(), (e * e).sum()]).cpu()
+
+
+def explained_variance(moments: torch.Tensor) -> float:
+    """1 - Var[G - V] / Var[G] from `explained_variance_moments` (nan without tokens or when Var[G] = 0)."""
+    n, sg, sg2, se, se2 = (float(x) for x in moments)
+    if n == 0:
+        return float("nan")
+    var_g = sg2 / n - (sg / n) ** 2
+    var_e = se2 / n - (se / n) ** 2
+    # relative guard: the moment form leaves ~1e-16 * E[G^2] of rounding where Var[G] is exactly 0
+    if var_g <= 1e-12 * max(sg2 / n, 1e-300):
+        return float("nan")
+    return 1 - var_e / var_g

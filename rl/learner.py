@@ -1,28 +1,52 @@
 """The learner: policy, frozen reference, optional value model, and optimizers that live for
 the whole run.
 
-A plain class; the trainer runs it as a Ray actor. One `update` consumes one rollout batch:
-old and reference log-probs (and old values) first, then `epochs x minibatches` optimizer
-steps of the configured estimator and loss.
+A plain class; the trainer runs it as Ray actors, one per data-parallel rank. One `update`
+consumes one rollout batch: old and reference log-probs (and old values) first, then
+`epochs x minibatches` optimizer steps of the configured estimator and loss.
+
+Data parallelism (learner.ranks > 1). Every rank gets the same whole batch, draws the same
+minibatch permutation, and runs its share of each minibatch in learner.micro_batches pieces
+(rl.distributed.minibatch_pieces). Each piece's loss is its share of the whole minibatch's loss
+(numerators over the minibatch's global token / sequence counts, algorithms.losses), so the
+summed gradient of one optimizer step equals the single-rank gradient of the whole minibatch,
+whatever the split. Random estimators seed each sample's masks with its duplicate counter over
+the whole minibatch, so the split does not change the masks either.
+
+Which calls are collective (must reach every rank at once; the trainer calls every method on
+all ranks and keeps rank 0's answer, which is always right):
+  setup_distributed            always (world_size > 1)
+  update                       always
+  get_weights                  fsdp2 only (the full weights are gathered); ddp: local
+  save / state_files           fsdp2 only (weights and optimizer state are gathered); ddp: local
+  load / load_state_files      fsdp2 only; under ddp every rank must still load the same files
+Ranks other than 0 return {} from get_weights and state_files and write nothing in save.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import inspect
 import random
+import tempfile
 from collections import defaultdict
-from pathlib import Path
-from typing import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
-from algorithms.estimators import get_estimator
-from algorithms.losses import LOSSES
-from algorithms.value import ValueModel, terminal_token_rewards, trace_gae, value_loss
+from algorithms.estimators import get_estimator, occurrence_index
+from algorithms.losses import LOSSES, LossTotals
+from algorithms.value import ValueModel, explained_variance, explained_variance_moments, terminal_token_rewards, trace_gae, value_loss
+from rl import distributed
 from rl.config import RunConfig
+from rl.distributed import Piece, minibatch_pieces
 from rollout.lora import adapter_state, apply_lora, load_adapter_state
-from rollout.models import load_model
+from rollout.models import DiffusionLM, load_model
 from rollout.trajectory import Trajectory
 
 
@@ -34,15 +58,103 @@ def step_map_tensor(trajs: Sequence[Trajectory], width: int) -> torch.Tensor:
     return out
 
 
-class Learner:
-    """Owns the trainable policy (and value model) and their AdamW states."""
+class EstimatorModule(nn.Module):
+    """A likelihood estimator as a module's forward: one call, one whole estimate.
 
-    def __init__(self, cfg: RunConfig):
+    DDP expects one forward of the module it wraps per backward, and FSDP2 gathers the root's
+    parameters (embeddings, final norm, LM head) in the root's forward. Estimators call the
+    backbone and the head directly, several times per estimate for some (trace: one pass per
+    step group; mc_elbo: n passes), so the module the parallel wrappers see is this one.
+    """
+
+    def __init__(self, lm: DiffusionLM, estimate: Callable):
+        super().__init__()
+        self.model = lm.model  # registered: the parameters DDP / FSDP2 manage
+        self.lm, self.estimate = lm, estimate
+
+    def forward(self, trajs: Sequence[Trajectory], **opts):
+        return self.estimate(self.lm, trajs, None, **opts)
+
+
+@dataclass
+class _Scored:
+    """What the no-grad passes computed for one piece, reused by every epoch's optimizer steps."""
+
+    piece: Piece
+    old: torch.Tensor  # [n, C] old log-probs
+    keep: torch.Tensor  # [n, C] tokens carrying loss (estimator mask & loss_mask)
+    adv: torch.Tensor  # [n] or [n, C]
+    ref: torch.Tensor | None = None
+    old_values: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+
+
+def _learner_device(cfg: RunConfig) -> torch.device:
+    """The GPU Ray gave this actor (cluster.gpus_per_bundle > 0; Ray makes it the only visible
+    one), else the CPU."""
+    if cfg.cluster.gpus_per_bundle > 0 and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _enable_gradient_checkpointing(model: nn.Module) -> None:
+    # Non-reentrant: works with DDP hooks, FSDP2 and frozen (LoRA) base weights alike.
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _fully_shard(root: nn.Module, hf_model: nn.Module, mesh) -> None:
+    """FSDP2: one unit per decoder layer (the classes transformers lists as `_no_split_modules`),
+    then the root, which holds the rest (embeddings, final norm, head) and runs the estimate."""
+    from torch.distributed.fsdp import fully_shard
+
+    layer_classes = set(getattr(hf_model, "_no_split_modules", None) or [])
+    layers = [m for m in hf_model.modules() if type(m).__name__ in layer_classes]
+    if not layers:
+        raise ValueError(f"fsdp2: found no decoder layers in {type(hf_model).__name__} (its _no_split_modules is empty)")
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(root, mesh=mesh)
+
+
+def _to_float(x) -> float:
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(x, DTensor):
+        x = x.full_tensor()
+    return float(x)
+
+
+class Learner:
+    """Owns the trainable policy (and value model) and their AdamW states; one data-parallel rank.
+
+    Args:
+        cfg: the run config (model, algorithm, learner sections).
+        rank, world_size: this rank and the number of ranks (the trainer passes learner.ranks).
+            With world_size > 1, call `setup_distributed` on every rank before anything else.
+    """
+
+    def __init__(self, cfg: RunConfig, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        m, algo, lc = cfg.model, cfg.algorithm, cfg.learner
+        self.fsdp = world_size > 1 and lc.parallel == "fsdp2"
+        if self.fsdp and m.lora.enabled:
+            raise ValueError(
+                "learner.parallel: fsdp2 with model.lora.enabled is not supported: an adapter's gradients and optimizer "
+                "state are small, so use learner.parallel: ddp (the frozen base is then replicated on every rank)"
+            )
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        self.cfg = cfg
-        m, algo = cfg.model, cfg.algorithm
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.device = _learner_device(cfg)
         self.lm = load_model(m.path, family=m.family, block_size=m.block_size, trust_remote_code=m.trust_remote_code)
+        self.lm.model.to(self.device)
+        if lc.gradient_checkpointing:
+            _enable_gradient_checkpointing(self.lm.model)  # before the copies below, which inherit it
         self.ref = self.peft = None
         if m.lora.enabled:
             # The reference is then the base model with the adapter disabled: no second copy.
@@ -53,30 +165,130 @@ class Learner:
             # The reference is the initial policy, frozen.
             self.ref = copy.deepcopy(self.lm)
             self.ref.model.requires_grad_(False)
-        trainable = [p for p in self.lm.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=algo.lr, weight_decay=algo.weight_decay)
-        self.value = self.value_optimizer = None
+        self.value = None
         if algo.value.enabled:
             # The critic starts from the policy's weights, with its own copy and optimizer.
             self.value = ValueModel(copy.deepcopy(self.lm))
-            self.value_optimizer = torch.optim.AdamW(self.value.parameters(), lr=algo.value.lr)
         self.estimate = get_estimator(algo.estimator)
         self.estimator_opts = {"shrink": algo.shrink, "p_mask_prompt": algo.p_mask_prompt, "n": algo.mc_samples, "quadrature": algo.quadrature}
         self.loss_fn = LOSSES[algo.loss]
+        # What update() calls: replaced by their DDP / FSDP2 forms in setup_distributed.
+        self._policy: nn.Module = EstimatorModule(self.lm, self.estimate)
+        self._ref: nn.Module | None = EstimatorModule(self.ref, self.estimate) if self.ref is not None else None
+        self._value: nn.Module | None = self.value
+        self._ready = world_size == 1
+        self.optimizer = self.value_optimizer = None
+        if not self.fsdp:  # FSDP2 replaces the parameters with sharded ones: optimizers come after
+            self._build_optimizers()
         self.step = 0
 
+    def _build_optimizers(self) -> None:
+        algo = self.cfg.algorithm
+        trainable = [p for p in self.lm.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=algo.lr, weight_decay=algo.weight_decay)
+        if self.value is not None:
+            self.value_optimizer = torch.optim.AdamW(self.value.parameters(), lr=algo.value.lr)
+
+    # -- distributed set-up ----------------------------------------------------------------
+    def master_address(self) -> tuple[str, int]:
+        """(this node's IP, a free port) for the group's rendezvous; ask rank 0."""
+        return distributed.master_address()
+
+    def setup_distributed(self, master_addr: str, master_port: int, timeout_s: float = 1800.0) -> None:
+        """Join the learner group and wrap the models for learner.parallel. Collective: call it
+        on every rank at once, with rank 0's `master_address()`. A no-op for one rank.
+
+        ddp: torch DistributedDataParallel around the estimator module (gradients are averaged
+        across ranks during the last micro-batch's backward). fsdp2: `fully_shard` on every
+        decoder layer and on the estimator module (the root), for policy, reference and value
+        model; the optimizers are built on the sharded parameters.
+        """
+        if self._ready:
+            return
+        backend = distributed.resolve_backend(self.cfg.learner.backend, self.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # NCCL binds each rank to its current device
+        distributed.init_group(backend, master_addr, master_port, self.rank, self.world_size, timeout_s)
+        if self.fsdp:
+            from torch.distributed.device_mesh import init_device_mesh
+
+            mesh = init_device_mesh(self.device.type, (self.world_size,))
+            _fully_shard(self._policy, self.lm.model, mesh)
+            if self._ref is not None:
+                _fully_shard(self._ref, self.ref.model, mesh)
+            if self.value is not None:
+                _fully_shard(self.value, self.value.backbone, mesh)
+            self._build_optimizers()
+        else:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            kw = {"device_ids": [self.device.index]} if self.device.type == "cuda" else {}
+            # DDP starts every rank from rank 0's parameters (LoRA's random init included); no
+            # buffer sync per forward: the only buffers are rotary tables, equal on every rank.
+            sync_kw = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters else "broadcast_buffers"
+            kw[sync_kw] = False
+            self._policy = DDP(self._policy, **kw)
+            if self.value is not None:
+                # The critic never reads the LM head: untied heads get no gradient.
+                self._value = DDP(self.value, find_unused_parameters=True, **kw)
+        self._ready = True
+
+    def shutdown_distributed(self) -> None:
+        """Leave the group (tests, clean shutdown)."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def _check_ready(self) -> None:
+        if not self._ready:
+            raise RuntimeError(f"learner rank {self.rank} of {self.world_size}: call setup_distributed() on every rank first")
+
+    # -- weights -----------------------------------------------------------------------------
     def get_weights(self) -> dict[str, torch.Tensor]:
         """What rollout workers need to match the policy (CPU tensors): the full state dict, or
-        only the adapter's tensors with LoRA."""
+        only the adapter's tensors with LoRA. Rank 0 answers; other ranks return {}.
+        Collective under fsdp2 (the shards are gathered to rank 0)."""
+        self._check_ready()
+        if self.fsdp:
+            return self._full_state(self.lm.model)
+        if self.rank != 0:
+            return {}
         if self.peft is not None:
             return adapter_state(self.peft)
         return {k: v.detach().to("cpu", copy=True) for k, v in self.lm.model.state_dict().items()}
 
-    def _ref_estimate(self, batch, seed, opts):
-        if self.peft is not None:
-            with self.peft.disable_adapter():
-                return self.estimate(self.lm, batch, None, seed=seed, **opts)[0]
-        return self.estimate(self.ref, batch, None, seed=seed, **opts)[0]
+    def _full_state(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """Unsharded CPU state dict on rank 0 ({} elsewhere); collective under fsdp2."""
+        if not self.fsdp:
+            return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()} if self.rank == 0 else {}
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def _load_full_state(self, module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        if not self.fsdp:
+            module.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True))  # every rank holds `state`
+
+    # -- the update ------------------------------------------------------------------------------
+    def _autocast(self):
+        if not self.cfg.learner.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def _no_sync(self, sync: bool):
+        """Accumulate without communicating on all but a step's last micro-batch (DDP). FSDP2
+        reduce-scatters every micro-batch, which keeps gradients sharded (its point)."""
+        stack = contextlib.ExitStack()
+        if not sync:
+            for module in (self._policy, self._value):
+                if hasattr(module, "no_sync"):
+                    stack.enter_context(module.no_sync())
+        return stack
 
     def update(
         self,
@@ -86,7 +298,8 @@ class Learner:
         loss_mask: Sequence[bool] | None = None,
         token_rewards: Sequence[Sequence[float]] | None = None,
     ) -> dict[str, float]:
-        """One RL update on a rollout batch; returns averaged diagnostics.
+        """One RL update on a rollout batch; returns diagnostics averaged over optimizer steps.
+        Collective: every rank gets the same arguments and returns the same (global) metrics.
 
         Args:
             advantages: per sample (group advantages); ignored when the value model is on.
@@ -95,118 +308,266 @@ class Learner:
             token_rewards: per completion token (process rewards placed on their trace steps,
                 rl.process_rewards); the value model uses them instead of the terminal reward.
         """
+        self._check_ready()
         algo = self.cfg.algorithm
         if len(trajs) != len(advantages):
             raise ValueError(f"{len(trajs)} trajectories but {len(advantages)} advantages")
         if self.value is not None and (rewards is None or len(rewards) != len(trajs)):
             raise ValueError("the value model needs one reward per trajectory")
-        adv_all = torch.tensor(list(advantages), dtype=torch.float32)
-        keep_all = torch.tensor(list(loss_mask) if loss_mask is not None else [True] * len(trajs))
         seed = self.cfg.train.seed * 1_000_003 + self.step
         gen = torch.Generator().manual_seed(seed)
         chunks = [c.tolist() for c in torch.randperm(len(trajs), generator=gen).chunk(algo.minibatches)]
-        opts = self.estimator_opts
         # Old, reference and current passes draw the same masks: same seed, per-sample RNG.
         mb_seed = lambda j: seed * 131 + j  # noqa: E731
 
-        old, ref, adv, returns, old_values, metrics = {}, {}, {}, {}, {}, defaultdict(list)
-        with torch.no_grad():
-            for j, idx in enumerate(chunks):
-                batch = [trajs[i] for i in idx]
-                old[j], mask = self.estimate(self.lm, batch, None, seed=mb_seed(j), **opts)
-                if algo.beta > 0:
-                    ref[j] = self._ref_estimate(batch, mb_seed(j), opts)
-                adv[j] = adv_all[idx]
-                if self.value is not None:
-                    steps = step_map_tensor(batch, mask.shape[1])
-                    old_values[j] = self.value.values(batch, algo.shrink).float()
-                    if token_rewards is not None:
-                        tok_r = torch.zeros(steps.shape)
-                        for r, i in enumerate(idx):
-                            tok_r[r, : len(token_rewards[i])] = torch.tensor(token_rewards[i], dtype=torch.float32)
-                    else:
-                        tok_r = terminal_token_rewards(torch.tensor([rewards[i] for i in idx], dtype=torch.float32), steps)
-                    adv[j], returns[j] = trace_gae(tok_r, old_values[j], steps, algo.value.gamma, algo.value.lam)
-                if algo.estimator == "trace":
-                    # ~0 when rollout and learner agree on weights and replay; large = stale or misaligned.
-                    rollout_lp = torch.zeros_like(old[j])
-                    for r, t in enumerate(batch):
-                        rollout_lp[r, : len(t.logprobs)] = torch.tensor(t.logprobs)
-                    metrics["logp_mismatch"].append(float(((old[j] - rollout_lp).abs() * mask).sum() / mask.sum()))
-
+        scored, totals, mismatch = self._score_old(trajs, chunks, mb_seed, advantages, rewards, loss_mask, token_rewards)
+        metrics: dict[str, list[float]] = defaultdict(list)
+        if mismatch is not None:
+            metrics["logp_mismatch"] = mismatch
         self.lm.model.train()
+        if self.value is not None:
+            self.value.train()
         for _ in range(algo.epochs):
-            for j, idx in enumerate(chunks):
-                batch = [trajs[i] for i in idx]
-                logp, mask, entropy = self.estimate(self.lm, batch, None, seed=mb_seed(j), with_entropy=True, **opts)
-                mask = mask & keep_all[idx][:, None]
-                loss, m = self.loss_fn(
-                    logp, old[j], adv[j], mask, algo.eps_low, algo.eps_high,
-                    ref_logp=ref.get(j), beta=algo.beta, norm=algo.loss_norm, norm_constant=algo.norm_constant,
-                )
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], algo.grad_clip)
-                self.optimizer.step()
-                m["loss/total"] = loss.item()
-                m["grad_norm"] = float(grad_norm)
-                m["entropy"] = float((entropy * mask).sum() / mask.sum().clamp(min=1))
-                if self.value is not None:
-                    values = self.value.values(batch, algo.shrink).float()
-                    vloss, vm = value_loss(values, old_values[j], returns[j], mask, algo.value.clip)
-                    self.value_optimizer.zero_grad(set_to_none=True)
-                    vloss.backward()
-                    torch.nn.utils.clip_grad_norm_(self.value.parameters(), algo.grad_clip)
-                    self.value_optimizer.step()
-                    m.update(vm)
-                for k, v in m.items():
+            for j in range(len(chunks)):
+                for k, v in self._optimizer_step(trajs, scored[j], totals[j], mb_seed(j)).items():
                     metrics[k].append(v)
         self.lm.model.eval()
+        if self.value is not None:
+            self.value.eval()
         self.step += 1
         return {k: float(np.mean(v)) for k, v in metrics.items()}
 
+    @torch.no_grad()
+    def _score_old(self, trajs, chunks, mb_seed, advantages, rewards, loss_mask, token_rewards):
+        """Old and reference log-probs (and old values, GAE) of this rank's pieces, and each
+        minibatch's global totals (one all-reduce)."""
+        algo, lc = self.cfg.algorithm, self.cfg.learner
+        dev = self.device
+        adv_all = torch.tensor(list(advantages), dtype=torch.float32)
+        keep_all = torch.tensor(list(loss_mask) if loss_mask is not None else [True] * len(trajs))
+        opts = self.estimator_opts
+        scored: list[list[_Scored]] = []
+        sums = torch.zeros((len(chunks), 4), dtype=torch.float64)  # tokens, sequences, real tokens, |logp mismatch|
+        for j, idx in enumerate(chunks):
+            occ = occurrence_index([trajs[i] for i in idx])
+            scored.append([])
+            for piece in minibatch_pieces(idx, occ, self.rank, self.world_size, lc.micro_batches):
+                batch = [trajs[i] for i in piece.idx]
+                with self._autocast():
+                    old, mask = self._policy(batch, seed=mb_seed(j), occurrences=piece.occurrences, **opts)
+                    ref = None
+                    if algo.beta > 0:
+                        if self.peft is not None:
+                            with self.peft.disable_adapter():
+                                ref = self._policy(batch, seed=mb_seed(j), occurrences=piece.occurrences, **opts)[0]
+                        else:
+                            ref = self._ref(batch, seed=mb_seed(j), occurrences=piece.occurrences, **opts)[0]
+                keep = mask & keep_all[piece.idx].to(dev)[:, None]
+                s = _Scored(piece, old, keep, adv_all[piece.idx].to(dev), ref)
+                if self.value is not None:
+                    steps = step_map_tensor(batch, mask.shape[1]).to(dev)
+                    with self._autocast():
+                        s.old_values = self._value(batch, algo.shrink).float()
+                    if token_rewards is not None:
+                        tok_r = torch.zeros(steps.shape, device=dev)
+                        for r, i in enumerate(piece.idx):
+                            tok_r[r, : len(token_rewards[i])] = torch.tensor(token_rewards[i], dtype=torch.float32)
+                    else:
+                        tok_r = terminal_token_rewards(torch.tensor([rewards[i] for i in piece.idx], dtype=torch.float32, device=dev), steps)
+                    s.adv, s.returns = trace_gae(tok_r, s.old_values, steps, algo.value.gamma, algo.value.lam)
+                lengths = keep.sum(1)
+                sums[j, 0] += piece.weight * float(lengths.sum())
+                sums[j, 1] += piece.weight * float((lengths > 0).sum())
+                if algo.estimator == "trace":
+                    # ~0 when rollout and learner agree on weights and replay; large = stale or misaligned.
+                    rollout_lp = torch.zeros_like(old)
+                    for r, t in enumerate(batch):
+                        rollout_lp[r, : len(t.logprobs)] = torch.tensor(t.logprobs)
+                    sums[j, 2] += piece.weight * float(mask.sum())
+                    sums[j, 3] += piece.weight * float(((old - rollout_lp).abs() * mask).sum())
+                    if self.cfg.rollout.overlap:
+                        # One-step off-policy: the samples came from the previous weights, so the
+                        # behaviour policy of the ratio is the rollout's own distribution.
+                        s.old = rollout_lp.to(old.dtype)
+                scored[j].append(s)
+        distributed.all_reduce_sum(sums)
+        totals = [LossTotals(float(t), float(n)) for t, n in sums[:, :2].tolist()]
+        mismatch = (sums[:, 3] / sums[:, 2].clamp(min=1)).tolist() if algo.estimator == "trace" else None
+        return scored, totals, mismatch
+
+    def _optimizer_step(self, trajs, pieces: list[_Scored], totals: LossTotals, seed: int) -> dict[str, float]:
+        """One optimizer step on one minibatch: forward/backward of this rank's pieces, gradients
+        summed over pieces and ranks, global clipping, step. Returns the minibatch's metrics."""
+        algo = self.cfg.algorithm
+        opts = self.estimator_opts
+        # Each piece's loss is its share of the whole minibatch's (totals), and DDP / FSDP2
+        # average gradients over ranks, so scaling by world_size makes the result their sum.
+        scale = float(self.world_size)
+        sums: dict[str, float] = defaultdict(float)
+        ev_moments = torch.zeros(5, dtype=torch.float64)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.value is not None:
+            self.value_optimizer.zero_grad(set_to_none=True)
+        for p, s in enumerate(pieces):
+            batch = [trajs[i] for i in s.piece.idx]
+            w = s.piece.weight
+            with self._no_sync(sync=p == len(pieces) - 1):
+                with self._autocast():
+                    logp, _, entropy = self._policy(batch, seed=seed, occurrences=s.piece.occurrences, with_entropy=True, **opts)
+                loss, m = self.loss_fn(
+                    logp, s.old, s.adv, s.keep, algo.eps_low, algo.eps_high,
+                    ref_logp=s.ref, beta=algo.beta, norm=algo.loss_norm, norm_constant=algo.norm_constant, totals=totals,
+                )
+                (loss * (w * scale)).backward()
+                m["loss/total"] = loss.item()
+                m["entropy"] = float((entropy * s.keep).sum()) / max(totals.tokens, 1.0)
+                if self.value is not None:
+                    with self._autocast():
+                        values = self._value(batch, algo.shrink).float()
+                    vloss, vm = value_loss(values, s.old_values, s.returns, s.keep, algo.value.clip, totals=totals)
+                    (vloss * (w * scale)).backward()
+                    m.update(vm)
+                    ev_moments += w * explained_variance_moments(values, s.returns, s.keep)
+            for k, v in m.items():
+                sums[k] += w * v
+        keys = sorted(sums)
+        packed = torch.tensor([sums[k] for k in keys] + ev_moments.tolist(), dtype=torch.float64)
+        distributed.all_reduce_sum(packed)
+        out = dict(zip(keys, packed[: len(keys)].tolist()))
+        # Gradients are already summed over ranks (DDP all-reduce / FSDP2 reduce-scatter), so the
+        # norm is global: clip_grad_norm_ of FSDP2's sharded gradients reduces it across ranks.
+        out["grad_norm"] = _to_float(torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], algo.grad_clip))
+        self.optimizer.step()
+        if self.value is not None:
+            torch.nn.utils.clip_grad_norm_(list(self.value.parameters()), algo.grad_clip)
+            self.value_optimizer.step()
+            out["explained_variance"] = explained_variance(packed[len(keys) :])
+        return out
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def _optimizer_state(self, optimizer: torch.optim.Optimizer, module: nn.Module) -> dict | None:
+        """ddp / one rank: optimizer.state_dict() (identical on every ddp rank). fsdp2: the full,
+        unsharded state keyed by parameter name, gathered to rank 0 (collective), or None before
+        the first step (gathering an empty state would make torch take a zero step to create it)."""
+        if not self.fsdp:
+            return optimizer.state_dict()
+        if not optimizer.state:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(module, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def _load_optimizer_state(self, optimizer: torch.optim.Optimizer, module: nn.Module, state: dict | None) -> None:
+        """Load either format of `_optimizer_state` under either mode (checkpoints move between
+        ddp and fsdp2 and between rank counts)."""
+        if state is None:
+            return
+        names = {id(p): n for n, p in module.named_parameters()}
+        order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+        keys = [*state["state"], *(p for g in state["param_groups"] for p in g["params"])]
+        by_name = bool(keys) and isinstance(keys[0], str)
+        if self.fsdp:
+            if not by_name:
+                state = {
+                    "state": {order[i]: v for i, v in state["state"].items()},
+                    "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]],
+                }
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
+            return
+        if by_name:
+            index = {n: i for i, n in enumerate(order)}
+            state = {
+                "state": {index[n]: v for n, v in state["state"].items()},
+                "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]],
+            }
+        optimizer.load_state_dict(state)
+
     def save(self, path: str | Path) -> None:
         """Weights in transformers format under path/model (or the LoRA adapter under path/adapter);
-        optimizer, value model and RNG in path/learner.pt."""
+        optimizer, value model and RNG in path/learner.pt. Rank 0 writes; collective under fsdp2
+        (every rank must call it; the others write nothing)."""
         path = Path(path)
+        # Gather first, on every rank in the same order (collectives under fsdp2).
+        model_state = self._full_state(self.lm.model) if self.fsdp else None
+        optimizer = self._optimizer_state(self.optimizer, self.lm.model)
+        ref = None if self.ref is None else self._full_state(self.ref.model)
+        value = None if self.value is None else self._full_state(self.value)
+        value_optimizer = None if self.value is None else self._optimizer_state(self.value_optimizer, self.value)
+        if self.rank != 0:
+            return
+        path.mkdir(parents=True, exist_ok=True)
         if self.peft is not None:
             self.peft.save_pretrained(path / "adapter")  # base_model_name_or_path points at the base
             self.lm.tokenizer.save_pretrained(path / "adapter")
-        else:
+        elif model_state is None:
             self.lm.save_pretrained(path / "model")
+        else:
+            # DiffusionLM.save_pretrained, with the gathered weights in place of the sharded ones.
+            if self.lm.block_size is not None:
+                self.lm.model.config.block_size = self.lm.block_size
+            self.lm.model.config.unmask_family = self.lm.family.name
+            self.lm.model.save_pretrained(path / "model", state_dict=model_state)
+            self.lm.tokenizer.save_pretrained(path / "model")
         torch.save(
             {
                 "step": self.step,
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": optimizer,
                 "torch_rng": torch.get_rng_state(),
                 "python_rng": random.getstate(),
-                "ref": None if self.ref is None else self.ref.model.state_dict(),
-                "value": None if self.value is None else self.value.state_dict(),
-                "value_optimizer": None if self.value is None else self.value_optimizer.state_dict(),
+                "ref": ref,
+                "value": value,
+                "value_optimizer": value_optimizer,
             },
             path / "learner.pt",
         )
 
     def load(self, path: str | Path) -> int:
-        """Restore weights, optimizers, value model, step and RNG from a checkpoint written by `save`."""
+        """Restore weights, optimizers, value model, step and RNG from a checkpoint written by `save`.
+        Every rank must load the same checkpoint; collective under fsdp2."""
+        self._check_ready()
         path = Path(path)
-        state = torch.load(path / "learner.pt", weights_only=False)
+        state = torch.load(path / "learner.pt", weights_only=False, map_location="cpu")
         if self.peft is not None:
             from safetensors.torch import load_file
 
             load_adapter_state(self.peft, load_file(path / "adapter" / "adapter_model.safetensors"))
         else:
             restored = load_model(path / "model", family=self.lm.family.name, block_size=self.lm.block_size)
-            self.lm.model.load_state_dict(restored.model.state_dict())
-        self.optimizer.load_state_dict(state["optimizer"])
+            self._load_full_state(self.lm.model, restored.model.state_dict())
+        self._load_optimizer_state(self.optimizer, self.lm.model, state["optimizer"])
         if self.ref is not None and state["ref"] is not None:
-            self.ref.model.load_state_dict(state["ref"])
+            self._load_full_state(self.ref.model, state["ref"])
         if self.value is not None:
             if state.get("value") is None:
                 raise ValueError(f"{path} has no value model, but algorithm.value.enabled is set")
-            self.value.load_state_dict(state["value"])
-            self.value_optimizer.load_state_dict(state["value_optimizer"])
+            self._load_full_state(self.value, state["value"])
+            self._load_optimizer_state(self.value_optimizer, self.value, state["value_optimizer"])
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
         self.step = state["step"]
         return self.step
+
+    def state_files(self) -> dict[str, bytes]:
+        """The checkpoint as {relative path: file bytes}: exactly what `save` writes (model/ or
+        adapter/ in transformers / peft format, learner.pt), so the driver can store it anywhere
+        without a shared filesystem. Rank 0 answers, other ranks return {}; collective under fsdp2."""
+        with tempfile.TemporaryDirectory(prefix="unmask-ckpt-") as tmp:
+            self.save(tmp)
+            root = Path(tmp)
+            return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    def load_state_files(self, files: dict[str, bytes]) -> int:
+        """Inverse of `state_files`: restore from those files and return the step. Every rank
+        must get the same files; collective under fsdp2."""
+        with tempfile.TemporaryDirectory(prefix="unmask-ckpt-") as tmp:
+            root = Path(tmp)
+            for rel, data in files.items():
+                parts = PurePosixPath(rel).parts
+                if not parts or PurePosixPath(rel).is_absolute() or ".." in parts:
+                    raise ValueError(f"checkpoint file {rel!r} is not a relative path inside the checkpoint")
+                dest = root.joinpath(*parts)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(data)
+            return self.load(root)

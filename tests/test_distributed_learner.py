@@ -1,0 +1,249 @@
+"""Data-parallel learner: the gradient of every optimizer step equals a single-rank run's.
+
+Two gloo ranks run in spawned processes (one spawn for every scenario, to pay the start-up
+once); the single-rank references run here. Gradients are read at `optimizer.step`, after the
+cross-rank reduction, with clipping out of the way (grad_clip huge), so a wrong normaliser
+shows up as a factor instead of being clipped away.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from algorithms.estimators import occurrence_index, one_step_estimate
+from rl.config import RunConfig
+from rl.distributed import free_port, minibatch_pieces
+from rl.learner import Learner
+from rollout import SamplingParams
+from rollout.worker import RolloutWorker
+
+from .conftest import BASE_CKPT
+
+N = 8  # trajectories per batch
+
+# name -> (algorithm overrides, learner overrides, batch size, LoRA); all run on 2 ranks
+SCENARIOS = {
+    "trace_token_kl_value": ({"estimator": "trace", "loss_norm": "token", "beta": 0.05, "value": {"enabled": True, "lr": 1e-3}}, {}, N, False),
+    "trace_sequence": ({"estimator": "trace", "loss_norm": "sequence"}, {}, N, False),
+    "one_step_token_kl": ({"estimator": "one_step", "loss_norm": "token", "beta": 0.05}, {}, N, False),
+    # 3 samples per minibatch over 2 ranks x 2 micro-batches: one piece is an empty stand-in
+    "one_step_sequence_micro2_uneven": ({"estimator": "one_step", "loss_norm": "sequence"}, {"micro_batches": 2}, 6, False),
+    # the reference is the base with the adapter off, through the DDP module
+    "lora_one_step_token_kl": ({"estimator": "one_step", "loss_norm": "token", "beta": 0.05}, {}, N, True),
+    "fsdp2_trace_token_kl_value": (
+        {"estimator": "trace", "loss_norm": "token", "beta": 0.05, "value": {"enabled": True, "lr": 1e-3}},
+        {"parallel": "fsdp2"},
+        N,
+        False,
+    ),
+}
+
+
+def cfg_for(algo: dict, learner: dict | None = None, lora: bool = False) -> RunConfig:
+    return RunConfig.model_validate(
+        {
+            "model": {"path": str(BASE_CKPT), "lora": {"enabled": lora, "r": 4}},
+            "algorithm": {"lr": 1e-3, "minibatches": 2, "grad_clip": 1e9, **algo},
+            "learner": learner or {},
+            "train": {"threads": 1},
+            "wandb": {"mode": "disabled"},
+        }
+    )
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return (t.full_tensor() if isinstance(t, DTensor) else t).detach().cpu().clone()
+
+
+def capture_grads(learner: Learner) -> dict[str, list]:
+    """Record the (reduced, clipped) gradients each optimizer step applies."""
+    seen: dict[str, list] = {"policy": [], "value": []}
+    for key, opt in (("policy", learner.optimizer), ("value", learner.value_optimizer)):
+        if opt is None:
+            continue
+        params = [p for g in opt.param_groups for p in g["params"]]
+        step = opt.step
+
+        def recording_step(*a, _step=step, _params=params, _key=key, **k):
+            seen[_key].append([None if p.grad is None else _full(p.grad) for p in _params])
+            return _step(*a, **k)
+
+        opt.step = recording_step
+    return seen
+
+
+def make_learner(cfg: RunConfig, rank: int = 0, world_size: int = 1) -> Learner:
+    torch.manual_seed(0)  # LoRA's random init; under DDP every rank then gets rank 0's anyway
+    return Learner(cfg, rank=rank, world_size=world_size)
+
+
+def run_update(learner: Learner, trajs, n: int) -> tuple[dict, dict]:
+    grads = capture_grads(learner)
+    adv = torch.linspace(-1, 1, n).tolist()
+    metrics = learner.update(trajs[:n], adv, rewards=[1.0, 0.0] * (n // 2))
+    return grads, metrics
+
+
+def _rank_main(rank: int, world: int, port: int, trajs, out: str) -> None:
+    torch.set_num_threads(1)
+    results = {}
+    learner = None
+    for name, (algo, lrn, n, lora) in SCENARIOS.items():
+        learner = make_learner(cfg_for(algo, {"ranks": world, **lrn}, lora), rank, world)
+        learner.setup_distributed("127.0.0.1", port)
+        grads, metrics = run_update(learner, trajs, n)
+        res = {"grads": grads, "metrics": metrics, "weights": learner.get_weights()}
+        if name.startswith("fsdp2") or name in ("trace_sequence", "lora_one_step_token_kl"):
+            res["files"] = learner.state_files()
+        results[name] = res
+    learner.shutdown_distributed()
+    torch.save(results, f"{out}/rank{rank}.pt")
+
+
+@pytest.fixture(scope="module")
+def trajs():
+    worker = RolloutWorker(str(BASE_CKPT))
+    tok = worker.lm.tokenizer
+    prompts = [tok("123+456=")["input_ids"], tok("507+045=")["input_ids"]] * (N // 2)
+    gen = worker.generate(prompts, SamplingParams(max_new_tokens=5, temperature=1.0), seed=0, groups=[0, 1] * (N // 2))
+    # identical samples (as a group can hold): their masks hang on the duplicate counter, which
+    # must count over the whole minibatch, not over the piece a rank happens to score
+    return gen[: N // 2] + [copy.deepcopy(t) for t in gen[: N // 2]]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(trajs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ranks")
+    mp.spawn(_rank_main, args=(2, free_port(), trajs, str(out)), nprocs=2, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def assert_grads_equal(got: dict, want: dict, first_step_rtol: float = 2e-6) -> None:
+    for key in ("policy", "value"):
+        assert len(got[key]) == len(want[key]), key
+        for step, (gs, ws) in enumerate(zip(got[key], want[key])):
+            # after the first step the weights differ by the first step's float noise, amplified by Adam
+            rtol = first_step_rtol if step == 0 else 1e-3
+            for i, (g, w) in enumerate(zip(gs, ws)):
+                if w is None:
+                    assert g is None or not g.any(), (key, step, i)
+                    continue
+                scale = w.abs().max().item()
+                assert (g - w).abs().max().item() <= rtol * scale + 1e-9, (key, step, i, (g - w).abs().max().item(), scale)
+
+
+def assert_metrics_equal(got: dict, want: dict, rel: float = 1e-4) -> None:
+    assert set(got) == set(want)
+    for k, v in want.items():
+        if math.isnan(v):
+            assert math.isnan(got[k]), k
+        else:
+            assert got[k] == pytest.approx(v, rel=rel, abs=1e-6), k
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_two_ranks_match_one_rank(name, two_ranks, trajs):
+    algo, _, n, lora = SCENARIOS[name]
+    one = make_learner(cfg_for(algo, lora=lora))
+    want_grads, want_metrics = run_update(one, trajs, n)
+    r0, r1 = two_ranks[0][name], two_ranks[1][name]
+    assert_grads_equal(r0["grads"], want_grads)
+    assert_metrics_equal(r0["metrics"], want_metrics)
+    assert r1["metrics"] == r0["metrics"]  # every rank returns the same global metrics
+    assert r1["weights"] == {}  # rank 0 answers get_weights, with full (gathered) CPU tensors
+    want_weights = one.get_weights()
+    assert set(r0["weights"]) == set(want_weights)
+    for k, v in want_weights.items():
+        torch.testing.assert_close(r0["weights"][k], v, atol=1e-5, rtol=0, msg=k)
+
+
+def test_checkpoint_files_from_two_ranks_load_into_one(two_ranks):
+    """state_files of a ddp and of an fsdp2 run (gathered weights, optimizer state by name)
+    restore into a single-rank learner."""
+    for name in ("trace_sequence", "fsdp2_trace_token_kl_value", "lora_one_step_token_kl"):
+        algo, _, _, lora = SCENARIOS[name]
+        r0 = two_ranks[0][name]
+        assert two_ranks[1][name]["files"] == {}
+        files = r0["files"]
+        weights_dir = "adapter/adapter_model.safetensors" if lora else "model/model.safetensors"
+        assert "learner.pt" in files and weights_dir in files
+        one = make_learner(cfg_for(algo, lora=lora))
+        assert one.load_state_files(files) == 1
+        state = one.get_weights()
+        for k, v in r0["weights"].items():
+            assert torch.equal(state[k], v), (name, k)
+        opt = one.optimizer.state_dict()["state"]
+        assert len(opt) == len(one.optimizer.param_groups[0]["params"]) and opt[0]["step"] == 2  # two minibatches
+        if one.value is not None:
+            assert one.value_optimizer.state_dict()["state"][0]["step"] == 2
+
+
+@pytest.mark.parametrize("estimator,norm,n", [("trace", "token", N), ("one_step", "sequence", 6)])
+def test_micro_batches_match_one_piece(estimator, norm, n, trajs):
+    algo = {"estimator": estimator, "loss_norm": norm, "beta": 0.05}
+    want_grads, want_metrics = run_update(Learner(cfg_for(algo)), trajs, n)
+    got_grads, got_metrics = run_update(Learner(cfg_for(algo, {"micro_batches": 2})), trajs, n)
+    assert_grads_equal(got_grads, want_grads)
+    assert_metrics_equal(got_metrics, want_metrics)
+
+
+def test_constant_norm_and_gspo_split_exactly(trajs):
+    algo = {"estimator": "trace", "loss": "gspo", "loss_norm": "constant", "norm_constant": 40.0}
+    want_grads, want_metrics = run_update(Learner(cfg_for(algo)), trajs, N)
+    got_grads, got_metrics = run_update(Learner(cfg_for(algo, {"micro_batches": 3})), trajs, N)
+    assert_grads_equal(got_grads, want_grads)
+    assert_metrics_equal(got_metrics, want_metrics)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(trajs):
+    algo = {"estimator": "trace", "loss_norm": "token", "value": {"enabled": True}}
+    calls = []
+
+    def counted(learner):  # calls of one layer's MLP, which a checkpointed backward recomputes
+        for lm in (learner.lm, learner.value.lm):
+            mlp = lm.model.model.layers[0].mlp
+            mlp.forward = lambda *a, _f=mlp.forward, **k: calls.append(1) or _f(*a, **k)  # hooks do not see recomputes
+        return learner
+
+    want_grads, _ = run_update(counted(Learner(cfg_for(algo))), trajs, N)
+    plain, calls[:] = len(calls), []
+    got_grads, _ = run_update(counted(Learner(cfg_for(algo, {"gradient_checkpointing": True}))), trajs, N)
+    assert len(calls) > plain  # activations were recomputed, for the policy and the critic
+    assert_grads_equal(got_grads, want_grads)
+
+
+def test_bf16_autocast_smoke(trajs):
+    algo = {"estimator": "trace", "loss_norm": "token", "beta": 0.05}
+    want_grads, _ = run_update(Learner(cfg_for(algo)), trajs, N)
+    learner = Learner(cfg_for(algo, {"bf16": True}))
+    start = {k: v.clone() for k, v in learner.lm.model.named_parameters()}
+    got_grads, metrics = run_update(learner, trajs, N)
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert metrics["logp_mismatch"] > 0  # bf16 forwards do not replay the fp32 rollout exactly ...
+    g = torch.cat([t.flatten() for t in got_grads["policy"][0]])
+    w = torch.cat([t.flatten() for t in want_grads["policy"][0]])
+    assert torch.nn.functional.cosine_similarity(g, w, dim=0) > 0.9  # ... but the gradient points the same way
+    assert all(not torch.equal(p, start[k]) for k, p in learner.lm.model.named_parameters())
+
+
+def test_pieces_cover_the_minibatch_and_keep_masks(trajs):
+    idx = list(range(7))
+    occ = occurrence_index([trajs[i] for i in idx])
+    pieces = [p for r in range(2) for p in minibatch_pieces(idx, occ, r, 2, 2)]
+    assert [p.idx for p in pieces] == [[0, 1], [2, 3], [4, 5], [6]]
+    stand_in = minibatch_pieces([0, 1, 2], occ[:3], 1, 2, 2)
+    assert [p.weight for p in stand_in] == [1.0, 0.0]
+    # a piece scored with the whole minibatch's duplicate counters draws the whole's masks
+    lm = RolloutWorker(str(BASE_CKPT)).lm
+    batch = [trajs[i] for i in idx]
+    whole, _ = one_step_estimate(lm, batch, seed=7, p_mask_prompt=0.5)
+    for p in pieces:
+        part, _ = one_step_estimate(lm, [trajs[i] for i in p.idx], seed=7, p_mask_prompt=0.5, occurrences=p.occurrences)
+        torch.testing.assert_close(part, whole[p.idx, : part.shape[1]], atol=1e-5, rtol=0)
