@@ -91,7 +91,7 @@ class CPUClock:
     """CPU seconds (user + system, all threads) of the driver and of the trainer's Ray actors."""
 
     def __init__(self, trainer: Trainer):
-        actors = [trainer.learner, *trainer.workers]
+        actors = [*trainer.learners, *trainer.workers]
         pids = ray.get([a.__ray_call__.remote(lambda self: os.getpid()) for a in actors])
         self.procs = [psutil.Process(), *(psutil.Process(p) for p in pids)]
 
@@ -138,7 +138,7 @@ def run_method(name: str, run_dir: Path, args) -> dict:
             metrics.update(adv_metrics)
             t2 = time.perf_counter()
             if kept:
-                metrics.update(ray.get(trainer.learner.update.remote(kept, adv, rewards, loss_mask)))
+                metrics.update(trainer.update(kept, adv, rewards, loss_mask))
             t3 = time.perf_counter()
             trainer.sync_weights(version=step + 1)
             step += 1

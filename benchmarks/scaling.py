@@ -1,4 +1,5 @@
-"""Scaling: RL steps/hour with 1 vs 2 rollout workers, and in-memory weight sync vs disk.
+"""Scaling: RL steps/hour with 1 vs 2 rollout workers (and 2 learner ranks, and one-step
+overlap), and in-memory weight sync vs disk.
 
     python benchmarks/scaling.py [--steps 4] [--json out.json]
 
@@ -33,21 +34,21 @@ from rollout.worker import RolloutWorker  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def steps_per_hour(workers: int, steps: int, overrides: list[str]) -> float:
-    cfg = load_config(ROOT / "configs" / "quickstart.yaml", [f"rollout.num_workers={workers}", "wandb.mode=disabled", *overrides])
+def steps_per_hour(steps: int, overrides: list[str]) -> float:
+    """Full RL steps (rollout, score, advantages, update, sync) per hour through `Trainer.train`,
+    from the stage timings it logs (held-out evaluation excluded); the first step warms up."""
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml", [
+        f"train.steps={steps + 1}", "train.save_every=1000", "eval.every=0", "task.heldout_size=1", "wandb.mode=disabled", *overrides,
+    ])
     with tempfile.TemporaryDirectory() as d:
         trainer = Trainer(cfg, d)
-        trainer.sync_weights(0)
-        times = []
-        for step in range(steps + 1):  # step 0 warms up
-            t0 = time.perf_counter()
-            trajs = trainer.rollout(step)
-            scores, _ = trainer.score(trajs)
-            kept, adv, rewards, mask, _ = trainer.advantages(trajs, scores)
-            ray.get(trainer.learner.update.remote(kept, adv, rewards, mask))
-            trainer.sync_weights(step + 1)
-            times.append(time.perf_counter() - t0)
-        trainer.shutdown()
+        try:
+            trainer.train()
+        finally:
+            trainer.shutdown()
+        rows = [json.loads(line) for line in (Path(d) / "metrics.jsonl").read_text().splitlines()]
+    stages = ("rollout", "score", "advantages", "update", "sync_weights")
+    times = [sum(r[f"timing_s/{s}"] for s in stages) for r in rows if "timing_s/update" in r]
     return 3600 / statistics.median(times[1:])
 
 
@@ -85,15 +86,22 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     mem, disk = sync_times(args.repeats)
-    overrides = ["rollout.prompts_per_step=32"]
-    one = steps_per_hour(1, args.steps, overrides)
-    two = steps_per_hour(2, args.steps, overrides)
+    base = ["rollout.prompts_per_step=32"]
+    one = steps_per_hour(args.steps, base)
+    two = steps_per_hour(args.steps, base + ["rollout.num_workers=2"])
+    ranks = steps_per_hour(args.steps, base + ["learner.ranks=2"])
+    overlap = steps_per_hour(args.steps, base + ["rollout.overlap=true"])
     print(f"weight sync (1M params): in memory {mem * 1e3:.1f} ms, save_pretrained + from_pretrained {disk * 1e3:.1f} ms -> {disk / mem:.1f}x")
-    print(f"RL steps/hour: 1 rollout worker {one:.0f}, 2 rollout workers {two:.0f} -> {two / one:.2f}x")
+    print(f"RL steps/hour vs 1 rollout worker + 1 learner rank ({one:.0f}):")
+    print(f"  2 rollout workers {two:.0f} -> {two / one:.2f}x")
+    print(f"  2 learner ranks (ddp) {ranks:.0f} -> {ranks / one:.2f}x")
+    print(f"  one-step overlap {overlap:.0f} -> {overlap / one:.2f}x")
     out = {"rollout_scaling_2_workers": two / one, "sync_speedup_vs_disk": disk / mem,
-           "steps_per_hour": {"1": one, "2": two}, "sync_ms": {"memory": mem * 1e3, "disk": disk * 1e3}}
+           "learner_scaling_2_ranks": ranks / one, "overlap_speedup": overlap / one,
+           "steps_per_hour": {"baseline": one, "2_workers": two, "2_ranks": ranks, "overlap": overlap},
+           "sync_ms": {"memory": mem * 1e3, "disk": disk * 1e3}}
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
 

@@ -29,14 +29,23 @@ def train(
     config: Path = typer.Argument(..., help="Run config (YAML), e.g. configs/quickstart.yaml."),
     output_dir: Optional[Path] = typer.Option(None, help="Run directory (default: train.output_dir)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in the run directory."),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Join an existing Ray cluster: auto (started here with `ray start`), HOST:6379 or ray://HOST:10001 (sets cluster.address)."
+    ),
     overrides: Optional[List[str]] = SetOpt,
 ) -> None:
-    """RL-train a diffusion LM (rollout workers + learner on Ray)."""
+    """RL-train a diffusion LM (rollout workers + learner ranks on Ray)."""
     cfg = _load(config, overrides, RunConfig)
-    from rl.trainer import Trainer
+    if address is not None:
+        cfg.cluster.address = address  # not through --set: YAML would read some HOST:PORT spellings as numbers
+    from rl.trainer import LearnerDied, Trainer
 
     trainer = Trainer(cfg, output_dir, resume=resume)
-    trainer.train()
+    try:
+        trainer.train()
+    except LearnerDied as e:
+        typer.echo(f"\nrun stopped: {e}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -57,9 +66,10 @@ def evaluate(
     checkpoints: Optional[List[Path]] = typer.Argument(None, help="Model dirs, checkpoint dirs (step_N) or run dirs (latest checkpoint); diffusion or AR."),
     benchmarks: Optional[List[str]] = typer.Option(
         None, "--benchmark", "-b",
-        help="NAME[:PATH][,KEY=VALUE...] (repeatable). Names: arithmetic (synthetic, no file), gsm8k, math, humaneval, mbpp. "
-        "Keys: label, template (default | raw | a text file with {field} placeholders), max_new_tokens, limit; "
-        "math/gsm8k: question=FIELD, answer=FIELD; arithmetic: digits, seed. Default: --task.",
+        help="NAME[:PATH][,KEY=VALUE...] (repeatable). Names: arithmetic (synthetic, no file), gsm8k, math, humaneval, mbpp "
+        "(PATH: .jsonl[.gz], .json, .parquet, .csv, .arrow or a save_to_disk directory), gym:DATASET (reasoning-gym, e.g. gym:countdown). "
+        "Keys: label, template (default | raw | a text file with {field} placeholders), max_new_tokens, limit; files: split; "
+        "math/gsm8k: question=FIELD, answer=FIELD; arithmetic: digits, seed; gym: size, seed and the dataset's config. Default: --task.",
     ),
     task: str = typer.Option("arithmetic", help="Synthetic task to score when no --benchmark is given."),
     digits: int = typer.Option(3, help="Operand width of the arithmetic task."),
@@ -80,6 +90,7 @@ def evaluate(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write DIR/results.json, results.md, accuracy_vs_nfe.png and samples/."),
     resume: bool = typer.Option(False, "--resume", help="Skip entries already in DIR/results.json with the same settings."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    engine: str = typer.Option("auto", help="Engine for AR checkpoints: auto (vLLM on a CUDA GPU when installed, else hf) | hf (transformers generate) | vllm."),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="For checkpoints with their own modeling code."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write {checkpoint: {strategy: metrics}} as JSON here (one benchmark; else the results.json schema)."),
@@ -94,6 +105,8 @@ def evaluate(
 
     unmask eval -b humaneval:HumanEval.jsonl.gz --completions samples.jsonl
 
+    unmask eval CKPT -b gym:countdown,size=200 -b gym:gsm_symbolic,size=200 -o eval/   (pip install 'unmask[gym]')
+
     results.json: {benchmark: {checkpoint: {strategy: {pass@1, pass@k, avg@k, k, accuracy, n, nfe, tokens_per_forward,
     tokens_per_s, kind, settings, ...}}}}; results.md holds the tables printed at the end.
     """
@@ -104,8 +117,8 @@ def evaluate(
     if not checkpoints and not completions:
         typer.echo("nothing to evaluate: give checkpoints and/or --completions FILE", err=True)
         raise typer.Exit(2)
-    if chat_template not in ("auto", "none") or dtype not in ("float32", "bfloat16", "float16") or samples < 1:
-        typer.echo("bad option: --chat-template auto|none, --dtype float32|bfloat16|float16, --samples >= 1", err=True)
+    if chat_template not in ("auto", "none") or dtype not in ("float32", "bfloat16", "float16") or engine not in ("auto", "hf", "vllm") or samples < 1:
+        typer.echo("bad option: --chat-template auto|none, --dtype float32|bfloat16|float16, --engine auto|hf|vllm, --samples >= 1", err=True)
         raise typer.Exit(2)
     if resume and output is None:
         typer.echo("--resume needs --output DIR (the results.json to resume)", err=True)
@@ -121,7 +134,7 @@ def evaluate(
     base = _params(8, "static", threshold, steps_per_block, temperature)
     opts = EvalOptions(
         strategies=list(strategies), base=base, samples=samples, batch_size=batch_size, seed=seed, chat_template=chat_template,
-        device=device, dtype=dtype, trust_remote_code=trust_remote_code, resume=resume,
+        device=device, engine=engine, dtype=dtype, trust_remote_code=trust_remote_code, resume=resume,
     )
     ran: dict = {}
     try:

@@ -69,6 +69,10 @@ class RolloutConfig(_Section):
     prompts_per_step: int = Field(16, ge=1, description="Distinct prompts per RL step.")
     samples_per_prompt: int = Field(8, ge=1, description="Completions per prompt (the GRPO group size).")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Decoding used for training rollouts.")
+    overlap: bool = Field(
+        False, description="Decode step k+1's rollouts while the learner updates on step k (one-step off-policy): the importance "
+        "ratio then uses the rollout's own log-probs, and the staleness is logged as rollout/staleness."
+    )
 
 
 class RewardSpec(_Section):
@@ -131,8 +135,38 @@ class AlgorithmConfig(_Section):
         return self
 
 
+class LearnerConfig(_Section):
+    ranks: int = Field(1, ge=1, description="Data-parallel learner ranks (Ray actors in one torch.distributed group); each minibatch is split across them.")
+    parallel: Literal["ddp", "fsdp2"] = Field(
+        "ddp", description="ddp: every rank holds the whole model and gradients are averaged; fsdp2: parameters, gradients and "
+        "optimizer state are sharded across ranks (models that do not fit one GPU)."
+    )
+    micro_batches: int = Field(1, ge=1, description="Gradient accumulation: each rank's share of a minibatch runs in this many forward/backward pieces per optimizer step.")
+    bf16: bool = Field(False, description="Learner forward passes under bf16 autocast (weights and optimizer state stay fp32).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations during the backward pass: less memory for more compute.")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend; auto: nccl on GPU, gloo on CPU.")
+
+
+class ClusterConfig(_Section):
+    address: str | None = Field(
+        None, description="Ray cluster to join: none starts Ray on this machine; 'auto' joins the cluster `ray start` made here; "
+        "'HOST:6379' or 'ray://HOST:10001' a remote one (also `unmask train --address`)."
+    )
+    placement: Literal["separate", "colocated"] = Field(
+        "separate", description="separate: one placement-group bundle per rollout worker and per learner rank; colocated: rollout "
+        "worker i and learner rank i share bundle i, and the rollout side releases its memory during the update."
+    )
+    gpus_per_bundle: float = Field(0.0, ge=0.0, description="GPUs in each bundle (e.g. 1 on GPU nodes); 0 runs on CPU.")
+    cpus_per_bundle: float | None = Field(None, gt=0.0, description="CPUs in each bundle; default: the cluster's CPUs shared evenly by the bundles.")
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field("PACK", description="Ray placement-group strategy across nodes.")
+
+
 class EvalConfig(_Section):
     every: int = Field(0, ge=0, description="Score the held-out split every N RL steps (0: only before and after training).")
+    benchmarks: list[str] = Field(
+        default_factory=list, description="Benchmarks scored with the same decoding whenever the held-out split is (before, every N "
+        "steps, after), in the `unmask eval -b` syntax, e.g. 'gsm8k:data/gsm8k_test.jsonl,limit=200'; logged as eval/LABEL/pass@1."
+    )
     sampling: SamplingConfig = Field(
         default_factory=lambda: SamplingConfig(temperature=0.0), description="Decoding for held-out evaluation (greedy by default)."
     )
@@ -148,6 +182,10 @@ class TrainConfig(_Section):
     seed: int = Field(0, description="Seed for data order, sampling and minibatch shuffling.")
     save_every: int = Field(10, ge=1, description="Write a resumable checkpoint every N steps (and at the end).")
     output_dir: str = Field("runs/quickstart", description="Run directory (config copy, metrics.jsonl, checkpoints, plots).")
+    checkpoint_dir: str | None = Field(
+        None, description="Where checkpoints go: a directory or an fsspec URL (s3://bucket/run, gs://...); default: RUN_DIR/checkpoints. "
+        "The driver writes them (learner state travels through the Ray object store), so no shared filesystem is needed."
+    )
     threads: int | None = Field(None, ge=1, description="torch threads per actor; default: all cores for the learner, cores / num_workers for each rollout worker.")
 
 
@@ -160,6 +198,8 @@ class RunConfig(_Section):
     rewards: list[RewardSpec] = Field(default_factory=list, description="Training rewards; empty means the task's verifier.")
     scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="How rewards are run.")
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig, description="Learner ranks and memory/speed settings.")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Ray cluster and placement of rollout workers and learner ranks.")
     eval: EvalConfig = Field(default_factory=EvalConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
@@ -171,6 +211,15 @@ class RunConfig(_Section):
                 "rollout.sampling.temperature is 0 (greedy) but rollout.samples_per_prompt > 1: every sample of a "
                 "group would be identical and get zero advantage; set a temperature > 0"
             )
+        if self.rollout.overlap and (self.algorithm.estimator != "trace" or self.algorithm.shrink != 1):
+            raise ValueError(
+                "rollout.overlap needs algorithm.estimator: trace with algorithm.shrink: 1 (the one-step-stale ratio uses the "
+                "rollout's log-probs, which are the trace estimator's likelihoods only without shrinkage)"
+            )
+        if self.learner.parallel == "fsdp2" and self.learner.ranks > 1 and self.model.lora.enabled:
+            raise ValueError("learner.parallel: fsdp2 does not shard LoRA adapters; use learner.parallel: ddp with model.lora.enabled")
+        if self.rollout.overlap and self.cluster.placement == "colocated":
+            raise ValueError("rollout.overlap needs cluster.placement: separate (colocated rollout workers give their memory to the learner during the update)")
         return self
 
 

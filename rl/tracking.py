@@ -61,7 +61,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     out = Path(out) if out else Path(run_dir) / "curves.png"
     panels = [
         ("reward", ["reward/mean"]),
-        ("accuracy", ["accuracy/train", "accuracy/heldout"]),
+        ("accuracy", ["accuracy/train", "accuracy/heldout", *sorted({k for r in records for k in r if k.startswith("eval/") and k.endswith("/pass@1")})]),
         ("loss", ["loss/policy"]),
         ("KL / entropy", ["kl", "entropy"]),
         ("response length (tokens)", ["rollout/response_length"]),
@@ -72,7 +72,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
             pts = [(r["step"], r[key]) for r in records if key in r and r[key] is not None]
             if pts:
                 xs, ys = zip(*pts)
-                ax.plot(xs, ys, marker="o" if key.endswith("heldout") else None, label=key)
+                ax.plot(xs, ys, marker="o" if key.endswith(("heldout", "pass@1")) else None, label=key)
         ax.set_title(title)
         ax.set_xlabel("RL step")
         ax.grid(alpha=0.3)

@@ -8,6 +8,7 @@ the driver; decoding and learning run in actors. Weights travel learner -> objec
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -25,7 +26,8 @@ from tqdm.auto import tqdm
 
 from algorithms.advantages import filter_groups, group_advantages, truncated_rewards
 from rewards import get_reward, score
-from rl.checkpoint import checkpoint_dir, latest_checkpoint, read_trainer_state, write_trainer_state
+from rl.checkpoint import CheckpointStore
+from rl.cluster import connect, local_model_path, pack_dir, place
 from rl.config import RunConfig, SamplingConfig
 from rl.learner import Learner
 from rl.process_rewards import token_rewards
@@ -57,6 +59,34 @@ def split_evenly(items: Sequence[Any], n: int) -> list[list[Any]]:
 def _response_length(t: Trajectory, eos_id: int) -> int:
     """Tokens up to and including the first EOS (what the answer cost, not the block padding after it)."""
     return t.completion_ids.index(eos_id) + 1 if eos_id in t.completion_ids else len(t.completion_ids)
+
+
+class LearnerDied(RuntimeError):
+    """A learner rank died: the run ends; checkpoints written before are intact."""
+
+
+class _LearnerActor(Learner):
+    """The learner as a Ray actor: finds the model on its own node (a shipped copy if the
+    driver's directory is not there)."""
+
+    def __init__(self, cfg: RunConfig, rank: int, world_size: int, packed: bytes | None):
+        path = local_model_path(cfg.model.path, packed)
+        if path != cfg.model.path:
+            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": path})})
+        if not cfg.train.threads:
+            # Ray pins an actor to as many threads as whole CPUs it asked for (often 1), but the
+            # stages take turns, so the update may use this node's cores (shared with the
+            # rollout workers only when they decode meanwhile, with rollout.overlap).
+            busy = world_size + (cfg.rollout.num_workers if cfg.rollout.overlap else 0)
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // busy))
+        super().__init__(cfg, rank=rank, world_size=world_size)
+
+
+class _WorkerActor(RolloutWorker):
+    """A rollout worker as a Ray actor (model found on its own node, like _LearnerActor)."""
+
+    def __init__(self, model_path: str, packed: bytes | None, *args):
+        super().__init__(local_model_path(model_path, packed), *args)
 
 
 class _StopSignals:
@@ -105,49 +135,97 @@ class Trainer:
         self.reward_weights = [s.weight for s in specs] or [1.0]
         self.train_params = sampling_params(cfg.rollout.sampling, self.task.max_new_tokens)
         self.eval_params = sampling_params(cfg.eval.sampling, self.task.max_new_tokens)
-        self.resume_from = latest_checkpoint(self.run_dir) if resume else None
+        self.store = CheckpointStore(cfg.train.checkpoint_dir or self.run_dir / "checkpoints")
+        self.resume_from = self.store.latest() if resume else None
         if resume and self.resume_from is None:
-            raise FileNotFoundError(f"--resume: no complete checkpoint under {self.run_dir / 'checkpoints'}")
+            raise FileNotFoundError(f"--resume: no complete checkpoint under {self.store.root}")
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
 
-        # Rollout workers decode at the same time, so by default they split the cores; the
-        # learner runs alone and uses them all (Learner reads train.threads).
-        threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // cfg.rollout.num_workers)
-        if not ray.is_initialized():
-            ray.init(num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-        # Stages run one after another, so every actor may use all cores while it works.
-        share = 1.0 / (cfg.rollout.num_workers + 1)
+        connect(cfg.cluster.address)
+        n_workers, n_ranks = cfg.rollout.num_workers, cfg.learner.ranks
+        self.placement = place(cfg.cluster, n_workers, n_ranks)
+        # A local model directory travels to other nodes through the object store (no shared disk).
+        packed = None
+        if cfg.cluster.address is not None and Path(cfg.model.path).is_dir():
+            packed = ray.put(pack_dir(cfg.model.path))
+        # Rollout workers decode at the same time, so by default they split the cores.
+        threads = cfg.train.threads or max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)) // n_workers)
+        self.learners = [
+            ray.remote(_LearnerActor).options(**opts).remote(cfg, rank, n_ranks, packed)
+            for rank, opts in enumerate(self.placement.learner)
+        ]
+        if n_ranks > 1:
+            addr, port = ray.get(self.learners[0].master_address.remote())  # rank 0 hosts the rendezvous
+            self._on_learners("setup_distributed", addr, port)
         lora = cfg.model.lora.model_dump(exclude={"enabled"}) if cfg.model.lora.enabled else None
-        self.learner = ray.remote(Learner).options(num_cpus=share).remote(cfg)
-        self._worker_args = (cfg.model.path, cfg.model.block_size, threads, cfg.model.family, cfg.model.trust_remote_code, lora)
-        self._worker_cpus = share
-        self.workers = [self._spawn_worker() for _ in range(cfg.rollout.num_workers)]
+        self._worker_args = (cfg.model.path, packed, cfg.model.block_size, threads, cfg.model.family, cfg.model.trust_remote_code, lora)
+        self.workers = [self._spawn_worker(w) for w in range(n_workers)]
         self._weights = None  # (object ref, version) of the weights the workers hold
         # Process rewards of the current step, per token (set by score, filtered by advantages).
         self._token_rewards = self._kept_token_rewards = None
         self.worker_restarts = 0
+        self.step = 0  # steps whose update has been applied (the learner's weights version)
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
+        self.eval_benchmarks = self._load_eval_benchmarks()
+
+    def _load_eval_benchmarks(self) -> list:
+        """The configured eval benchmarks, loaded now so a bad path or option fails before training."""
+        from rl.benchmarks import BenchmarkError, load_benchmark, parse_benchmark
+
+        benches = []
+        for spec in self.cfg.eval.benchmarks:
+            try:
+                benches.append(load_benchmark(parse_benchmark(spec)))
+            except BenchmarkError as e:
+                raise ValueError(f"eval.benchmarks: {spec!r}: {e}") from None
+        return benches
 
     # -- Ray plumbing: the one place that fans work out to the rollout workers -------------
-    def _spawn_worker(self):
-        return ray.remote(RolloutWorker).options(num_cpus=self._worker_cpus).remote(*self._worker_args)
+    def _spawn_worker(self, w: int):
+        return ray.remote(_WorkerActor).options(**self.placement.rollout[w]).remote(*self._worker_args)
 
-    def _on_workers(self, items: Sequence[Any], seed: int, params: SamplingParams, retries: int = 2) -> list[Trajectory]:
-        """Split items over the workers, decode, and concatenate in order.
+    def _on_learners(self, method: str, *args, stage: str | None = None) -> Any:
+        """Call `method` on every learner rank (collective calls must reach all ranks) and
+        return rank 0's answer. A dead rank ends the run with LearnerDied."""
+        futures = [getattr(rank, method).remote(*args) for rank in self.learners]
+        try:
+            return ray.get(futures)[0]
+        except ray.exceptions.RayActorError as e:
+            last = self.store.latest()
+            raise LearnerDied(
+                f"a learner rank died during {stage or method} (step {self.step + 1}): {type(e).__name__}. "
+                + (f"The last checkpoint is intact: {last}\nresume: unmask train {self.run_dir / 'config.yaml'} "
+                   f"--output-dir {self.run_dir} --resume" if last else "No checkpoint was written yet.")
+            ) from e
 
-        A worker that dies mid-call is replaced (with the current weights) and its share of
-        the prompts is decoded again with the same seed, so the step completes unchanged.
-        """
+    def _launch(self, items: Sequence[Any], seed: int, params: SamplingParams) -> dict:
+        """Start decoding items split over the workers; `_collect` gathers the result."""
         chunks = split_evenly(items, len(self.workers))
+        futures = {w: self._submit(w, chunks[w], seed, params) for w, chunk in enumerate(chunks) if chunk}
+        return {"chunks": chunks, "futures": futures, "seed": seed, "params": params, "weights": self._weights}
+
+    def _submit(self, w: int, chunk, seed: int, params: SamplingParams):
+        prompts, groups, cols = zip(*chunk)
+        return self.workers[w].generate.remote(list(prompts), params, seed * 7919 + w, list(groups), list(cols))
+
+    def _replace_worker(self, w: int, weights) -> None:
+        self.workers[w] = self._spawn_worker(w)
+        if weights is not None:
+            self.workers[w].load_weights.remote(*weights)  # queued before anything else it is asked
+        self.worker_restarts += 1
+
+    def _collect(self, job: dict, retries: int = 2) -> list[Trajectory]:
+        """Wait for a launched decode, concatenated in order.
+
+        A worker that died mid-call is replaced, given the weights the call was launched with,
+        and its share of the prompts is decoded again with the same seed, so the step completes
+        unchanged. It then gets the newest weights, if a sync happened in between.
+        """
+        chunks, futures = job["chunks"], dict(job["futures"])
         parts: list[list[Trajectory]] = [[] for _ in chunks]
-        todo = [w for w, chunk in enumerate(chunks) if chunk]
         for attempt in range(retries + 1):
-            futures = {}
-            for w in todo:
-                prompts, groups, cols = zip(*chunks[w])
-                futures[w] = self.workers[w].generate.remote(list(prompts), params, seed * 7919 + w, list(groups), list(cols))
             failed = []
             for w, fut in futures.items():
                 try:
@@ -156,27 +234,53 @@ class Trainer:
                     if attempt == retries:
                         raise RuntimeError(f"rollout worker {w} died {retries + 1} times in one call") from e
                     tqdm.write(f"rollout worker {w} died ({type(e).__name__}); replacing it and redoing its {len(chunks[w])} prompts")
-                    self.workers[w] = self._spawn_worker()
-                    if self._weights is not None:
-                        ray.get(self.workers[w].load_weights.remote(*self._weights))
-                    self.worker_restarts += 1
+                    self._replace_worker(w, job["weights"])
                     failed.append(w)
             if not failed:
                 break
-            todo = failed
+            futures = {w: self._submit(w, chunks[w], job["seed"], job["params"]) for w in failed}
+            if self._weights is not None and self._weights is not job["weights"]:
+                for w in failed:
+                    self.workers[w].load_weights.remote(*self._weights)
         return [t for part in parts for t in part]
 
-    def sync_weights(self, version: int) -> None:
-        ref = self.learner.get_weights.remote()  # stays in the object store; workers fetch it directly
-        self._weights = (ref, version)
-        ray.get([w.load_weights.remote(ref, version) for w in self.workers])
+    def _on_workers(self, items: Sequence[Any], seed: int, params: SamplingParams) -> list[Trajectory]:
+        """Decode items over the workers and wait (see `_collect` for faults)."""
+        return self._collect(self._launch(items, seed, params))
+
+    def sync_weights(self, version: int, wait: bool = True) -> None:
+        """Send the learner's weights (rank 0's) to every worker through the object store.
+
+        wait=False only queues the load behind whatever the workers are decoding (overlap mode).
+        """
+        refs = [rank.get_weights.remote() for rank in self.learners]  # collective under fsdp2
+        try:
+            ray.wait(refs, num_returns=len(refs), fetch_local=False)
+            ray.get(refs[1:])  # surface a rank's death here, not in the workers
+        except ray.exceptions.RayActorError:
+            self._on_learners("get_weights", stage="weight sync")  # raises LearnerDied with the checkpoint hint
+        self._weights = (refs[0], version)
+        loads = {w: worker.load_weights.remote(refs[0], version) for w, worker in enumerate(self.workers)}
+        if not wait:
+            return
+        for w, fut in loads.items():
+            try:
+                ray.get(fut)
+            except ray.exceptions.RayActorError:
+                tqdm.write(f"rollout worker {w} died; replacing it")
+                self._replace_worker(w, self._weights)
 
     # -- stages ----------------------------------------------------------------------------
     def rollout(self, step: int) -> list[Trajectory]:
+        """Decode step `step`'s prompts (samples_per_prompt each) and wait for them."""
+        return self._collect(self.launch_rollout(step))
+
+    def launch_rollout(self, step: int) -> dict:
+        """Start decoding step `step`'s prompts; the data depend only on (seed, step)."""
         rows = self.task.train_rows(self.cfg.rollout.prompts_per_step, self.cfg.train.seed, step)
         ids = [self.tokenizer(r["prompt"])["input_ids"] for r in rows]  # once per prompt, not per sample
         items = [(ids[g], g, r) for g, r in enumerate(rows) for _ in range(self.cfg.rollout.samples_per_prompt)]
-        return self._on_workers(items, seed=self.cfg.train.seed * 1_000_003 + step, params=self.train_params)
+        return self._launch(items, seed=self.cfg.train.seed * 1_000_003 + step, params=self.train_params)
 
     def score(self, trajs: Sequence[Trajectory]) -> tuple[list[float], dict[str, float]]:
         prompts = [t.columns["prompt"] for t in trajs]
@@ -229,16 +333,46 @@ class Trainer:
         self._kept_token_rewards = [tok_r[i] for i in idx] if tok_r is not None else None
         return [trajs[i] for i in idx], adv[idx].tolist(), r[idx].tolist(), loss_mask[idx].tolist(), metrics
 
+    def update(self, trajs, adv, rewards, loss_mask, token_rewards=None) -> dict[str, float]:
+        """One learner update on every rank; colocated workers give up their memory meanwhile."""
+        colocated = self.cfg.cluster.placement == "colocated"
+        if colocated:
+            ray.get([w.offload.remote() for w in self.workers])
+        batch = ray.put(list(trajs))  # once into the object store, read by every rank
+        metrics = self._on_learners("update", batch, list(adv), list(rewards), list(loss_mask), token_rewards, stage="update")
+        if colocated:
+            ray.get([w.onload.remote() for w in self.workers])
+        return metrics
+
     def evaluate(self, step: int) -> dict[str, float]:
+        """Greedy (eval.sampling) accuracy on the task's held-out split and on eval.benchmarks."""
         rows = self.task.heldout_rows(self.cfg.task.heldout_size, seed=0)
         items = [(self.tokenizer(r["prompt"])["input_ids"], i, r) for i, r in enumerate(rows)]
         t0 = time.perf_counter()
         trajs = self._on_workers(items, seed=0, params=self.eval_params)
         correct = self.verifier([r["prompt"] for r in rows], [t.text for t in trajs], answer=[r["answer"] for r in rows])
-        return {
+        out = {
             "accuracy/heldout": float(np.mean([c == 1.0 for c in correct])),
             "eval/nfe_mean": float(np.mean([t.nfe for t in trajs])),
-            "timing_s/eval": time.perf_counter() - t0,
+        }
+        for bench in self.eval_benchmarks:
+            out.update(self._evaluate_benchmark(bench))
+        out["timing_s/eval"] = time.perf_counter() - t0
+        return out
+
+    def _evaluate_benchmark(self, bench) -> dict[str, float]:
+        """One benchmark on the rollout workers, scored by its reward (as `unmask eval` does)."""
+        from rl.evaluate import encode_prompt, score_benchmark
+
+        params = dataclasses.replace(self.eval_params, max_new_tokens=bench.max_new_tokens)
+        items = [(encode_prompt(self.tokenizer, p["prompt"], bench.chat)[0], i, {"prompt": p["prompt"]}) for i, p in enumerate(bench.problems)]
+        trajs = self._on_workers(items, seed=0, params=params)
+        rewards, err = score_benchmark(bench, bench.problems, [t.text for t in trajs], self.cfg.scoring.timeout_s)
+        if err:
+            tqdm.write(f"eval {bench.label}: reward failed on some samples: {err}")
+        return {
+            f"eval/{bench.label}/pass@1": float(np.mean([r == 1.0 for r in rewards])),
+            f"eval/{bench.label}/nfe": float(np.mean([t.nfe for t in trajs])),
         }
 
     # -- the loop --------------------------------------------------------------------------
@@ -246,9 +380,10 @@ class Trainer:
         cfg, t_start = self.cfg, time.perf_counter()
         start, state = 0, {}
         if self.resume_from is not None:
-            start = ray.get(self.learner.load.remote(str(self.resume_from)))
-            state = read_trainer_state(self.resume_from)
+            files, state = self.store.read(self.resume_from)
+            start = self._on_learners("load_state_files", files, stage="resume")
             print(f"resumed from {self.resume_from} (step {start})")
+        self.step = start
         logger = MetricsLogger(self.run_dir, cfg.wandb.mode, cfg.wandb.project, cfg.model_dump(), resume_step=start if state else None)
         self.sync_weights(version=start)
 
@@ -260,13 +395,16 @@ class Trainer:
             logger.log(before, step=0)
             print(f"held-out accuracy before RL: {acc_before:.3f} ({cfg.task.heldout_size} problems)")
 
+        overlap = cfg.rollout.overlap
         bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc="RL", unit="step")
         stop = _StopSignals()  # SIGINT/SIGTERM: finish the step, checkpoint, exit
+        pending = self.launch_rollout(start) if overlap else None
         for step in bar:
             metrics: dict[str, float] = {}
             t0 = time.perf_counter()
-            trajs = rollouts = self.rollout(step)
-            metrics["timing_s/rollout"] = t1 = time.perf_counter() - t0
+            trajs = rollouts = self._collect(pending) if overlap else self.rollout(step)
+            metrics["timing_s/rollout"] = t1 = time.perf_counter() - t0  # overlap: the wait not hidden behind the update
+            staleness = [self.step - t.version for t in rollouts]
 
             t0 = time.perf_counter()
             scores, reward_metrics = self.score(trajs)
@@ -278,26 +416,31 @@ class Trainer:
             metrics.update(adv_metrics)
             metrics["timing_s/advantages"] = time.perf_counter() - t0
 
+            if overlap and step + 1 < cfg.train.steps:
+                # Step k+1 decodes with the weights of step k while the learner updates on step k.
+                pending = self.launch_rollout(step + 1)
             t0 = time.perf_counter()
             if trajs:
-                metrics.update(ray.get(self.learner.update.remote(trajs, adv, rewards, loss_mask, self._kept_token_rewards)))
+                metrics.update(self.update(trajs, adv, rewards, loss_mask, self._kept_token_rewards))
             else:
                 tqdm.write(f"step {step + 1}: every group was filtered out; no update")
+            self.step = step + 1
             metrics["timing_s/update"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
-            self.sync_weights(version=step + 1)
+            self.sync_weights(version=step + 1, wait=not overlap)
             metrics["timing_s/sync_weights"] = time.perf_counter() - t0
 
             n_tok = sum(len(t.completion_ids) for t in rollouts)
             metrics.update(
                 {
                     "reward/mean": float(np.mean(scores)),
-                    "tokens_per_s": n_tok / t1,
+                    "tokens_per_s": n_tok / max(t1, 1e-9),
                     "rollout/nfe_mean": float(np.mean([t.nfe for t in rollouts])),
                     "rollout/tokens_per_forward": n_tok / max(1, sum(t.nfe for t in rollouts)),
                     "rollout/frac_eos": float(np.mean([t.finish_reason == "eos" for t in rollouts])),
                     "rollout/response_length": float(np.mean([_response_length(t, self.tokenizer.eos_token_id) for t in rollouts])),
+                    "rollout/staleness": float(np.mean(staleness)),
                     "faults/worker_restarts": float(self.worker_restarts),
                 }
             )
@@ -337,25 +480,25 @@ class Trainer:
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         plot = plot_run(self.run_dir)
-        last = checkpoint_dir(self.run_dir, cfg.train.steps)
+        last = self.store.step_path(cfg.train.steps)
         print(
             f"\nheld-out accuracy: {acc_before:.3f} -> {summary['accuracy_after']:.3f} "
             f"({cfg.task.heldout_size} problems, {self.eval_params.strategy} decoding, T={self.eval_params.temperature})\n"
             f"wall time: {summary['wall_seconds']:.0f}s (this invocation)\n"
             f"run directory: {self.run_dir}\n"
-            f"  config.yaml, metrics.jsonl, summary.json, {plot.name}, checkpoints/\n"
+            f"  config.yaml, metrics.jsonl, summary.json, {plot.name}" + (", checkpoints/" if self.store.root == str(self.run_dir / "checkpoints") else f"; checkpoints: {self.store.root}") + "\n"
             f"resume (e.g. with more steps): unmask train {self.run_dir / 'config.yaml'} --output-dir {self.run_dir} --resume --set train.steps={cfg.train.steps * 2}\n"
             f"evaluate:                      unmask eval {last} --task {cfg.task.name}"
         )
         return summary
 
-    def save(self, step: int, extra: dict[str, Any]) -> Path:
-        ckpt = checkpoint_dir(self.run_dir, step)
-        ckpt.mkdir(parents=True, exist_ok=True)
-        ray.get(self.learner.save.remote(str(ckpt)))
-        write_trainer_state(ckpt, {"step": step, **extra})
-        return ckpt
+    def save(self, step: int, extra: dict[str, Any]) -> str:
+        """Checkpoint: the learner's files (rank 0's, via the object store) written by the driver,
+        then trainer_state.json, the marker that makes the checkpoint count as complete."""
+        files = self._on_learners("state_files", stage="checkpoint")
+        return self.store.write(step, files, {"step": step, **extra})
 
     def shutdown(self) -> None:
-        for actor in [self.learner, *self.workers]:
+        for actor in [*self.learners, *self.workers]:
             ray.kill(actor)
+        self.placement.remove()

@@ -38,6 +38,9 @@ class Trajectory:
     """Index of the prompt this sample belongs to (for group advantages)."""
     columns: dict[str, Any] = field(default_factory=dict)
     """The dataset row, handed to reward functions as keyword columns."""
+    version: int = 0
+    """Weights version (learner updates applied) of the policy that decoded this sample; the
+    learner's version minus this is the sample's staleness."""
 
     def __post_init__(self) -> None:
         n = len(self.completion_ids)

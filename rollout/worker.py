@@ -24,6 +24,8 @@ class RolloutWorker:
         threads: torch intra-op threads for this process (None keeps the default).
         family, trust_remote_code: see rollout.models.load_model.
         lora: LoRA settings (r, alpha, dropout, target_modules); weights then arrive as adapter deltas.
+        device: where to decode; default the GPU when one is visible (Ray shows an actor only the
+            GPUs it was given, none without num_gpus), else the CPU.
     """
 
     def __init__(
@@ -34,10 +36,14 @@ class RolloutWorker:
         family: str | None = None,
         trust_remote_code: bool = False,
         lora: dict | None = None,
+        device: str | None = None,
     ):
         if threads:
             torch.set_num_threads(threads)
         self.lm = load_model(model_path, family=family, block_size=block_size, trust_remote_code=trust_remote_code)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device != "cpu":
+            self.lm.model.to(device)
         self.peft = None
         if lora:
             from rollout.lora import apply_lora
@@ -72,4 +78,26 @@ class RolloutWorker:
     ) -> list[Trajectory]:
         """Decode every prompt; sampling randomness comes from `seed` alone."""
         generator = torch.Generator(device=self.lm.device).manual_seed(seed)
-        return generate(self.lm, prompts, params, generator, groups=groups, columns=columns)
+        trajs = generate(self.lm, prompts, params, generator, groups=groups, columns=columns)
+        for t in trajs:
+            t.version = self.weights_version
+        return trajs
+
+    def offload(self) -> int:
+        """Release accelerator memory while a colocated learner updates: the weights move to
+        host memory. Returns the bytes released (0 on CPU, where there is nothing to free)."""
+        if self.lm.device.type == "cpu":
+            return 0
+        self._device = self.lm.device
+        released = torch.cuda.memory_allocated(self._device) if self._device.type == "cuda" else 0
+        self.lm.model.to("cpu")
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()
+        return int(released)
+
+    def onload(self) -> None:
+        """Move the weights back after `offload`."""
+        device = getattr(self, "_device", None)
+        if device is not None:
+            self.lm.model.to(device)
+            self._device = None

@@ -79,6 +79,21 @@ def test_experiment_configs_override_only_what_differs():
         cfg = load_config(ROOT / "configs" / f"{name}.yaml")
         assert check(cfg), name
         assert cfg.rollout == base.rollout and cfg.model == base.model and cfg.algorithm.lr == base.algorithm.lr
+    nodes = load_config(ROOT / "configs" / "two_nodes.yaml")
+    assert (nodes.rollout.num_workers, nodes.learner.ranks, nodes.cluster.strategy) == (2, 2, "SPREAD")
+    assert nodes.algorithm == base.algorithm
+
+
+def test_scale_rules(tmp_path):
+    p = write(tmp_path, "model: {path: x}\n")
+    with pytest.raises(ConfigError, match="rollout.overlap needs algorithm.estimator: trace"):
+        load_config(p, ["rollout.overlap=true", "algorithm.estimator=one_step"])
+    with pytest.raises(ConfigError, match="rollout.overlap needs cluster.placement: separate"):
+        load_config(p, ["rollout.overlap=true", "cluster.placement=colocated"])
+    with pytest.raises(ConfigError, match="fsdp2 does not shard LoRA"):
+        load_config(p, ["learner.parallel=fsdp2", "learner.ranks=2", "model.lora.enabled=true"])
+    with pytest.raises(ConfigError, match="did you mean 'micro_batches'"):
+        load_config(p, ["learner.micro_batch=2"])
 
 
 def test_base_chain_errors(tmp_path):

@@ -60,6 +60,11 @@ def test_checkpoint_restores_step_optimizer_and_the_next_update(tmp_path):
     a = Learner(run_cfg(beta=0.05))
     a.update(b1, adv1)
     a.save(tmp_path / "ckpt")
+    # the same checkpoint as bytes, for a driver that stores it without a shared filesystem
+    files = a.state_files()
+    on_disk = {p.relative_to(tmp_path / "ckpt").as_posix(): p.read_bytes() for p in (tmp_path / "ckpt").rglob("*") if p.is_file()}
+    assert set(files) == set(on_disk) and {"learner.pt", "model/model.safetensors", "model/config.json"} <= set(files)
+    assert files["model/model.safetensors"] == on_disk["model/model.safetensors"]
     a.update(b2, adv2)
 
     b = Learner(run_cfg(beta=0.05))
@@ -70,6 +75,14 @@ def test_checkpoint_restores_step_optimizer_and_the_next_update(tmp_path):
     for (name, pa), (_, pb) in zip(a.lm.model.named_parameters(), b.lm.model.named_parameters()):
         assert torch.allclose(pa, pb, atol=1e-6), name
     assert all(torch.allclose(sa[k]["exp_avg_sq"], b.optimizer.state_dict()["state"][k]["exp_avg_sq"], atol=1e-9) for k in sa)
+
+    c = Learner(run_cfg(beta=0.05))
+    assert c.load_state_files(files) == 1
+    c.update(b2, adv2)
+    for (name, pa), (_, pc) in zip(a.lm.model.named_parameters(), c.lm.model.named_parameters()):
+        assert torch.allclose(pa, pc, atol=1e-6), name
+    with pytest.raises(ValueError, match="relative path"):
+        c.load_state_files({"../escape": b""})
 
 
 @pytest.mark.parametrize("estimator", ["one_step", "coupled", "mc_elbo", "block_random"])
@@ -113,3 +126,21 @@ def test_value_model_uses_process_rewards_on_their_steps():
     token_rewards = [[1.0 if s == 0 else 0.0 for s in t.step_map] for t in trajs]
     m = learner.update(trajs, [0.0] * 8, rewards=[0.0] * 8, token_rewards=token_rewards)
     assert m["loss/value"] == pytest.approx(0.5 * len(trajs) / sum(len(t.completion_ids) for t in trajs), rel=1e-5)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_overlap_ratio_is_taken_against_the_rollout_log_probs(overlap):
+    """One-step off-policy: the behaviour policy is the rollout's own distribution, so a batch
+    whose recorded log-probs are 0.1 below the learner's gives ratio exp(0.1) on the first
+    step; without overlap the learner recomputes old log-probs and the ratio starts at 1."""
+    cfg = run_cfg(minibatches=1)
+    cfg.rollout.overlap = overlap
+    learner = Learner(cfg)
+    worker = RolloutWorker(str(BASE_CKPT))
+    trajs = rollouts(worker, worker.lm.tokenizer, n=8)
+    for t in trajs:
+        t.logprobs = [lp - 0.1 for lp in t.logprobs]
+    m = learner.update(trajs, [1.0, -1.0] * 4)
+    expected = torch.exp(torch.tensor(0.1)).item() if overlap else 1.0
+    assert m["ratio/mean"] == pytest.approx(expected, abs=1e-4)
+    assert m["logp_mismatch"] == pytest.approx(0.1, abs=1e-4)
