@@ -63,3 +63,23 @@ def test_lora_update_syncs_only_the_adapter_and_changes_rollouts(tmp_path):
     greedy = SamplingParams(max_new_tokens=5, temperature=0.0)
     worker.load_weights(learner.get_weights())
     assert [t.completion_ids for t in generate(merged, prompts, greedy)] == [t.completion_ids for t in generate(worker.lm, prompts, greedy)]
+
+
+def test_value_model_with_lora_trains_only_its_own_adapter_and_head():
+    c = cfg()
+    c.algorithm.value.enabled = True
+    learner = Learner(c)
+    worker = RolloutWorker(str(BASE_CKPT), lora=LORA)
+    value_before = {k: v.clone() for k, v in learner.value.state_dict().items()}
+    trainable = {n for n, p in learner.value.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
+    # The head starts at zero, so the critic's adapter gets gradient from the second update on.
+    learner.update(batch(worker), [0.0] * 16, rewards=[1.0, 0.0] * 8)
+    learner.update(batch(worker, seed=1), [0.0] * 16, rewards=[0.0, 1.0] * 8)
+    after = learner.value.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], value_before[k])}
+    assert "head.weight" in changed and any("lora_B" in k for k in changed)
+    assert all("lora_" in k or k.startswith("head.") for k in changed), "the critic's base weights stay frozen"
+    policy = learner.lm.model.state_dict()
+    shared = [k for k in policy if "lora_B" in k]
+    assert any(not torch.equal(policy[k], after["backbone." + k]) for k in shared), "critic and actor adapters are separate"
