@@ -34,9 +34,11 @@ from rollout.worker import RolloutWorker  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def steps_per_hour(steps: int, overrides: list[str]) -> float:
+def steps_per_hour(steps: int, overrides: list[str], stage_seconds: dict | None = None) -> float:
     """Full RL steps (rollout, score, advantages, update, sync) per hour through `Trainer.train`,
-    from the stage timings it logs (held-out evaluation excluded); the first step warms up."""
+    from the stage timings it logs (held-out evaluation excluded); the first step warms up.
+    `stage_seconds`, if given, receives the median seconds of each stage (with rollout.overlap,
+    "rollout" is the wait the update did not hide)."""
     cfg = load_config(ROOT / "configs" / "quickstart.yaml", [
         f"train.steps={steps + 1}", "train.save_every=1000", "eval.every=0", "task.heldout_size=1", "wandb.mode=disabled", *overrides,
     ])
@@ -48,8 +50,10 @@ def steps_per_hour(steps: int, overrides: list[str]) -> float:
             trainer.shutdown()
         rows = [json.loads(line) for line in (Path(d) / "metrics.jsonl").read_text().splitlines()]
     stages = ("rollout", "score", "advantages", "update", "sync_weights")
-    times = [sum(r[f"timing_s/{s}"] for s in stages) for r in rows if "timing_s/update" in r]
-    return 3600 / statistics.median(times[1:])
+    rows = [r for r in rows if "timing_s/update" in r][1:]
+    if stage_seconds is not None:
+        stage_seconds.update({s: statistics.median(r[f"timing_s/{s}"] for r in rows) for s in stages})
+    return 3600 / statistics.median(sum(r[f"timing_s/{s}"] for s in stages) for r in rows)
 
 
 def sync_times(repeats: int) -> tuple[float, float]:
@@ -93,14 +97,27 @@ def main():
     two = steps_per_hour(args.steps, base + ["rollout.num_workers=2"])
     ranks = steps_per_hour(args.steps, base + ["learner.ranks=2"])
     overlap = steps_per_hour(args.steps, base + ["rollout.overlap=true"])
+    # Overlap pays off when rollout and update run on different devices. Two cores shared by both
+    # stages cannot show that (each stage gets half the cores), so also compare with every actor
+    # on one core of its own, the CPU stand-in for separate GPU pools.
+    one_core = base + ["train.threads=1"]
+    seq_stages, ov_stages = {}, {}
+    base_1 = steps_per_hour(args.steps, one_core, seq_stages)
+    overlap_1 = steps_per_hour(args.steps, one_core + ["rollout.overlap=true"], ov_stages)
+    hidden = 1 - ov_stages["rollout"] / seq_stages["rollout"]
     print(f"weight sync (1M params): in memory {mem * 1e3:.1f} ms, save_pretrained + from_pretrained {disk * 1e3:.1f} ms -> {disk / mem:.1f}x")
     print(f"RL steps/hour vs 1 rollout worker + 1 learner rank ({one:.0f}):")
     print(f"  2 rollout workers {two:.0f} -> {two / one:.2f}x")
     print(f"  2 learner ranks (ddp) {ranks:.0f} -> {ranks / one:.2f}x")
-    print(f"  one-step overlap {overlap:.0f} -> {overlap / one:.2f}x")
+    print(f"  one-step overlap, stages sharing the cores {overlap:.0f} -> {overlap / one:.2f}x")
+    print(f"one-step overlap with one core per actor (separate pools): {base_1:.0f} -> {overlap_1:.0f} steps/hour -> {overlap_1 / base_1:.2f}x;\n"
+          f"  rollout {seq_stages['rollout']:.2f}s of a {3600 / base_1:.2f}s step, {hidden:.0%} of it hidden behind the update "
+          f"(the most overlap can save here is rollout / step = {seq_stages['rollout'] * base_1 / 3600:.0%})")
     out = {"rollout_scaling_2_workers": two / one, "sync_speedup_vs_disk": disk / mem,
-           "learner_scaling_2_ranks": ranks / one, "overlap_speedup": overlap / one,
-           "steps_per_hour": {"baseline": one, "2_workers": two, "2_ranks": ranks, "overlap": overlap},
+           "learner_scaling_2_ranks": ranks / one, "overlap_speedup": overlap_1 / base_1, "overlap_speedup_shared_cores": overlap / one,
+           "overlap_rollout_hidden": hidden,
+           "steps_per_hour": {"baseline": one, "2_workers": two, "2_ranks": ranks, "overlap": overlap,
+                              "baseline_1_core_per_actor": base_1, "overlap_1_core_per_actor": overlap_1},
            "sync_ms": {"memory": mem * 1e3, "disk": disk * 1e3}}
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))

@@ -148,8 +148,10 @@ class Trainer:
         packed = None
         if cfg.cluster.address is not None and Path(cfg.model.path).is_dir():
             packed = ray.put(pack_dir(cfg.model.path))
-        # Rollout workers decode at the same time, so by default they split the cores.
-        threads = cfg.train.threads or max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)) // n_workers)
+        # Rollout workers decode at the same time, so by default they split the cores (with the
+        # learner ranks too when rollout.overlap runs both at once).
+        busy = n_workers + (n_ranks if cfg.rollout.overlap else 0)
+        threads = cfg.train.threads or max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)) // busy)
         self.learners = [
             ray.remote(_LearnerActor).options(**opts).remote(cfg, rank, n_ranks, packed)
             for rank, opts in enumerate(self.placement.learner)
@@ -195,7 +197,7 @@ class Trainer:
         except ray.exceptions.RayActorError as e:
             last = self.store.latest()
             raise LearnerDied(
-                f"a learner rank died during {stage or method} (step {self.step + 1}): {type(e).__name__}. "
+                f"a learner rank died during {stage or method} ({self.step} steps done): {type(e).__name__}. "
                 + (f"The last checkpoint is intact: {last}\nresume: unmask train {self.run_dir / 'config.yaml'} "
                    f"--output-dir {self.run_dir} --resume" if last else "No checkpoint was written yet.")
             ) from e

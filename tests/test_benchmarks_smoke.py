@@ -46,3 +46,14 @@ def test_learner_benchmark_smoke(tmp_path):
         assert methods["AR (causal, 1 pass)"]["ratio_vs_ar"] == 1.0
         assert methods["trace s=1"]["forward_passes_per_estimate"] == 4 and methods["trace s=4"]["forward_passes_per_estimate"] == 1
         assert all(m["tokens_per_s"] > 0 for m in methods.values())
+
+
+def test_memory_benchmark_micro_batches_and_checkpointing_cut_saved_activations(tmp_path):
+    out = tmp_path / "memory.json"
+    _run(["benchmarks/memory.py", "--prompts", "2", "--samples", "4", "--long-tokens", "16", "--json", str(out)], tmp_path)
+    res = json.loads(out.read_text())
+    # Byte counts, not timings: deterministic. Half the samples per forward -> about half the activations.
+    assert 0.4 < res["micro_batches=2"]["memory_ratio"] < 0.6
+    assert 0.15 < res["micro_batches=4"]["memory_ratio"] < 0.35
+    assert res["gradient_checkpointing"]["memory_ratio"] < 0.3
+    assert res["checkpointing + micro_batches=4"]["saved_bytes"] < res["gradient_checkpointing"]["saved_bytes"]
