@@ -23,11 +23,6 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 STATE_FILE = "trainer_state.json"
 
 
-def checkpoint_dir(run_dir: Path, step: int) -> Path:
-    """The default local checkpoint directory of `step` in a run directory."""
-    return run_dir / "checkpoints" / f"step_{step:06d}"
-
-
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest *complete* checkpoint under RUN_DIR/checkpoints (local runs)."""
     latest = CheckpointStore(Path(run_dir) / "checkpoints").latest()
@@ -89,16 +84,6 @@ class CheckpointStore:
 
     def _url(self, path: str) -> str:
         return path if self.local else self.fs.unstrip_protocol(path)
-
-
-def write_trainer_state(ckpt: Path, state: dict) -> None:
-    tmp = ckpt / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(ckpt / STATE_FILE)  # atomic: a killed run never leaves a half-written marker
-
-
-def read_trainer_state(ckpt: Path) -> dict:
-    return json.loads((Path(ckpt) / STATE_FILE).read_text())
 
 
 def resolve_model_path(path: str | Path) -> Path:

@@ -206,7 +206,7 @@ class Trainer:
         """Start decoding items split over the workers; `_collect` gathers the result."""
         chunks = split_evenly(items, len(self.workers))
         futures = {w: self._submit(w, chunks[w], seed, params) for w, chunk in enumerate(chunks) if chunk}
-        return {"chunks": chunks, "futures": futures, "seed": seed, "params": params, "weights": self._weights}
+        return {"chunks": chunks, "futures": futures, "seed": seed, "params": params, "weights": self._weights, "t0": time.perf_counter()}
 
     def _submit(self, w: int, chunk, seed: int, params: SamplingParams):
         prompts, groups, cols = zip(*chunk)
@@ -404,8 +404,10 @@ class Trainer:
         for step in bar:
             metrics: dict[str, float] = {}
             t0 = time.perf_counter()
-            trajs = rollouts = self._collect(pending) if overlap else self.rollout(step)
-            metrics["timing_s/rollout"] = t1 = time.perf_counter() - t0  # overlap: the wait not hidden behind the update
+            job = pending if overlap else self.launch_rollout(step)
+            trajs = rollouts = self._collect(job)
+            metrics["timing_s/rollout"] = time.perf_counter() - t0  # overlap: the wait not hidden behind the update
+            t1 = time.perf_counter() - job["t0"]  # launch to last sample: tokens_per_s is per second of decoding wall time
             staleness = [self.step - t.version for t in rollouts]
 
             t0 = time.perf_counter()

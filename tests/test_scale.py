@@ -139,6 +139,7 @@ def test_overlap_decodes_the_next_step_during_the_update_with_staleness_one(tmp_
         trainer.shutdown()
     rows = [r for r in metrics(tmp_path) if "loss/total" in r]
     assert [r["rollout/staleness"] for r in rows] == [0.0, 1.0, 1.0]
+    assert all(0 < r["tokens_per_s"] < 2e4 for r in rows), "decoding speed, not tokens over the (hidden) wait"
     # The importance ratio uses the rollout's log-probs: at staleness 0 it is exactly 1.
     assert rows[0]["logp_mismatch"] < 1e-4
     assert CheckpointStore(tmp_path / "elsewhere").latest().endswith("step_000003")
