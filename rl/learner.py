@@ -501,15 +501,8 @@ class Learner:
         if self.peft is not None:
             self.peft.save_pretrained(path / "adapter")  # base_model_name_or_path points at the base
             self.lm.tokenizer.save_pretrained(path / "adapter")
-        elif model_state is None:
-            self.lm.save_pretrained(path / "model")
         else:
-            # DiffusionLM.save_pretrained, with the gathered weights in place of the sharded ones.
-            if self.lm.block_size is not None:
-                self.lm.model.config.block_size = self.lm.block_size
-            self.lm.model.config.unmask_family = self.lm.family.name
-            self.lm.model.save_pretrained(path / "model", state_dict=model_state)
-            self.lm.tokenizer.save_pretrained(path / "model")
+            self.lm.save_pretrained(path / "model", state_dict=model_state)  # fsdp2: the gathered weights
         torch.save(
             {
                 "step": self.step,

@@ -81,6 +81,10 @@ class _LearnerActor(Learner):
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // busy))
         super().__init__(cfg, rank=rank, world_size=world_size)
 
+    def alive(self) -> bool:
+        """A no-op call: its answer means every earlier call on this rank has finished."""
+        return True
+
 
 class _WorkerActor(RolloutWorker):
     """A rollout worker as a Ray actor (model found on its own node, like _LearnerActor)."""
@@ -195,12 +199,15 @@ class Trainer:
         try:
             return ray.get(futures)[0]
         except ray.exceptions.RayActorError as e:
-            last = self.store.latest()
-            raise LearnerDied(
-                f"a learner rank died during {stage or method} ({self.step} steps done): {type(e).__name__}. "
-                + (f"The last checkpoint is intact: {last}\nresume: unmask train {self.run_dir / 'config.yaml'} "
-                   f"--output-dir {self.run_dir} --resume" if last else "No checkpoint was written yet.")
-            ) from e
+            raise self._learner_died(stage or method, e) from e
+
+    def _learner_died(self, stage: str, e: Exception) -> LearnerDied:
+        last = self.store.latest()
+        return LearnerDied(
+            f"a learner rank died during {stage} ({self.step} steps done): {type(e).__name__}. "
+            + (f"The last checkpoint is intact: {last}\nresume: unmask train {self.run_dir / 'config.yaml'} "
+               f"--output-dir {self.run_dir} --resume" if last else "No checkpoint was written yet.")
+        )
 
     def _launch(self, items: Sequence[Any], seed: int, params: SamplingParams) -> dict:
         """Start decoding items split over the workers; `_collect` gathers the result."""
@@ -257,10 +264,11 @@ class Trainer:
         """
         refs = [rank.get_weights.remote() for rank in self.learners]  # collective under fsdp2
         try:
-            ray.wait(refs, num_returns=len(refs), fetch_local=False)
-            ray.get(refs[1:])  # surface a rank's death here, not in the workers
-        except ray.exceptions.RayActorError:
-            self._on_learners("get_weights", stage="weight sync")  # raises LearnerDied with the checkpoint hint
+            # Queued behind get_weights on each rank: returns once every rank answered, and a
+            # death shows here rather than as a failed load in the workers. Nothing is fetched.
+            ray.get([rank.alive.remote() for rank in self.learners])
+        except ray.exceptions.RayActorError as e:
+            raise self._learner_died("weight sync", e) from e
         self._weights = (refs[0], version)
         loads = {w: worker.load_weights.remote(refs[0], version) for w, worker in enumerate(self.workers)}
         if not wait:

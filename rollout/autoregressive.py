@@ -69,15 +69,24 @@ class ARModel:
         for i, p in enumerate(prompts):
             comp = new[i].tolist()
             n = comp.index(self.eos_id) + 1 if self.eos_id in comp else len(comp)
-            trajs.append(
-                Trajectory(
-                    prompt_ids=list(p), completion_ids=comp[:n], step_map=list(range(n)), logprobs=logp[i, :n].tolist(),
-                    block_size=1, temperature=temperature, nfe=n, finish_reason="eos" if self.eos_id in comp[:n] else "length",
-                    text=self.tokenizer.decode(comp[: n - 1] if comp[n - 1] == self.eos_id else comp[:n], skip_special_tokens=True),
-                    group=i, columns=dict(columns[i]) if columns is not None else {},
-                )
-            )
+            trajs.append(ar_trajectory(self.tokenizer, p, comp[:n], logp[i, :n].tolist(), temperature, i, columns))
         return trajs
+
+
+def ar_trajectory(
+    tokenizer, prompt: Sequence[int], comp: list[int], logprobs: list[float], temperature: float, i: int,
+    columns: Sequence[dict[str, Any]] | None, eos: bool | None = None,
+) -> Trajectory:
+    """The Trajectory of a left-to-right decode (either engine): one token per step, so the
+    step map is 0..n-1 and NFE is n. `comp` ends at the first EOS if one was decoded; `eos`
+    overrides how that is detected (vLLM reports it as finish_reason "stop")."""
+    ended = (bool(comp) and comp[-1] == tokenizer.eos_token_id) if eos is None else eos
+    text_ids = comp[:-1] if comp and comp[-1] == tokenizer.eos_token_id else comp
+    return Trajectory(
+        prompt_ids=list(prompt), completion_ids=comp, step_map=list(range(len(comp))), logprobs=logprobs, block_size=1,
+        temperature=temperature, nfe=len(comp), finish_reason="eos" if ended else "length",
+        text=tokenizer.decode(text_ids, skip_special_tokens=True), group=i, columns=dict(columns[i]) if columns is not None else {},
+    )  # fmt: skip
 
 
 def is_ar_checkpoint(path: str | Path) -> bool:
@@ -151,12 +160,7 @@ class VLLMModel:
         if out.logprobs is None or len(out.logprobs) != len(comp):
             raise RuntimeError(f"vLLM request {i}: expected a log-prob for each of its {len(comp)} tokens")
         logprobs = [float(step[tok].logprob) for step, tok in zip(out.logprobs, comp)]
-        text_ids = comp[:-1] if comp and comp[-1] == self.eos_id else comp
-        return Trajectory(
-            prompt_ids=list(prompt), completion_ids=comp, step_map=list(range(len(comp))), logprobs=logprobs, block_size=1,
-            temperature=temperature, nfe=len(comp), finish_reason="eos" if out.finish_reason == "stop" else "length",
-            text=self.tokenizer.decode(text_ids, skip_special_tokens=True), group=i, columns=dict(columns[i]) if columns is not None else {},
-        )  # fmt: skip
+        return ar_trajectory(self.tokenizer, prompt, comp, logprobs, temperature, i, columns, eos=out.finish_reason == "stop")
 
     def close(self) -> None:
         """Shut the engine down so the GPU memory it reserved is free for the next checkpoint."""

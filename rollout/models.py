@@ -160,12 +160,13 @@ class DiffusionLM:
         valid = torch.ones_like(input_ids, dtype=torch.bool)
         return self.forward_logits(input_ids, pos, self.attention_allowed(pos, valid), select)
 
-    def save_pretrained(self, path: str | Path) -> None:
-        """Save weights (safetensors) and tokenizer so transformers can load them back."""
+    def save_pretrained(self, path: str | Path, state_dict: dict | None = None) -> None:
+        """Save weights (safetensors) and tokenizer so transformers can load them back.
+        `state_dict` replaces the module's own tensors (e.g. full weights gathered from shards)."""
         if self.block_size is not None:
             self.model.config.block_size = self.block_size
         self.model.config.unmask_family = self.family.name
-        self.model.save_pretrained(path)
+        self.model.save_pretrained(path, state_dict=state_dict)
         self.tokenizer.save_pretrained(path)
 
 

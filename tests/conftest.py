@@ -29,3 +29,16 @@ def tiny_lm(tokenizer, block_size=4, double=True, seed=0):
 @pytest.fixture
 def lm(tokenizer):
     return tiny_lm(tokenizer)
+
+
+@pytest.fixture(scope="session")
+def ar_ckpt(tmp_path_factory):
+    """A tiny random autoregressive baseline checkpoint (saved by ARModel)."""
+    from rollout.models import build_tiny_lm
+    from rollout.autoregressive import ARModel
+
+    torch.manual_seed(0)
+    tok = build_char_tokenizer()
+    path = tmp_path_factory.mktemp("ar")
+    ARModel(build_tiny_lm(tok, hidden_size=32, num_layers=1, intermediate_size=64).model, tok).save_pretrained(path)
+    return path

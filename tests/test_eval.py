@@ -6,7 +6,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 import rl.evaluate as ev
@@ -14,8 +13,6 @@ from rl.benchmarks import BenchmarkError, load_benchmark, parse_benchmark, read_
 from rl.cli import app
 from rl.evaluate import avg_at_k, parse_strategy, pass_at_k, read_completions, score_completions, summarize
 from rollout import SamplingParams
-from rollout.autoregressive import ARModel
-from rollout.models import build_tiny_lm
 from .conftest import BASE_CKPT
 
 FIX = Path(__file__).parent / "fixtures" / "eval"
@@ -196,17 +193,6 @@ def test_mbpp_reference_code_and_pass_at_k_from_several_samples(tmp_path):
 
 
 # --- decoding checkpoints -----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ar_ckpt(tmp_path_factory):
-    from rollout import build_char_tokenizer
-
-    torch.manual_seed(0)
-    tok = build_char_tokenizer()
-    path = tmp_path_factory.mktemp("ar")
-    ARModel(build_tiny_lm(tok, hidden_size=32, num_layers=1, intermediate_size=64).model, tok).save_pretrained(path)
-    return path
 
 
 def test_ar_and_dllm_side_by_side_on_the_synthetic_task(tmp_path, ar_ckpt):

@@ -14,7 +14,6 @@ from rl.cli import app
 from rl.evaluate import load_policy, resolve_engine
 from rollout import build_char_tokenizer
 from rollout.autoregressive import ARModel, VLLMModel
-from rollout.models import build_tiny_lm
 
 
 @dataclass
@@ -86,15 +85,6 @@ def fake_vllm(monkeypatch):
     mod.LLM = LLM
     monkeypatch.setitem(sys.modules, "vllm", mod)
     return mod
-
-
-@pytest.fixture(scope="module")
-def ar_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    tok = build_char_tokenizer()
-    path = tmp_path_factory.mktemp("ar")
-    ARModel(build_tiny_lm(tok, hidden_size=32, num_layers=1, intermediate_size=64).model, tok).save_pretrained(path)
-    return path
 
 
 def test_vllm_model_generate_returns_trajectories(fake_vllm, ar_ckpt):
