@@ -105,7 +105,7 @@ def run_method(name: str, run_dir: Path, args) -> dict:
         CONFIGS / config_file,
         overrides
         + [
-            f"task.heldout_size={args.heldout}",
+            f"eval.heldout_limit={args.heldout}",
             f"train.seed={args.seed}",
             f"train.output_dir={run_dir}",
             "eval.every=0",

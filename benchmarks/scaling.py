@@ -40,7 +40,7 @@ def steps_per_hour(steps: int, overrides: list[str], stage_seconds: dict | None 
     `stage_seconds`, if given, receives the median seconds of each stage (with rollout.overlap,
     "rollout" is the wait the update did not hide)."""
     cfg = load_config(ROOT / "configs" / "quickstart.yaml", [
-        f"train.steps={steps + 1}", "train.save_every=1000", "eval.every=0", "task.heldout_size=1", "wandb.mode=disabled", *overrides,
+        f"train.steps={steps + 1}", "train.save_every=1000", "eval.every=0", "eval.heldout_limit=1", "wandb.mode=disabled", *overrides,
     ])
     with tempfile.TemporaryDirectory() as d:
         trainer = Trainer(cfg, d)

@@ -38,9 +38,14 @@ def train(
     cfg = _load(config, overrides, RunConfig)
     if address is not None:
         cfg.cluster.address = address  # not through --set: YAML would read some HOST:PORT spellings as numbers
+    from rl.data import DataError
     from rl.trainer import LearnerDied, Trainer
 
-    trainer = Trainer(cfg, output_dir, resume=resume)
+    try:
+        trainer = Trainer(cfg, output_dir, resume=resume)
+    except DataError as e:
+        typer.echo(f"{config}: data: {e}", err=True)
+        raise typer.Exit(2) from None
     try:
         trainer.train()
     except LearnerDied as e:
@@ -50,15 +55,21 @@ def train(
 
 @app.command()
 def sft(
-    config: Path = typer.Argument(..., help="SFT config (YAML), e.g. configs/sft_quickstart.yaml."),
+    config: Path = typer.Argument(..., help="SFT config (YAML), e.g. configs/sft_quickstart.yaml or configs/sft_math.yaml."),
     output_dir: Optional[Path] = typer.Option(None, help="Where to write the model (default: output_dir in the config)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint under OUTPUT_DIR/checkpoints (needs save_every)."),
     overrides: Optional[List[str]] = SetOpt,
 ) -> None:
-    """Block-diffusion SFT of a tiny model on a synthetic task."""
+    """Supervised training on prompt/response data (block diffusion, random masking, or AR), loss on response tokens only."""
     cfg = _load(config, overrides, SFTConfig)
+    from rl.data import DataError
     from rl.sft import run_sft
 
-    run_sft(cfg, output_dir)
+    try:
+        run_sft(cfg, output_dir, resume=resume)
+    except (DataError, FileNotFoundError) as e:
+        typer.echo(f"{config}: {e}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command("eval")
@@ -110,9 +121,9 @@ def evaluate(
     results.json: {benchmark: {checkpoint: {strategy: {pass@1, pass@k, avg@k, k, accuracy, n, nfe, tokens_per_forward,
     tokens_per_s, kind, settings, ...}}}}; results.md holds the tables printed at the end.
     """
-    from rl.benchmarks import BenchmarkError, load_benchmark, parse_benchmark
+    from rl.data import BenchmarkError, load_benchmark, parse_benchmark
+    from rl.data.presets import PRESETS
     from rl.evaluate import EvalOptions, Results, results_markdown, run_eval
-    from rl.tasks import TASKS
 
     if not checkpoints and not completions:
         typer.echo("nothing to evaluate: give checkpoints and/or --completions FILE", err=True)
@@ -127,7 +138,7 @@ def evaluate(
         requests = [parse_benchmark(b) for b in benchmarks] if benchmarks else [parse_benchmark(f"{task},digits={digits}")]
         if completions and len(requests) != 1:
             raise BenchmarkError("--completions needs exactly one --benchmark (the completions' problems)")
-        benches = [load_benchmark(r, limit=limit, max_new_tokens=max_new_tokens, **({"digits": digits} if r.name in TASKS else {})) for r in requests]
+        benches = [load_benchmark(r, limit=limit, max_new_tokens=max_new_tokens, **({"digits": digits} if r.name in PRESETS and PRESETS[r.name].infinite else {})) for r in requests]
     except (BenchmarkError, ValueError) as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(2) from None

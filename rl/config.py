@@ -43,10 +43,78 @@ class ModelConfig(_Section):
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA adapter for the policy; the reference is the base with the adapter disabled.")
 
 
-class TaskConfig(_Section):
-    name: Literal["arithmetic"] = Field("arithmetic", description="Synthetic task providing prompts and the exact verifier.")
-    digits: int = Field(3, ge=1, le=9, description="Operand width of the arithmetic task.")
-    heldout_size: int = Field(500, ge=1, description="Held-out problems scored before and after RL.")
+class RewardSpec(_Section):
+    name: str = Field(description="Built-in reward name, 'package.module:function', or an 'unmask.rewards' entry point.")
+    weight: float = Field(1.0, description="Weight of this reward in the total.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword options bound to the reward, e.g. {mode: fraction, timeout_s: 10} for 'code'.")
+
+
+class HeldoutConfig(_Section):
+    """Where a source's held-out problems come from (scored before, during and after training; never trained on)."""
+
+    path: str | None = Field(None, description="A separate file (or glob, directory, hub:ID) read with the source's fields, template and preset.")
+    split: str | None = Field(None, description="Split of `path` (save_to_disk DatasetDict or hub dataset).")
+    size: int | None = Field(None, ge=1, description="Carve this many rows from the source, deterministically (the same for every seed); generated sources (arithmetic) draw them from their own held-out split.")
+    fraction: float | None = Field(None, gt=0.0, lt=1.0, description="Carve this fraction of the source's rows instead of a size.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "HeldoutConfig":
+        if self.size is not None and self.fraction is not None:
+            raise ValueError("give heldout.size or heldout.fraction, not both")
+        if self.split is not None and self.path is None:
+            raise ValueError("heldout.split needs heldout.path")
+        return self
+
+
+class SourceConfig(_Section):
+    """One data source: where its rows are, how they become prompts, what scores them."""
+
+    path: str = Field(
+        description="A local file (.jsonl/.json, optionally .gz; .parquet; .csv/.tsv; .arrow), a glob of files, a save_to_disk "
+        "directory, hub:OWNER/NAME (needs network), gym:DATASET (reasoning-gym), or arithmetic (the built-in task)."
+    )
+    name: str | None = Field(None, description="Label in metrics (reward/<name>/mean, accuracy/<name>/heldout); default: the preset or the file's stem.")
+    preset: str | None = Field(
+        None, description="Row format with its template, reward and SFT target: math, gsm8k, code, mbpp, humaneval, gym, arithmetic, or none "
+        "(default: gym/arithmetic from the path, else none: then set prompt/template, columns and rewards)."
+    )
+    split: str | None = Field(None, description="Split of a save_to_disk DatasetDict or of a hub dataset.")
+    subset: str | None = Field(None, description="Hub datasets: the configuration name (e.g. 'main' for openai/gsm8k).")
+    prompt: str | None = Field(None, description="Column holding the prompt text, or a chat `messages` list; default: the template fills the prompt.")
+    template: str | None = Field(
+        None, description="Prompt template: text with {column} placeholders ({{ }} for literal braces), a preset template name "
+        "(default, short, raw, ...), or a text file; default: the preset's, or {prompt} when `prompt` names a column."
+    )
+    system_prompt: str | None = Field(None, description="System message; with a chat template it is the system turn, without one it is prepended.")
+    chat_template: Literal["auto", "none"] = Field("auto", description="auto: wrap prompts in the tokenizer's chat template when it has one; none: raw text.")
+    columns: list[str] | dict[str, str] = Field(
+        default_factory=list, description="Extra dataset columns handed to the rewards as keyword arguments: names, or {kwarg: column}."
+    )
+    response: str | None = Field(None, description="SFT: the column holding the target response (default: the preset's, or the last assistant message).")
+    rewards: list[RewardSpec] = Field(default_factory=list, description="Rewards of this source (default: the preset's, else the top-level rewards).")
+    weight: float = Field(1.0, gt=0.0, description="This source's share of each step's prompts when several sources mix (normalised over sources).")
+    heldout: HeldoutConfig = Field(default_factory=HeldoutConfig, description="Held-out split: a separate file, or a size/fraction carved from this source.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Preset options: arithmetic {digits}; gym {size, seed, <dataset config>}; math/gsm8k {question: FIELD, answer: FIELD}."
+    )
+    limit: int | None = Field(None, ge=1, description="Use only the first N rows of the source.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Generation budget for this source's prompts (default: the preset's).")
+    generator: str | None = Field(None, description="'module:function' called with `path` when that file does not exist yet (data generated locally on first use).")
+
+
+class DataConfig(_Section):
+    """The data every command loads through: training sources, their held-out splits, prompt limits."""
+
+    sources: list[SourceConfig] = Field(min_length=1, description="Data sources; several mix by weight.")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="Drop prompts longer than this (after the template and chat template) before any rollout; counted as data/<source>/dropped.")
+    shuffle: bool = Field(True, description="Shuffle each source once per epoch (with train.seed); false keeps file order.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        from rl.data.names import source_names
+
+        source_names(self.sources)  # distinct names, or an error that says which to rename
+        return self
 
 
 class SamplingConfig(_Section):
@@ -73,12 +141,6 @@ class RolloutConfig(_Section):
         False, description="Decode step k+1's rollouts while the learner updates on step k (one-step off-policy): the importance "
         "ratio then uses the rollout's own log-probs, and the staleness is logged as rollout/staleness."
     )
-
-
-class RewardSpec(_Section):
-    name: str = Field(description="Built-in reward name, 'package.module:function', or an 'unmask.rewards' entry point.")
-    weight: float = Field(1.0, description="Weight of this reward in the total.")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword options bound to the reward, e.g. {mode: fraction, timeout_s: 10} for 'code'.")
 
 
 class ScoringConfig(_Section):
@@ -162,7 +224,8 @@ class ClusterConfig(_Section):
 
 
 class EvalConfig(_Section):
-    every: int = Field(0, ge=0, description="Score the held-out split every N RL steps (0: only before and after training).")
+    every: int = Field(0, ge=0, description="Score the held-out splits every N RL steps (0: only before and after training).")
+    heldout_limit: int | None = Field(None, ge=1, description="Score at most the first N held-out problems of each source (faster evals; the summary says how many).")
     benchmarks: list[str] = Field(
         default_factory=list, description="Benchmarks scored with the same decoding whenever the held-out split is (before, every N "
         "steps, after), in the `unmask eval -b` syntax, e.g. 'gsm8k:data/gsm8k_test.jsonl,limit=200'; logged as eval/LABEL/pass@1."
@@ -193,9 +256,9 @@ class RunConfig(_Section):
     """An RL run: `unmask train CONFIG`."""
 
     model: ModelConfig
-    task: TaskConfig = Field(default_factory=TaskConfig)
+    data: DataConfig = Field(description="Training data: sources with their prompts, rewards and held-out splits.")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    rewards: list[RewardSpec] = Field(default_factory=list, description="Training rewards; empty means the task's verifier.")
+    rewards: list[RewardSpec] = Field(default_factory=list, description="Rewards for every source that lists none of its own and whose preset implies none.")
     scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="How rewards are run.")
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig, description="Learner ranks and memory/speed settings.")
@@ -233,21 +296,33 @@ class ArchConfig(_Section):
     block_size: int = Field(4, ge=1, description="Tokens per diffusion block (block family only).")
 
 
+class TokenizerConfig(_Section):
+    """The tokenizer of a fresh tiny model (ignored with `init`, which brings its own)."""
+
+    kind: Literal["char", "bpe"] = Field("char", description="char: one token per character (synthetic tasks); bpe: byte-level BPE trained on the data, with a ChatML chat template and <|MASK|>.")
+    path: str | None = Field(None, description="Use this saved tokenizer instead (a directory with tokenizer.json); it needs a mask token.")
+    vocab_size: int = Field(512, ge=260, description="bpe: vocabulary size (256 bytes + merges + 4 special tokens).")
+    chat_template: bool = Field(True, description="bpe: give the tokenizer a ChatML chat template (prompts are then wrapped in it).")
+
+
 class SFTConfig(_Section):
-    """Block-diffusion SFT from scratch or from a checkpoint: `unmask sft CONFIG`."""
+    """Supervised training of a diffusion LM (or an AR baseline) on prompt/response data: `unmask sft CONFIG`."""
 
     objective: Literal["diffusion", "ar"] = Field(
-        "diffusion", description="diffusion: masked-token loss under the family's attention; ar: next-token loss (an autoregressive baseline on the same backbone)."
+        "diffusion", description="diffusion: masked-token loss on response tokens under the family's attention (block diffusion for block models, random masking for full attention); ar: next-token loss (an autoregressive baseline on the same backbone)."
     )
-    init: str | None = Field(None, description="Checkpoint to start from; None builds a fresh tiny model from `arch`.")
+    init: str | None = Field(None, description="Checkpoint to start from; None builds a fresh tiny model from `arch` and `tokenizer`.")
     arch: ArchConfig = Field(default_factory=ArchConfig, description="Architecture of a fresh tiny model.")
-    task: TaskConfig = Field(default_factory=TaskConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="Tokenizer of a fresh tiny model.")
+    data: DataConfig = Field(description="Training data (the same section as `unmask train`): each row needs a response (the preset's target, `response: COLUMN`, or a final assistant message).")
     steps: int = Field(1500, ge=1, description="Optimizer steps.")
     batch_size: int = Field(64, ge=1, description="Sequences per step.")
     lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate (linear warmup over 5% of steps, then constant).")
+    max_response_tokens: int | None = Field(None, ge=1, description="Full-attention models: the canvas length (default: the longest source budget); block models ignore it. Longer responses are cut (counted).")
     seed: int = Field(0, description="Seed for model init, data and masks.")
-    eval_every: int = Field(250, ge=1, description="Held-out greedy accuracy every N steps.")
-    eval_size: int = Field(200, ge=1, description="Held-out problems per evaluation during SFT.")
+    eval_every: int = Field(250, ge=1, description="Held-out greedy accuracy every N steps (sources with a held-out split and a reward).")
+    eval_size: int = Field(200, ge=1, description="Held-out problems per source per evaluation during SFT.")
+    save_every: int | None = Field(None, ge=1, description="Write a resumable checkpoint (model, optimizer, scheduler, RNG) every N steps; `unmask sft --resume` continues from the last.")
     output_dir: str = Field("runs/sft", description="Where the final model (transformers format) is written.")
     threads: int | None = Field(None, ge=1, description="torch threads; default all cores.")
 
@@ -270,10 +345,20 @@ def load_config(path: str | Path, overrides: list[str] | None = None, schema: ty
         node = data
         *parents, leaf = key.split(".")
         for p in parents:
+            if isinstance(node, list):  # data.sources.0.weight=2: a list item by index
+                if not p.isdigit() or int(p) >= len(node):
+                    raise ConfigError(f"override {item!r}: {p} is not an index of that list (it has {len(node)} items)")
+                node = node[int(p)]
+                continue
             node = node.setdefault(p, {})
-            if not isinstance(node, dict):
+            if not isinstance(node, (dict, list)):
                 raise ConfigError(f"override {item!r}: {p} is not a section")
-        node[leaf] = yaml.safe_load(value)
+        if isinstance(node, list):
+            if not leaf.isdigit() or int(leaf) >= len(node):
+                raise ConfigError(f"override {item!r}: {leaf} is not an index of that list (it has {len(node)} items)")
+            node[int(leaf)] = yaml.safe_load(value)
+        else:
+            node[leaf] = yaml.safe_load(value)
     try:
         return schema.model_validate(data)
     except ValidationError as e:
@@ -344,6 +429,11 @@ def config_help(schema: type[BaseModel] = RunConfig, prefix: str = "") -> str:
         ann = f.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             out.append(config_help(ann, prefix + name + "."))
+            continue
+        item = getattr(ann, "__args__", (None,))[0] if getattr(ann, "__origin__", None) is list else None
+        if isinstance(item, type) and issubclass(item, BaseModel) and item is not RewardSpec:
+            out.append(f"{prefix}{name} = a list; each item:\n    {f.description or ''}")
+            out.append(config_help(item, prefix + name + "[]."))
             continue
         default = "required" if f.is_required() else repr(f.get_default(call_default_factory=False))
         out.append(f"{prefix}{name} = {default}\n    {f.description or ''}")

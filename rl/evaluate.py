@@ -1,6 +1,6 @@
 """Evaluation of checkpoints (diffusion or autoregressive) on benchmarks, in one process.
 
-`evaluate_benchmark` decodes every problem of a benchmark (rl/benchmarks.py) `k` times and
+`evaluate_benchmark` decodes every problem of a benchmark (rl/data/benchmarks.py) `k` times and
 scores the completions with the benchmark's reward (the same functions training uses);
 `score_completions` scores given completions instead of decoding. Both report pass@1,
 pass@k (the unbiased estimator), avg@k, NFE and tokens/s. `run_eval` is what `unmask eval`
@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from rewards import get_reward, score
-from rl.benchmarks import Benchmark, BenchmarkError, read_records
+from rl.data import Benchmark, BenchmarkError, read_records
+from rl.data.prompts import encode_messages, encode_prompt  # noqa: F401 - encode_prompt re-exported
 from rl.tasks import ArithmeticTask
 from rollout.autoregressive import ENGINES, ARModel, VLLMModel, import_vllm, is_ar_checkpoint
 from rollout.engine import SamplingParams, generate
@@ -160,15 +161,6 @@ def summarize(rewards: Sequence[Sequence[float | None]], k: int) -> dict[str, An
 # --- evaluating one (benchmark, policy, strategy) -----------------------------------------------
 
 
-def encode_prompt(tokenizer, text: str, chat: bool) -> tuple[list[int], bool]:
-    """Token ids of a prompt, wrapped in the tokenizer's chat template when `chat` and it has one.
-    Returns (ids, whether a chat template was applied)."""
-    if chat and getattr(tokenizer, "chat_template", None):
-        wrapped = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
-        return tokenizer(wrapped, add_special_tokens=False)["input_ids"], True
-    return tokenizer(text)["input_ids"], False
-
-
 def score_benchmark(bench: Benchmark, problems: list[dict], completions: list[str], timeout_s: float) -> tuple[list[float | None], str]:
     """Score one completion per problem with the benchmark's reward (after its stop strings).
     Returns (rewards, a one-line summary of reward failures, "" when none)."""
@@ -206,7 +198,7 @@ def evaluate_benchmark(
     params = replace(params, max_new_tokens=bench.max_new_tokens)
     gen = torch.Generator().manual_seed(seed)
     jobs = [(i, s) for i in range(len(bench.problems)) for s in range(samples)]  # a problem's samples side by side
-    encoded = [encode_prompt(policy.tokenizer, p["prompt"], chat_template and bench.chat) for p in bench.problems]
+    encoded = [encode_messages(policy.tokenizer, e.messages, chat_template and bench.chat) for e in bench.examples]
     records: list[dict[str, Any]] = []
     decode_s, n_tok, n_fwd, n_correct = 0.0, 0, 0, 0
     bar = _progress(len(jobs), desc, progress)

@@ -59,9 +59,14 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     records = read_metrics(run_dir)
     out = Path(out) if out else Path(run_dir) / "curves.png"
+    keys = {k for r in records for k in r}
+    per_source = sorted(k for k in keys if k.count("/") == 2 and k.startswith("reward/") and k.endswith("/mean"))
+    source_acc = sorted(k for k in keys if k.count("/") == 2 and k.startswith("accuracy/") and k.endswith("/heldout"))
+    several = len(per_source) > 1  # one curve per source only when there is more than one
     panels = [
-        ("reward", ["reward/mean"]),
-        ("accuracy", ["accuracy/train", "accuracy/heldout", *sorted({k for r in records for k in r if k.startswith("eval/") and k.endswith("/pass@1")})]),
+        ("reward", ["reward/mean", *(per_source if several else [])]),
+        ("accuracy", ["accuracy/train", "accuracy/heldout", *(source_acc if several else []),
+                      *sorted(k for k in keys if k.startswith("eval/") and k.endswith("/pass@1"))]),
         ("loss", ["loss/policy"]),
         ("KL / entropy", ["kl", "entropy"]),
         ("response length (tokens)", ["rollout/response_length"]),

@@ -1,7 +1,7 @@
 """The RL driver: Ray actors for rollout and learning, and the step loop.
 
 One step reads: rollout -> score -> advantages -> update -> sync_weights, each stage
-timed as timing_s/<stage>. Light work (scoring the synthetic task, advantages) runs on
+timed as timing_s/<stage>. Light work (scoring, advantages) runs on
 the driver; decoding and learning run in actors. Weights travel learner -> object store
 -> workers, never through disk.
 """
@@ -26,12 +26,14 @@ from tqdm.auto import tqdm
 
 from algorithms.advantages import filter_groups, group_advantages, truncated_rewards
 from rewards import get_reward, score
+from rewards.registry import reward_name
 from rl.checkpoint import CheckpointStore
 from rl.cluster import connect, local_model_path, pack_dir, place
 from rl.config import RunConfig, SamplingConfig
 from rl.learner import Learner
+from rl.data import DataError, PromptStream, load_benchmark, load_source, parse_benchmark
+from rl.data.sources import Source
 from rl.process_rewards import token_rewards
-from rl.tasks import make_task
 from rl.tracking import MetricsLogger, plot_run
 from rollout.engine import SamplingParams
 from rollout.trajectory import Trajectory
@@ -59,6 +61,16 @@ def split_evenly(items: Sequence[Any], n: int) -> list[list[Any]]:
 def _response_length(t: Trajectory, eos_id: int) -> int:
     """Tokens up to and including the first EOS (what the answer cost, not the block padding after it)."""
     return t.completion_ids.index(eos_id) + 1 if eos_id in t.completion_ids else len(t.completion_ids)
+
+
+def _heldout_only(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k.startswith("accuracy/")}
+
+
+def _reward_fn(spec):
+    """The callable of a RewardSpec, with its keyword options bound."""
+    fn = get_reward(spec.name)
+    return functools.partial(fn, **spec.kwargs) if spec.kwargs else fn
 
 
 class LearnerDied(RuntimeError):
@@ -127,23 +139,33 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir or cfg.train.output_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.task = make_task(cfg.task.name, digits=cfg.task.digits)
-        self.verifier = get_reward(self.task.reward)
-        specs = cfg.rewards or []
+        from transformers import AutoTokenizer
+
+        # The data first: a bad file, row, column or template stops the run before Ray starts.
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+        self.sources = [load_source(s, cfg.rewards) for s in cfg.data.sources]
+        for src in self.sources:
+            if not src.rewards:
+                raise DataError(f"source {src.name!r} has no rewards: list rewards under the source (or top-level rewards), or use a preset that implies one")
+        self.stream = PromptStream(self.sources, self.tokenizer, cfg.train.seed, cfg.data.shuffle, cfg.data.max_prompt_tokens)
+        self.heldout = {name: exs[: cfg.eval.heldout_limit] for name, exs in self.stream.heldout().items()}
         os.environ["UNMASK_SANDBOX"] = cfg.scoring.sandbox  # read by the code reward's sandbox
-        self.reward_fns = [functools.partial(get_reward(s.name), **s.kwargs) if s.kwargs else get_reward(s.name) for s in specs] or [self.verifier]
-        if any(s.name == "code" for s in specs):
+        self.reward_fns = {src.name: [_reward_fn(s) for s in src.rewards] for src in self.sources}
+        self.reward_weights = {src.name: [s.weight for s in src.rewards] for src in self.sources}
+        if any(s.name == "code" for src in self.sources for s in src.rewards):
             from rewards import sandbox_info
 
             print(f"code sandbox: {sandbox_info()}")
-        self.reward_weights = [s.weight for s in specs] or [1.0]
-        self.train_params = sampling_params(cfg.rollout.sampling, self.task.max_new_tokens)
-        self.eval_params = sampling_params(cfg.eval.sampling, self.task.max_new_tokens)
+        budget = max(src.max_new_tokens for src in self.sources)  # one decode serves every source's prompts
+        self.train_params = sampling_params(cfg.rollout.sampling, budget)
+        self.eval_params = sampling_params(cfg.eval.sampling, budget)
+        self.eval_benchmarks = self._load_eval_benchmarks()
+        self._describe_data()
         self.store = CheckpointStore(cfg.train.checkpoint_dir or self.run_dir / "checkpoints")
         self.resume_from = self.store.latest() if resume else None
         if resume and self.resume_from is None:
             raise FileNotFoundError(f"--resume: no complete checkpoint under {self.store.root}")
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self._resolved_config(), sort_keys=False))
 
         connect(cfg.cluster.address)
         n_workers, n_ranks = cfg.rollout.num_workers, cfg.learner.ranks
@@ -171,22 +193,48 @@ class Trainer:
         self._token_rewards = self._kept_token_rewards = None
         self.worker_restarts = 0
         self.step = 0  # steps whose update has been applied (the learner's weights version)
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
-        self.eval_benchmarks = self._load_eval_benchmarks()
 
     def _load_eval_benchmarks(self) -> list:
         """The configured eval benchmarks, loaded now so a bad path or option fails before training."""
-        from rl.benchmarks import BenchmarkError, load_benchmark, parse_benchmark
-
         benches = []
         for spec in self.cfg.eval.benchmarks:
             try:
                 benches.append(load_benchmark(parse_benchmark(spec)))
-            except BenchmarkError as e:
-                raise ValueError(f"eval.benchmarks: {spec!r}: {e}") from None
+            except DataError as e:
+                raise DataError(f"eval.benchmarks: {spec!r}: {e}") from None
         return benches
+
+    def _resolved_config(self) -> dict:
+        """The config as run: each source's preset spelled out (its template text, rewards and
+        budget), so the copy records exactly what the model saw and what scored it."""
+        data = self.cfg.model_dump()
+        for d, src in zip(data["data"]["sources"], self.sources):
+            d["template"] = src.template.text
+            d["rewards"] = [r.model_dump() for r in src.rewards]
+            d["max_new_tokens"] = src.max_new_tokens
+        return data
+
+    def _describe_data(self) -> None:
+        """Print (and write data.json) what each source holds: rows, held-out, dropped, one prompt as the model sees it."""
+        info = {}
+        for src in self.sources:
+            sample = src.heldout[0] if src.heldout else (src.train[0] if src.train else src.draw(1, self.cfg.train.seed, 0)[0])
+            ids = self.stream.encode(src, sample)
+            info[src.name] = {
+                "origin": src.origin, "preset": src.preset.name, "weight": src.cfg.weight,
+                "train_rows": None if src.infinite else len(src.train), "heldout_rows": len(src.heldout),
+                "heldout_scored": len(self.heldout.get(src.name, [])),
+                "dropped_train": self.stream.dropped[src.name], "dropped_heldout": self.stream.heldout_dropped[src.name],
+                "rewards": [r.name for r in src.rewards], "max_new_tokens": src.max_new_tokens,
+                "example_prompt": self.tokenizer.decode(ids), "example_prompt_tokens": len(ids),
+            }  # fmt: skip
+            rows = "endless" if src.infinite else f"{len(src.train)} train rows"
+            drop = self.stream.dropped[src.name] + self.stream.heldout_dropped[src.name]
+            print(f"data {src.name}: {src.origin}: {rows}, {len(src.heldout)} held-out"
+                  + (f", {drop} prompts over data.max_prompt_tokens dropped" if drop else "") + f"; rewards {', '.join(r.name for r in src.rewards)}")  # fmt: skip
+        if not self.heldout:
+            print("no source has a held-out split (heldout: {path: FILE} or {size: N}): accuracy before/after is not measured")
+        (self.run_dir / "data.json").write_text(json.dumps(info, indent=2))
 
     # -- Ray plumbing: the one place that fans work out to the rollout workers -------------
     def _spawn_worker(self, w: int):
@@ -287,37 +335,53 @@ class Trainer:
 
     def launch_rollout(self, step: int) -> dict:
         """Start decoding step `step`'s prompts; the data depend only on (seed, step)."""
-        rows = self.task.train_rows(self.cfg.rollout.prompts_per_step, self.cfg.train.seed, step)
-        ids = [self.tokenizer(r["prompt"])["input_ids"] for r in rows]  # once per prompt, not per sample
-        items = [(ids[g], g, r) for g, r in enumerate(rows) for _ in range(self.cfg.rollout.samples_per_prompt)]
-        return self._launch(items, seed=self.cfg.train.seed * 1_000_003 + step, params=self.train_params)
+        examples = self.stream.batch(step, self.cfg.rollout.prompts_per_step)
+        items = [(ex.prompt_ids, g, {"prompt": ex.prompt, **ex.columns}) for g, ex in enumerate(examples) for _ in range(self.cfg.rollout.samples_per_prompt)]
+        job = self._launch(items, seed=self.cfg.train.seed * 1_000_003 + step, params=self.train_params)
+        job["examples"] = examples
+        return job
 
-    def score(self, trajs: Sequence[Trajectory]) -> tuple[list[float], dict[str, float]]:
-        prompts = [t.columns["prompt"] for t in trajs]
-        completions = [t.text for t in trajs]
-        columns = {k: [t.columns[k] for t in trajs] for k in trajs[0].columns if k != "prompt"}
+    def score(self, trajs: Sequence[Trajectory], examples: Sequence[Any]) -> tuple[list[float], dict[str, float]]:
+        """Score every sample with its source's rewards (the sources in parallel is not needed: each
+        call already runs its rewards in parallel). Returns the total per sample, in order, and metrics."""
+        n = len(trajs)
+        total: list[float | None] = [None] * n
+        outcome: list[float | None] = [None] * n
+        steps: list[Any] = [None] * n
+        correct = [False] * n
+        metrics: dict[str, float] = {}
         sc = self.cfg.scoring
-        res = score(
-            self.reward_fns, self.reward_weights, prompts, completions, columns,
-            fail_fast=sc.fail_fast, timeout_s=sc.timeout_s, num_workers=sc.num_workers,
-        )
-        total, per_fn, errors = res
-        correct = self.verifier(prompts, completions, **columns)
-        metrics: dict[str, float] = {"accuracy/train": float(np.mean([c == 1.0 for c in correct]))}
-        for name, k in res.num_failed.items():
-            metrics[f"reward/{name}/failed"] = float(k)
-        for name, values in per_fn.items():
-            vals = [v for v in values if v is not None]
-            metrics[f"reward/{name}/mean"] = float(np.mean(vals)) if vals else float("nan")
+        for src in self.sources:
+            idx = [i for i, t in enumerate(trajs) if examples[t.group].source == src.name]
+            if not idx:
+                continue
+            part = [trajs[i] for i in idx]
+            columns = {k: [t.columns[k] for t in part] for k in part[0].columns if k != "prompt"}
+            res = score(
+                self.reward_fns[src.name], self.reward_weights[src.name], [t.columns["prompt"] for t in part], [t.text for t in part],
+                columns, fail_fast=sc.fail_fast, timeout_s=sc.timeout_s, num_workers=sc.num_workers,
+            )  # fmt: skip
+            tot, per_fn, errors = res
+            acc_name = src.accuracy_reward().name
+            acc_values = per_fn.get(reward_name(acc_name), per_fn[next(iter(per_fn))])
+            for k, i in enumerate(idx):
+                total[i], outcome[i], steps[i], correct[i] = tot[k], res.outcome[k], res.steps[k], acc_values[k] == 1.0
+            vals = [v for v in tot if v is not None]
+            metrics[f"reward/{src.name}/mean"] = float(np.mean(vals)) if vals else float("nan")
+            metrics[f"accuracy/{src.name}/train"] = float(np.mean([correct[i] for i in idx]))
+            for name, values in per_fn.items():
+                v = [x for x in values if x is not None]
+                metrics[f"reward/{src.name}/{name}/mean"] = float(np.mean(v)) if v else float("nan")
+            for name, k in res.num_failed.items():
+                metrics[f"reward/{src.name}/{name}/failed"] = float(k)
+            for name, err in errors.items():
+                tqdm.write(f"reward {name} ({src.name}) failed this step: {err}")
+        metrics["accuracy/train"] = float(np.mean(correct))
         metrics["reward/failed"] = float(sum(v is None for v in total))
-        for name, err in errors.items():
-            tqdm.write(f"reward {name} failed this step: {err}")
         # Process rewards: per-token rewards on the steps that finished each chunk (value model).
         self._token_rewards = None
-        if any(s is not None for s in res.steps):
-            self._token_rewards = [
-                token_rewards(t, res.outcome[i] or 0.0, res.steps[i], self.tokenizer) for i, t in enumerate(trajs)
-            ]
+        if any(s is not None for s in steps):
+            self._token_rewards = [token_rewards(t, outcome[i] or 0.0, steps[i], self.tokenizer) for i, t in enumerate(trajs)]
         # A sample no reward could score gets 0: it is kept (never misaligned), it just earns nothing.
         return [0.0 if v is None else float(v) for v in total], metrics
 
@@ -355,16 +419,29 @@ class Trainer:
         return metrics
 
     def evaluate(self, step: int) -> dict[str, float]:
-        """Greedy (eval.sampling) accuracy on the task's held-out split and on eval.benchmarks."""
-        rows = self.task.heldout_rows(self.cfg.task.heldout_size, seed=0)
-        items = [(self.tokenizer(r["prompt"])["input_ids"], i, r) for i, r in enumerate(rows)]
+        """Greedy (eval.sampling) accuracy on every source's held-out split and on eval.benchmarks.
+
+        accuracy/heldout is the mean over all held-out problems; accuracy/<source>/heldout per source."""
         t0 = time.perf_counter()
-        trajs = self._on_workers(items, seed=0, params=self.eval_params)
-        correct = self.verifier([r["prompt"] for r in rows], [t.text for t in trajs], answer=[r["answer"] for r in rows])
-        out = {
-            "accuracy/heldout": float(np.mean([c == 1.0 for c in correct])),
-            "eval/nfe_mean": float(np.mean([t.nfe for t in trajs])),
-        }
+        out: dict[str, float] = {}
+        correct_all, nfe_all = [], []
+        for src in self.sources:
+            exs = self.heldout.get(src.name)
+            if not exs:
+                continue
+            params = self.eval_params if self.cfg.eval.sampling.max_new_tokens else dataclasses.replace(self.eval_params, max_new_tokens=src.max_new_tokens)
+            items = [(ex.prompt_ids, i, {"prompt": ex.prompt, **ex.columns}) for i, ex in enumerate(exs)]
+            trajs = self._on_workers(items, seed=0, params=params)
+            spec = src.accuracy_reward()
+            res = score([_reward_fn(spec)], None, [ex.prompt for ex in exs], [t.text for t in trajs],
+                        {k: [ex.columns[k] for ex in exs] for k in exs[0].columns}, timeout_s=self.cfg.scoring.timeout_s)  # fmt: skip
+            correct = [v == 1.0 for v in res[0]]
+            out[f"accuracy/{src.name}/heldout"] = float(np.mean(correct))
+            correct_all += correct
+            nfe_all += [t.nfe for t in trajs]
+        if correct_all:
+            out["accuracy/heldout"] = float(np.mean(correct_all))
+            out["eval/nfe_mean"] = float(np.mean(nfe_all))
         for bench in self.eval_benchmarks:
             out.update(self._evaluate_benchmark(bench))
         out["timing_s/eval"] = time.perf_counter() - t0
@@ -372,10 +449,11 @@ class Trainer:
 
     def _evaluate_benchmark(self, bench) -> dict[str, float]:
         """One benchmark on the rollout workers, scored by its reward (as `unmask eval` does)."""
-        from rl.evaluate import encode_prompt, score_benchmark
+        from rl.data import encode_messages
+        from rl.evaluate import score_benchmark
 
         params = dataclasses.replace(self.eval_params, max_new_tokens=bench.max_new_tokens)
-        items = [(encode_prompt(self.tokenizer, p["prompt"], bench.chat)[0], i, {"prompt": p["prompt"]}) for i, p in enumerate(bench.problems)]
+        items = [(encode_messages(self.tokenizer, e.messages, bench.chat)[0], i, {"prompt": e.prompt}) for i, e in enumerate(bench.examples)]
         trajs = self._on_workers(items, seed=0, params=params)
         rewards, err = score_benchmark(bench, bench.problems, [t.text for t in trajs], self.cfg.scoring.timeout_s)
         if err:
@@ -397,13 +475,17 @@ class Trainer:
         logger = MetricsLogger(self.run_dir, cfg.wandb.mode, cfg.wandb.project, cfg.model_dump(), resume_step=start if state else None)
         self.sync_weights(version=start)
 
+        P = cfg.rollout.prompts_per_step
+        if state:
+            self._check_cursor(state.get("data_cursor"), start)
         if "accuracy_before" in state:
-            acc_before = state["accuracy_before"]
+            before = state.get("heldout_before") or {"accuracy/heldout": state["accuracy_before"]}
         else:
             before = self.evaluate(step=0)
-            acc_before = before["accuracy/heldout"]
             logger.log(before, step=0)
-            print(f"held-out accuracy before RL: {acc_before:.3f} ({cfg.task.heldout_size} problems)")
+            if "accuracy/heldout" in before:
+                print(f"held-out accuracy before RL: {before['accuracy/heldout']:.3f} ({self._heldout_desc()})")
+        acc_before = before.get("accuracy/heldout")
 
         overlap = cfg.rollout.overlap
         bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc="RL", unit="step")
@@ -419,7 +501,7 @@ class Trainer:
             staleness = [self.step - t.version for t in rollouts]
 
             t0 = time.perf_counter()
-            scores, reward_metrics = self.score(trajs)
+            scores, reward_metrics = self.score(trajs, job["examples"])
             metrics.update(reward_metrics)
             metrics["timing_s/score"] = time.perf_counter() - t0
 
@@ -454,6 +536,8 @@ class Trainer:
                     "rollout/response_length": float(np.mean([_response_length(t, self.tokenizer.eos_token_id) for t in rollouts])),
                     "rollout/staleness": float(np.mean(staleness)),
                     "faults/worker_restarts": float(self.worker_restarts),
+                    "data/epoch": self.stream.epoch(step + 1, P),
+                    **{f"data/{name}/dropped": float(k) for name, k in self.stream.dropped.items()},
                 }
             )
             done = step + 1
@@ -467,7 +551,8 @@ class Trainer:
             )
             if done % cfg.train.save_every == 0 or done == cfg.train.steps or stop.signum:
                 wall = state.get("wall_seconds", 0.0) + time.perf_counter() - t_start
-                ckpt = self.save(done, {"accuracy_before": acc_before, "wall_seconds": wall})
+                ckpt = self.save(done, {"accuracy_before": acc_before, "heldout_before": _heldout_only(before), "wall_seconds": wall,
+                                        "data_cursor": self.stream.cursor(done, P)})
             if stop.signum:
                 bar.close()
                 logger.close()
@@ -483,8 +568,16 @@ class Trainer:
         wall = time.perf_counter() - t_start
         summary = {
             "accuracy_before": acc_before,
-            "accuracy_after": after["accuracy/heldout"],
-            "heldout_size": cfg.task.heldout_size,
+            "accuracy_after": after.get("accuracy/heldout"),
+            "heldout_size": sum(len(v) for v in self.heldout.values()),
+            "sources": {
+                src.name: {
+                    "accuracy_before": before.get(f"accuracy/{src.name}/heldout"), "accuracy_after": after.get(f"accuracy/{src.name}/heldout"),
+                    "heldout_size": len(self.heldout.get(src.name, [])), "train_rows": None if src.infinite else len(src.train),
+                    "dropped_prompts": self.stream.dropped[src.name] + self.stream.heldout_dropped[src.name],
+                }
+                for src in self.sources
+            },  # fmt: skip
             "steps": cfg.train.steps,
             "wall_seconds": round(wall, 1),
             "wall_seconds_total": round(wall + state.get("wall_seconds", 0.0), 1),
@@ -493,16 +586,44 @@ class Trainer:
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         plot = plot_run(self.run_dir)
         last = self.store.step_path(cfg.train.steps)
+        lines = []
+        if acc_before is not None:
+            lines.append(f"held-out accuracy: {acc_before:.3f} -> {summary['accuracy_after']:.3f} ({self._heldout_desc()}, "
+                         f"{self.eval_params.strategy} decoding, T={self.eval_params.temperature})")  # fmt: skip
+            if len(self.heldout) > 1:
+                lines += [f"  {n}: {v['accuracy_before']:.3f} -> {v['accuracy_after']:.3f} ({v['heldout_size']} problems)"
+                          for n, v in summary["sources"].items() if v["heldout_size"]]  # fmt: skip
         print(
-            f"\nheld-out accuracy: {acc_before:.3f} -> {summary['accuracy_after']:.3f} "
-            f"({cfg.task.heldout_size} problems, {self.eval_params.strategy} decoding, T={self.eval_params.temperature})\n"
+            "\n" + "\n".join(lines) + "\n"
             f"wall time: {summary['wall_seconds']:.0f}s (this invocation)\n"
             f"run directory: {self.run_dir}\n"
             f"  config.yaml, metrics.jsonl, summary.json, {plot.name}" + (", checkpoints/" if self.store.root == str(self.run_dir / "checkpoints") else f"; checkpoints: {self.store.root}") + "\n"
             f"resume (e.g. with more steps): unmask train {self.run_dir / 'config.yaml'} --output-dir {self.run_dir} --resume --set train.steps={cfg.train.steps * 2}\n"
-            f"evaluate:                      unmask eval {last} --task {cfg.task.name}"
+            + (f"evaluate:                      unmask eval {last} " + " ".join(f"-b {b}" for b in self._eval_hints()) if self._eval_hints() else "")
         )
         return summary
+
+    def _heldout_desc(self) -> str:
+        return f"{sum(len(v) for v in self.heldout.values())} problems" + (f" over {len(self.heldout)} sources" if len(self.heldout) > 1 else "")
+
+    def _eval_hints(self) -> list[str]:
+        """`unmask eval -b` specs for the sources whose held-out split it can read on its own."""
+        out = []
+        for src in self.sources:
+            if src.infinite:
+                out.append(f"arithmetic,digits={src.task.digits}")
+            elif src.cfg.heldout.path and src.preset.name != "none":
+                out.append(f"{src.preset.name}:{src.cfg.heldout.path}")
+        return out
+
+    def _check_cursor(self, saved: dict | None, start: int) -> None:
+        """On resume the stream must stand where the checkpoint says; otherwise the data changed under the run."""
+        if saved is None:
+            return
+        now = self.stream.cursor(start, self.cfg.rollout.prompts_per_step)
+        if now != saved:
+            tqdm.write(f"warning: the data cursor of the checkpoint ({saved}) differs from this run's ({now}): "
+                       "the data files, sources or prompts_per_step changed since it was written; the prompt order will differ")  # fmt: skip
 
     def save(self, step: int, extra: dict[str, Any]) -> str:
         """Checkpoint: the learner's files (rank 0's, via the object store) written by the driver,

@@ -10,6 +10,8 @@ from .conftest import ROOT
 
 def write(tmp_path, text):
     p = tmp_path / "run.yaml"
+    if "data:" not in text:  # every run config names its data; these tests are about other sections
+        text = "data: {sources: [{path: arithmetic}]}\n" + text
     p.write_text(text)
     return p
 

@@ -47,7 +47,7 @@ SCENARIOS = {
 def cfg_for(algo: dict, learner: dict | None = None, lora: bool = False) -> RunConfig:
     return RunConfig.model_validate(
         {
-            "model": {"path": str(BASE_CKPT), "lora": {"enabled": lora, "r": 4}},
+            "data": {"sources": [{"path": "arithmetic"}]}, "model": {"path": str(BASE_CKPT), "lora": {"enabled": lora, "r": 4}},
             "algorithm": {"lr": 1e-3, "minibatches": 2, "grad_clip": 1e9, **algo},
             "learner": learner or {},
             "train": {"threads": 1},

@@ -1,5 +1,7 @@
-"""End to end through Ray and the CLI: train, get killed, resume, and match an uninterrupted run."""
+"""End to end through Ray and the CLI: train, get killed, resume, and match an uninterrupted run
+(on the built-in task and on a data file whose over-long prompts are dropped)."""
 
+import functools
 import json
 import os
 import signal
@@ -7,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -14,22 +17,27 @@ from .conftest import ROOT
 
 STEPS = 4
 ARGS = [
-    "--set", f"train.steps={STEPS}", "--set", "train.save_every=1", "--set", "task.heldout_size=24",
+    "--set", f"train.steps={STEPS}", "--set", "train.save_every=1", "--set", "eval.heldout_limit=24",
     "--set", "rollout.prompts_per_step=4", "--set", "rollout.samples_per_prompt=4", "--set", "eval.every=2",
     "--set", "wandb.mode=disabled",
 ]
 
 
-def cli(run_dir, *extra):
-    return [sys.executable, "-m", "rl.cli", "train", "configs/quickstart.yaml", "--output-dir", str(run_dir), *ARGS, *extra]
+CONFIGS = {"arithmetic": "configs/quickstart.yaml", "data_file": "tests/fixtures/data/sums.yaml"}
+
+
+def _cli(run_dir, *extra, config="configs/quickstart.yaml"):
+    return [sys.executable, "-m", "rl.cli", "train", config, "--output-dir", str(run_dir), *ARGS, *extra]
 
 
 def final_weights(run_dir):
     return load_file(run_dir / "checkpoints" / f"step_{STEPS:06d}" / "model" / "model.safetensors")
 
 
-def test_train_kill_resume_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("source", list(CONFIGS))
+def test_train_kill_resume_matches_uninterrupted_run(tmp_path, source):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cli = functools.partial(_cli, config=CONFIGS[source])
     killed = tmp_path / "killed"
     proc = subprocess.Popen(cli(killed), cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = killed / "checkpoints" / "step_000002" / "trainer_state.json"
@@ -52,8 +60,16 @@ def test_train_kill_resume_matches_uninterrupted_run(tmp_path):
     assert {"reward/mean", "accuracy/train", "kl", "tokens_per_s", "timing_s/update", "logp_mismatch", "rollout/response_length"} <= set(records[-2])
     assert max(r["logp_mismatch"] for r in records if "logp_mismatch" in r) < 1e-4
     assert (killed / "curves.png").stat().st_size > 10_000 and (killed / "config.yaml").exists()
+    state = json.loads((killed / "checkpoints" / f"step_{STEPS:06d}" / "trainer_state.json").read_text())
+    name = "arithmetic" if source == "arithmetic" else "sums"
+    assert state["data_cursor"][name]["draws"] == STEPS * 4  # 4 prompts per step, all from the one source
+    if source == "data_file":  # every 20th prompt of the file is over max_prompt_tokens: dropped before any rollout
+        data = json.loads((killed / "data.json").read_text())["sums"]
+        assert data["dropped_train"] == 6 and data["train_rows"] == 114 and data["heldout_scored"] == 24
+        assert records[-2]["data/sums/dropped"] == 6.0 and 0.0 <= records[-1]["accuracy/sums/heldout"] <= 1.0
+        assert state["data_cursor"]["sums"]["position"] == STEPS * 4 and summary["sources"]["sums"]["heldout_size"] == 24
 
-    straight = tmp_path / "straight"
+    straight = tmp_path / "straight"  # uninterrupted: the same prompts in the same order give the same weights
     res = subprocess.run(cli(straight), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     a, b = final_weights(killed), final_weights(straight)
@@ -68,7 +84,7 @@ def test_sigterm_finishes_the_step_and_checkpoints(tmp_path):
     run = tmp_path / "run"
     args = [a if a != f"train.steps={STEPS}" else "train.steps=50" for a in ARGS]
     args = [a if a != "train.save_every=1" else "train.save_every=100" for a in args]
-    cmd = [sys.executable, "-m", "rl.cli", "train", "configs/quickstart.yaml", "--output-dir", str(run), *args]
+    cmd = [sys.executable, "-m", "rl.cli", "train", "configs/quickstart.yaml", "--output-dir", str(run), *args]  # noqa: E501
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 600

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import rl.evaluate as ev
-from rl.benchmarks import BenchmarkError, load_benchmark, parse_benchmark, read_records
+from rl.data import BenchmarkError, load_benchmark, parse_benchmark, read_records
 from rl.cli import app
 from rl.evaluate import avg_at_k, parse_strategy, pass_at_k, read_completions, score_completions, summarize
 from rollout import SamplingParams

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rl.benchmarks import BenchmarkError, load_benchmark, parse_benchmark, read_records
+from rl.data import BenchmarkError, load_benchmark, parse_benchmark, read_records
 
 FIX = Path(__file__).parent / "fixtures" / "eval"
 GSM_ROWS = [json.loads(line) for line in (FIX / "gsm8k.jsonl").read_text().splitlines()]

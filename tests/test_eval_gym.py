@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rl.benchmarks import BenchmarkError, load_benchmark, parse_benchmark
+from rl.data import BenchmarkError, load_benchmark, parse_benchmark
 from rl.cli import app
 from rl.evaluate import read_completions, score_completions
 

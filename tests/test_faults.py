@@ -11,7 +11,7 @@ from .conftest import ROOT
 def test_killed_rollout_worker_is_replaced_and_its_prompts_redone(tmp_path):
     cfg = load_config(ROOT / "configs" / "quickstart.yaml", [
         "rollout.num_workers=2", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4",
-        "wandb.mode=disabled", "task.heldout_size=8",
+        "wandb.mode=disabled", "eval.heldout_limit=8",
     ])
     trainer = Trainer(cfg, tmp_path)
     try:

@@ -18,7 +18,7 @@ LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj
 
 def cfg():
     return RunConfig.model_validate({
-        "model": {"path": str(BASE_CKPT), "lora": {"enabled": True, **LORA}},
+        "data": {"sources": [{"path": "arithmetic"}]}, "model": {"path": str(BASE_CKPT), "lora": {"enabled": True, **LORA}},
         "algorithm": {"lr": 5e-3, "beta": 0.1, "minibatches": 1},
         "wandb": {"mode": "disabled"},
     })

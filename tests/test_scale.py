@@ -17,7 +17,7 @@ from rl.trainer import LearnerDied, Trainer
 from .conftest import BASE_CKPT, ROOT
 
 SMALL = [
-    "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4", "task.heldout_size=8",
+    "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4", "eval.heldout_limit=8",
     "wandb.mode=disabled", "train.save_every=1", "eval.every=0",
 ]
 

@@ -13,7 +13,7 @@ from .conftest import BASE_CKPT
 
 def run_cfg(**algo):
     return RunConfig.model_validate(
-        {"model": {"path": str(BASE_CKPT)}, "algorithm": {"lr": 1e-3, "minibatches": 2, **algo}, "wandb": {"mode": "disabled"}}
+        {"data": {"sources": [{"path": "arithmetic"}]}, "model": {"path": str(BASE_CKPT)}, "algorithm": {"lr": 1e-3, "minibatches": 2, **algo}, "wandb": {"mode": "disabled"}}
     )
 
 

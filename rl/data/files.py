@@ -1,4 +1,4 @@
-"""Reading benchmark files into rows, with errors that name the file and the row.
+"""Reading data files into rows, with errors that name the file and the row.
 
 Files are read with the `datasets` library (``load_dataset("json" | "parquet" | "csv" |
 "arrow", data_files=...)``, or ``load_from_disk`` for a directory written by
@@ -25,8 +25,11 @@ from pathlib import Path
 from typing import Any
 
 
-class BenchmarkError(ValueError):
-    """A benchmark that cannot be loaded: unknown name, missing file, malformed row, bad option."""
+class DataError(ValueError):
+    """Data that cannot be loaded: unknown source or preset, missing file, malformed row, missing field, bad option."""
+
+
+BenchmarkError = DataError  # the name `unmask eval` code and plugins know
 
 
 Row = tuple[str, dict[str, Any]]
@@ -50,16 +53,16 @@ def read_records(path: str | Path, split: str | None = None) -> Iterator[Row]:
         yield from _read_saved(path, split)
         return
     if split is not None:
-        raise BenchmarkError(f"{path}: split={split} selects a split of a directory written by DatasetDict.save_to_disk; this is not one")
+        raise DataError(f"{path}: split={split} selects a split of a directory written by DatasetDict.save_to_disk; this is not one")
     if path.is_dir():
         yield from _read_problem_dir(path)
         return
     if not path.exists():
-        raise BenchmarkError(f"{path}: no such file")
+        raise DataError(f"{path}: no such file")
     suffix = file_suffix(path)
     if suffix not in BUILDERS:
         known = ", ".join(sorted({*BUILDERS, *(s + ".gz" for s in BUILDERS if s not in (".parquet", ".arrow"))}))
-        raise BenchmarkError(f"{path}: unknown file type {suffix or '(no suffix)'!r}; benchmark files are {known}, or a save_to_disk directory")
+        raise DataError(f"{path}: unknown file type {suffix or '(no suffix)'!r}; benchmark files are {known}, or a save_to_disk directory")
     yield from _read_file(path, suffix)
 
 
@@ -115,7 +118,7 @@ def _read_file(path: Path, suffix: str) -> Iterator[Row]:
         ds = _load(builder, path, **config)
         if builder == "json" and suffix == ".json":
             ds = _unwrap_rows_field(path, ds)
-    except BenchmarkError:
+    except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - pyarrow/pandas/datasets errors alike: find the bad line
         if builder == "json":
@@ -123,7 +126,12 @@ def _read_file(path: Path, suffix: str) -> Iterator[Row]:
             return
         if builder == "csv":
             _locate_csv_error(path, config["sep"])
-        raise BenchmarkError(f"{path}: not readable as {builder} ({_cause(e)})") from None
+        raise DataError(f"{path}: not readable as {builder} ({_cause(e)})") from None
+    if builder == "json" and any(ds.data.column(c).null_count for c in ds.column_names):
+        # `datasets` gives every row every key of the file, None where the row lacks it: read by
+        # hand so a field a row does not have stays missing (and its error names that row).
+        yield from _read_json_by_hand(path, suffix)
+        return
     yield from zip(_locations(path, suffix, len(ds)), ds)
 
 
@@ -151,7 +159,7 @@ def _csv_config(path: Path, sep: str) -> dict[str, Any]:
     with _open_text(path) as f:
         header = next(csv.reader(f, delimiter=sep), None)
     if not header:
-        raise BenchmarkError(f"{path}:line 1: the CSV file has no header row")
+        raise DataError(f"{path}:line 1: the CSV file has no header row")
     features = datasets.Features({name: datasets.Value("string") for name in header})
     return {"sep": sep, "features": features, "keep_default_na": False}
 
@@ -161,13 +169,13 @@ def _read_saved(path: Path, split: str | None) -> Iterator[Row]:
         try:
             data = datasets.load_from_disk(str(path), keep_in_memory=True)
         except Exception as e:  # noqa: BLE001
-            raise BenchmarkError(f"{path}: not readable as a save_to_disk directory ({_cause(e)})") from None
+            raise DataError(f"{path}: not readable as a save_to_disk directory ({_cause(e)})") from None
     if isinstance(data, datasets.DatasetDict):
         split = _pick_split(path, list(data), split)
         yield from ((f"{path / split}:row {i}", rec) for i, rec in enumerate(data[split]))
         return
     if split is not None and split != str(data.split):
-        raise BenchmarkError(f"{path}: holds one dataset (split {data.split}), not a DatasetDict; drop split={split}")
+        raise DataError(f"{path}: holds one dataset (split {data.split}), not a DatasetDict; drop split={split}")
     yield from ((f"{path}:row {i}", rec) for i, rec in enumerate(data))
 
 
@@ -175,13 +183,13 @@ def _pick_split(path: Path, splits: list[str], split: str | None) -> str:
     """The requested split, else the only one, else "test" (benchmarks are scored on test)."""
     if split is not None:
         if split not in splits:
-            raise BenchmarkError(f"{path}: no split {split!r}; splits: {', '.join(splits)}")
+            raise DataError(f"{path}: no split {split!r}; splits: {', '.join(splits)}")
         return split
     if len(splits) == 1:
         return splits[0]
     if "test" in splits:
         return "test"
-    raise BenchmarkError(f"{path}: holds splits {', '.join(splits)}; pick one with split=NAME")
+    raise DataError(f"{path}: holds splits {', '.join(splits)}; pick one with split=NAME")
 
 
 def _cause(e: BaseException) -> str:
@@ -221,17 +229,17 @@ def _read_json_by_hand(path: Path, suffix: str) -> list[Row]:
         # Some .json files are JSON lines: read them so if every line parses.
         if e.msg == "Extra data":
             return list(_json_lines(path, io.StringIO(text)))
-        raise BenchmarkError(f"{path}:line {e.lineno}: not valid JSON ({e.msg})") from None
+        raise DataError(f"{path}:line {e.lineno}: not valid JSON ({e.msg})") from None
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)]
         if len(lists) != 1:
             return [(str(path), data)]  # one problem per file (MATH)
         data = lists[0]
     if not isinstance(data, list):
-        raise BenchmarkError(f"{path}: expected a list of rows, got {type(data).__name__}")
+        raise DataError(f"{path}: expected a list of rows, got {type(data).__name__}")
     for i, rec in enumerate(data):
         if not isinstance(rec, dict):
-            raise BenchmarkError(f"{path}:row {i}: expected a JSON object, got {type(rec).__name__}")
+            raise DataError(f"{path}:row {i}: expected a JSON object, got {type(rec).__name__}")
     return [(f"{path}:row {i}", rec) for i, rec in enumerate(data)]
 
 
@@ -242,9 +250,9 @@ def _json_lines(path: Path, lines) -> Iterator[Row]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
-            raise BenchmarkError(f"{path}:line {lineno}: not valid JSON ({e.msg})") from None
+            raise DataError(f"{path}:line {lineno}: not valid JSON ({e.msg})") from None
         if not isinstance(rec, dict):
-            raise BenchmarkError(f"{path}:line {lineno}: expected a JSON object, got {type(rec).__name__}")
+            raise DataError(f"{path}:line {lineno}: expected a JSON object, got {type(rec).__name__}")
         yield f"{path}:line {lineno}", rec
 
 
@@ -256,9 +264,9 @@ def _locate_csv_error(path: Path, sep: str) -> None:
             header = next(reader, [])
             for row in reader:
                 if row and len(row) != len(header):
-                    raise BenchmarkError(f"{path}:line {reader.line_num}: {len(row)} fields, the header has {len(header)}")
+                    raise DataError(f"{path}:line {reader.line_num}: {len(row)} fields, the header has {len(header)}")
         except csv.Error as e:
-            raise BenchmarkError(f"{path}:line {reader.line_num}: not valid CSV ({e})") from None
+            raise DataError(f"{path}:line {reader.line_num}: not valid CSV ({e})") from None
 
 
 def _read_problem_dir(path: Path) -> Iterator[Row]:
@@ -266,12 +274,59 @@ def _read_problem_dir(path: Path) -> Iterator[Row]:
     files would cost a `datasets` build each."""
     files = sorted(path.rglob("*.json"))
     if not files:
-        raise BenchmarkError(f"{path}: directory has no .json files (nor is it a save_to_disk directory)")
+        raise DataError(f"{path}: directory has no .json files (nor is it a save_to_disk directory)")
     for f in files:
         try:
             rec = json.loads(f.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
-            raise BenchmarkError(f"{f}:line {e.lineno}: not valid JSON ({e.msg})") from None
+            raise DataError(f"{f}:line {e.lineno}: not valid JSON ({e.msg})") from None
         if not isinstance(rec, dict):
-            raise BenchmarkError(f"{f}: expected one JSON object (a problem), got {type(rec).__name__}")
+            raise DataError(f"{f}: expected one JSON object (a problem), got {type(rec).__name__}")
         yield str(f), rec
+
+
+# --- where a source lives: a file, a glob, a directory, or the hub -----------------------------
+
+GLOB_CHARS = "*?["
+
+
+def read_where(where: str, split: str | None = None, subset: str | None = None) -> Iterator[Row]:
+    """Rows of a source's ``path``: a local file or directory (see `read_records`), a glob of
+    files (``data/train-*.parquet``, read in sorted order), or ``hub:OWNER/NAME`` (a hub dataset
+    with ``split`` and ``subset``, loaded with `datasets` where the machine has network)."""
+    if where.startswith("hub:"):
+        yield from read_hub(where[4:], split, subset)
+        return
+    if subset is not None:
+        raise DataError(f"{where}: subset={subset!r} selects a configuration of a hub dataset (path: hub:OWNER/NAME); this is a local path")
+    if any(c in where for c in GLOB_CHARS) and not Path(where).exists():
+        import glob
+
+        files = sorted(glob.glob(where, recursive=True))
+        if not files:
+            raise DataError(f"{where}: no file matches this pattern")
+        for f in files:
+            yield from read_records(f, split)
+        return
+    yield from read_records(where, split)
+
+
+def read_hub(name: str, split: str | None, subset: str | None) -> Iterator[Row]:
+    """Rows of a hub dataset. Offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE, or no network), a
+    DataError says so and how to bring the data here as a local file instead."""
+    import os
+
+    if not name or "/" not in name and not name.replace("_", "").replace("-", "").isalnum():
+        raise DataError(f"hub:{name}: not a hub dataset id (hub:OWNER/NAME)")
+    split = split or "train"
+    offline = any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    how = (f"download it where you have network (datasets.load_dataset({name!r}{', ' + repr(subset) if subset else ''}, split={split!r})"
+           ".to_json('FILE.jsonl')) and set path: FILE.jsonl")  # fmt: skip
+    if offline:
+        raise DataError(f"hub:{name}: this machine is offline (HF_HUB_OFFLINE is set), so hub datasets cannot load; {how}")
+    with _quiet_datasets() as datasets:
+        try:
+            ds = datasets.load_dataset(name, subset, split=split)
+        except Exception as e:  # noqa: BLE001 - no network, no such dataset, no such split
+            raise DataError(f"hub:{name}: could not load split {split!r} ({_cause(e)}); offline machines: {how}") from None
+    yield from ((f"hub:{name}[{split}]:row {i}", rec) for i, rec in enumerate(ds))
