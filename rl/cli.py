@@ -82,7 +82,11 @@ def evaluate(
         "Keys: label, template (default | raw | a text file with {field} placeholders), max_new_tokens, limit; files: split; "
         "math/gsm8k: question=FIELD, answer=FIELD; arithmetic: digits, seed; gym: size, seed and the dataset's config. Default: --task.",
     ),
-    task: str = typer.Option("arithmetic", help="Synthetic task to score when no --benchmark is given."),
+    data_config: Optional[Path] = typer.Option(
+        None, "--data", help="A train or SFT config: score the held-out split of every source of its data section, with the "
+        "prompts, templates and rewards the run used (repeat -b to add benchmarks).",
+    ),
+    task: str = typer.Option("arithmetic", help="Synthetic task to score when neither --benchmark nor --data is given."),
     digits: int = typer.Option(3, help="Operand width of the arithmetic task."),
     limit: Optional[int] = typer.Option(None, "--limit", "--n", help="First N problems of each benchmark (synthetic tasks: N held-out problems, default 500)."),
     strategies: List[str] = typer.Option(["static"], "--strategy", help="static | static:STEPS | threshold | threshold:T (repeat to compare; AR checkpoints decode left to right)."),
@@ -135,10 +139,12 @@ def evaluate(
         typer.echo("--resume needs --output DIR (the results.json to resume)", err=True)
         raise typer.Exit(2)
     try:
-        requests = [parse_benchmark(b) for b in benchmarks] if benchmarks else [parse_benchmark(f"{task},digits={digits}")]
-        if completions and len(requests) != 1:
+        benches = _data_benchmarks(data_config, limit, max_new_tokens) if data_config else []
+        default = [] if benches else [parse_benchmark(f"{task},digits={digits}")]
+        requests = [parse_benchmark(b) for b in benchmarks] if benchmarks else default
+        benches += [load_benchmark(r, limit=limit, max_new_tokens=max_new_tokens, **({"digits": digits} if r.name in PRESETS and PRESETS[r.name].infinite else {})) for r in requests]
+        if completions and len(benches) != 1:
             raise BenchmarkError("--completions needs exactly one --benchmark (the completions' problems)")
-        benches = [load_benchmark(r, limit=limit, max_new_tokens=max_new_tokens, **({"digits": digits} if r.name in PRESETS and PRESETS[r.name].infinite else {})) for r in requests]
     except (BenchmarkError, ValueError) as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(2) from None
@@ -242,6 +248,31 @@ def plot(run_dir: Path = typer.Argument(..., help="Run directory with metrics.js
 def config_help_cmd(kind: str = typer.Argument("train", help="train | sft")) -> None:
     """Every config key with its default and meaning."""
     typer.echo(config_help(RunConfig if kind == "train" else SFTConfig))
+
+
+def _data_benchmarks(path: Path, limit, max_new_tokens) -> list:
+    """Benchmarks from a config's data section: each source's held-out split (or, without one, all its rows)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from rl.config import ConfigError, DataConfig, _read_yaml
+    from rl.data import Benchmark, load_source
+
+    try:
+        data = DataConfig.model_validate(_read_yaml(path).get("data") or {})
+    except ValidationError as e:
+        raise ConfigError(f"{path}: data section: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    out = []
+    for cfg in data.sources:
+        if max_new_tokens:
+            cfg = cfg.model_copy(update={"max_new_tokens": max_new_tokens})
+        b = Benchmark.from_source(load_source(cfg))
+        if limit:
+            b.problems, b.examples = b.problems[:limit], b.examples[:limit]
+        out.append(b)
+    return out
 
 
 def _params(max_new, strategy, threshold, steps_per_block, temperature):

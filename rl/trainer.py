@@ -599,22 +599,12 @@ class Trainer:
             f"run directory: {self.run_dir}\n"
             f"  config.yaml, metrics.jsonl, summary.json, {plot.name}" + (", checkpoints/" if self.store.root == str(self.run_dir / "checkpoints") else f"; checkpoints: {self.store.root}") + "\n"
             f"resume (e.g. with more steps): unmask train {self.run_dir / 'config.yaml'} --output-dir {self.run_dir} --resume --set train.steps={cfg.train.steps * 2}\n"
-            + (f"evaluate:                      unmask eval {last} " + " ".join(f"-b {b}" for b in self._eval_hints()) if self._eval_hints() else "")
+            + (f"evaluate:                      unmask eval {last} --data {self.run_dir / 'config.yaml'}" if self.heldout else "")
         )
         return summary
 
     def _heldout_desc(self) -> str:
         return f"{sum(len(v) for v in self.heldout.values())} problems" + (f" over {len(self.heldout)} sources" if len(self.heldout) > 1 else "")
-
-    def _eval_hints(self) -> list[str]:
-        """`unmask eval -b` specs for the sources whose held-out split it can read on its own."""
-        out = []
-        for src in self.sources:
-            if src.infinite:
-                out.append(f"arithmetic,digits={src.task.digits}")
-            elif src.cfg.heldout.path and src.preset.name != "none":
-                out.append(f"{src.preset.name}:{src.cfg.heldout.path}")
-        return out
 
     def _check_cursor(self, saved: dict | None, start: int) -> None:
         """On resume the stream must stand where the checkpoint says; otherwise the data changed under the run."""

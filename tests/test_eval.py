@@ -13,7 +13,7 @@ from rl.data import BenchmarkError, load_benchmark, parse_benchmark, read_record
 from rl.cli import app
 from rl.evaluate import avg_at_k, parse_strategy, pass_at_k, read_completions, score_completions, summarize
 from rollout import SamplingParams
-from .conftest import BASE_CKPT
+from .conftest import BASE_CKPT, ROOT
 
 FIX = Path(__file__).parent / "fixtures" / "eval"
 runner = CliRunner()
@@ -267,3 +267,13 @@ def test_chat_template_wraps_prompts_only_when_the_tokenizer_has_one():
     ids, applied = encode_prompt(tok, "1+1=", True)
     assert applied and tok.decode(ids) == "Q:1+1=A:"
     assert encode_prompt(tok, "1+1=", False)[1] is False
+
+
+def test_eval_data_config_scores_each_sources_heldout_split(tmp_path):
+    # The held-out file of a training config's source, with the run's own prompt column and reward.
+    out = tmp_path / "out"
+    text = _eval(BASE_CKPT, "--data", ROOT / "tests" / "fixtures" / "data" / "sums.yaml", "--limit", 8, "--output", out)
+    res = json.loads((out / "results.json").read_text())
+    entry = res["sums"][str(BASE_CKPT)]["static"]
+    assert entry["n"] == 8 and entry["settings"]["benchmark"]["reward"] == "arithmetic" and entry["pass@1"] > 0.2
+    assert "| checkpoint | decoding | pass@1 |" in text
