@@ -193,6 +193,7 @@ class Trainer:
         self._token_rewards = self._kept_token_rewards = None
         self.worker_restarts = 0
         self.step = 0  # steps whose update has been applied (the learner's weights version)
+        self.examples: list = []  # the examples of the last `rollout`
 
     def _load_eval_benchmarks(self) -> list:
         """The configured eval benchmarks, loaded now so a bad path or option fails before training."""
@@ -330,8 +331,11 @@ class Trainer:
 
     # -- stages ----------------------------------------------------------------------------
     def rollout(self, step: int) -> list[Trajectory]:
-        """Decode step `step`'s prompts (samples_per_prompt each) and wait for them."""
-        return self._collect(self.launch_rollout(step))
+        """Decode step `step`'s prompts (samples_per_prompt each) and wait for them; the step's
+        examples stay in `self.examples` for `score`."""
+        job = self.launch_rollout(step)
+        self.examples = job["examples"]
+        return self._collect(job)
 
     def launch_rollout(self, step: int) -> dict:
         """Start decoding step `step`'s prompts; the data depend only on (seed, step)."""
@@ -341,9 +345,10 @@ class Trainer:
         job["examples"] = examples
         return job
 
-    def score(self, trajs: Sequence[Trajectory], examples: Sequence[Any]) -> tuple[list[float], dict[str, float]]:
-        """Score every sample with its source's rewards (the sources in parallel is not needed: each
-        call already runs its rewards in parallel). Returns the total per sample, in order, and metrics."""
+    def score(self, trajs: Sequence[Trajectory], examples: Sequence[Any] | None = None) -> tuple[list[float], dict[str, float]]:
+        """Score every sample with its source's rewards (sample t came from examples[t.group]; default:
+        the examples of the last `rollout`). Returns the total per sample, in order, and metrics."""
+        examples = self.examples if examples is None else examples
         n = len(trajs)
         total: list[float | None] = [None] * n
         outcome: list[float | None] = [None] * n
