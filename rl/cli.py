@@ -192,17 +192,21 @@ def generate(
     temperature: float = typer.Option(0.0),
     max_new_tokens: int = typer.Option(8),
     seed: int = typer.Option(0),
+    chat_template: str = typer.Option("auto", help="auto: wrap each prompt in the tokenizer's chat template when it has one; none: raw text."),
+    system_prompt: Optional[str] = typer.Option(None, help="System message (the chat template's system turn, else prepended)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run the checkpoint's own modeling code (other architectures)."),
 ) -> None:
     """Decode prompts and print each completion with its step map."""
     import torch
 
     from rl.checkpoint import resolve_model_path
+    from rl.data import encode_prompt
     from rollout.engine import generate as gen
     from rollout.models import load_model
 
-    lm = load_model(resolve_model_path(checkpoint))
+    lm = load_model(resolve_model_path(checkpoint), trust_remote_code=trust_remote_code)
     params = _params(max_new_tokens, strategy, threshold, steps_per_block, temperature)
-    ids = [lm.tokenizer(p)["input_ids"] for p in prompts]
+    ids = [encode_prompt(lm.tokenizer, p, chat_template == "auto", system_prompt)[0] for p in prompts]
     for p, t in zip(prompts, gen(lm, ids, params, torch.Generator().manual_seed(seed))):
         toks = lm.tokenizer.convert_ids_to_tokens(t.completion_ids)
         typer.echo(f"{p}{t.text}    [{t.finish_reason}, nfe={t.nfe}]")
@@ -213,6 +217,7 @@ def generate(
 def merge(
     checkpoint: Path = typer.Argument(..., help="A LoRA checkpoint: its adapter dir, a step_N dir or a run dir."),
     output: Path = typer.Argument(..., help="Where to write the merged transformers checkpoint."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="The base model runs its own modeling code."),
 ) -> None:
     """Merge a LoRA adapter into its base model and save a plain transformers checkpoint."""
     from rl.checkpoint import resolve_model_path
@@ -223,8 +228,24 @@ def merge(
     if not is_adapter_dir(path):
         typer.echo(f"{path} is not a LoRA adapter (no adapter_config.json); nothing to merge", err=True)
         raise typer.Exit(2)
-    load_model(path).save_pretrained(output)
+    load_model(path, trust_remote_code=trust_remote_code).save_pretrained(output)
     typer.echo(f"merged {path} into {output} (loads with AutoModelForCausalLM.from_pretrained)")
+
+
+@app.command()
+def convert(
+    source: Path = typer.Argument(..., help="A checkpoint in its family's hub layout (SDAR/TraDo, Dream, LLaDA)."),
+    output: Path = typer.Argument(..., help="Where to write the plain transformers checkpoint (Qwen3 / Qwen2 / Llama)."),
+) -> None:
+    """Convert a hub-layout diffusion checkpoint onto its stock transformers class (exactly, or refused)."""
+    from rollout.convert import UnsupportedCheckpoint, convert_checkpoint
+
+    try:
+        family = convert_checkpoint(source, output)
+    except (UnsupportedCheckpoint, FileNotFoundError) as e:
+        typer.echo(f"cannot convert {source}: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"converted {source} ({family} family) into {output} (loads with AutoModelForCausalLM.from_pretrained)")
 
 
 @app.command()

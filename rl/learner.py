@@ -527,7 +527,8 @@ class Learner:
 
             load_adapter_state(self.peft, load_file(path / "adapter" / "adapter_model.safetensors"))
         else:
-            restored = load_model(path / "model", family=self.lm.family.name, block_size=self.lm.block_size)
+            restored = load_model(path / "model", family=self.lm.family.name, block_size=self.lm.block_size,
+                                  trust_remote_code=self.cfg.model.trust_remote_code)
             self._load_full_state(self.lm.model, restored.model.state_dict())
         self._load_optimizer_state(self.optimizer, self.lm.model, state["optimizer"])
         if self.ref is not None and state["ref"] is not None:

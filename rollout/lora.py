@@ -46,12 +46,13 @@ def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").exists()
 
 
-def load_merged(path: str | Path, family: str | None = None, block_size: int | None = None, dtype=torch.float32) -> DiffusionLM:
+def load_merged(path: str | Path, family: str | None = None, block_size: int | None = None, dtype=torch.float32,
+                trust_remote_code: bool = False) -> DiffusionLM:
     """Load an adapter directory onto its base model and merge it: a plain DiffusionLM."""
     from rollout.models import load_model
 
     path = Path(path)
     base_path = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-    base = load_model(base_path, family=family, block_size=block_size, dtype=dtype)
+    base = load_model(base_path, family=family, block_size=block_size, dtype=dtype, trust_remote_code=trust_remote_code)
     merged = PeftModel.from_pretrained(base.model, path).merge_and_unload()
     return DiffusionLM(merged.eval(), base.tokenizer, family=base.family.name, block_size=base.block_size)

@@ -9,8 +9,8 @@ likelihood estimators are written once:
   SDAR) or shifted (position p-1 predicts p; Dream, DiffuCoder);
 - mask / eos / pad ids, read from the tokenizer or config, never hard-coded.
 
-The walking skeleton implements the block family end to end; the other families
-register here as their samplers land.
+Checkpoints in a family's original hub layout (SDAR/TraDo, Dream, LLaDA) load onto the stock
+class through rollout/convert.py, without the family's remote code.
 """
 
 from __future__ import annotations
@@ -88,6 +88,9 @@ class DiffusionLM:
         else:
             block_size = None  # full attention: decoding blocks are a sampler setting, not the model's
         self.block_size = block_size
+        # Real checkpoints pad the embedding past the tokenizer (SDAR: ids 151670-151935 have no
+        # token): sampling such an id would crash decoding, so it is excluded like the mask id.
+        self.num_tokens = min(len(tokenizer), model.config.vocab_size)
 
     @property
     def device(self) -> torch.device:
@@ -134,7 +137,7 @@ class DiffusionLM:
         """Log-probs of the distribution tokens are actually sampled from.
 
         logits / temperature with the mask token excluded (a sampler that can emit the mask
-        id can loop forever). Temperature 0 (greedy) scores under temperature 1. The rollout
+        id can loop forever), and ids past the tokenizer (padded vocabularies) too. Temperature 0 (greedy) scores under temperature 1. The rollout
         and the learner both call this, so their log-probs agree by construction.
         """
         if logits.dtype in (torch.float16, torch.bfloat16):
@@ -144,6 +147,7 @@ class DiffusionLM:
         if temperature > 0:
             logits = logits / temperature
         logits[..., self.mask_id] = float("-inf")
+        logits[..., self.num_tokens :] = float("-inf")  # padded rows of the embedding: no token to decode
         return torch.log_softmax(logits, dim=-1)
 
     def attention_allowed(self, position_ids: torch.Tensor, valid: torch.Tensor, query_start: int = 0) -> torch.Tensor:
@@ -170,10 +174,28 @@ class DiffusionLM:
         self.tokenizer.save_pretrained(path)
 
 
+_MASK_TOKENS = ("<|MASK|>", "<|mask|>", "<mask>", "[MASK]")  # SDAR/TraDo, Dream, LLaDA-style names
+
+
+def _local(path: str | Path) -> str | Path:
+    """A local directory as is; a hub id downloaded (where there is network) to a local snapshot."""
+    if Path(path).exists():
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(str(path))
+    except Exception as e:  # noqa: BLE001 - offline, no such repo, gated
+        raise FileNotFoundError(f"{path}: not a local directory, and the hub could not provide it ({type(e).__name__}: {e})") from None
+
+
 def _special_id(tokenizer, config, attr: str) -> int:
     value = getattr(tokenizer, attr, None)
     if value is None:
         value = getattr(config, attr, None)
+    if value is None and attr == "mask_token_id":  # hub tokenizers often add the mask token without naming it
+        vocab = tokenizer.get_vocab()
+        value = next((vocab[t] for t in _MASK_TOKENS if t in vocab), None)
     if value is None:
         raise ValueError(f"the tokenizer/config defines no {attr.replace('_id', '')}; a diffusion LM needs one")
     return int(value)
@@ -198,10 +220,25 @@ def load_model(
     if (Path(path) / "adapter_config.json").exists():  # a LoRA checkpoint: base + adapter, merged
         from rollout.lora import load_merged
 
-        return load_merged(path, family=family, block_size=block_size, dtype=dtype)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa", trust_remote_code=trust_remote_code)
+        return load_merged(path, family=family, block_size=block_size, dtype=dtype, trust_remote_code=trust_remote_code)
+    from rollout.convert import hub_family, load_hub_checkpoint, read_config
+
+    path = _local(path)
+    config = read_config(path)
+    if hub_family(config) is not None and not trust_remote_code:
+        # SDAR/TraDo, Dream, LLaDA in their hub layout: the stock class, weights renamed exactly.
+        hub, model = load_hub_checkpoint(path, dtype)
+        family = family or hub
+    elif trust_remote_code:
+        # The checkpoint's own code: the class its auto_map names; its attention left as it chose.
+        auto_map = config.get("auto_map") or {}
+        auto = AutoModelForCausalLM if "AutoModelForCausalLM" in auto_map or not auto_map else __import__("transformers").AutoModel
+        model = auto.from_pretrained(path, dtype=dtype, trust_remote_code=True)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    family = family or getattr(model.config, "unmask_family", None) or MODEL_TYPES.get(model.config.model_type)
+    model_type = str(model.config.model_type).lower()
+    family = family or getattr(model.config, "unmask_family", None) or MODEL_TYPES.get(model_type)
     if family is None:
         raise ValueError(
             f"cannot tell the diffusion family of model_type {model.config.model_type!r}; pass family= one of {sorted(FAMILIES)}"

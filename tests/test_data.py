@@ -453,3 +453,19 @@ def test_error_two_sources_with_one_name(tmp_path):
 def test_error_preset_none_without_prompt_or_template(tmp_path):
     with pytest.raises(DataError, match=r"^source 'g' \(preset none\): set prompt: COLUMN or template: 'text with \{column\} placeholders'$"):
         load_source(SourceConfig(path=write_jsonl(tmp_path / "g.jsonl", GSM_ROWS)))
+
+
+def test_generator_writes_missing_demo_data_on_first_use(tmp_path):
+    from rl.config import SourceConfig
+    from rl.data import load_source
+
+    path = tmp_path / "math_train.jsonl"
+    cfg = SourceConfig(path=str(path), generator="examples.demo_data:ensure", preset="gsm8k", template="{question}",
+                       heldout={"path": str(tmp_path / "math_heldout.jsonl")})  # fmt: skip
+    src = load_source(cfg)
+    assert path.exists() and len(src.train) == 5000 and len(src.heldout) == 300
+    ex = src.heldout[0]
+    assert ex.response == f"\\boxed{{{ex.columns['answer']}}}" and ex.prompt.endswith("now?")
+    assert not {e.prompt for e in src.train} & {e.prompt for e in src.heldout}  # held-out problems are never trained on
+    with pytest.raises(DataError, match="generator 'examples.demo_data:nope'"):
+        load_source(SourceConfig(path=str(tmp_path / "x.jsonl"), generator="examples.demo_data:nope", prompt="q"))

@@ -162,7 +162,7 @@ def normalize_math(rec: dict, loc: str, i: int, root: Path | None = None, questi
     name = "gsm8k" if gsm8k else "math"
     q_fields = (question,) if question else _Q_FIELDS
     a_fields = (answer,) if answer else _A_FIELDS
-    hint = f"{name} rows need a question and an answer; name other fields with question=FIELD, answer=FIELD"
+    hint = f"{name} rows need a question and an answer; name other fields with options: {{question: FIELD, answer: FIELD}} (unmask eval -b: question=FIELD)"
     q = pick(rec, loc, *q_fields, hint=hint)
     solution = next((str(rec[k]) for k in ("solution", "Solution") if present(rec.get(k))), None)
     if answer or any(present(rec.get(f)) for f in a_fields):

@@ -1,0 +1,221 @@
+"""Real diffusion-LM checkpoints onto stock transformers classes, exactly or not at all.
+
+SDAR and TraDo (model_type ``sdar``) are Qwen3 with a block-causal mask; Dream and DiffuCoder
+(``Dream``) are Qwen2 with shifted logits; LLaDA (``llada``) is a Llama whose tensors and config
+fields carry other names. Their own modeling code targets transformers 4.4x-4.52; mapped onto
+Qwen3ForCausalLM / Qwen2ForCausalLM / LlamaForCausalLM they run on the transformers this project
+requires, under unmask's own masks and caches. A config flag the stock class cannot reproduce (a
+bias, another activation or norm, scaled logits, ...) is refused with an error naming it: a
+checkpoint is converted exactly or not at all.
+
+`hub_family(config)` tells a hub-layout config apart; `load_hub_checkpoint(path)` builds the stock
+model and loads the renamed weights strictly; `convert_checkpoint(src, dst)` writes that model as a
+plain transformers checkpoint (`unmask convert`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+
+SDAR_BLOCK_SIZE = 4  # SDAR's and TraDo's own decoders use blocks of 4 (their hub configs do not say)
+
+
+class UnsupportedCheckpoint(ValueError):
+    """A checkpoint whose computation the stock class would not reproduce exactly."""
+
+
+# model_type (lower case) or architecture prefix -> unmask family of a hub-layout checkpoint.
+HUB_MODEL_TYPES = {"sdar": "block", "dream": "dream", "llada": "llada"}
+_ARCH_PREFIXES = {"sdar": "block", "trado": "block", "dream": "dream", "llada": "llada"}
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """config.json of a checkpoint directory ({} if there is none, e.g. a hub id)."""
+    f = Path(path) / "config.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def hub_family(config: dict[str, Any]) -> str | None:
+    """The family of a checkpoint in its original hub layout (SDAR/TraDo, Dream, LLaDA), read
+    case-insensitively from model_type, else from architectures; None for anything else.
+
+    >>> hub_family({"model_type": "Dream"}), hub_family({"model_type": "x", "architectures": ["LLaDAModelLM"]}), hub_family({"model_type": "qwen3"})
+    ('dream', 'llada', None)
+    """
+    mt = str(config.get("model_type", "")).lower()
+    if mt in HUB_MODEL_TYPES:
+        return HUB_MODEL_TYPES[mt]
+    for arch in config.get("architectures") or []:
+        for prefix, fam in _ARCH_PREFIXES.items():
+            if str(arch).lower().startswith(prefix):
+                return fam
+    return None
+
+
+# --- config mapping ----------------------------------------------------------------------------
+
+def _require(cfg: dict, key: str, allowed: Callable[[Any], bool], what: str, family: str) -> None:
+    if key in cfg and not allowed(cfg[key]):
+        raise UnsupportedCheckpoint(f"{family} config {key}={cfg[key]!r}: {what}; unmask converts this family only without it")
+
+
+# Fields of the Qwen-style configs that carry over one to one.
+_QWEN_FIELDS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    "head_dim", "hidden_act", "max_position_embeddings", "initializer_range", "rms_norm_eps", "tie_word_embeddings",
+    "rope_theta", "rope_scaling", "attention_bias", "attention_dropout", "bos_token_id", "eos_token_id", "pad_token_id",
+)  # fmt: skip
+
+
+def _qwen_config(cfg: dict, family: str, config_cls):
+    _require(cfg, "hidden_act", lambda v: v == "silu", "only the SiLU-gated MLP is converted", family)
+    _require(cfg, "use_sliding_window", lambda v: not v, "sliding-window attention is not part of the stock mapping", family)
+    _require(cfg, "rope_scaling", lambda v: v is None or (isinstance(v, dict) and v.get("rope_type", v.get("type")) == "default"), "scaled RoPE is not converted", family)
+    for moe in ("num_experts", "num_local_experts", "moe_intermediate_size"):
+        _require(cfg, moe, lambda v: not v, "mixture-of-experts checkpoints are not converted", family)
+    fields = {k: cfg[k] for k in _QWEN_FIELDS if k in cfg and k != "rope_scaling"}
+    if family == "dream" and cfg.get("attention_bias") is False:
+        raise UnsupportedCheckpoint("dream config attention_bias=False: Qwen2 always has q/k/v biases")
+    fields.pop("attention_bias", None) if config_cls is Qwen2Config else None
+    out = config_cls(**fields)
+    return out
+
+
+def _llada_config(cfg: dict) -> LlamaConfig:
+    f = "llada"
+    _require(cfg, "activation_type", lambda v: v in ("swiglu", "silu"), "only the SwiGLU MLP is converted", f)
+    _require(cfg, "block_type", lambda v: v == "llama", "only LLaDA's llama block is converted", f)
+    _require(cfg, "layer_norm_type", lambda v: v == "rms", "only RMSNorm is converted", f)
+    _require(cfg, "include_bias", lambda v: not v, "linear biases have no place in LlamaForCausalLM's MLP", f)
+    _require(cfg, "include_qkv_bias", lambda v: not v, "q/k/v biases are not converted", f)
+    _require(cfg, "bias_for_layer_norm", lambda v: not v, "norm biases are not part of RMSNorm", f)
+    _require(cfg, "alibi", lambda v: not v, "ALiBi is not RoPE", f)
+    _require(cfg, "rope", lambda v: v, "a model without RoPE is not a Llama", f)
+    _require(cfg, "scale_logits", lambda v: not v, "scaled logits change every probability", f)
+    _require(cfg, "input_emb_norm", lambda v: not v, "an embedding norm is not part of Llama", f)
+    _require(cfg, "attention_layer_norm", lambda v: not v, "q/k layer norms are not part of Llama", f)
+    _require(cfg, "clip_qkv", lambda v: v is None, "q/k/v clipping is not part of Llama", f)
+    _require(cfg, "multi_query_attention", lambda v: not v, "use n_kv_heads instead", f)
+    _require(cfg, "rope_full_precision", lambda v: v in (True, None), "half-precision RoPE differs from Llama's", f)
+    n_heads = cfg["n_heads"]
+    inter = cfg.get("mlp_hidden_size") or cfg["mlp_ratio"] * cfg["d_model"]
+    vocab = cfg.get("embedding_size") or cfg["vocab_size"]
+    return LlamaConfig(
+        vocab_size=vocab, hidden_size=cfg["d_model"], intermediate_size=inter, num_hidden_layers=cfg["n_layers"],
+        num_attention_heads=n_heads, num_key_value_heads=cfg.get("n_kv_heads") or n_heads, hidden_act="silu",
+        max_position_embeddings=cfg.get("max_sequence_length", 4096), rms_norm_eps=cfg.get("rms_norm_eps", 1e-5),
+        rope_theta=cfg.get("rope_theta", 10000.0), tie_word_embeddings=bool(cfg.get("weight_tying", False)),
+        attention_bias=False, mlp_bias=False, initializer_range=cfg.get("init_std", 0.02),
+        bos_token_id=cfg.get("bos_token_id"), eos_token_id=cfg.get("eos_token_id"), pad_token_id=cfg.get("pad_token_id"),
+    )  # fmt: skip
+
+
+def stock_config(cfg: dict[str, Any]):
+    """(family, the stock transformers config, the stock model class) of a hub-layout config."""
+    family = hub_family(cfg)
+    if family == "block":
+        out, cls = _qwen_config(cfg, "sdar", Qwen3Config), Qwen3ForCausalLM
+    elif family == "dream":
+        out, cls = _qwen_config(cfg, "dream", Qwen2Config), Qwen2ForCausalLM
+    elif family == "llada":
+        out, cls = _llada_config(cfg), LlamaForCausalLM
+    else:
+        raise UnsupportedCheckpoint(f"model_type {cfg.get('model_type')!r} is not a hub-layout diffusion checkpoint (sdar, Dream, llada)")
+    for key in ("mask_token_id", "block_size"):
+        if cfg.get(key) is not None:
+            setattr(out, key, cfg[key])
+    if family == "block" and cfg.get("block_size") is None:
+        out.block_size = SDAR_BLOCK_SIZE  # the hub configs carry none; model.block_size overrides
+    out.unmask_family = family
+    return family, out, cls
+
+
+# --- tensor names -----------------------------------------------------------------------------
+
+_LLADA_TOP = {"model.transformer.wte.weight": "model.embed_tokens.weight", "model.transformer.ln_f.weight": "model.norm.weight",
+              "model.transformer.ff_out.weight": "lm_head.weight"}  # fmt: skip
+_LLADA_BLOCK = {"attn_norm": "input_layernorm", "ff_norm": "post_attention_layernorm", "q_proj": "self_attn.q_proj",
+                "k_proj": "self_attn.k_proj", "v_proj": "self_attn.v_proj", "attn_out": "self_attn.o_proj",
+                "ff_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj", "ff_out": "mlp.down_proj"}  # fmt: skip
+_BLOCK_KEY = re.compile(r"^model\.transformer\.blocks\.(\d+)\.(\w+)\.weight$")
+
+
+def rename_llada(name: str) -> str:
+    """A LLaDA tensor name as LlamaForCausalLM names it (an unknown name is an error).
+
+    >>> rename_llada("model.transformer.blocks.3.attn_out.weight"), rename_llada("model.transformer.wte.weight")
+    ('model.layers.3.self_attn.o_proj.weight', 'model.embed_tokens.weight')
+    """
+    if name in _LLADA_TOP:
+        return _LLADA_TOP[name]
+    m = _BLOCK_KEY.match(name)
+    if m and m.group(2) in _LLADA_BLOCK:
+        return f"model.layers.{m.group(1)}.{_LLADA_BLOCK[m.group(2)]}.weight"
+    raise UnsupportedCheckpoint(f"llada tensor {name!r} has no Llama counterpart (a bias or a layer the conversion does not know)")
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint directory: model.safetensors, sharded safetensors (index), or pytorch_model*.bin."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    files = sorted(path.glob("*.safetensors"))
+    if files:
+        out = {}
+        for f in files:
+            out.update(load_file(str(f)))
+        return out
+    bins = sorted(path.glob("pytorch_model*.bin"))
+    if not bins:
+        raise FileNotFoundError(f"{path}: no *.safetensors or pytorch_model*.bin weights")
+    out = {}
+    for f in bins:
+        out.update(torch.load(f, map_location="cpu", weights_only=True))
+    return out
+
+
+def stock_state_dict(family: str, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors under the stock class's names (SDAR and Dream already use them)."""
+    if family != "llada":
+        return dict(weights)
+    return {rename_llada(k): v for k, v in weights.items()}
+
+
+def load_hub_checkpoint(path: str | Path, dtype=torch.float32):
+    """The stock transformers model of a hub-layout checkpoint, its weights loaded strictly
+    (no missing or unexpected tensor), and its family."""
+    cfg = read_config(path)
+    family, config, cls = stock_config(cfg)
+    with torch.device("meta"):  # no random init of weights that are about to be replaced
+        model = cls(config)
+    model.to_empty(device="cpu")
+    # Buffers computed at construction (rotary inverse frequencies) are empty now: build them again.
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
+    state = stock_state_dict(family, read_weights(path))
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)  # tied: the embedding is the head
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise UnsupportedCheckpoint(f"{path}: weights do not match the stock {cls.__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    return family, model.to(dtype).eval()
+
+
+def convert_checkpoint(src: str | Path, dst: str | Path, dtype=torch.float32) -> str:
+    """Write a hub-layout checkpoint as a plain transformers checkpoint of its stock class (with its
+    tokenizer, family and block size), loadable with AutoModelForCausalLM. Returns the family."""
+    from transformers import AutoTokenizer
+
+    family, model = load_hub_checkpoint(src, dtype)
+    model.save_pretrained(dst)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    return family
