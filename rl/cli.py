@@ -46,6 +46,9 @@ def train(
     except DataError as e:
         typer.echo(f"{config}: data: {e}", err=True)
         raise typer.Exit(2) from None
+    except ValueError as e:  # a setting the checkpoint cannot run with
+        typer.echo(f"{config}: {e}", err=True)
+        raise typer.Exit(2) from None
     try:
         trainer.train()
     except LearnerDied as e:
@@ -246,6 +249,24 @@ def convert(
         typer.echo(f"cannot convert {source}: {e}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"converted {source} ({family} family) into {output} (loads with AutoModelForCausalLM.from_pretrained)")
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="A model, step_N or run directory whose base was a hub-layout checkpoint."),
+    output: Path = typer.Argument(..., help="Where to write the checkpoint in its family's original layout."),
+    code_from: Optional[Path] = typer.Option(None, help="The original checkpoint directory: its *.py modeling files are copied along."),
+) -> None:
+    """Write a trained checkpoint in its family's original hub layout (config, tensor names, tokenizer)."""
+    from rl.checkpoint import resolve_model_path
+    from rollout.convert import UnsupportedCheckpoint, export_original
+
+    try:
+        family = export_original(resolve_model_path(checkpoint), output, code_from)
+    except (UnsupportedCheckpoint, FileNotFoundError) as e:
+        typer.echo(f"cannot export {checkpoint}: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"exported {checkpoint} ({family} family) to {output} in its original layout")
 
 
 @app.command()

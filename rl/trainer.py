@@ -36,6 +36,7 @@ from rl.data.sources import Source
 from rl.process_rewards import token_rewards
 from rl.tracking import MetricsLogger, plot_run
 from rollout.engine import SamplingParams
+from rollout.models import checkpoint_family
 from rollout.trajectory import Trajectory
 from rollout.worker import RolloutWorker
 
@@ -141,6 +142,12 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         from transformers import AutoTokenizer
 
+        family = cfg.model.family or checkpoint_family(cfg.model.path)
+        if cfg.rollout.overlap and family in ("llada", "dream") and cfg.rollout.sampling.kv_cache:
+            # One-step overlap takes the importance ratio's old log-probs from the rollout; the
+            # full-attention prefix cache is approximate, so they would not be the policy's own.
+            raise ValueError(f"rollout.overlap with the {family} family needs rollout.sampling.kv_cache: false "
+                             "(its prefix cache is approximate, and overlap uses the rollout's log-probs in the ratio)")
         # The data first: a bad file, row, column or template stops the run before Ray starts.
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
         self.sources = [load_source(s, cfg.rewards) for s in cfg.data.sources]

@@ -134,6 +134,7 @@ def stock_config(cfg: dict[str, Any]):
     if family == "block" and cfg.get("block_size") is None:
         out.block_size = SDAR_BLOCK_SIZE  # the hub configs carry none; model.block_size overrides
     out.unmask_family = family
+    out.unmask_hub_config = dict(cfg)  # kept through training and saving, so `export_original` can write it back
     return family, out, cls
 
 
@@ -218,4 +219,56 @@ def convert_checkpoint(src: str | Path, dst: str | Path, dtype=torch.float32) ->
     family, model = load_hub_checkpoint(src, dtype)
     model.save_pretrained(dst)
     AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    return family
+
+
+# --- back to the original layout ----------------------------------------------------------------
+
+_LLADA_BACK = {v: k for k, v in _LLADA_TOP.items()}
+_LLADA_BLOCK_BACK = {v: k for k, v in _LLADA_BLOCK.items()}
+_LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
+
+
+def original_name_llada(name: str) -> str:
+    """The inverse of `rename_llada`.
+
+    >>> original_name_llada("model.layers.3.mlp.gate_proj.weight")
+    'model.transformer.blocks.3.ff_proj.weight'
+    """
+    if name in _LLADA_BACK:
+        return _LLADA_BACK[name]
+    m = _LAYER_KEY.match(name)
+    if m and m.group(2) in _LLADA_BLOCK_BACK:
+        return f"model.transformer.blocks.{m.group(1)}.{_LLADA_BLOCK_BACK[m.group(2)]}.weight"
+    raise UnsupportedCheckpoint(f"tensor {name!r} has no LLaDA counterpart")
+
+
+def export_original(src: str | Path, dst: str | Path, code_from: str | Path | None = None) -> str:
+    """Write a checkpoint that unmask converted (and maybe trained) in its family's original hub
+    layout: the original config.json (model_type, auto_map, field names), the original tensor names,
+    the tokenizer, and, from `code_from` (the original checkpoint directory), its *.py modeling files,
+    so SDAR's own code, JetEngine, SGLang or LMDeploy load it. Returns the family."""
+    import shutil
+
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer
+
+    src, dst = Path(src), Path(dst)
+    cfg = read_config(src)
+    hub = cfg.get("unmask_hub_config")
+    if not hub:
+        raise UnsupportedCheckpoint(f"{src}: not converted from a hub-layout checkpoint (its config has no unmask_hub_config); nothing to export to")
+    family = hub_family(hub)
+    weights = read_weights(src)
+    if cfg.get("tie_word_embeddings"):
+        weights.pop("lm_head.weight", None)
+    if family == "llada":
+        weights = {original_name_llada(k): v for k, v in weights.items()}
+    dst.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    (dst / "config.json").write_text(json.dumps(hub, indent=2))
+    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    if code_from is not None:
+        for f in Path(code_from).glob("*.py"):
+            shutil.copy2(f, dst / f.name)
     return family

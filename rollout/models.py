@@ -246,6 +246,14 @@ def load_model(
     return DiffusionLM(model.eval(), tokenizer, family=family, block_size=block_size)
 
 
+def checkpoint_family(path: str | Path) -> str | None:
+    """The family a local checkpoint will load as, read from its config.json alone (None if unknown)."""
+    from rollout.convert import hub_family, read_config
+
+    cfg = read_config(path)
+    return cfg.get("unmask_family") or hub_family(cfg) or MODEL_TYPES.get(str(cfg.get("model_type", "")).lower())
+
+
 _ARCHS = {"block": (Qwen3Config, Qwen3ForCausalLM), "llada": (LlamaConfig, LlamaForCausalLM), "dream": (Qwen2Config, Qwen2ForCausalLM)}
 
 

@@ -69,7 +69,10 @@ def sdar_checkpoint(path, **over):
         "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151643, "head_dim": 8, "hidden_act": "silu",
         "initializer_range": 0.02, "max_position_embeddings": 32768, "max_window_layers": 2, "rms_norm_eps": 1e-6, "rope_scaling": None,
         "rope_theta": 1000000, "sliding_window": None, "tie_word_embeddings": False, "torch_dtype": "float32", "transformers_version": "4.52.4",
-        "use_cache": True, "use_sliding_window": False, "vocab_size": 151936, **SMALL, **over,
+        "use_cache": True, "use_sliding_window": False, "vocab_size": 151936,
+        # SDAR-4B-Chat's training switches (its own code reads them; the conversion has no use for them):
+        "attn_implementation": "flex_attention", "debug": False, "ep_size": 1, "fuse_cross_entropy": True, "micro_forward": False,
+        "skip_checkpoint": False, "use_deepep": False, **SMALL, **over,
     }  # fmt: skip
     _save(path, config, ref.state_dict(), hub_tokenizer("sdar", name_mask=False))
     return ref
@@ -230,3 +233,38 @@ def test_rl_update_on_a_hub_checkpoint_replays_its_rollouts(tmp_path):
     learner.lm.save_pretrained(tmp_path / "trained")
     again = load_model(tmp_path / "trained")
     assert again.family.name == "block" and again.block_size == 4 and again.mask_id == 151669
+
+
+@pytest.mark.parametrize("name", ["sdar", "llada"])
+def test_export_writes_the_original_layout_back(tmp_path, name):
+    from safetensors.torch import load_file
+
+    from rollout.convert import export_original
+
+    BUILDERS[name](tmp_path / "hub")
+    (tmp_path / "hub" / "modeling_x.py").write_text("# the family's own code, copied along by --code-from\n")
+    lm = load_model(tmp_path / "hub")
+    with torch.no_grad():  # as if trained
+        lm.model.model.norm.weight.add_(0.5)
+    lm.save_pretrained(tmp_path / "trained")  # what unmask's checkpoints hold: the stock class
+    assert export_original(tmp_path / "trained", tmp_path / "out", code_from=tmp_path / "hub") == FAMILY[name]
+    assert json.loads((tmp_path / "out" / "config.json").read_text()) == json.loads((tmp_path / "hub" / "config.json").read_text())
+    assert set(load_file(tmp_path / "out" / "model.safetensors")) == set(load_file(tmp_path / "hub" / "model.safetensors"))
+    assert (tmp_path / "out" / "modeling_x.py").exists()
+    ids = torch.tensor([[3, 7, 10, 11, 2, 5, 9, 1]])
+    sel = torch.arange(8)[None]
+    back = load_model(tmp_path / "out")
+    assert (back.sequence_logits(ids, sel) - lm.sequence_logits(ids, sel)).abs().max().item() == 0.0
+    with pytest.raises(UnsupportedCheckpoint, match="not converted from a hub-layout checkpoint"):
+        export_original(ROOT / "examples" / "checkpoints" / "arith3-base", tmp_path / "nope")
+
+
+def test_overlap_refuses_the_approximate_full_attention_cache(tmp_path):
+    from rl.config import RunConfig
+    from rl.trainer import Trainer
+
+    llada_checkpoint(tmp_path / "llada")
+    cfg = RunConfig.model_validate({"data": {"sources": [{"path": "arithmetic"}]}, "model": {"path": str(tmp_path / "llada")},
+                                    "rollout": {"overlap": True}, "train": {"output_dir": str(tmp_path / "run")}, "wandb": {"mode": "disabled"}})  # fmt: skip
+    with pytest.raises(ValueError, match="rollout.overlap with the llada family needs rollout.sampling.kv_cache: false"):
+        Trainer(cfg)  # refused before any actor starts: the ratio would use approximate-cache log-probs
