@@ -214,28 +214,37 @@ def test_convert_and_generate_commands(tmp_path):
     assert res.returncode == 2 and "include_qkv_bias=True" in res.stderr
 
 
-def test_rl_update_on_a_hub_checkpoint_replays_its_rollouts(tmp_path):
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_rl_steps_weight_sync_and_resume_on_a_hub_checkpoint(tmp_path, name):
     from rl.config import RunConfig
     from rl.learner import Learner
     from rollout.worker import RolloutWorker
 
-    sdar_checkpoint(tmp_path / "sdar")
-    cfg = RunConfig.model_validate({"data": {"sources": [{"path": "arithmetic"}]}, "model": {"path": str(tmp_path / "sdar")},
+    BUILDERS[name](tmp_path / name)
+    cfg = RunConfig.model_validate({"data": {"sources": [{"path": "arithmetic"}]}, "model": {"path": str(tmp_path / name)},
                                     "algorithm": {"lr": 1e-3, "minibatches": 1}, "wandb": {"mode": "disabled"}})  # fmt: skip
-    learner, worker = Learner(cfg), RolloutWorker(str(tmp_path / "sdar"))
+    learner, worker = Learner(cfg), RolloutWorker(str(tmp_path / name))
     tok = worker.lm.tokenizer
     prompts = [tok("12+34=")["input_ids"], tok("50+05=")["input_ids"]] * 4
+    # Full attention: recompute decoding, whose log-probs are the policy's own (the prefix cache is approximate).
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, kv_cache=name == "sdar")
     for step in range(2):
-        trajs = worker.generate(prompts, SamplingParams(max_new_tokens=8, temperature=1.0), seed=step, groups=[0, 1] * 4)
+        trajs = worker.generate(prompts, params, seed=step, groups=[0, 1] * 4)
+        assert all(max(t.completion_ids) < worker.lm.num_tokens for t in trajs)
         m = learner.update(trajs, [1.0, -1.0] * 4)
         assert m["logp_mismatch"] < 1e-4  # the learner replays exactly what the sampler saw
         worker.load_weights(learner.get_weights(), version=step + 1)
-    learner.lm.save_pretrained(tmp_path / "trained")
-    again = load_model(tmp_path / "trained")
-    assert again.family.name == "block" and again.block_size == 4 and again.mask_id == 151669
+    learner.save(tmp_path / "ckpt")
+    resumed = Learner(cfg)
+    assert resumed.load(tmp_path / "ckpt") == 2
+    for (k, a), (_, b) in zip(learner.lm.model.state_dict().items(), resumed.lm.model.state_dict().items()):
+        assert torch.equal(a, b), k
+    again = load_model(tmp_path / "ckpt" / "model")
+    assert again.family.name == FAMILY[name] and again.mask_id == FACTS[name][2][FACTS[name][4]]
+    assert again.block_size == (4 if name == "sdar" else None)
 
 
-@pytest.mark.parametrize("name", ["sdar", "llada"])
+@pytest.mark.parametrize("name", list(BUILDERS))
 def test_export_writes_the_original_layout_back(tmp_path, name):
     from safetensors.torch import load_file
 
