@@ -311,7 +311,8 @@ class SFTConfig(_Section):
     objective: Literal["diffusion", "ar"] = Field(
         "diffusion", description="diffusion: masked-token loss on response tokens under the family's attention (block diffusion for block models, random masking for full attention); ar: next-token loss (an autoregressive baseline on the same backbone)."
     )
-    init: str | None = Field(None, description="Checkpoint to start from; None builds a fresh tiny model from `arch` and `tokenizer`.")
+    init: str | None = Field(None, description="Checkpoint to start from (a hub-layout SDAR/TraDo, Dream or LLaDA directory converts on load); None builds a fresh tiny model from `arch` and `tokenizer`.")
+    trust_remote_code: bool = Field(False, description="Run the `init` checkpoint's own modeling code (other architectures).")
     arch: ArchConfig = Field(default_factory=ArchConfig, description="Architecture of a fresh tiny model.")
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="Tokenizer of a fresh tiny model.")
     data: DataConfig = Field(description="Training data (the same section as `unmask train`): each row needs a response (the preset's target, `response: COLUMN`, or a final assistant message).")

@@ -80,9 +80,9 @@ class SFTRun:
             raise FileNotFoundError(f"--resume: no SFT checkpoint under {self.out / 'checkpoints'}")
         self.ar = cfg.objective == "ar"
         if ckpt is not None:
-            self.lm = load_policy(ckpt / "model")
+            self.lm = load_policy(ckpt / "model", trust_remote_code=cfg.trust_remote_code)
         elif cfg.init:
-            self.lm = load_policy(cfg.init)
+            self.lm = load_policy(cfg.init, trust_remote_code=cfg.trust_remote_code)
         else:
             a = cfg.arch
             tok = build_tokenizer(cfg, self.sources)

@@ -174,7 +174,8 @@ class DiffusionLM:
         self.tokenizer.save_pretrained(path)
 
 
-_MASK_TOKENS = ("<|MASK|>", "<|mask|>", "<mask>", "[MASK]")  # SDAR/TraDo, Dream, LLaDA-style names
+# Mask tokens as hub tokenizers spell them (SDAR/TraDo's files say <|MASK|> or <MASK>; Dream <|mask|>; LLaDA <|mdm_mask|>).
+_MASK_TOKENS = ("<|MASK|>", "<MASK>", "<|mask|>", "<|mdm_mask|>", "<mask>", "[MASK]")
 
 
 def _local(path: str | Path) -> str | Path:
