@@ -469,3 +469,14 @@ def test_generator_writes_missing_demo_data_on_first_use(tmp_path):
     assert not {e.prompt for e in src.train} & {e.prompt for e in src.heldout}  # held-out problems are never trained on
     with pytest.raises(DataError, match="generator 'examples.demo_data:nope'"):
         load_source(SourceConfig(path=str(tmp_path / "x.jsonl"), generator="examples.demo_data:nope", prompt="q"))
+
+
+def test_batched_encoding_gives_the_ids_of_one_prompt_at_a_time():
+    from rl.data.prompts import encode_many, encode_messages
+
+    tok = build_bpe_tokenizer(["What is 12 plus 30?", "Write a function f(x)."] * 20, vocab_size=300)
+    convs = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"What is {i} plus {i}?"}] for i in range(7)]
+    for chat in (True, False):
+        assert encode_many(tok, convs, chat, batch_size=3) == [encode_messages(tok, m, chat)[0] for m in convs]
+    char = build_char_tokenizer()
+    assert encode_many(char, [[{"role": "user", "content": "1+1="}]], True) == [char("1+1=")["input_ids"]]

@@ -57,6 +57,21 @@ def encode_messages(tokenizer, messages: list[dict[str, str]], chat: bool) -> tu
     return tokenizer("\n\n".join(m["content"] for m in messages))["input_ids"], False
 
 
+def encode_many(tokenizer, conversations: list[list[dict[str, str]]], chat: bool, batch_size: int = 4096) -> list[list[int]]:
+    """`encode_messages` for many prompts at once (the same ids), tokenised in batches by the fast
+    tokenizer; what a large training file costs once, at start-up."""
+    use_chat = chat and has_chat_template(tokenizer)
+    out: list[list[int]] = []
+    for i in range(0, len(conversations), batch_size):
+        part = conversations[i : i + batch_size]
+        if use_chat:
+            texts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in part]
+            out += tokenizer(texts, add_special_tokens=False)["input_ids"]
+        else:
+            out += tokenizer(["\n\n".join(t["content"] for t in m) for m in part])["input_ids"]
+    return out
+
+
 def encode_prompt(tokenizer, text: str, chat: bool, system_prompt: str | None = None) -> tuple[list[int], bool]:
     """Token ids of one prompt text (with an optional system prompt): see `encode_messages`."""
     messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [{"role": "user", "content": text}]

@@ -20,7 +20,7 @@ import random
 from typing import Any
 
 from rl.data.files import DataError
-from rl.data.prompts import encode_messages
+from rl.data.prompts import encode_many, encode_messages
 from rl.data.sources import Example, Source
 
 _PHI = (math.sqrt(5) - 1) / 2
@@ -54,6 +54,17 @@ class PromptStream:
         return ex.prompt_ids
 
     def _encode(self, source: Source, examples: list[Example]) -> tuple[list[Example], int]:
+        todo = [ex for ex in examples if ex.prompt_ids is None]
+        if len(todo) > 1:  # batched: a large file is tokenised in seconds, with a bar when it takes a while
+            from tqdm.auto import tqdm
+
+            step = 4096
+            with tqdm(total=len(todo), desc=f"encoding {source.name}", unit="prompt", disable=len(todo) < 20_000 or None, leave=False) as bar:
+                for i in range(0, len(todo), step):
+                    part = todo[i : i + step]
+                    for ex, ids in zip(part, encode_many(self.tokenizer, [e.messages for e in part], source.chat, step)):
+                        ex.prompt_ids = ids
+                    bar.update(len(part))
         kept = [ex for ex in examples if self._fits(source, ex)]
         return kept, len(examples) - len(kept)
 
