@@ -92,8 +92,8 @@ def _from_import_path(spec: str) -> RewardFn:
     return obj
 
 
-def get_reward(spec: str | RewardFn) -> RewardFn:
-    """Return the reward function named by ``spec``.
+def get_reward(spec: str | RewardFn, **kwargs: Any) -> RewardFn:
+    """Return the reward function named by ``spec``, with ``kwargs`` (its keyword options) bound.
 
     Resolution order: ``"module:function"`` import path, built-in name, entry point
     in the ``unmask.rewards`` group. A callable is returned unchanged. An unknown
@@ -107,7 +107,7 @@ def get_reward(spec: str | RewardFn) -> RewardFn:
     ValueError: unknown reward 'arithmetc'; did you mean 'arithmetic'? ...
     """
     if callable(spec):
-        return spec
+        return functools.partial(spec, **kwargs) if kwargs else spec
     if not isinstance(spec, str) or not spec.strip():
         raise TypeError(f"reward spec must be a name, 'module:function' or a callable, got {spec!r}")
     spec = spec.strip()
@@ -132,7 +132,7 @@ def get_reward(spec: str | RewardFn) -> RewardFn:
             )
     if not callable(fn):
         raise TypeError(f"reward {spec!r} resolved to {fn!r}, which is not callable")
-    return fn
+    return functools.partial(fn, **kwargs) if kwargs else fn
 
 
 def reward_name(fn: RewardFn | str) -> str:

@@ -310,10 +310,7 @@ def _data_benchmarks(path: Path, limit, max_new_tokens) -> list:
     for cfg in data.sources:
         if max_new_tokens:
             cfg = cfg.model_copy(update={"max_new_tokens": max_new_tokens})
-        b = Benchmark.from_source(load_source(cfg))
-        if limit:
-            b.problems, b.examples = b.problems[:limit], b.examples[:limit]
-        out.append(b)
+        out.append(Benchmark.from_source(load_source(cfg)).head(limit))
     return out
 
 

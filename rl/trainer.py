@@ -9,7 +9,6 @@ the driver; decoding and learning run in actors. Weights travel learner -> objec
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import signal
@@ -66,12 +65,6 @@ def _response_length(t: Trajectory, eos_id: int) -> int:
 
 def _heldout_only(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k.startswith("accuracy/")}
-
-
-def _reward_fn(spec):
-    """The callable of a RewardSpec, with its keyword options bound."""
-    fn = get_reward(spec.name)
-    return functools.partial(fn, **spec.kwargs) if spec.kwargs else fn
 
 
 class LearnerDied(RuntimeError):
@@ -157,7 +150,7 @@ class Trainer:
         self.stream = PromptStream(self.sources, self.tokenizer, cfg.train.seed, cfg.data.shuffle, cfg.data.max_prompt_tokens)
         self.heldout = {name: exs[: cfg.eval.heldout_limit] for name, exs in self.stream.heldout().items()}
         os.environ["UNMASK_SANDBOX"] = cfg.scoring.sandbox  # read by the code reward's sandbox
-        self.reward_fns = {src.name: [_reward_fn(s) for s in src.rewards] for src in self.sources}
+        self.reward_fns = {src.name: [get_reward(s.name, **s.kwargs) for s in src.rewards] for src in self.sources}
         self.reward_weights = {src.name: [s.weight for s in src.rewards] for src in self.sources}
         if any(s.name == "code" for src in self.sources for s in src.rewards):
             from rewards import sandbox_info
@@ -374,8 +367,8 @@ class Trainer:
                 columns, fail_fast=sc.fail_fast, timeout_s=sc.timeout_s, num_workers=sc.num_workers,
             )  # fmt: skip
             tot, per_fn, errors = res
-            acc_name = src.accuracy_reward().name
-            acc_values = per_fn.get(reward_name(acc_name), per_fn[next(iter(per_fn))])
+            acc_fn = self.reward_fns[src.name][src.rewards.index(src.accuracy_reward())]
+            acc_values = per_fn[reward_name(acc_fn)]
             for k, i in enumerate(idx):
                 total[i], outcome[i], steps[i], correct[i] = tot[k], res.outcome[k], res.steps[k], acc_values[k] == 1.0
             vals = [v for v in tot if v is not None]
@@ -445,7 +438,7 @@ class Trainer:
             items = [(ex.prompt_ids, i, {"prompt": ex.prompt, **ex.columns}) for i, ex in enumerate(exs)]
             trajs = self._on_workers(items, seed=0, params=params)
             spec = src.accuracy_reward()
-            res = score([_reward_fn(spec)], None, [ex.prompt for ex in exs], [t.text for t in trajs],
+            res = score([get_reward(spec.name, **spec.kwargs)], None, [ex.prompt for ex in exs], [t.text for t in trajs],
                         {k: [ex.columns[k] for ex in exs] for k in exs[0].columns}, timeout_s=self.cfg.scoring.timeout_s)  # fmt: skip
             correct = [v == 1.0 for v in res[0]]
             out[f"accuracy/{src.name}/heldout"] = float(np.mean(correct))

@@ -81,11 +81,10 @@ def _qwen_config(cfg: dict, family: str, config_cls):
     for moe in ("num_experts", "num_local_experts", "moe_intermediate_size"):
         _require(cfg, moe, lambda v: not v, "mixture-of-experts checkpoints are not converted", family)
     fields = {k: cfg[k] for k in _QWEN_FIELDS if k in cfg and k != "rope_scaling"}
-    if family == "dream" and cfg.get("attention_bias") is False:
-        raise UnsupportedCheckpoint("dream config attention_bias=False: Qwen2 always has q/k/v biases")
-    fields.pop("attention_bias", None) if config_cls is Qwen2Config else None
-    out = config_cls(**fields)
-    return out
+    if config_cls is Qwen2Config:  # Qwen2 (Dream) always has q/k/v biases and no such field
+        _require(cfg, "attention_bias", lambda v: v is not False, "Qwen2 always has q/k/v biases", family)
+        fields.pop("attention_bias", None)
+    return config_cls(**fields)
 
 
 def _llada_config(cfg: dict) -> LlamaConfig:
@@ -146,6 +145,15 @@ _LLADA_BLOCK = {"attn_norm": "input_layernorm", "ff_norm": "post_attention_layer
                 "k_proj": "self_attn.k_proj", "v_proj": "self_attn.v_proj", "attn_out": "self_attn.o_proj",
                 "ff_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj", "ff_out": "mlp.down_proj"}  # fmt: skip
 _BLOCK_KEY = re.compile(r"^model\.transformer\.blocks\.(\d+)\.(\w+)\.weight$")
+_LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
+
+
+def _rename(name: str, top: dict[str, str], block: dict[str, str], key: re.Pattern, layer: str) -> str | None:
+    """`name` through a whole-tensor table, else a per-layer one (`layer` formats index and new name); None if neither knows it."""
+    if name in top:
+        return top[name]
+    m = key.match(name)
+    return layer.format(m.group(1), block[m.group(2)]) if m and m.group(2) in block else None
 
 
 def rename_llada(name: str) -> str:
@@ -154,12 +162,10 @@ def rename_llada(name: str) -> str:
     >>> rename_llada("model.transformer.blocks.3.attn_out.weight"), rename_llada("model.transformer.wte.weight")
     ('model.layers.3.self_attn.o_proj.weight', 'model.embed_tokens.weight')
     """
-    if name in _LLADA_TOP:
-        return _LLADA_TOP[name]
-    m = _BLOCK_KEY.match(name)
-    if m and m.group(2) in _LLADA_BLOCK:
-        return f"model.layers.{m.group(1)}.{_LLADA_BLOCK[m.group(2)]}.weight"
-    raise UnsupportedCheckpoint(f"llada tensor {name!r} has no Llama counterpart (a bias or a layer the conversion does not know)")
+    out = _rename(name, _LLADA_TOP, _LLADA_BLOCK, _BLOCK_KEY, "model.layers.{}.{}.weight")
+    if out is None:
+        raise UnsupportedCheckpoint(f"llada tensor {name!r} has no Llama counterpart (a bias or a layer the conversion does not know)")
+    return out
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -226,7 +232,6 @@ def convert_checkpoint(src: str | Path, dst: str | Path, dtype=torch.float32) ->
 
 _LLADA_BACK = {v: k for k, v in _LLADA_TOP.items()}
 _LLADA_BLOCK_BACK = {v: k for k, v in _LLADA_BLOCK.items()}
-_LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
 
 
 def original_name_llada(name: str) -> str:
@@ -235,12 +240,10 @@ def original_name_llada(name: str) -> str:
     >>> original_name_llada("model.layers.3.mlp.gate_proj.weight")
     'model.transformer.blocks.3.ff_proj.weight'
     """
-    if name in _LLADA_BACK:
-        return _LLADA_BACK[name]
-    m = _LAYER_KEY.match(name)
-    if m and m.group(2) in _LLADA_BLOCK_BACK:
-        return f"model.transformer.blocks.{m.group(1)}.{_LLADA_BLOCK_BACK[m.group(2)]}.weight"
-    raise UnsupportedCheckpoint(f"tensor {name!r} has no LLaDA counterpart")
+    out = _rename(name, _LLADA_BACK, _LLADA_BLOCK_BACK, _LAYER_KEY, "model.transformer.blocks.{}.{}.weight")
+    if out is None:
+        raise UnsupportedCheckpoint(f"tensor {name!r} has no LLaDA counterpart")
+    return out
 
 
 def export_original(src: str | Path, dst: str | Path, code_from: str | Path | None = None) -> str:

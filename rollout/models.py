@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from transformers import logging as hf_logging
 from transformers import (
+    AutoModel,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
@@ -137,7 +138,8 @@ class DiffusionLM:
         """Log-probs of the distribution tokens are actually sampled from.
 
         logits / temperature with the mask token excluded (a sampler that can emit the mask
-        id can loop forever), and ids past the tokenizer (padded vocabularies) too. Temperature 0 (greedy) scores under temperature 1. The rollout
+        id can loop forever), and ids past the tokenizer (padded vocabularies) too. Temperature 0
+        (greedy) scores under temperature 1. The rollout
         and the learner both call this, so their log-probs agree by construction.
         """
         if logits.dtype in (torch.float16, torch.bfloat16):
@@ -228,18 +230,16 @@ def load_model(
     config = read_config(path)
     if hub_family(config) is not None and not trust_remote_code:
         # SDAR/TraDo, Dream, LLaDA in their hub layout: the stock class, weights renamed exactly.
-        hub, model = load_hub_checkpoint(path, dtype)
-        family = family or hub
+        _, model = load_hub_checkpoint(path, dtype)
     elif trust_remote_code:
         # The checkpoint's own code: the class its auto_map names; its attention left as it chose.
         auto_map = config.get("auto_map") or {}
-        auto = AutoModelForCausalLM if "AutoModelForCausalLM" in auto_map or not auto_map else __import__("transformers").AutoModel
+        auto = AutoModelForCausalLM if "AutoModelForCausalLM" in auto_map or not auto_map else AutoModel
         model = auto.from_pretrained(path, dtype=dtype, trust_remote_code=True)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model_type = str(model.config.model_type).lower()
-    family = family or getattr(model.config, "unmask_family", None) or MODEL_TYPES.get(model_type)
+    family = family or checkpoint_family(path)
     if family is None:
         raise ValueError(
             f"cannot tell the diffusion family of model_type {model.config.model_type!r}; pass family= one of {sorted(FAMILIES)}"

@@ -21,7 +21,6 @@ options for gym and arithmetic).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +55,7 @@ class Benchmark:
     @classmethod
     def from_source(cls, src: Source, label: str | None = None, name: str | None = None) -> "Benchmark":
         """A benchmark over a source's rows: a benchmark file's every row, an endless task's held-out split."""
-        examples = src.heldout if src.infinite or (src.cfg.heldout.path or src.cfg.heldout.size or src.cfg.heldout.fraction) else src.train
+        examples = src.heldout if src.heldout or src.infinite else src.train
         spec = src.accuracy_reward()
         if spec is None:
             raise DataError(f"source {src.name!r} has no reward to score it with: set rewards or a preset")
@@ -67,11 +66,16 @@ class Benchmark:
             source=src.origin, examples=list(examples), rewards=list(src.rewards),
         )  # fmt: skip
 
+    def head(self, n: int | None) -> "Benchmark":
+        """The first `n` problems only (all when n is None); returns self."""
+        if n is not None:
+            self.problems, self.examples = self.problems[:n], self.examples[:n]
+        return self
+
     def reward_fn(self):
         from rewards import get_reward
 
-        fn = get_reward(self.reward)
-        return functools.partial(fn, **self.reward_kwargs) if self.reward_kwargs else fn
+        return get_reward(self.reward, **self.reward_kwargs)
 
     def settings(self) -> dict[str, Any]:
         """What identifies this benchmark's results (stored in results.json, compared on resume)."""
@@ -172,9 +176,6 @@ def load_benchmark(
         template = opts.pop("template", template)
         max_new_tokens = opts.pop("max_new_tokens", max_new_tokens)
         options = {**options, **opts}
-    if template is not None and "{" not in template and template not in get_preset(name if name in PRESETS else None).templates and not Path(template).is_file():
-        names = ", ".join(get_preset(name).templates)
-        raise DataError(f"benchmark {name!r}: template {template!r} is neither a template name ({names}) nor a file")
     budget = _int(max_new_tokens, "max_new_tokens") if max_new_tokens is not None else None
     cfg = benchmark_source(name, path, limit, template, budget, dict(options))
     src = load_source(cfg)

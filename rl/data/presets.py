@@ -111,9 +111,10 @@ def pick(rec: dict, loc: str, *names: str, hint: str = "") -> Any:
     raise DataError(f"{loc}: missing field {want} ({hint + '; ' if hint else ''}fields present: {', '.join(sorted(rec)) or 'none'})")
 
 
-def _row_id(rec: dict, i: int) -> str:
-    rid = next((rec[k] for k in ("unique_id", "id", "task_id", "ID") if present(rec.get(k))), None)
-    return str(i) if rid is None else str(rid)
+def row_id(rec: dict, i: int | None) -> str | None:
+    """A row's own id (unique_id, id, task_id, ID), else its index `i` (None: no fallback)."""
+    rid = next((rec[k] for k in ("unique_id", "id", "task_id", "ID") if present(rec.get(k))), i)
+    return None if rid is None else str(rid)
 
 
 def fence(code: str) -> str:
@@ -175,7 +176,7 @@ def normalize_math(rec: dict, loc: str, i: int, root: Path | None = None, questi
         rationale = None
         if not gold:
             raise DataError(f"{loc}: field 'solution' has no \\boxed{{}} answer, and the row has no 'answer' field")
-    rid = _row_id(rec, i) if any(present(rec.get(k)) for k in ("unique_id", "id", "task_id", "ID")) else None
+    rid = row_id(rec, None)
     if rid is None:  # the row's place: its index, or its file inside a MATH directory
         rid = Path(loc).relative_to(root).as_posix() if root is not None and root.is_dir() and Path(loc).is_relative_to(root) else str(i)
     out = {"id": rid, "question": str(q), "answer": gold}
@@ -237,7 +238,7 @@ def normalize_code(rec: dict, loc: str, i: int, root: Path | None = None) -> dic
     JSON object as in APPS/TACO)."""
     hint = "code rows need a problem text (text, question, prompt, problem) and tests (test_list, tests, test, or inputs/outputs)"
     text = pick(rec, loc, "text", "question", "prompt", "problem", "description", hint=hint)
-    out: dict[str, Any] = {"id": _row_id(rec, i), "text": str(text), "tests": None, "inputs_outputs": None,
+    out: dict[str, Any] = {"id": row_id(rec, i), "text": str(text), "tests": None, "inputs_outputs": None,
                            "entry_point": rec.get("entry_point") or None, "prefix": str(rec.get("test_setup_code") or "")}  # fmt: skip
     if present(rec.get("test_list")) or (isinstance(rec.get("tests"), list) and rec["tests"]):
         key = "test_list" if present(rec.get("test_list")) else "tests"

@@ -16,7 +16,7 @@ from typing import Any
 
 from rl.data.files import DataError, read_where
 from rl.data.names import source_name
-from rl.data.presets import Preset, Template, get_preset, present
+from rl.data.presets import Preset, Template, get_preset, present, row_id
 from rl.data.prompts import is_messages, render
 
 
@@ -39,6 +39,8 @@ class Example:
     """Where the row came from ("file:line N"), for messages."""
     prompt_ids: list[int] | None = None
     """Token ids of the prompt once encoded for a tokenizer (data/stream.py)."""
+    response_ids: list[int] | None = None
+    """Token ids of the response once encoded (SFT), EOS not included."""
 
 
 @dataclass
@@ -53,7 +55,8 @@ class Source:
     template: Template
     rewards: list[Any]
     """RewardSpec list scoring this source (its own, else the preset's, else the run's)."""
-    columns: tuple[str, ...]
+    column_map: dict[str, str]
+    """Reward keyword -> row column: the preset's columns, then the source's own."""
     max_new_tokens: int
     chat: bool
     """Whether a chat template may wrap its prompts (chat_template: auto and the preset allows it)."""
@@ -63,6 +66,11 @@ class Source:
     heldout: list[Example] = field(default_factory=list)
     task: Any = None
     """Endless generated sources (arithmetic): the task that draws fresh training rows."""
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The reward keyword columns every example carries."""
+        return tuple(self.column_map)
 
     @property
     def infinite(self) -> bool:
@@ -106,7 +114,7 @@ class Source:
         elif response is None and self.preset.response is not None:
             response = self.preset.response(row)
         columns = {}
-        for kwarg, col in _column_map(self.preset, cfg).items():
+        for kwarg, col in self.column_map.items():
             if col not in row:
                 raise DataError(f"{loc}: missing column {col!r} for the rewards (columns: {', '.join(sorted(row))})")
             columns[kwarg] = row[col]
@@ -185,8 +193,7 @@ def _rows(preset: Preset, where: str, cfg: Any, split: str | None, subset: str |
         if preset.normalize is not None:
             row = preset.normalize(rec, loc, i, root, **options)
         else:
-            rid = next((rec[k] for k in ("id", "task_id", "unique_id") if present(rec.get(k))), i)
-            row = {**rec, "id": str(rid)}
+            row = {**rec, "id": row_id(rec, i)}
         row["_loc"] = loc
         rows.append(row)
     return rows, where
@@ -214,7 +221,7 @@ def load_source(cfg: Any, default_rewards: list[Any] | None = None) -> Source:
     budget = cfg.max_new_tokens or (preset.max_new_tokens(**options) if callable(preset.max_new_tokens) else preset.max_new_tokens)
     chat = cfg.chat_template == "auto" and preset.chat
     src = Source(name=name, cfg=cfg, preset=preset, template_name=tname, template=template, rewards=rewards,
-                 columns=tuple(_column_map(preset, cfg)), max_new_tokens=budget, chat=chat, origin=cfg.path)  # fmt: skip
+                 column_map=_column_map(preset, cfg), max_new_tokens=budget, chat=chat, origin=cfg.path)  # fmt: skip
     ho = cfg.heldout
     if preset.infinite:  # the arithmetic task: fresh rows every step, held-out rows from its own split
         from rl.data.presets import arithmetic_task

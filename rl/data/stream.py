@@ -45,6 +45,7 @@ class PromptStream:
         total = sum(s.cfg.weight for s in sources)
         self._bounds = [sum(s.cfg.weight for s in sources[: i + 1]) / total for i in range(len(sources))]
         self._counts_at: dict[int, list[int]] = {0: [0] * len(sources)}  # slot -> draws per source before it
+        self._orders: dict[int, tuple[int, list[int]]] = {}  # source -> (epoch, its shuffled order): one live epoch each
 
     # -- encoding ----------------------------------------------------------------------------
     def encode(self, source: Source, ex: Example) -> list[int]:
@@ -94,18 +95,14 @@ class PromptStream:
         src = self.sources[s]
         n = len(src.train)
         epoch, k = divmod(position, n)
-        order = list(range(n))
-        if self.shuffle:
-            order = self._order(s, epoch)
-        return src.train[order[k]]
+        return src.train[self._order(s, epoch)[k] if self.shuffle else k]
 
     def _order(self, s: int, epoch: int) -> list[int]:
-        cache = self.__dict__.setdefault("_orders", {})  # source -> (epoch, order): one epoch per source is live at a time
-        if cache.get(s, (None,))[0] != epoch:
+        if self._orders.get(s, (None,))[0] != epoch:
             order = list(range(len(self.sources[s].train)))
             random.Random(f"{self.seed}-{self.sources[s].name}-{epoch}").shuffle(order)
-            cache[s] = (epoch, order)
-        return cache[s][1]
+            self._orders[s] = (epoch, order)
+        return self._orders[s][1]
 
     def batch(self, step: int, n: int) -> list[Example]:
         """The `n` examples of step `step` (0-based), source by source in slot order.
