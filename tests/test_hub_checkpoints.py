@@ -277,3 +277,32 @@ def test_overlap_refuses_the_approximate_full_attention_cache(tmp_path):
                                     "rollout": {"overlap": True}, "train": {"output_dir": str(tmp_path / "run")}, "wandb": {"mode": "disabled"}})  # fmt: skip
     with pytest.raises(ValueError, match="rollout.overlap with the llada family needs rollout.sampling.kv_cache: false"):
         Trainer(cfg)  # refused before any actor starts: the ratio would use approximate-cache log-probs
+
+
+@pytest.mark.parametrize("name", ["sdar", "dream"])
+def test_generate_command_on_every_family(tmp_path, name):
+    """`unmask generate` on the hub layout (LLaDA is covered with convert above): ids decode, the step map replays."""
+    BUILDERS[name](tmp_path / name)
+    res = subprocess.run([sys.executable, "-m", "rl.cli", "generate", str(tmp_path / name), "12+34=", "--max-new-tokens", "8"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "step map:" in res.stdout
+
+
+def test_hub_id_resolves_through_the_hub_cache(tmp_path, monkeypatch):
+    """`model.path: OWNER/NAME` loads from the hub cache (offline here), laid out as huggingface_hub writes it."""
+    commit = "0" * 40
+    repo = tmp_path / "hub" / "models--Gen-Verse--TraDo-tiny"
+    sdar_checkpoint(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    lm = load_model("Gen-Verse/TraDo-tiny")
+    assert lm.family.name == "block" and lm.mask_id == 151669 and lm.block_size == 4
+    with pytest.raises(FileNotFoundError, match="Gen-Verse/No-such: not a local directory, and the hub could not provide it"):
+        load_model("Gen-Verse/No-such")
