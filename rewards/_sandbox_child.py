@@ -17,9 +17,13 @@ code wrote except the bytes it asked for:
     R unit status exit_code microseconds err_len out_len\\n<err bytes><out bytes>
     D\\n                                      done
 
-A unit counts as finished only when its child reports so through a private pipe,
-tagged with a random nonce; a program that exits early (``os._exit(0)``) in the
-middle of a test therefore fails it.
+A plain unit counts as finished only when its child reports so through a private
+pipe, tagged with a random nonce; a program that exits early (``os._exit(0)``)
+therefore fails it. That report comes from the program's own process, so a hostile
+program can forge it: it decides only the status of scripts, stdin/stdout cases (whose
+output the host judges) and tests run with ``judge="in_process"``. Tests with a judge
+are decided by a separate judge process (see "judged tests" below), which the
+program cannot reach.
 """
 
 import marshal
@@ -165,17 +169,24 @@ def landlock(read_paths, write_paths):
 
 # Syscalls refused to the untrusted program, by architecture: (audit arch, numbers).
 # Value: errno to return. fork-like calls get EAGAIN (what a process limit gives),
-# clone3 gets ENOSYS so glibc falls back to clone, which is filtered on its flags.
-_EPERM, _EAGAIN, _EACCES, _ENOSYS = 1, 11, 13, 38
+# and so does clone, for threads too (a thread bomb would otherwise make thousands of
+# host tasks where there is no pid namespace); clone3 gets ENOSYS so glibc falls back
+# to clone. Python's threading then raises "RuntimeError: can't start new thread".
+_EPERM, _EAGAIN, _EACCES, _ENOSYS, _EOPNOTSUPP = 1, 11, 13, 38, 95
 _X86_64 = {
     "arch": 0xC000003E,
     "deny": {
-        57: _EAGAIN, 58: _EAGAIN,  # fork, vfork
+        57: _EAGAIN, 58: _EAGAIN, 56: _EAGAIN,  # fork, vfork, clone (threads included)
         435: _ENOSYS,  # clone3
         59: _EPERM, 322: _EPERM,  # execve, execveat
         41: _EACCES,  # socket
         200: _EPERM, 424: _EPERM,  # tkill, pidfd_send_signal
+        434: _EPERM, 438: _EPERM,  # pidfd_open, pidfd_getfd
         101: _EPERM, 310: _EPERM, 311: _EPERM, 312: _EPERM,  # ptrace, process_vm_readv/writev, kcmp
+        440: _EPERM, 448: _EPERM, 279: _EPERM, 256: _EPERM,  # process_madvise, process_mrelease, move_pages, migrate_pages
+        274: _EPERM,  # get_robust_list (another task's futex list)
+        141: _EPERM, 251: _EPERM,  # setpriority, ioprio_set
+        203: _EPERM, 144: _EPERM, 142: _EPERM, 314: _EPERM,  # sched_setaffinity/setscheduler/setparam/setattr
         112: _EPERM, 109: _EPERM,  # setsid, setpgid (stay in the group that gets killed)
         272: _EPERM, 308: _EPERM,  # unshare, setns
         165: _EPERM, 166: _EPERM, 155: _EPERM, 161: _EPERM,  # mount, umount2, pivot_root, chroot
@@ -188,19 +199,42 @@ _X86_64 = {
         167: _EPERM, 168: _EPERM, 170: _EPERM, 171: _EPERM,  # swapon/off, sethostname, setdomainname
         172: _EPERM, 173: _EPERM, 135: _EPERM,  # iopl, ioperm, personality
         303: _EPERM, 304: _EPERM,  # name_to_handle_at, open_by_handle_at
+        # SysV IPC and POSIX message queues: outlive the program where there is no ipc namespace
+        29: _EPERM, 30: _EPERM, 31: _EPERM, 67: _EPERM,  # shmget, shmat, shmctl, shmdt
+        64: _EPERM, 65: _EPERM, 66: _EPERM, 220: _EPERM,  # semget, semop, semctl, semtimedop
+        68: _EPERM, 69: _EPERM, 70: _EPERM, 71: _EPERM,  # msgget, msgsnd, msgrcv, msgctl
+        240: _EPERM, 241: _EPERM, 242: _EPERM, 243: _EPERM, 244: _EPERM, 245: _EPERM,  # mq_open .. mq_getsetattr
+        319: _EPERM, 447: _EPERM,  # memfd_create, memfd_secret (shmem pages escape RLIMIT_AS)
     },
-    "clone": 56,
+    # Without a size-capped file system (the rlimit backend): no new files, so that writing
+    # stays within RLIMIT_FSIZE on the few files the program already has open.
+    "create_deny": {
+        85: _EACCES,  # creat
+        83: _EACCES, 258: _EACCES, 133: _EACCES, 259: _EACCES,  # mkdir, mkdirat, mknod, mknodat
+        86: _EACCES, 265: _EACCES, 88: _EACCES, 266: _EACCES,  # link, linkat, symlink, symlinkat
+        437: _ENOSYS,  # openat2 (flags behind a pointer): glibc and Python fall back to openat
+        285: _EOPNOTSUPP,  # fallocate: FALLOC_FL_KEEP_SIZE allocates past RLIMIT_FSIZE; posix_fallocate falls back to writes
+    },
+    "create_flags": ((2, 1), (257, 2)),  # open: flags in args[1]; openat: args[2]
     "self_only": (62, 234, 129, 297),  # kill, tgkill, rt_sigqueueinfo, rt_tgsigqueueinfo: arg0 must be our pid
+    "self_or_zero": (302,),  # prlimit64: pid 0 (glibc's getrlimit/setrlimit) or ours
+    "fcntl": 72,
+    "ioctl": 16,
     "x32": True,
 }
 _AARCH64 = {
     "arch": 0xC00000B7,
     "deny": {
-        435: _ENOSYS,
+        220: _EAGAIN, 435: _ENOSYS,  # clone (threads included), clone3
         221: _EPERM, 281: _EPERM,
         198: _EACCES,
         130: _EPERM, 424: _EPERM,
+        434: _EPERM, 438: _EPERM,
         117: _EPERM, 270: _EPERM, 271: _EPERM, 272: _EPERM,
+        440: _EPERM, 448: _EPERM, 239: _EPERM, 238: _EPERM,
+        100: _EPERM,
+        140: _EPERM, 30: _EPERM,
+        122: _EPERM, 119: _EPERM, 118: _EPERM, 274: _EPERM,
         157: _EPERM, 154: _EPERM,
         97: _EPERM, 268: _EPERM,
         40: _EPERM, 39: _EPERM, 41: _EPERM, 51: _EPERM,
@@ -212,9 +246,22 @@ _AARCH64 = {
         105: _EPERM, 106: _EPERM, 273: _EPERM,
         224: _EPERM, 225: _EPERM, 161: _EPERM, 162: _EPERM, 92: _EPERM,
         264: _EPERM, 265: _EPERM,
+        194: _EPERM, 196: _EPERM, 195: _EPERM, 197: _EPERM,
+        190: _EPERM, 193: _EPERM, 191: _EPERM, 192: _EPERM,
+        186: _EPERM, 189: _EPERM, 188: _EPERM, 187: _EPERM,
+        180: _EPERM, 181: _EPERM, 182: _EPERM, 183: _EPERM, 184: _EPERM, 185: _EPERM,
+        279: _EPERM, 447: _EPERM,
     },
-    "clone": 220,
+    "create_deny": {
+        34: _EACCES, 33: _EACCES, 37: _EACCES, 36: _EACCES,  # mkdirat, mknodat, linkat, symlinkat
+        437: _ENOSYS,  # openat2
+        47: _EOPNOTSUPP,  # fallocate
+    },
+    "create_flags": ((56, 2),),  # openat
     "self_only": (129, 131, 138, 240),
+    "self_or_zero": (261,),
+    "fcntl": 25,
+    "ioctl": 29,
     "x32": False,
 }
 
@@ -223,20 +270,79 @@ def _seccomp_table():
     return {"x86_64": _X86_64, "aarch64": _AARCH64}.get(os.uname().machine)
 
 
-def seccomp_program(pid):
-    """Return the classic-BPF seccomp filter for this process (``pid``), or None."""
+# Request options the filter depends on, set by the supervisor from the host's request
+# (main), for callers that do not pass them.
+_SECCOMP_OPTIONS = {"no_file_create": False}
+_O_CREAT, _O_TMPFILE = 0o100, 0o20000000  # same on x86_64 and aarch64 (__O_TMPFILE)
+_F_SETOWN, _F_SETSIG, _F_SETOWN_EX = 8, 10, 15
+_FIOSETOWN, _SIOCSPGRP = 0x8901, 0x8902
+
+
+def seccomp_program(pid, no_file_create=None):
+    """Return the classic-BPF seccomp filter for this process (``pid``), or None.
+
+    Besides the ``deny`` table: signals (kill, tgkill, rt_(tg)sigqueueinfo) only to
+    ``pid`` itself; prlimit64 only on pid 0 or ``pid``; fcntl F_SETOWN/F_SETSIG/F_SETOWN_EX
+    and ioctl FIOSETOWN/SIOCSPGRP (which would make the kernel signal another process)
+    refused, every other command allowed. With ``no_file_create`` (default: the request's
+    ``no_file_create``): open/openat with O_CREAT or O_TMPFILE get EACCES, and so do
+    creat, mkdir, mknod, link and symlink (and their *at forms); openat2 gets ENOSYS,
+    fallocate EOPNOTSUPP.
+    """
     table = _seccomp_table()
     if table is None:
         return None
+    if no_file_create is None:
+        no_file_create = _SECCOMP_OPTIONS["no_file_create"]
+    key = (id(table), bool(no_file_create))
+    if key not in _FILTERS:  # built once per process (~0.1 ms), then only the pid is filled in
+        _FILTERS[key] = _build_filter(table, bool(no_file_create))
+    template, pid_slots = _FILTERS[key]
+    program = bytearray(template)
+    for slot in pid_slots:
+        struct.pack_into("I", program, slot * 8 + 4, pid & 0xFFFFFFFF)
+    return bytes(program)
+
+
+_FILTERS = {}
+_PID = object()  # where the filter compares with the process's own pid
+
+
+def _build_filter(table, no_file_create):
+    """The filter with its pid comparisons left at 0: (bytes, indices of those instructions)."""
+    pid = _PID
     LD, JEQ, JGE, JSET, RET = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, ..., BPF_RET|K
     ALLOW, KILL = 0x7FFF0000, 0x80000000
     insns = []
+    pid_slots = []
 
     def op(code, k, jt=0, jf=0):
+        if k is _PID:
+            pid_slots.append(len(insns))
+            k = 0
         insns.append(struct.pack("HBBI", code, jt, jf, k & 0xFFFFFFFF))
 
     def errno(e):
         return 0x00050000 | e
+
+    def arg(i, high=False):  # offset of the low (or high) 32 bits of args[i] in seccomp_data
+        return 16 + 8 * i + (4 if high else 0)
+
+    def block(nr, body):
+        """When the syscall is ``nr``, run ``body`` (which returns on every path); else skip it.
+
+        The accumulator holds the syscall number outside the blocks, so they chain without
+        reloading it, and the kernel can still tell that every other syscall is allowed
+        whatever its arguments (its per-syscall allow cache).
+        """
+        op(JEQ, nr, 0, len(body))
+        for ins in body:
+            op(*ins)
+
+    def refuse_values(nr, i, values, e):  # refuse when args[i] (32 bits: a cmd) is one of values
+        k = len(values)
+        body = [(LD, arg(i))] + [(JEQ, v, k - j, 0) for j, v in enumerate(values)]
+        block(nr, body + [(RET, ALLOW), (RET, errno(e))])
 
     op(LD, 4)  # arch
     op(JEQ, table["arch"], 1, 0)
@@ -245,27 +351,31 @@ def seccomp_program(pid):
     if table["x32"]:
         op(JGE, 0x40000000, 0, 1)
         op(RET, errno(_ENOSYS))
-    for nr, e in sorted(table["deny"].items()):
-        op(JEQ, nr, 0, 1)
-        op(RET, errno(e))
-    # clone: threads (CLONE_THREAD) are fine, new processes are not.
-    op(JEQ, table["clone"], 0, 4)
-    op(LD, 16)  # low word of args[0] (flags)
-    op(JSET, 0x00010000, 0, 1)
-    op(RET, ALLOW)
-    op(RET, errno(_EAGAIN))
     # Signals only to ourselves: arg0 (a pid_t) must equal our pid.
     for nr in table["self_only"]:
-        op(LD, 0)
-        op(JEQ, nr, 0, 6)
-        op(LD, 16)
-        op(JEQ, pid, 0, 3)
-        op(LD, 20)
-        op(JEQ, 0, 0, 1)
-        op(RET, ALLOW)
-        op(RET, errno(_EPERM))
+        block(nr, [(LD, arg(0)), (JEQ, pid, 0, 3), (LD, arg(0, True)), (JEQ, 0, 0, 1), (RET, ALLOW), (RET, errno(_EPERM))])
+    for nr in table["self_or_zero"]:
+        block(nr, [(LD, arg(0)), (JEQ, 0, 1, 0), (JEQ, pid, 0, 3), (LD, arg(0, True)), (JEQ, 0, 0, 1),
+                   (RET, ALLOW), (RET, errno(_EPERM))])  # fmt: skip
+    refuse_values(table["fcntl"], 1, (_F_SETOWN, _F_SETSIG, _F_SETOWN_EX), _EPERM)
+    refuse_values(table["ioctl"], 1, (_FIOSETOWN, _SIOCSPGRP), _EPERM)
+    deny = dict(table["deny"])
+    if no_file_create:
+        for nr, i in table["create_flags"]:
+            block(nr, [(LD, arg(i)), (JSET, _O_CREAT | _O_TMPFILE, 0, 1), (RET, errno(_EACCES)), (RET, ALLOW)])
+        deny.update(table["create_deny"])
+    for nr, e in sorted(deny.items()):
+        op(JEQ, nr, 0, 1)
+        op(RET, errno(e))
     op(RET, ALLOW)
-    return b"".join(insns)
+    return b"".join(insns), tuple(pid_slots)
+
+
+def _seccomp_options(request, use_seccomp):
+    """Take the filter's options from the host's request (``no_file_create``) and prebuild it."""
+    _SECCOMP_OPTIONS["no_file_create"] = bool(request.get("no_file_create"))
+    if use_seccomp:
+        seccomp_program(os.getpid())
 
 
 _FPROG = None
@@ -310,18 +420,23 @@ class _Quitter:
         raise SystemExit(code)
 
 
-def _describe(exc):
+def _describe(exc, filename="solution.py", source=None):
+    """``Type: message (line N)``, N the last line of ``filename`` in the traceback (with its text from ``source``)."""
     try:
-        text = "%s: %s" % (type(exc).__name__, exc)
+        message = str(exc)
+        text = "%s: %s" % (type(exc).__name__, message) if message else type(exc).__name__
     except BaseException:
         text = type(exc).__name__
     tb, line = exc.__traceback__, None
     while tb is not None:
-        if tb.tb_frame.f_code.co_filename == "solution.py":
+        if tb.tb_frame.f_code.co_filename == filename:
             line = tb.tb_lineno
         tb = tb.tb_next
     if line is not None:
         text += " (line %d)" % line
+        lines = source.splitlines() if source else []
+        if 0 < line <= len(lines):
+            text += ": " + lines[line - 1].strip()[:300]
     return text[:2000]
 
 
@@ -356,35 +471,7 @@ def _child(unit, fds, report_fd, nonce, limits, use_seccomp, forget):
         report_fd = 3
         for container in forget:  # the other units (their tests) and the request
             container.clear()
-        # SIGXCPU at the soft limit, SIGKILL a second later for a program that ignores it.
-        _set_limit(resource.RLIMIT_CPU, int(unit["timeout"]) + 1, hard_extra=1)
-        _set_limit(resource.RLIMIT_AS, limits["memory_bytes"])
-        _set_limit(resource.RLIMIT_FSIZE, limits["file_bytes"])
-        _set_limit(resource.RLIMIT_NOFILE, limits["open_files"])
-        _set_limit(resource.RLIMIT_CORE, 0)
-        _set_limit(resource.RLIMIT_MEMLOCK, 0)
-        _set_limit(resource.RLIMIT_STACK, min(limits["memory_bytes"] // 4, 256 << 20))
-        if not use_seccomp and os.getuid() == 65534:
-            # Without seccomp, the process limit is what stops a fork bomb. It counts every
-            # process of the uid, so it only means something for the dedicated uid 65534.
-            _set_limit(resource.RLIMIT_NPROC, limits["processes"])
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large write fails with EFBIG instead
-        if use_seccomp:
-            program = seccomp_program(os.getpid())
-            if program is None or not install_seccomp(program):
-                os._exit(121)
-        import builtins
-
-        builtins.exit = _Quitter("exit")
-        builtins.quit = _Quitter("quit")
-        sys.stdin = open(0, "r", encoding="utf-8", errors="surrogateescape", closefd=False)
-        sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
-        sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
-        sys.argv = ["solution.py"]
-        module = type(sys)("__main__")
-        module.__dict__["__file__"] = "solution.py"
-        module.__dict__["__builtins__"] = builtins
-        sys.modules["__main__"] = module
+        module = _enter_program(unit, limits, use_seccomp)
         source = unit["source"]
         unit.clear()
         status, err = "ok", ""
@@ -544,43 +631,629 @@ def _run_unit(index, unit, timeout, limits, use_seccomp, devnull, forget):
     return status, exit_code, elapsed, err.encode("utf-8", "replace")[:4000], out
 
 
+# --- judged tests: the verdict comes from a process the program cannot reach ------------
+#
+# A test unit with a judge runs in two processes. The program's process ("P") runs the
+# solution and then only answers calls: the name of one of its functions and the
+# arguments, as plain data. The judge ("J") runs the tests, with every name the tests
+# take from the solution bound to a proxy that makes such a call, and decides. P gets
+# no test code, no expected value and no descriptor that leads to the verdict: it is
+# forked by a zygote ("Z") that was forked before the supervisor read the tests, and
+# what it sends back is decoded into plain values (int, float, str, bytes, None, bool,
+# list, tuple, dict, set, frozenset, complex) of exactly those types, so an object whose
+# ``__eq__`` always answers True cannot cross, and nothing P does to its own interpreter
+# reaches J. J's verdict goes to the supervisor on a pipe only J holds.
+
+_FRAME_CAP = 16 << 20
+_MAX_DEPTH = 200
+_JSON = None
+
+
+def _json():
+    global _JSON
+    if _JSON is None:
+        import json
+
+        _JSON = json
+    return _JSON
+
+
+def _iterable_as_list(value):
+    """The values a call returns that tests treat as sequences (a generator, map, range...)."""
+    name = type(value).__name__
+    if name in ("generator", "map", "filter", "zip", "range", "reversed", "enumerate", "dict_keys", "dict_values",
+                "dict_items", "list_iterator", "tuple_iterator", "itertools.chain"):  # fmt: skip
+        return list(value)
+    tolist = getattr(value, "tolist", None)  # numpy arrays and scalars
+    if callable(tolist) and type(value).__module__.startswith("numpy"):
+        return tolist()
+    raise TypeError("cannot send a %s between the tests and the program (plain data only)" % name)
+
+
+def encode(value, depth=0, lenient=False):
+    """Plain data as JSON-able lists: str, numbers, None and bools as themselves, containers tagged.
+
+    ``lenient`` (the program's side) also turns iterators and numpy values into lists.
+    """
+    if depth > _MAX_DEPTH:
+        raise ValueError("data nested too deeply")
+    t = type(value)
+    if value is None or t is bool or t is str or t is float:
+        return value
+    if t is int:
+        return value if -(1 << 62) < value < (1 << 62) else ["I", "%x" % value]
+    if t is list or t is tuple or t is set or t is frozenset:
+        return [{list: "L", tuple: "T", set: "S", frozenset: "F"}[t]] + [encode(v, depth + 1, lenient) for v in value]
+    if t is dict:
+        return ["D"] + [[encode(k, depth + 1, lenient), encode(v, depth + 1, lenient)] for k, v in value.items()]
+    if t is bytes:
+        return ["B", value.hex()]
+    if t is complex:
+        return ["C", value.real, value.imag]
+    if lenient:
+        return encode(_iterable_as_list(value), depth, False)
+    raise TypeError("cannot send a %s between the tests and the program (plain data only)" % t.__name__)
+
+
+def decode(data, depth=0):
+    """The inverse of :func:`encode`; anything else is refused (ValueError)."""
+    if depth > _MAX_DEPTH:
+        raise ValueError("data nested too deeply")
+    t = type(data)
+    if data is None or t is bool or t is int or t is float or t is str:
+        return data
+    if t is list and data and type(data[0]) is str:
+        tag, rest = data[0], data[1:]
+        if tag in ("L", "T", "S", "F"):
+            items = [decode(v, depth + 1) for v in rest]
+            return {"L": list, "T": tuple, "S": set, "F": frozenset}[tag](items)
+        if tag == "D":
+            out = {}
+            for pair in rest:
+                if type(pair) is not list or len(pair) != 2:
+                    raise ValueError("malformed mapping")
+                out[decode(pair[0], depth + 1)] = decode(pair[1], depth + 1)
+            return out
+        if tag == "I" and len(rest) == 1 and type(rest[0]) is str:
+            return int(rest[0], 16)
+        if tag == "B" and len(rest) == 1 and type(rest[0]) is str:
+            return bytes.fromhex(rest[0])
+        if tag == "C" and len(rest) == 2 and all(type(x) in (int, float) for x in rest):
+            return complex(rest[0], rest[1])
+    raise ValueError("not plain data")
+
+
+def _send(fd, message):
+    body = _json().dumps(message, separators=(",", ":")).encode("utf-8", "surrogatepass")
+    _write_all(fd, struct.pack(">I", len(body)) + body)
+
+
+def _read_exact(fd, n):
+    out = b""
+    while len(out) < n:
+        chunk = os.read(fd, n - len(out))
+        if not chunk:
+            return None
+        out += chunk
+    return out
+
+
+def _recv(fd):
+    """One frame, parsed; None at end of stream. Raises ValueError on a malformed frame."""
+    head = _read_exact(fd, 4)
+    if head is None:
+        return None
+    (n,) = struct.unpack(">I", head)
+    if n > _FRAME_CAP:
+        raise ValueError("a message of %d bytes (the cap is %d)" % (n, _FRAME_CAP))
+    body = _read_exact(fd, n)
+    if body is None:
+        return None
+    return _json().loads(body.decode("utf-8", "surrogatepass"))
+
+
+def _enter_program(unit, limits, use_seccomp, no_file_create=None):
+    """Lock this (forked) process down and make the __main__ module the program runs in."""
+    # SIGXCPU at the soft limit, SIGKILL a second later for a program that ignores it.
+    _set_limit(resource.RLIMIT_CPU, int(unit["timeout"]) + 1, hard_extra=1)
+    _set_limit(resource.RLIMIT_AS, limits["memory_bytes"])
+    _set_limit(resource.RLIMIT_FSIZE, limits["file_bytes"])
+    _set_limit(resource.RLIMIT_NOFILE, limits["open_files"])
+    _set_limit(resource.RLIMIT_CORE, 0)
+    _set_limit(resource.RLIMIT_MEMLOCK, 0)
+    _set_limit(resource.RLIMIT_STACK, min(limits["memory_bytes"] // 4, 256 << 20))
+    if not use_seccomp and os.getuid() == 65534:
+        # Without seccomp, the process limit is what stops a fork bomb. It counts every
+        # process of the uid, so it only means something for the dedicated uid 65534.
+        _set_limit(resource.RLIMIT_NPROC, limits["processes"])
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large write fails with EFBIG instead
+    if use_seccomp:
+        program = seccomp_program(os.getpid(), no_file_create=no_file_create)
+        if program is None or not install_seccomp(program):
+            os._exit(121)
+    import builtins
+
+    builtins.exit = _Quitter("exit")
+    builtins.quit = _Quitter("quit")
+    sys.stdin = open(0, "r", encoding="utf-8", errors="surrogateescape", closefd=False)
+    sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
+    sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
+    sys.argv = ["solution.py"]
+    module = type(sys)("__main__")
+    module.__dict__["__file__"] = "solution.py"
+    module.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = module
+    return module
+
+
+def _place_fds(sources):
+    """Make fd i a copy of ``sources[i]`` and close every other descriptor."""
+    import fcntl
+
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64 + i) for i, fd in enumerate(sources)]  # out of the targets' way first
+    for target, fd in enumerate(high):
+        os.dup2(fd, target)
+    os.closerange(len(sources), 65536)
+
+
+def _serve(unit, fds, limits, use_seccomp, no_file_create):
+    """P: run the program, then answer calls until the judge is done. Never returns."""
+    code = 1
+    try:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        req_fd, resp_fd, err_fd = fds
+        _place_fds([devnull, devnull, err_fd, req_fd, resp_fd])  # 0, 1: nothing; 2: the error file; 3, 4: the judge's calls
+        module = _enter_program(unit, limits, use_seccomp, no_file_create)
+        source = unit["source"]
+        unit.clear()
+        namespace = module.__dict__
+        try:
+            exec(compile(source, "solution.py", "exec"), namespace)
+        except SystemExit as exc:
+            _send(4, ["load_error", "the program called exit(%r) before the tests ran" % (exc.code,)])
+            os._exit(0)
+        except BaseException as exc:
+            _send(4, ["load_error", _describe(exc)])
+            os._exit(0)
+        _send(4, ["ready"])
+        while True:
+            message = _recv(3)
+            if message is None:
+                break
+            _, name, args, kwargs = message
+            fn = namespace.get(name)
+            try:
+                if fn is None:
+                    raise NameError("name %r is not defined by the program" % name)
+                value = fn(*decode(args), **decode(kwargs))
+                reply = ["ok", encode(value, lenient=True)]
+            except SystemExit as exc:
+                reply = ["raise", "SystemExit", "the program called exit(%r) inside %s()" % (exc.code, name)]
+            except BaseException as exc:
+                reply = ["raise", type(exc).__name__, _describe(exc)]
+            try:
+                sys.stdout.flush()
+            except BaseException:
+                pass
+            _send(4, reply)
+        code = 0
+    except BaseException:
+        code = 120
+    os._exit(code)
+
+
+class ProgramError(Exception):
+    """The program raised something the tests cannot re-raise as a built-in exception, or went away."""
+
+
+def _program_exception(name, message):
+    import builtins
+
+    cls = getattr(builtins, name, None)
+    if isinstance(cls, type) and issubclass(cls, Exception) and cls.__module__ == "builtins":
+        try:
+            return cls(message)
+        except BaseException:
+            pass
+    return ProgramError("%s: %s" % (name, message))
+
+
+class _Remote:
+    """A name the tests take from the program: calling it calls the program's function."""
+
+    __slots__ = ("_name", "_channel")
+
+    def __init__(self, name, channel):
+        self._name = name
+        self._channel = channel
+
+    def __call__(self, *args, **kwargs):
+        req_w, resp_r = self._channel
+        _send(req_w, ["call", self._name, encode(list(args)), encode(kwargs)])
+        try:
+            reply = _recv(resp_r)
+        except ValueError as exc:
+            raise ProgramError("the program sent something that is not plain data (%s)" % exc) from None
+        if reply is None:
+            raise ProgramError("the program exited while %s() was being tested" % self._name)
+        if type(reply) is list and len(reply) == 2 and reply[0] == "ok":
+            try:
+                return decode(reply[1])
+            except ValueError as exc:
+                raise ProgramError("%s() returned something that is not plain data (%s)" % (self._name, exc)) from None
+        if type(reply) is list and len(reply) == 3 and reply[0] == "raise" and type(reply[1]) is str and type(reply[2]) is str:
+            raise _program_exception(reply[1], reply[2])
+        raise ProgramError("the program's reply to %s() is malformed" % self._name)
+
+    def __repr__(self):
+        return "<the program's %s>" % self._name
+
+
+def _judge(spec, channel, verdict_w, limits, timeout):
+    """J: run the tests against the program's functions; write the verdict. Never returns."""
+    verdict = "error judge: did not finish"
+    try:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        _set_limit(resource.RLIMIT_CPU, int(timeout) + 1, hard_extra=1)
+        _set_limit(resource.RLIMIT_AS, limits["memory_bytes"])
+        _set_limit(resource.RLIMIT_CORE, 0)
+        import builtins
+
+        try:
+            first = _recv(channel[1])
+        except ValueError:
+            first = None
+        if first == ["ready"]:
+            namespace = {"__name__": "__main__", "__builtins__": builtins}
+            try:
+                if spec.get("prefix"):
+                    exec(compile(spec["prefix"], "prefix.py", "exec"), namespace)
+            except BaseException as exc:
+                verdict = "error judge: the tests' prefix does not run on its own (%s); use judge='in_process'" % _describe(exc, "prefix.py")
+            else:
+                for name in spec.get("names", ()):
+                    if name not in namespace and not hasattr(builtins, name):
+                        namespace[name] = _Remote(name, channel)
+                for alias, target in spec.get("aliases", {}).items():
+                    namespace[alias] = _Remote(target, channel)
+                try:
+                    exec(compile(spec["code"], "test.py", "exec"), namespace)
+                    verdict = "ok"
+                except BaseException as exc:
+                    verdict = "error " + _describe(exc, "test.py", spec["code"])
+        elif type(first) is list and len(first) == 2 and first[0] == "load_error" and type(first[1]) is str:
+            verdict = "error the program failed before the tests ran: " + first[1]
+        else:
+            verdict = "error the program exited before the tests ran"
+    except BaseException as exc:
+        verdict = "error judge: " + type(exc).__name__
+    try:
+        _write_all(verdict_w, verdict.encode("utf-8", "backslashreplace")[:4000])
+    finally:
+        os._exit(0)
+
+
+def _zygote(sock, units, limits, use_seccomp, no_file_create):
+    """Z: fork each judged unit's program process on request; report its pid and exit status."""
+    import socket as _socket_module
+
+    try:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)  # the request pipe: the tests still to be read stay out of reach
+        conn = _socket_module.socket(fileno=sock)
+        while True:
+            msg, fds, _, _ = _socket_module.recv_fds(conn, 64, 3)
+            if not msg:
+                break
+            index, timeout = msg.decode().split()
+            unit = dict(units[int(index)], timeout=float(timeout))
+            pid = os.fork()
+            if pid == 0:
+                conn.close()
+                _serve(unit, fds, limits, use_seccomp, no_file_create)
+            for fd in fds:
+                os.close(fd)
+            conn.sendall(b"%d\n" % pid)
+            _, status = os.waitpid(pid, 0)
+            conn.sendall(b"%d\n" % status)
+    except BaseException:
+        pass
+    os._exit(0)
+
+
+class _Zygote:
+    """The supervisor's handle on Z."""
+
+    def __init__(self, units, limits, use_seccomp, no_file_create, close_in_child):
+        import socket as _socket_module
+
+        self.socket = _socket_module
+        ours, theirs = _socket_module.socketpair(_socket_module.AF_UNIX, _socket_module.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            for fd in close_in_child:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            _zygote(theirs.detach(), units, limits, use_seccomp, no_file_create)
+        theirs.close()
+        self.pid, self.conn, self.buffer = pid, ours, b""
+
+    def _line(self):
+        while b"\n" not in self.buffer:
+            chunk = self.conn.recv(64)
+            if not chunk:
+                raise OSError("the zygote exited")
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return int(line)
+
+    def spawn(self, index, timeout, fds):
+        self.socket.send_fds(self.conn, [b"%d %r" % (index, timeout)], fds)
+        return self._line()
+
+    def exit_status(self):
+        return self._line()
+
+    def close(self):
+        self.conn.close()
+        try:
+            os.waitpid(self.pid, 0)
+        except OSError:
+            pass
+
+
+def _run_judged(index, unit, spec, timeout, zygote, limits, close_in_judge=()):
+    """Run one judged unit: P from the zygote, J forked here. Returns what _run_unit returns."""
+    err_path = "err-%d" % index
+    _unlink(err_path)
+    err_fd = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    req_r, req_w = os.pipe()
+    resp_r, resp_w = os.pipe()
+    verdict_r, verdict_w = os.pipe()
+    start = time.monotonic()
+    try:
+        program_pid = zygote.spawn(index, timeout, [req_r, resp_w, err_fd])
+    finally:
+        for fd in (req_r, resp_w, err_fd):
+            os.close(fd)
+    judge_pid = os.fork()
+    if judge_pid == 0:
+        os.close(verdict_r)
+        zygote.conn.close()
+        for fd in close_in_judge:  # the result stream is the supervisor's alone
+            os.close(fd)
+        _judge(spec, (req_w, resp_r), verdict_w, limits, timeout)
+    for fd in (req_w, resp_r, verdict_w):
+        os.close(fd)
+    wait_status, timed_out = _wait(judge_pid, max(0.0, timeout - (time.monotonic() - start)))
+    elapsed = time.monotonic() - start
+    verdict = b""
+    while len(verdict) < 8192:
+        chunk = os.read(verdict_r, 8192)
+        if not chunk:
+            break
+        verdict += chunk
+    os.close(verdict_r)
+    try:
+        os.kill(program_pid, signal.SIGKILL)
+    except OSError:
+        pass
+    program_status = zygote.exit_status()
+    text = verdict.decode("utf-8", "replace")
+    if timed_out:
+        status, code, err = "timeout", -1, "ran past %.3gs" % timeout
+    elif not (os.WIFEXITED(wait_status) and os.WEXITSTATUS(wait_status) == 0) or not text:
+        status, code, err = "died", -1, "the judge did not report"
+    elif text == "ok":
+        status, code, err = "ok", 0, ""
+    else:
+        status, code, err = "error", 1, text[6:] if text.startswith("error ") else text
+    if status != "ok":
+        if os.WIFSIGNALED(program_status) and os.WTERMSIG(program_status) == signal.SIGXCPU:
+            status, err = "timeout", "ran past %.3gs" % timeout
+        tail, _ = _read_file(err_path, 1 << 16)
+        tail = tail[-1000:].decode("utf-8", "replace").strip()
+        if tail and status != "timeout":
+            err = (err + " | stderr: " + tail) if err else "stderr: " + tail
+    _unlink(err_path)
+    return status, code, elapsed, err.encode("utf-8", "replace")[:4000], b""
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def _passed(kind, status, exit_code):
     if kind == "test":
         return status == "ok"
     return status == "ok" or (status == "exit" and exit_code == 0)
 
 
-def _probe(use_seccomp):
-    """Fork a child that installs the filter and tries what it forbids; return what held."""
+def _probe(use_seccomp, request=None):
+    """Fork a child that installs the filter and tries what it forbids; return what held.
+
+    Each key is 1 only when the attempt failed; an attempt that succeeds does no harm
+    and is undone at once (a segment or file it made is removed, a signal is signal 0,
+    a file opened for writing outside the work dir gets one byte only if it is the
+    host's own probe file). Run whether or not the filter could be installed, so what
+    is reported is what a program would meet.
+    """
+    request = request or {}
+    no_file_create = bool(request.get("no_file_create"))
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(r)
         result = []
-        try:
-            program = seccomp_program(os.getpid())
-            ok = use_seccomp and program is not None and install_seccomp(program)
-            result.append("seccomp=%d" % ok)
-            if ok:
-                try:
-                    child = os.fork()
-                    if child == 0:
-                        os._exit(0)
-                    result.append("fork_blocked=0")
-                except OSError:
-                    result.append("fork_blocked=1")
-                import socket
 
-                try:
-                    socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
-                    result.append("socket_blocked=0")
-                except OSError:
-                    result.append("socket_blocked=1")
-                try:
-                    os.kill(os.getppid(), 0)
-                    result.append("kill_blocked=0")
-                except OSError:
-                    result.append("kill_blocked=1")
+        def attempt(key, fn, errnos=None):
+            """Record ``key``=1 when ``fn`` fails (with one of ``errnos``, where given)."""
+            try:
+                fn()
+                blocked = False
+            except OSError as exc:
+                blocked = errnos is None or exc.errno in errnos
+            except RuntimeError:  # "can't start new thread"
+                blocked = True
+            except Exception:  # the attempt could not be made (an old Python): not shown to be blocked
+                blocked = False
+            result.append("%s=%d" % (key, blocked))
+            return blocked
+
+        def every(*fns):
+            """One attempt made of several: it fails only when each of them does."""
+
+            def run():
+                for fn, errnos in fns:
+                    try:
+                        fn()
+                    except OSError as exc:
+                        if errnos is None or exc.errno in errnos:
+                            continue
+                    raise ValueError("not every attempt failed")
+                raise OSError(1, "every attempt failed")
+
+            return run
+
+        def fork():
+            child = os.fork()
+            if child == 0:
+                os._exit(0)
+            os.waitpid(child, 0)
+
+        def socket_():
+            import socket
+
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
+
+        def thread():
+            import _thread
+
+            _thread.start_new_thread(lambda: None, ())
+
+        def checked(value):
+            if value == -1:
+                import ctypes
+
+                e = ctypes.get_errno()
+                raise OSError(e, os.strerror(e))
+            return value
+
+        def sysv():
+            import ctypes
+
+            libc = _libc()
+            made = 0
+            for get, remove in (
+                (lambda: libc.shmget(0, ctypes.c_size_t(4096), 0o1600), lambda i: libc.shmctl(i, 0, None)),
+                (lambda: libc.msgget(0, 0o1600), lambda i: libc.msgctl(i, 0, None)),
+                (lambda: libc.semget(0, 1, 0o1600), lambda i: libc.semctl(i, 0, 0)),
+            ):  # IPC_PRIVATE, IPC_CREAT | 0600; IPC_RMID at once
+                ident = get()
+                if ident >= 0:
+                    remove(ident)
+                    made += 1
+            if made:
+                raise ValueError("made %d SysV IPC objects" % made)
+            raise OSError(1, "refused")
+
+        def fcntl_signals():
+            import fcntl
+
+            pr, pw = os.pipe()
+            try:
+                target = os.getppid()
+                every(
+                    (lambda: fcntl.fcntl(pr, _F_SETOWN, target), None),
+                    (lambda: fcntl.fcntl(pr, _F_SETSIG, 10), None),
+                    (lambda: fcntl.fcntl(pr, _F_SETOWN_EX, struct.pack("ii", 1, target)), None),  # F_OWNER_PID
+                    # Pipes have no FIOSETOWN (ENOTTY): only the filter's EPERM shows it is refused.
+                    (lambda: fcntl.ioctl(pr, _FIOSETOWN, struct.pack("i", target)), (1,)),
+                )()
+            finally:
+                os.close(pr)
+                os.close(pw)
+
+        def pidfd():
+            def open_parent():
+                os.close(os.pidfd_open(os.getppid()))
+
+            # pidfd_getfd on a bad pidfd: EBADF from the kernel, EPERM from the filter.
+            every((open_parent, None), (lambda: checked(_libc().syscall(438, -1, 0, 0)), (1,)))()
+
+        def prlimit():
+            resource.prlimit(os.getppid(), resource.RLIMIT_NOFILE)
+
+        def memfd():
+            os.close(os.memfd_create("unmask-probe"))
+
+        def create():
+            name = "unmask-probe-%d" % os.getpid()
+
+            def new_file():
+                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                os.unlink(name)
+
+            def new_dir():
+                os.mkdir(name + ".d")
+                os.rmdir(name + ".d")
+
+            def tmpfile():
+                os.close(os.open(".", getattr(os, "O_TMPFILE", _O_TMPFILE | os.O_DIRECTORY) | os.O_WRONLY, 0o600))
+
+            every((new_file, None), (new_dir, None), (tmpfile, None))()
+
+        def outside_write():
+            attempts = []
+            stdlib_file = getattr(os, "__file__", None)  # on the host, read-only in the sandbox
+            if stdlib_file and os.path.isfile(stdlib_file):
+                # Opened for writing and closed untouched: proof enough that it could be changed.
+                attempts.append((lambda: os.close(os.open(stdlib_file, os.O_WRONLY | os.O_APPEND)), None))
+            target = request.get("probe_write")  # the host's own probe file, outside the work dir
+            if target:
+
+                def append():
+                    fd = os.open(target, os.O_WRONLY | os.O_APPEND)
+                    try:
+                        os.write(fd, b"x")
+                    finally:
+                        os.close(fd)
+
+                def make():
+                    os.close(os.open(target + ".new", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                    os.unlink(target + ".new")
+
+                attempts += [(append, None), (make, None)]
+            if not attempts:
+                raise ValueError("nothing to try")
+            every(*attempts)()
+
+        try:
+            program = seccomp_program(os.getpid(), no_file_create=no_file_create)
+            ok = bool(use_seccomp and program is not None and install_seccomp(program))
+            result.append("seccomp=%d" % ok)
+            attempt("fork_blocked", fork)
+            attempt("socket_blocked", socket_)
+            attempt("kill_blocked", lambda: os.kill(os.getppid(), 0))
+            attempt("threads_blocked", thread)
+            attempt("sysv_ipc_blocked", sysv)
+            attempt("fcntl_signals_blocked", fcntl_signals)
+            attempt("pidfd_blocked", pidfd)
+            attempt("prlimit_blocked", prlimit)
+            attempt("memfd_blocked", memfd)
+            attempt("file_create_blocked", create)
+            attempt("outside_write_blocked", outside_write)
         except BaseException as exc:
             result.append("error=%s" % type(exc).__name__)
         os.write(w, " ".join(result).encode())
@@ -597,15 +1270,24 @@ def _probe(use_seccomp):
     return data.decode()
 
 
-def main():
+def _read_stdin(n=None):
+    """``n`` bytes of stdin (all of it when None)."""
     raw = b""
-    while True:
-        chunk = os.read(0, 1 << 20)
+    while n is None or len(raw) < n:
+        chunk = os.read(0, (1 << 20) if n is None else min(1 << 20, n - len(raw)))
         if not chunk:
+            if n is not None:
+                raise SystemExit(3)
             break
         raw += chunk
-    request = marshal.loads(raw)
-    del raw
+    return raw
+
+
+def main():
+    # The request comes in two parts: the programs, then the tests' judges. The zygote that
+    # forks the judged programs is forked between the two reads, so no program's memory
+    # ever held a test.
+    request = marshal.loads(_read_stdin(int(_read_stdin(10))))
     result_fd = request["result_fd"]
     start = time.monotonic()
     deadline = start + request["timeout"]
@@ -625,20 +1307,19 @@ def main():
     compile("pass", "solution.py", "exec")
     if use_seccomp:
         _fprog_type()
+    _seccomp_options(request, use_seccomp)  # the file-creation rule; the filter built once, before any fork
     if request.get("probe"):
-        applied.append(_probe(use_seccomp))
-        if request.get("probe_write"):
-            try:
-                with open(request["probe_write"], "w") as f:
-                    f.write("x")
-                os.unlink(request["probe_write"])
-                applied.append("outside_write_blocked=0")
-            except OSError:
-                applied.append("outside_write_blocked=1")
-    _write_all(result_fd, ("S " + " ".join(applied) + "\n").encode())
+        applied.append(_probe(use_seccomp, request))
     units = request["units"]
+    no_file_create = bool(request.get("no_file_create"))
+    zygote = None
+    if any(u.get("judged") for u in units):
+        _json()  # imported once here, inherited by every judge and program process
+        zygote = _Zygote(units, limits, use_seccomp, no_file_create, close_in_child=(result_fd,))
+    judges = marshal.loads(_read_stdin())
+    _write_all(result_fd, ("S " + " ".join(applied) + "\n").encode())
     stop_on_failure = request.get("stop_on_failure", False)
-    forget = [units, request]
+    forget = [units, request, judges]
     failed = False
     for index in range(len(units)):
         unit = units[index]
@@ -647,12 +1328,17 @@ def main():
             status, code, ms, err, out = "skipped", -1, 0.0, b"", b""
         else:
             timeout = min(unit.get("timeout", remaining), remaining)
-            status, code, ms, err, out = _run_unit(index, unit, timeout, limits, use_seccomp, devnull, forget)
+            if unit.get("judged"):
+                status, code, ms, err, out = _run_judged(index, unit, judges[index], timeout, zygote, limits, (result_fd,))
+            else:
+                status, code, ms, err, out = _run_unit(index, unit, timeout, limits, use_seccomp, devnull, forget)
             if stop_on_failure and not _passed(unit.get("kind", "test"), status, code):
                 failed = True
         units[index] = None  # free it
         header = "R %d %s %d %d %d %d\n" % (index, status, code, int(ms * 1e6), len(err), len(out))
         _write_all(result_fd, header.encode() + err + out)
+    if zygote is not None:
+        zygote.close()
     _write_all(result_fd, b"D\n")
 
 

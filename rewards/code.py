@@ -20,16 +20,23 @@ Columns (the dataset's fields; each one entry per completion, None where absent)
   HumanEval prompt whose body the completion continues).
 
 The program is the last fenced ```python block of the completion (else the last
-untagged fenced block, else the whole text). Each test runs in a fresh process
-forked inside one sandbox per sample (see rewards/sandbox.py), after the prefix
-and the solution. The reward is 1.0 if every test passes and 0.0 otherwise
-(``mode="all"``, which stops at the first failure), or the fraction passed
+untagged fenced block, else the whole text). Each test runs in fresh processes
+forked inside one sandbox per sample (see rewards/sandbox.py). With the default
+``judge="isolated"``, assert tests run in a judge process with the prefix, and the
+names they take from the solution are proxies that call the program's process,
+which runs the prefix and the solution and only answers those calls in plain data:
+no program can forge a pass (README, "A wrong program cannot forge a pass").
+``judge="in_process"`` appends the tests to the program instead (tests that pass
+objects to the solution need it; a hostile program can forge those). stdin/stdout
+and ``fn_name`` cases are judged here, in the trainer, on what the program printed.
+The reward is 1.0 if every test passes and 0.0 otherwise (``mode="all"``, which stops at the first failure), or the fraction passed
 (``mode="fraction"``); None when the sample has no tests.
 """
 
 from __future__ import annotations
 
 import ast
+import builtins
 import json
 import logging
 import math
@@ -156,15 +163,51 @@ def _maybe_json(value: Any) -> Any:
     return value
 
 
-def _test_cases(tests: Any, solution: str, prefix: str, entry_point: str | None) -> list[_Case]:
+JUDGES = ("isolated", "in_process")
+
+
+def free_names(code: str) -> tuple[str, ...]:
+    """Names ``code`` reads but never binds and the builtins do not define: what the tests take from the program.
+
+    >>> free_names("def check(candidate):\n    assert candidate(1) == helper(2)\ncheck(f)\n")
+    ('f', 'helper')
+    """
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return ()
+    loaded, bound = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+    return tuple(sorted(loaded - bound - set(dir(builtins))))
+
+
+def _test_program(prefix: str, solution: str, entry_point: str | None, test: str, judge: str) -> sandbox.Program:
+    """One test. Isolated (the default): the program's process runs prefix + solution and only answers calls;
+    the test itself runs in the judge process. In process: the test is appended to the program (weaker)."""
+    head = "\n".join(p for p in (prefix, solution) if p) + "\n"
+    if judge == "in_process":
+        alias = f"candidate = {entry_point}\n" if entry_point else ""
+        return sandbox.Program(head + alias + test + "\n", kind="test")
+    aliases = {"candidate": entry_point, entry_point: entry_point} if entry_point else {}
+    return sandbox.Program(head, kind="test", judge=sandbox.Judge(test + "\n", prefix=prefix, names=free_names(test), aliases=aliases))
+
+
+def _test_cases(tests: Any, solution: str, prefix: str, entry_point: str | None, judge: str = "isolated") -> list[_Case]:
     tests = _maybe_json(tests)
     if not isinstance(tests, (str, bytes, dict)) and hasattr(tests, "__iter__"):
         tests = list(tests)  # a numpy array or other sequence from a dataset
-    head = "\n".join(p for p in (prefix, solution) if p) + "\n"
-    if entry_point:
-        head += f"candidate = {entry_point}\n"
     if isinstance(tests, (list, tuple)):
-        return [_Case(sandbox.Program(head + str(t) + "\n", kind="test")) for t in tests if str(t).strip()]
+        return [_Case(_test_program(prefix, solution, entry_point, str(t), judge)) for t in tests if str(t).strip()]
     if not isinstance(tests, str):
         raise TypeError(f"'tests' must be a string or a list of strings, got {type(tests).__name__}")
     if not tests.strip():
@@ -175,13 +218,13 @@ def _test_cases(tests: Any, solution: str, prefix: str, entry_point: str | None)
         names = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     except SyntaxError:
         pass
-    body = head + tests + "\n"
+    body = tests + "\n"
     if entry_point and "check" in names:
-        return [_Case(sandbox.Program(body + f"check({entry_point})\n", kind="test"))]
+        return [_Case(_test_program(prefix, solution, entry_point, body + f"check({entry_point})", judge))]
     test_fns = [n for n in names if n.startswith("test")]
     if test_fns:
-        return [_Case(sandbox.Program(body + f"{n}()\n", kind="test")) for n in test_fns]
-    return [_Case(sandbox.Program(body, kind="test"))]
+        return [_Case(_test_program(prefix, solution, entry_point, body + f"{n}()", judge)) for n in test_fns]
+    return [_Case(_test_program(prefix, solution, entry_point, tests, judge))]
 
 
 def _text_of(value: Any) -> str:
@@ -266,6 +309,7 @@ def run_tests(
     stop_on_failure: bool = False,
     limits: sandbox.Limits | None = None,
     backend: str | None = None,
+    judge: str = "isolated",
 ) -> tuple[list[bool], sandbox.SandboxResult | None]:
     """Run one completion's tests in one sandbox; returns (pass/fail per test, the sandbox result).
 
@@ -275,7 +319,7 @@ def run_tests(
     solution = extract_code(as_text(completion))
     cases: list[_Case] = []
     if tests is not None:
-        cases += _test_cases(tests, solution, prefix or "", entry_point)
+        cases += _test_cases(tests, solution, prefix or "", entry_point, judge)
     if inputs_outputs is not None:
         cases += _io_cases(inputs_outputs, solution, prefix or "")
     if not cases:
@@ -309,6 +353,7 @@ def code_reward(
     memory_mb: int = 1024,
     num_workers: int | None = None,
     backend: str | None = None,
+    judge: str = "isolated",
     **columns: Any,
 ) -> list[float | None]:
     """Score Python completions by running them against their tests in the sandbox.
@@ -318,7 +363,9 @@ def code_reward(
     ``test_timeout_s`` each test (default: ``timeout_s``); ``memory_mb`` is the
     address-space limit per test. Samples run in ``num_workers`` sandboxes at once
     (default: one per core). A sample without tests scores None, and so does one
-    whose sandbox could not start (logged). Bind the keyword options with
+    whose sandbox could not start (logged). ``judge``: ``"isolated"`` (assert tests
+    run apart from the program, which cannot forge a pass) or ``"in_process"``
+    (appended to the program; for tests that pass objects). Bind the keyword options with
     functools.partial to change them.
 
     >>> code_reward(["q"] * 2, ["```python\\ndef f(x):\\n    return 2 * x\\n```", "def f(x): return x"],
@@ -327,6 +374,8 @@ def code_reward(
     """
     if mode not in ("all", "fraction"):
         raise ValueError(f"mode must be 'all' or 'fraction', got {mode!r}")
+    if judge not in JUDGES:
+        raise ValueError(f"judge must be one of {JUDGES}, got {judge!r}")
     n = len(completions)
     tests_col = column(tests, n, "tests")
     io_col = column(inputs_outputs, n, "inputs_outputs")
@@ -340,7 +389,7 @@ def code_reward(
         try:
             passed, _ = run_tests(
                 completions[i], tests_col[i], io_col[i], entry_col[i], prefix_col[i],
-                stop_on_failure=(mode == "all"), limits=limits, backend=backend,
+                stop_on_failure=(mode == "all"), limits=limits, backend=backend, judge=judge,
             )  # fmt: skip
         except sandbox.SandboxError as exc:
             logger.warning("code reward: sandbox failed on sample %d: %s", i, exc)

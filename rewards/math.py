@@ -2,40 +2,27 @@ r"""Math answers: the last ``\boxed{}`` of a completion, checked with math-verif
 
 math-verify bounds its own work with ``signal.alarm``, which only works in the
 main thread of the main interpreter, while RL scoring runs in threads and Ray
-actors. So ``parse``/``verify`` run here with their timeouts disabled, inside
-worker processes this module owns; a check that runs past ``timeout_s`` is ended
-by killing its worker (sympy can hang in C code, where no signal would help), and
-the sample scores 0.0.
-
-The workers are fresh interpreters (forking a process that holds CUDA or Ray
-threads is unsafe), kept warm between calls and shared by all callers; calls from
-several threads take turns.
+actors. So ``parse``/``verify`` run here with their timeouts disabled, one check
+per call in the reward worker processes (rewards/_pool.py, shared with reward
+plugins); a check that runs past ``timeout_s`` is ended by killing its worker
+(sympy can hang in C code, where no signal would help), and the sample scores 0.0.
 """
 
 from __future__ import annotations
 
-import atexit
 import functools
+import hashlib
 import logging
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from . import _pool
 from ._text import as_text, column
 from .registry import in_process, register_reward
 
 logger = logging.getLogger(__name__)
-
-STARTUP_TIMEOUT_S = 120.0  # spawning + importing sympy; generous for loaded machines
 
 _BOXED = re.compile(r"\\boxed\s*\{")
 # Ground truth already inside math delimiters is parsed as written; an unescaped
@@ -116,192 +103,44 @@ def check_answer(pred: str, gold: str) -> bool:
 _CHECK: Callable[[str, str], bool] = check_answer
 
 
-def _worker_main(fd: int) -> None:
-    """Entry point of a worker process: answer check requests on the socket ``fd``."""
-    import math_verify.grader
-    import math_verify.parser
+class _WorkerCheck:
+    """``check`` as the reward worker pool calls it: ``fn([pred], [gold]) -> [matched]``.
 
-    # The parent's wall-clock limit is the interruption logic math-verify's
-    # "timeout is disabled" warnings ask for, so they would only be noise here.
-    math_verify.grader.TIMEOUT_WARNING_SHOWN = True
-    math_verify.parser.TIMEOUT_WARNING_SHOWN = True
-    # Ctrl-C reaches the whole process group; the parent decides when we stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = os.getppid()
+    The pool sends it by reference and a worker loads it once (it stays loaded
+    between calls); loading imports math-verify, so sympy's import counts against
+    the pool's load limit rather than the first check's ``timeout_s``.
+    """
 
-    def exit_when_orphaned() -> None:
-        # A check stuck in sympy never reads the closed socket, so watch the parent.
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
+    def __init__(self, check: Callable[[str, str], bool]) -> None:
+        self.check = check
 
-    threading.Thread(target=exit_when_orphaned, daemon=True).start()
-    conn = Connection(fd)
-    conn.send(("ready",))
-    while True:
-        try:
-            task = conn.recv()
-        except (EOFError, OSError):
-            return
-        except Exception as exc:  # a check the worker cannot unpickle (not importable)
-            conn.send(("bad", f"{type(exc).__name__}: {exc}"))
-            continue
-        if task is None:
-            return
-        index, check, pred, gold = task
-        try:
-            conn.send(("done", index, bool(check(pred, gold)), ""))
-        except Exception as exc:
-            conn.send(("done", index, False, f"{type(exc).__name__}: {exc}"))
+    def __setstate__(self, state: dict) -> None:  # runs in the worker, once, when the pool loads it
+        import math_verify.grader
+        import math_verify.parser
+
+        # The pool's wall-clock limit is the interruption logic math-verify's
+        # "timeout is disabled" warnings ask for, so they would only be noise here.
+        math_verify.grader.TIMEOUT_WARNING_SHOWN = True
+        math_verify.parser.TIMEOUT_WARNING_SHOWN = True
+        self.__dict__.update(state)
+
+    def __call__(self, preds: list[str], golds: list[str]) -> list[bool]:
+        return [bool(self.check(pred, gold)) for pred, gold in zip(preds, golds)]
 
 
-class _Worker:
-    # A plain subprocess rather than multiprocessing "spawn": spawn re-runs the
-    # caller's __main__ script in the child, which breaks (or recurses) in scripts
-    # without an `if __name__ == "__main__"` guard.
-    def __init__(self) -> None:
-        ours, theirs = socket.socketpair()
-        code = (
-            f"import sys; sys.path[:0] = {sys.path!r}; "
-            f"from {__name__} import _worker_main; _worker_main(int(sys.argv[1]))"
-        )
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", code, str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,  # a chatty check must not write into the caller's output
-            )
-        finally:
-            theirs.close()
-        self.conn = Connection(ours.detach())
-        self.ready = False
-        self.task: tuple[int, float] | None = None  # (sample index, deadline)
-
-    def stop(self, kill: bool = False) -> None:
-        if not kill:
-            try:
-                self.conn.send(None)
-                self.proc.wait(1.0)
-            except (OSError, ValueError, subprocess.TimeoutExpired):
-                pass
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.conn.close()
-
-
-class _Pool:
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.workers: list[_Worker] = []
-        self.lock = threading.Lock()
-
-    def shutdown(self) -> None:
-        while self.workers:
-            self.workers.pop().stop()
-
-    def run(self, check: Callable, pairs: Sequence[tuple[str, str]], timeout_s: float, num_workers: int) -> list[float]:
-        try:
-            return self._run(check, pairs, timeout_s, num_workers)
-        except BaseException:
-            # The workers' state is unknown (a task may be in flight): start afresh next time.
-            for w in self.workers:
-                w.stop(kill=True)
-            self.workers.clear()
-            raise
-
-    def _run(self, check: Callable, pairs: Sequence[tuple[str, str]], timeout_s: float, num_workers: int) -> list[float]:
-        while len(self.workers) > num_workers:
-            self.workers.pop().stop()
-        while len(self.workers) < min(num_workers, len(pairs)):  # grow lazily, keep warm ones
-            self.workers.append(_Worker())
-
-        results = [0.0] * len(pairs)
-        pending = deque(range(len(pairs)))
-        remaining = len(pairs)
-        startup_deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while remaining:
-            for k, w in enumerate(self.workers):
-                if w.ready and w.task is None and pending:
-                    index = pending.popleft()
-                    try:
-                        w.conn.send((index, check, *pairs[index]))
-                    except (OSError, ValueError):  # died while idle: retry on a fresh worker
-                        pending.appendleft(index)
-                        w.stop(kill=True)
-                        self.workers[k] = _Worker()
-                        continue
-                    # The clock starts at dispatch, so queueing behind other samples
-                    # or a worker's startup never counts against a sample.
-                    w.task = (index, time.monotonic() + timeout_s)
-
-            deadlines = [w.task[1] for w in self.workers if w.task]
-            if not any(w.ready for w in self.workers):
-                deadlines.append(startup_deadline)
-            wait_s = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-            by_conn = {w.conn: k for k, w in enumerate(self.workers)}
-            for conn in wait(list(by_conn), wait_s):
-                k = by_conn[conn]
-                w = self.workers[k]
-                try:
-                    msg = conn.recv()
-                except (EOFError, OSError):  # the worker died (OOM kill, segfault)
-                    if not w.ready:
-                        raise RuntimeError(f"math-verify worker exited with code {w.proc.poll()} while starting")
-                    if w.task is not None:
-                        logger.warning("math-verify worker died while checking sample %d; scoring it 0.0", w.task[0])
-                        remaining -= 1
-                    w.stop(kill=True)
-                    self.workers[k] = _Worker()
-                    continue
-                if msg[0] == "ready":
-                    w.ready = True
-                elif msg[0] == "done":
-                    _, index, ok, err = msg
-                    if err:
-                        logger.debug("math-verify raised on sample %d: %s", index, err)
-                    results[index] = 1.0 if ok else 0.0
-                    w.task = None
-                    remaining -= 1
-                else:
-                    raise RuntimeError(f"math-verify worker could not load the check function: {msg[1]}")
-
-            now = time.monotonic()
-            for k, w in enumerate(self.workers):
-                if w.task is not None and now >= w.task[1]:
-                    logger.warning("math-verify check of sample %d ran past %.1fs; scoring it 0.0", w.task[0], timeout_s)
-                    w.stop(kill=True)
-                    self.workers[k] = _Worker()
-                    remaining -= 1
-            if not any(w.ready for w in self.workers) and now >= startup_deadline:
-                raise RuntimeError(f"math-verify workers did not start within {STARTUP_TIMEOUT_S:.0f}s")
-        return results
-
-
-_POOL: _Pool | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pool() -> _Pool:
-    global _POOL
-    with _POOL_LOCK:
-        # A forked child inherits the object but must not drive its parent's workers.
-        if _POOL is None or _POOL.pid != os.getpid():
-            _POOL = _Pool()
-        return _POOL
+@functools.lru_cache(maxsize=8)
+def _worker_check(check: Callable[[str, str], bool]) -> tuple[str, bytes]:
+    """The pool's ``(fn_key, fn_bytes)`` for ``check``; the key changes when ``_CHECK`` is swapped."""
+    if _pool.function_bytes(check) is None:
+        raise ValueError(f"the math check {check!r} must be importable to run in a worker process")
+    fn_bytes = _pool.function_bytes(_WorkerCheck(check))
+    assert fn_bytes is not None
+    return "rewards.math:" + hashlib.sha1(fn_bytes).hexdigest()[:16], fn_bytes
 
 
 def shutdown_workers() -> None:
-    """Stop the warm math-verify worker processes (they restart on the next call)."""
-    with _POOL_LOCK:
-        pool = _POOL
-    if pool is not None and pool.pid == os.getpid():
-        with pool.lock:
-            pool.shutdown()
-
-
-atexit.register(shutdown_workers)
+    """Stop the warm reward worker processes, math-verify's and plugins' (they restart on the next call)."""
+    _pool.shutdown_workers()
 
 
 def default_num_workers() -> int:
@@ -337,9 +176,26 @@ def verify_answers(
                 logger.debug("math-verify raised on %r vs %r", pred, gold, exc_info=True)
                 out.append(0.0)
         return out
-    pool = _pool()
-    with pool.lock:
-        return pool.run(check, list(pairs), timeout_s, num_workers)
+    fn_key, fn_bytes = _worker_check(check)
+    # One task per pair, so that each check has its own time limit; the check stays
+    # loaded in the workers, so a task costs about one round trip (~0.1 ms).
+    tasks = [_pool.Task(fn_key, fn_bytes, [pred], [gold], {}) for pred, gold in pairs]
+    outcomes = _pool.pool().run(tasks, timeout_s, num_workers)
+    results = []
+    for i, o in enumerate(outcomes):
+        if o.kind == "ok":
+            results.append(1.0 if o.value[0] else 0.0)
+            continue
+        if o.kind == "load_error":
+            raise RuntimeError(f"math-verify worker could not load the check function: {o.message}")
+        if o.kind == "timeout":
+            logger.warning("math-verify check of sample %d ran past %.1fs; scoring it 0.0", i, timeout_s)
+        elif o.kind == "crash":
+            logger.warning("math-verify worker died while checking sample %d; scoring it 0.0", i)
+        else:
+            logger.debug("math-verify raised on sample %d: %s", i, o.message)
+        results.append(0.0)
+    return results
 
 
 def _present(value: Any) -> bool:

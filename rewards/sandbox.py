@@ -14,25 +14,45 @@ The layers, from the outside in:
   to the layers below alone, which still hold on their own.
 - **without bubblewrap**: the program runs in its own session in a fresh temp dir,
   with an empty environment; when this process is root and the interpreter can be
-  read by ``nobody``, it runs as uid/gid 65534.
+  read by ``nobody``, it runs as uid/gid 65534. There is no size-capped file system
+  here, so the program may not create files at all (seccomp: O_CREAT/O_TMPFILE,
+  mkdir, mknod, link, symlink get EACCES, fallocate EOPNOTSUPP): what it writes goes
+  to the files it already has open (its captured output), each capped by RLIMIT_FSIZE.
+  This backend is refused (:class:`SandboxError`, saying how to fix it) where it
+  would be weak: the programs would run as uid 0 (uid 65534 cannot read the
+  interpreter) without Landlock, neither bubblewrap nor Landlock works, or there is
+  no seccomp; ``UNMASK_SANDBOX_ALLOW_WEAK=1`` runs it anyway, with a warning that
+  names what is missing (``sandbox_info()["weak"]``).
 - **always** (where the kernel supports them): Landlock (read-only access to the
   interpreter and system libraries, full access only to the working directory, no
   TCP, no signals out of the sandbox), every capability dropped, no new
   privileges, and a seccomp filter on the program's process: no fork/clone of new
-  processes (a fork bomb gets EAGAIN), no exec, no sockets, no signals to other
-  processes, no ptrace/mount/namespaces/bpf/io_uring/keyrings.
+  processes or threads (a fork or thread bomb gets EAGAIN, so it makes no host tasks
+  even without a pid namespace), no exec, no sockets, no SysV IPC or POSIX message
+  queues, no memfd; no signals to other processes by any route (kill and friends
+  only to itself; fcntl F_SETOWN/F_SETSIG/F_SETOWN_EX, ioctl FIOSETOWN/SIOCSPGRP,
+  pidfds refused), nothing that reads or changes another process (ptrace,
+  process_vm_*, process_madvise, prlimit, priority, scheduler, affinity); no
+  mount/namespaces/bpf/io_uring/keyrings.
 - **rlimits** per program: CPU seconds, address space, file size, open files,
   stack, no core dumps (and processes, as uid 65534 where seccomp is unavailable); a wall-clock limit per program and
   one for the whole run, after which the process group (and the namespace) is
   killed. Output is read back up to a cap; a program that prints more is stopped.
 
-:func:`sandbox_info` reports which of these are active on this machine. The
+:func:`sandbox_info` reports which of these are active on this machine, each from an
+attempt its probe made inside the sandbox under the program's filter. The
 backend is chosen with ``backend=`` or the ``UNMASK_SANDBOX`` environment variable
 (``auto``, ``bwrap`` or ``rlimit``; ``auto`` uses bubblewrap where it works).
 
-Not covered: the program may use all the CPU time and memory its limits allow,
-and reward hacking through the tests themselves (an object whose ``__eq__`` is
-always true, reading the assert it is tested with) is out of scope of any sandbox.
+Verdicts: a program with a :class:`Judge` (what the code reward builds for assert
+tests) never decides its own verdict. Its process is forked from a zygote that was
+forked before the supervisor read the tests, runs the solution and then only answers
+calls from a judge process, in plain data; the judge runs the tests and reports on a
+pipe only it holds. The result stream to the host is parsed strictly (one start
+record, one record per unit in order, the end record last); anything else is a
+:class:`SandboxError`, never a partial read.
+
+Not covered: the program may use all the CPU time and memory its limits allow.
 """
 
 from __future__ import annotations
@@ -101,7 +121,7 @@ class Limits:
     timeout_s: float = 10.0
     unit_timeout_s: float | None = None
     memory_mb: int = 1024  # address space per program (RLIMIT_AS)
-    file_size_mb: int = 16  # largest file a program may write, captured output included
+    file_size_mb: int = 16  # largest file a program may write, captured output included (rlimit: no new files)
     open_files: int = 64
     processes: int = 64  # RLIMIT_NPROC, only where seccomp is unavailable and the program runs as uid 65534
     output_bytes: int = 1 << 20  # stdout and stderr read back per run (each)
@@ -115,6 +135,24 @@ class Limits:
 
 
 @dataclass
+class Judge:
+    """Tests run apart from the program they test (see :class:`Program`).
+
+    ``code``: the test code, run in a judge process with ``prefix`` (trusted setup,
+    e.g. a HumanEval prompt's helpers) executed first. Each of ``names`` (the free
+    names of the tests) that neither the prefix nor the builtins define, and each
+    key of ``aliases`` (``{"candidate": "f", "f": "f"}``), is bound to a proxy that
+    calls the program's function of that name with plain-data arguments and returns
+    its plain-data result. The test passes when ``code`` runs to its end.
+    """
+
+    code: str
+    prefix: str = ""
+    names: tuple[str, ...] = ()
+    aliases: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class Program:
     """One program to run in the sandbox.
 
@@ -122,6 +160,9 @@ class Program:
     ``SystemExit`` fails it); ``"io"`` and ``"script"`` also pass on ``exit(0)``.
     ``stdout``: ``"capture"`` (returned in :attr:`UnitResult.output`, at most
     ``output_limit`` bytes), ``"discard"``, or ``"pass"`` (to the run's stdout).
+    ``judge`` (``kind="test"`` only): the tests, run in a separate judge process that
+    decides the verdict; the program's process then only runs ``source`` and answers
+    the judge's calls, and never sees the tests (see rewards/_sandbox_child.py).
     """
 
     source: str
@@ -130,6 +171,11 @@ class Program:
     stdout: str = "discard"
     output_limit: int = 1 << 20
     timeout_s: float | None = None
+    judge: Judge | None = None
+
+    def __post_init__(self) -> None:
+        if self.judge is not None and (self.kind != "test" or self.stdin is not None or self.stdout != "discard"):
+            raise ValueError("a judged program is a test (kind='test') with no stdin and discarded output")
 
 
 @dataclass
@@ -262,10 +308,83 @@ def _parse_applied(line: str) -> dict[str, Any]:
     return info
 
 
-def _probe(backend: str) -> dict[str, Any]:
-    """Start a sandbox once and record what it could apply. Raises SandboxError if it cannot start."""
+ALLOW_WEAK_ENV = "UNMASK_SANDBOX_ALLOW_WEAK"
+# Test hook: False makes the supervisor skip Landlock, to see what the probes and the weak
+# mode do on a kernel without it.
+_USE_LANDLOCK = True
+
+
+def _allow_weak() -> bool:
+    return os.environ.get(ALLOW_WEAK_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _bwrap_unavailable(bwrap_error: str | None) -> str | None:
+    """Why bubblewrap cannot be used here (None: it works), for the rlimit backend's weak-mode check."""
+    if bwrap_error is not None:
+        return bwrap_error
+    cached = next((i for (b, *_), i in _PROBES.items() if b in ("auto", "bwrap") and i.get("backend") == "bwrap"), None)
+    if cached is not None:
+        return None
+    try:
+        _probe("bwrap")
+        return None
+    except SandboxError as exc:
+        return str(exc)
+
+
+def _weak_reasons(info: dict[str, Any], bwrap_error: str | None) -> tuple[list[str], list[str]]:
+    """What the rlimit backend lacks to be safe here, and how to fix it (empty: nothing lacks)."""
+    missing: list[str] = []
+    fixes: list[str] = []
+    if not info["landlock_abi"]:
+        why_not_bwrap = _bwrap_unavailable(bwrap_error)
+        chmod = (
+            f"make the interpreter readable by uid {NOBODY} (`chmod -R o+rX {os.path.realpath(sys.base_prefix)}` and "
+            f"`chmod o+x` on each directory above it) so that the programs run as uid {NOBODY}"
+        )
+        if info["uid"] == 0:
+            missing.append(
+                f"the programs would run as root (uid 0), because uid {NOBODY} cannot run {_python()}, and without "
+                "Landlock every root-owned host file (the project, the virtualenv, the home directory) would be "
+                "writable by them"
+            )
+        if why_not_bwrap is not None:
+            missing.append(
+                f"neither bubblewrap ({why_not_bwrap}) nor Landlock is available, so nothing confines the programs' "
+                f"file access beyond the permissions of their uid"
+            )
+        if missing:
+            if why_not_bwrap is not None:
+                fixes.append("install bubblewrap and enable unprivileged user namespaces (sysctl "
+                             "kernel.unprivileged_userns_clone=1; on Ubuntu also "
+                             "kernel.apparmor_restrict_unprivileged_userns=0)")  # fmt: skip
+                fixes.append("use a kernel with Landlock (Linux 5.13 or later with landlock in its lsm= list)")
+                if info["uid"] == 0:  # helps, but without bubblewrap or Landlock it is not enough on its own
+                    fixes.append(f"(together with one of those) {chmod}")
+            else:
+                fixes.append("use the bubblewrap backend, which works here (UNMASK_SANDBOX=auto or bwrap)")
+                fixes.append(chmod)
+                fixes.append("use a kernel with Landlock (Linux 5.13 or later with landlock in its lsm= list)")
+    if not info["seccomp"]:
+        missing.append(
+            "no seccomp filter on this machine (x86_64 or aarch64 Linux only), so nothing stops forks, exec, "
+            "sockets, threads, SysV IPC or signals to other processes"
+        )
+        fixes.append("run on x86_64 or aarch64, or use the bubblewrap backend")
+    return missing, fixes
+
+
+def _probe(backend: str, bwrap_error: str | None = None) -> dict[str, Any]:
+    """Start a sandbox once and record what its probes found. Raises SandboxError if it cannot start.
+
+    Every ``*_blocked`` key is what an attempt made inside the sandbox, under the
+    program's filter, showed (see ``_probe`` in rewards/_sandbox_child.py); nothing is
+    assumed from the backend. The rlimit backend is refused (SandboxError) when it
+    would be weak here, unless ``UNMASK_SANDBOX_ALLOW_WEAK=1`` (then a warning says
+    what is missing). ``bwrap_error``: why bubblewrap could not start, when known.
+    """
     info: dict[str, Any] = {"backend": backend, "python": _python()}
-    config: dict[str, Any] = {"backend": backend}
+    config: dict[str, Any] = {"backend": backend, "landlock": _USE_LANDLOCK}
     if backend == "bwrap":
         bwrap = shutil.which("bwrap")
         if bwrap is None:
@@ -285,24 +404,72 @@ def _probe(backend: str) -> dict[str, Any]:
         info["filesystem"] = "read-only interpreter and /usr, tmpfs /tmp" + (" (size-capped)" if config["tmpfs_size"] else "")
     else:
         config["drop_uid"] = _nobody_can_run_python()
-        applied = _start(config, [], Limits(timeout_s=20), probe=True).protections
+        # A host file outside the work dir that any uid could write but for the sandbox.
+        fd, target = tempfile.mkstemp(prefix=f"unmask-probe-{os.getpid()}-")
+        os.close(fd)
+        try:
+            os.chmod(target, 0o666)
+            config["probe_write"] = target
+            applied = _start(config, [], Limits(timeout_s=20), probe=True).protections
+        finally:
+            config.pop("probe_write", None)
+            for path in (target, target + ".new"):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
         info["namespaces"] = []
-        info["filesystem"] = "private temp dir" + (" (Landlock: only writable place)" if applied.get("landlock") else "")
+        info["filesystem"] = (
+            "private temp dir"
+            + (" (Landlock: only writable place)" if applied.get("landlock") else "")
+            + ("; no new files (seccomp), writes capped per file" if applied.get("file_create_blocked") else "")
+        )
     uid = applied.get("uid")
     seccomp = bool(applied.get("seccomp")) and bool(applied.get("fork_blocked"))
+
+    def probed(key: str) -> bool:
+        return bool(applied.get(key))
+
     info["uid"] = uid
     info["unprivileged_uid"] = uid != 0
-    info["capabilities_dropped"] = bool(applied.get("caps_dropped"))
+    info["capabilities_dropped"] = probed("caps_dropped")
     info["landlock_abi"] = applied.get("landlock", 0)
     info["seccomp"] = seccomp
     # Without seccomp, RLIMIT_NPROC stops a fork bomb, but only under the dedicated uid 65534.
     info["fork_blocked"] = seccomp or uid == NOBODY
-    info["network_blocked"] = backend == "bwrap" or bool(applied.get("socket_blocked"))
-    info["signals_to_host_blocked"] = backend == "bwrap" or bool(applied.get("kill_blocked")) or uid == NOBODY
-    info["host_writes_blocked"] = backend == "bwrap" or bool(applied.get("outside_write_blocked"))
+    info["threads_blocked"] = probed("threads_blocked")
+    info["network_blocked"] = probed("socket_blocked")
+    info["sysv_ipc_blocked"] = probed("sysv_ipc_blocked")
+    info["kill_blocked"] = probed("kill_blocked")
+    info["fcntl_signals_blocked"] = probed("fcntl_signals_blocked")
+    info["pidfd_blocked"] = probed("pidfd_blocked")
+    info["signals_to_host_blocked"] = info["kill_blocked"] and info["fcntl_signals_blocked"] and info["pidfd_blocked"]
+    info["prlimit_blocked"] = probed("prlimit_blocked")
+    info["memfd_blocked"] = probed("memfd_blocked")
+    info["host_writes_blocked"] = probed("outside_write_blocked")
+    info["file_create_blocked"] = probed("file_create_blocked")
+    # Everything a program writes is bounded: a size-capped tmpfs, or no new files and RLIMIT_FSIZE.
+    info["writes_capped"] = bool(config.get("tmpfs_size")) or info["file_create_blocked"]
     info["rlimits"] = ["cpu", "address_space", "file_size", "open_files", "stack", "core"] + (
         ["processes"] if (not seccomp and uid == NOBODY) else []
     )
+    if "error" in applied:
+        info["probe_error"] = applied["error"]
+    info["weak"] = False
+    if backend != "bwrap":
+        missing, fixes = _weak_reasons(info, bwrap_error)
+        if missing:
+            if not _allow_weak():
+                raise SandboxError(
+                    "refusing the rlimit sandbox, its protection would be weak here: " + "; ".join(missing)
+                    + ". To fix it: " + "; or ".join(fixes)
+                    + f". Or set {ALLOW_WEAK_ENV}=1 to run with these protections missing."
+                )  # fmt: skip
+            logger.warning(
+                "code sandbox running in WEAK mode (%s=1), protections missing: %s", ALLOW_WEAK_ENV, "; ".join(missing)
+            )
+            info["weak"] = True
+            info["weak_reasons"] = missing
     info["_config"] = config
     return info
 
@@ -317,7 +484,7 @@ def _resolve_backend(backend: str | None) -> str:
 def _backend_info(backend: str | None) -> dict[str, Any]:
     requested = _resolve_backend(backend)
     with _PROBE_LOCK:
-        key = (requested, _python())
+        key = (requested, _python(), _allow_weak(), _USE_LANDLOCK)
         if key in _PROBES:
             return _PROBES[key]
         if requested == "auto":
@@ -325,7 +492,10 @@ def _backend_info(backend: str | None) -> dict[str, Any]:
                 info = _probe("bwrap")
             except SandboxError as exc:
                 logger.warning("bubblewrap sandbox unavailable (%s); falling back to rlimits", exc)
-                info = _probe("rlimit")
+                try:
+                    info = _probe("rlimit", bwrap_error=str(exc))
+                except SandboxError as weak:
+                    raise SandboxError(f"bubblewrap sandbox unavailable ({exc}), and {weak}") from weak
                 info["fallback_reason"] = str(exc)
         else:
             info = _probe(requested)
@@ -336,12 +506,29 @@ def _backend_info(backend: str | None) -> dict[str, Any]:
 def sandbox_info(backend: str | None = None) -> dict[str, Any]:
     """Report the sandbox's protections on this machine (probes once, then cached).
 
-    Keys: ``backend`` (``"bwrap"`` or ``"rlimit"``), ``namespaces``,
-    ``filesystem``, ``uid``, ``unprivileged_uid``, ``capabilities_dropped``,
-    ``landlock_abi`` (0: unavailable), ``seccomp``, ``fork_blocked``,
-    ``network_blocked``, ``signals_to_host_blocked``, ``host_writes_blocked``,
-    ``rlimits``, ``python``, and ``fallback_reason`` when bubblewrap was wanted
-    but could not start.
+    Every ``*_blocked`` key reports an attempt made in a probe run, inside the sandbox
+    and under the program's seccomp filter: True only when that attempt failed.
+
+    - ``backend`` (``"bwrap"`` or ``"rlimit"``), ``python``, ``namespaces``,
+      ``filesystem``, ``uid``, ``unprivileged_uid``, ``capabilities_dropped``,
+      ``landlock_abi`` (0: unavailable), ``seccomp`` (installed, and a fork failed
+      under it), ``fork_blocked`` (seccomp, or RLIMIT_NPROC as uid 65534), ``rlimits``;
+    - ``threads_blocked`` (a thread could not start), ``network_blocked`` (a socket
+      could not be made), ``sysv_ipc_blocked`` (shmget, msgget, semget),
+      ``kill_blocked`` (kill on the parent), ``fcntl_signals_blocked`` (fcntl
+      F_SETOWN/F_SETSIG/F_SETOWN_EX on a pipe, ioctl FIOSETOWN), ``pidfd_blocked``
+      (pidfd_open on the parent, pidfd_getfd), ``signals_to_host_blocked`` (all three
+      of kill, fcntl and pidfd), ``prlimit_blocked`` (prlimit on the parent),
+      ``memfd_blocked``, ``host_writes_blocked`` (opening an existing host file
+      outside the sandbox for writing; on the rlimit backend also writing and creating
+      next to a world-writable file in the host's temp dir), ``file_create_blocked``
+      (a new file, directory or O_TMPFILE in the work dir: on the rlimit backend,
+      where there is no size-capped file system), ``writes_capped`` (everything a
+      program writes is bounded);
+    - ``weak``: True only on the rlimit backend run with ``UNMASK_SANDBOX_ALLOW_WEAK=1``
+      where it would otherwise be refused (``weak_reasons`` says why);
+      ``fallback_reason`` when bubblewrap was wanted but could not start;
+      ``probe_error`` if the probe itself failed.
     """
     info = _backend_info(backend)
     return {k: v for k, v in info.items() if not k.startswith("_")}
@@ -373,34 +560,56 @@ def _kill(proc: subprocess.Popen) -> None:
         pass
 
 
+_STATUSES = frozenset(("ok", "exit", "error", "timeout", "died", "output_limit", "skipped"))
+
+
 def _parse_records(buf: bytes, units: list[UnitResult], kinds: list[str]) -> tuple[dict[str, Any] | None, bool]:
-    """Parse the supervisor's result stream. Returns (start info or None, done)."""
-    started, done, pos = None, False, 0
+    """Parse the supervisor's result stream. Returns (start info or None, done).
+
+    The stream is written only by the supervisor (no program holds its descriptor), in a
+    fixed order: one ``S``, one ``R`` per unit in order, then ``D`` as the last bytes.
+    Anything else is refused (:class:`SandboxError`), never read past; a stream cut
+    short (the run was killed) just ends early.
+    """
+
+    def malformed(why: str) -> SandboxError:
+        return SandboxError(f"the sandbox's result stream is malformed ({why}); no result is trusted")
+
+    started, done, pos, expected = None, False, 0, 0
     while pos < len(buf):
+        if done:
+            raise malformed("data after the end record")
         nl = buf.find(b"\n", pos)
         if nl < 0:
             break
         line = buf[pos:nl].decode("ascii", "replace")
-        if line.startswith("S "):
+        if started is None:
+            if not line.startswith("S "):
+                raise malformed("no start record")
             started = _parse_applied(line[2:])
             pos = nl + 1
         elif line == "D":
+            if expected != len(units):
+                raise malformed(f"the end record after {expected} of {len(units)} results")
             done = True
             pos = nl + 1
         elif line.startswith("R "):
             parts = line.split()
-            if len(parts) != 7:
-                break
+            if len(parts) != 7 or not all(p.lstrip("-").isdigit() for p in parts[3:]) or not parts[1].isdigit():
+                raise malformed(f"bad result header {line[:80]!r}")
             index, status, code, us, err_len, out_len = int(parts[1]), parts[2], int(parts[3]), int(parts[4]), int(parts[5]), int(parts[6])
+            if index != expected or status not in _STATUSES or err_len < 0 or out_len < 0:
+                raise malformed(f"unexpected result header {line[:80]!r}")
             end = nl + 1 + err_len + out_len
-            if end > len(buf) or not 0 <= index < len(units):
+            if end > len(buf):
                 break
             err = buf[nl + 1 : nl + 1 + err_len].decode("utf-8", "replace")
             out = buf[nl + 1 + err_len : end]
             units[index] = UnitResult(status, code, us / 1e6, err, out, kinds[index])
+            expected += 1
             pos = end
         else:
-            break
+            raise malformed(f"unknown record {line[:80]!r}")
     return started, done
 
 
@@ -430,7 +639,8 @@ def _start(config: dict[str, Any], programs: list[Program], limits: Limits, *,
             "result_fd": result_w,
             "timeout": float(limits.timeout_s),
             "parent_death": backend != "bwrap",
-            "landlock": True,
+            "landlock": config.get("landlock", True),
+            "no_file_create": backend != "bwrap",  # no size-capped tmpfs: the program may not create files
             "seccomp": True,
             "read_paths": [*_host_read_paths(), "/dev/urandom", "/dev/random", "/dev/zero"],
             "write_paths": [workdir, "/dev/null"],
@@ -448,15 +658,21 @@ def _start(config: dict[str, Any], programs: list[Program], limits: Limits, *,
                     "stdout": p.stdout,
                     "output_limit": min(p.output_limit, limits.file_size_mb << 20),
                     "timeout": float(min(p.timeout_s or unit_timeout, unit_timeout)),
+                    "judged": p.judge is not None,
                 }
                 for p in programs
             ],
             "stop_on_failure": stop_on_failure,
             "probe": probe,
-            "probe_write": os.path.join(os.path.dirname(workdir_host), f"unmask-probe-{os.getpid()}-{time.monotonic_ns()}") if (probe and workdir_host) else None,
+            "probe_write": config.get("probe_write") if probe else None,  # a host file outside the work dir (_probe)
         }
         code = _supervisor_code()
-        payload = b"%010d" % len(code) + code + marshal.dumps(request)
+        # The tests' judges travel after the programs: the supervisor forks the process the
+        # judged programs come from between reading the two (rewards/_sandbox_child.py).
+        judges = [None if p.judge is None else {"code": p.judge.code, "prefix": p.judge.prefix, "names": list(p.judge.names),
+                                                 "aliases": dict(p.judge.aliases)} for p in programs]  # fmt: skip
+        first = marshal.dumps(request)
+        payload = b"%010d" % len(code) + code + b"%010d" % len(first) + first + marshal.dumps(judges)
         passthrough = any(p.stdout == "pass" for p in programs)
         start = time.monotonic()
         try:

@@ -99,3 +99,26 @@ def crashing_reward(prompts, completions, **columns):
     if "crash" in completions:
         os._exit(3)
     return [1.0] * len(completions)
+
+
+def chatty_check(pred, gold):
+    """A math check that prints (as a debugging user's or a noisy library's would)."""
+    print(f"chatty_check: {pred} vs {gold}")
+    return pred == gold
+
+
+def warnings_silenced_check(pred, gold):
+    """True iff math-verify's "timeout is disabled" warnings are marked as already shown in this process."""
+    import math_verify.grader
+    import math_verify.parser
+
+    return math_verify.grader.TIMEOUT_WARNING_SHOWN is True and math_verify.parser.TIMEOUT_WARNING_SHOWN is True
+
+
+def crashing_check(pred, gold):
+    """A math check that kills its process on the answer "crash" (sympy segfaulting)."""
+    import os
+
+    if pred == "crash":
+        os._exit(3)
+    return pred == gold

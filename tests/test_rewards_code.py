@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rewards import code_reward, extract_code, get_reward, score
+from rewards import code_reward, extract_code, get_reward, sandbox_info, score
 from rewards.code import outputs_match, run_tests
 
 
@@ -76,9 +76,13 @@ def test_stdin_program_styles():
         "import sys\na, b = map(int, sys.stdin.buffer.read().split())\nprint(a + b)",
         "a, b = map(int, open(0).read().split())\nprint(a + b)\nexit()",
         "import sys\ninput = sys.stdin.readline\na, b = map(int, input().split())\nsys.stdout.write(str(a + b) + '\\n')\nsys.exit(0)",
-        "import threading\nr = []\nt = threading.Thread(target=lambda: r.append(sum(map(int, input().split()))))\nt.start(); t.join()\nprint(r[0])",
+        # Deep recursion needs no thread: the main thread's stack limit is large.
+        "import sys\nsys.setrecursionlimit(10 ** 6)\nf = lambda n: n if n < 1 else f(n - 1)\nf(20000)\nprint(sum(map(int, input().split())))",
     ]
     assert code_reward(["q"] * len(styles), [fenced(s) for s in styles], inputs_outputs=[cases] * len(styles)) == [1.0] * len(styles)
+    # Threads are refused inside the sandbox (a thread bomb would make host tasks): the threading idiom fails.
+    threaded = "import threading\nr = []\nt = threading.Thread(target=lambda: r.append(sum(map(int, input().split()))))\nt.start(); t.join()\nprint(r[0])"
+    assert code_reward(["q"], [fenced(threaded)], inputs_outputs=[cases]) == [0.0 if sandbox_info()["threads_blocked"] else 1.0]
     # A crash after printing the right answer, or a non-zero exit, fails the case.
     bad = ["print(7)\nraise SystemExit(2)", "print(7)\n1/0"]
     assert code_reward(["q"] * 2, [fenced(s) for s in bad], inputs_outputs=[cases] * 2) == [0.0, 0.0]

@@ -210,8 +210,10 @@ def test_writing_outside_its_temp_dir_fails(backend, tmp_path):
         assert not path.exists()  # nothing reached the host
         if not (backend == "bwrap" and path.parent == Path("/tmp")):  # bwrap's /tmp is the sandbox's own tmpfs
             assert score == 0.0
-    # Its own temp dir (the working directory) is writable.
-    assert reward(backend, "with open('scratch.txt', 'w') as f:\n    f.write('ok')\nassert open('scratch.txt').read() == 'ok'") == 1.0
+    # Its own temp dir (the working directory) is writable under bubblewrap (a size-capped tmpfs); the
+    # rlimit backend has no such cap, so there the program may not create files at all (by design).
+    scratch = "with open('scratch.txt', 'w') as f:\n    f.write('ok')\nassert open('scratch.txt').read() == 'ok'"
+    assert reward(backend, scratch) == (0.0 if _info(backend)["file_create_blocked"] else 1.0)
 
 
 def test_network_socket_fails(backend):
@@ -311,6 +313,12 @@ def test_printing_100_megabytes_is_cut_off(backend):
 def test_filling_the_disk_stops_at_the_file_size_limit(backend):
     program = "with open('big', 'wb') as f:\n    for _ in range(64):\n        f.write(b'x' * (1 << 20))"
     r = sb.run_python(program, limits=sb.Limits(file_size_mb=4), backend=backend)
+    # The rlimit backend refuses new files outright (no size-capped tmpfs there; by design).
+    expected = "PermissionError" if _info(backend)["file_create_blocked"] else "File too large"
+    assert not r.passed and expected in r.units[0].error
+    # A file it already has open (its captured stdout) stops at the limit on both backends.
+    program = "import os\nfor _ in range(64):\n    os.write(1, b'x' * (1 << 20))"
+    r = sb.run_programs([sb.Program(program, kind="script", stdout="capture")], limits=sb.Limits(file_size_mb=4), backend=backend)
     assert not r.passed and "File too large" in r.units[0].error
 
 
