@@ -167,7 +167,7 @@ JUDGES = ("isolated", "in_process")
 
 
 def free_names(code: str) -> tuple[str, ...]:
-    """Names ``code`` reads but never binds and the builtins do not define: what the tests take from the program.
+    r"""Names ``code`` reads but never binds and the builtins do not define: what the tests take from the program.
 
     >>> free_names("def check(candidate):\n    assert candidate(1) == helper(2)\ncheck(f)\n")
     ('f', 'helper')
