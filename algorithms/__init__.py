@@ -1,15 +1,16 @@
 """Likelihood estimators, advantages, the value model and policy/value losses as plain tensor functions."""
 
 from algorithms.advantages import filter_groups, group_advantages, truncated_rewards
-from algorithms.estimators import ESTIMATORS, count_forward_passes, get_estimator
+from algorithms.estimators import ESTIMATORS, count_forward_passes, get_estimator, loss_mask
 from algorithms.losses import LOSSES, k3_kl, policy_loss, sequence_policy_loss
 from algorithms.packing import pack_noisy
 from algorithms.sft import sft_loss
-from algorithms.trace import trace_logprobs, trace_pass_index
-from algorithms.value import ValueModel, terminal_token_rewards, trace_gae, value_loss
+from algorithms.trace import trace_logprobs, trace_pass_index, trace_step_index
+from algorithms.value import GAE_FORMS, ValueModel, terminal_token_rewards, trace_gae, tracerl_gae, value_loss
 
 __all__ = [
     "ESTIMATORS",
+    "GAE_FORMS",
     "LOSSES",
     "ValueModel",
     "count_forward_passes",
@@ -17,6 +18,7 @@ __all__ = [
     "get_estimator",
     "group_advantages",
     "k3_kl",
+    "loss_mask",
     "pack_noisy",
     "policy_loss",
     "sequence_policy_loss",
@@ -25,6 +27,8 @@ __all__ = [
     "trace_gae",
     "trace_logprobs",
     "trace_pass_index",
+    "trace_step_index",
+    "tracerl_gae",
     "truncated_rewards",
     "value_loss",
 ]

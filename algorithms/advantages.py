@@ -5,24 +5,35 @@ from __future__ import annotations
 import torch
 
 ADVANTAGE_MODES = ("zscore", "mean", "loo")
+ZSCORE_STDS = ("sample", "population")
 
 
-def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, mode: str = "zscore", eps: float = 1e-6) -> torch.Tensor:
+def group_advantages(
+    rewards: torch.Tensor, groups: torch.Tensor, mode: str = "zscore", eps: float = 1e-6, std: str = "sample"
+) -> torch.Tensor:
     """Advantage of each sample relative to the other samples of its prompt.
 
     Args:
         rewards: [B] scalar reward per sample.
         groups: [B] prompt index per sample; groups may sit anywhere in the batch.
-        mode: "zscore" (r - mean) / (std + eps) as in GRPO (std with Bessel's correction);
-              "mean" r - mean (Dr. GRPO); "loo" r - mean of the *other* samples (RLOO).
+        mode: "zscore" (r - mean) / (std + eps) as in GRPO; "mean" r - mean (Dr. GRPO);
+              "loo" r - mean of the *other* samples (RLOO).
+        std: the z-score's std over a group of G: "sample" divides the squared deviations by
+              G - 1 (Bessel's correction: torch's default std, as TRL's GRPO trainer, which d1
+              builds on, computes it); "population" divides by G (TraceRL's dLLM-RL code). For
+              G = 8 the sample std is sqrt(8/7) = 1.069x the population one.
     Returns:
         [B] advantages. A group whose rewards are all equal gets 0 in every mode.
 
     >>> group_advantages(torch.tensor([1., 0., 0., 0.]), torch.tensor([0, 0, 1, 1]), "mean").tolist()
     [0.5, -0.5, 0.0, 0.0]
+    >>> [round(a, 4) for a in group_advantages(torch.tensor([1., 0.]), torch.tensor([0, 0]), std="population").tolist()]
+    [1.0, -1.0]
     """
     if mode not in ADVANTAGE_MODES:
         raise ValueError(f"advantage mode must be one of {ADVANTAGE_MODES}, got {mode!r}")
+    if std not in ZSCORE_STDS:
+        raise ValueError(f"z-score std must be one of {ZSCORE_STDS}, got {std!r}")
     if rewards.shape != groups.shape or rewards.dim() != 1:
         raise ValueError(f"rewards {tuple(rewards.shape)} and groups {tuple(groups.shape)} must be equal 1-D shapes")
     rewards = rewards.double()
@@ -37,8 +48,9 @@ def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, mode: str = "z
         adv = torch.where(count[inv] > 1, rewards - (total[inv] - rewards) / others, torch.zeros_like(rewards))
     else:
         sq = torch.zeros_like(count).index_add_(0, inv, (rewards - mean[inv]) ** 2)
-        std = (sq / (count - 1).clamp(min=1)).sqrt()
-        adv = (rewards - mean[inv]) / (std[inv] + eps)
+        dof = count - 1 if std == "sample" else count
+        sd = (sq / dof.clamp(min=1)).sqrt()
+        adv = (rewards - mean[inv]) / (sd[inv] + eps)
     return adv.float()
 
 

@@ -8,8 +8,17 @@ mostly in how they estimate it. Every estimator here has the same signature,
 where N = len(trajs), C = the longest completion, logp[i, c] is the (differentiable) estimate
 for completion token c of sample i (0 at padding) and mask[i, c] is True where that estimate
 carries loss. `with_entropy=True` adds a third tensor, the entropy [N, C] of the scored
-distribution (detached, a metric). Options that only another estimator takes are ignored, so
-one options dict (the run config's) can be passed to whichever estimator is selected.
+distribution (detached, a metric, 0 where mask is False). Options that only another estimator
+takes are ignored, so one options dict (the run config's) can be passed to whichever estimator
+is selected.
+
+Loss stops at the first EOS (`loss_mask`), for every estimator and family: the first EOS
+carries loss (it is the decision to stop), the positions after it do not (no policy loss, KL,
+entropy or length count). They are still inputs wherever the family needs them as context: a
+full-attention canvas keeps its filler, a block model the rest of its EOS block, exactly as the
+sampler saw them. d1 and DiffuCoder mask their loss after the first EOS the same way, and
+dLLM-RL drops its filler pads; counting the filler would put most of the token-mean weight of a
+short answer on trailing EOS tokens, a length bias.
 
 Inputs. Block models (lm.block_size set) score the packed [prompt | clean | noisy] layout of
 `algorithms.packing.pack_noisy`, so noisy block j sees the prompt and the clean blocks before
@@ -26,8 +35,11 @@ whole minibatch, so the pieces it scores on several ranks or micro-batches draw 
 whole would). The base seed is `opts["seed"]` if given, else `generator.initial_seed()`
 (unaffected by draws already taken from it), else 0. Hence two calls with the same seed give
 identical masks whatever the weights, and a sample's mask does not depend on which other
-samples share its minibatch. Re-drawing masks (say, per inner epoch, as d1 does) means passing
-a new seed to the old, reference and current calls alike.
+samples share its minibatch. Re-drawing masks means passing a new seed to the old, reference
+and current calls alike: the learner does so at every inner epoch when
+`algorithm.redraw_masks` is on (the default for one_step, as d1's `random_masking` draws one
+mask seed per inner iteration), scoring the old and reference log-probs of every epoch's masks
+before the first update.
 
 Estimators (ESTIMATORS):
   trace         TraceRL: replay the recorded step map (algorithms.trace).
@@ -119,15 +131,33 @@ def _block_spans(prompt_len: int, completion_len: int, block_size: int | None) -
     return spans
 
 
-def _completion_tensors(trajs: Sequence[Trajectory], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """targets [N, C] (completion ids, 0 at padding) and mask [N, C] (real tokens)."""
+def loss_length(completion_ids: Sequence[int], eos_id: int | None) -> int:
+    """Completion tokens that carry loss: up to and including the first EOS (all without one)."""
+    ids = list(completion_ids)
+    return ids.index(eos_id) + 1 if eos_id is not None and eos_id in ids else len(ids)
+
+
+def loss_mask(trajs: Sequence[Trajectory], eos_id: int | None, device=None) -> torch.Tensor:
+    """[N, C] bool: the completion tokens that carry loss, up to and including the first EOS.
+
+    >>> t = Trajectory([5], [7, 2, 2, 7], [0, 0, 1, 1], [0.0] * 4, None, 1.0, 2, "eos")
+    >>> loss_mask([t], eos_id=2).tolist()
+    [[True, True, False, False]]
+    """
     width = max(len(t.completion_ids) for t in trajs)
-    targets = torch.zeros((len(trajs), width), dtype=torch.long)
     mask = torch.zeros((len(trajs), width), dtype=torch.bool)
     for i, t in enumerate(trajs):
+        mask[i, : loss_length(t.completion_ids, eos_id)] = True
+    return mask.to(device) if device is not None else mask
+
+
+def _completion_tensors(trajs: Sequence[Trajectory], lm: DiffusionLM) -> tuple[torch.Tensor, torch.Tensor]:
+    """targets [N, C] (completion ids, 0 at padding) and the loss mask [N, C] (`loss_mask`)."""
+    width = max(len(t.completion_ids) for t in trajs)
+    targets = torch.zeros((len(trajs), width), dtype=torch.long)
+    for i, t in enumerate(trajs):
         targets[i, : len(t.completion_ids)] = torch.tensor(t.completion_ids, dtype=torch.long)
-        mask[i, : len(t.completion_ids)] = True
-    return targets.to(device), mask.to(device)
+    return targets.to(lm.device), loss_mask(trajs, lm.eos_id, lm.device)
 
 
 def _pad(rows: Sequence[Sequence[float | bool]], width: int, dtype, device) -> torch.Tensor:
@@ -190,9 +220,14 @@ def trace_estimate(
 
     For shrinkage s, a block's distinct steps are grouped s at a time; pass k masks every token
     decoded at or after its block's k-th group and scores the tokens of that group (all blocks
-    in one packed pass). Deterministic: `generator` is unused. mask = every real token.
+    in one packed pass). Deterministic: `generator` is unused. logp is the replayed log-prob of
+    every real token (filler after the first EOS included: it is the rollout's own, which the
+    learner compares against); mask = the real tokens up to and including the first EOS.
     """
-    logp, mask, entropy = trace_logprobs(lm, trajs, shrink=shrink, with_entropy=with_entropy)
+    logp, real, entropy = trace_logprobs(lm, trajs, shrink=shrink, with_entropy=with_entropy)
+    mask = real & loss_mask(trajs, lm.eos_id, real.device)
+    if entropy is not None:
+        entropy = entropy * mask
     return _out(logp, mask, entropy, with_entropy)
 
 
@@ -207,14 +242,15 @@ def one_step_estimate(
     q' is the prompt with each token masked independently with probability p_mask_prompt
     (0.15 in d1). One forward pass. Block models: every completion block is fully masked in
     the noisy copy and sees the clean blocks before it (the block-diffusion analogue of d1's
-    fully masked canvas). mask = every real token. Shapes: logp, mask [N, C].
+    fully masked canvas). mask = the real tokens up to and including the first EOS (logp is 0
+    elsewhere). Shapes: logp, mask [N, C].
     """
     if not 0.0 <= p_mask_prompt < 1.0:
         raise ValueError("p_mask_prompt must be in [0, 1)")
     temperature = _temperature(trajs)
     gens = sample_generators(trajs, _base_seed(generator, seed), occurrences)
     prompt_noisy = [(torch.rand(len(t.prompt_ids), generator=g) < p_mask_prompt).tolist() for t, g in zip(trajs, gens)]
-    targets, mask = _completion_tensors(trajs, lm.device)
+    targets, mask = _completion_tensors(trajs, lm)
     noisy = [[True] * len(t.completion_ids) for t in trajs]
     tok_lp, entropy = _score(lm, trajs, noisy, temperature, targets, prompt_noisy, with_entropy)
     logp = torch.where(mask, tok_lp, torch.zeros_like(tok_lp))
@@ -240,7 +276,9 @@ def coupled_estimate(
     Options reproducing DiffuCoder's released trainer: weighted=True multiplies the pass-1
     score by 1/t and the pass-2 score by 1/(1 - t) (the ELBO weights); full_mask_pass=True adds
     d1's fully masked pass and returns (full + coupled) / 2. Defaults give the plain per-token
-    log-prob above. Two forward passes (three with full_mask_pass). mask = every real token.
+    log-prob above (the learner's config defaults to DiffuCoder's form). Two forward passes
+    (three with full_mask_pass). mask = the real tokens up to and including the first EOS
+    (logp is 0 elsewhere).
     """
     if not 0.0 < t_min <= t_max < 1.0:
         raise ValueError("coupled needs 0 < t_min <= t_max < 1")
@@ -252,7 +290,7 @@ def coupled_estimate(
         first.append((torch.rand(len(t.completion_ids), generator=g, dtype=torch.float64) < ratio).tolist())
         ts.append(ratio)
     second = [[not m for m in row] for row in first]
-    targets, mask = _completion_tensors(trajs, lm.device)
+    targets, mask = _completion_tensors(trajs, lm)
     width = mask.shape[1]
     lp1, ent1 = _score(lm, trajs, first, temperature, targets, with_entropy=with_entropy)
     lp2, ent2 = _score(lm, trajs, second, temperature, targets, with_entropy=with_entropy)
@@ -317,11 +355,12 @@ def mc_elbo_estimate(
     2025), a sum over blocks each with its own t: in pass k every block b draws
     t_kb (plain MC; quadrature shares the node t_k) and is masked with it, conditioned on the
     clean blocks before it. A token unmasked in every pass scores 0, which is its term in the
-    sum. n forward passes. mask = every real token (all are terms of the bound).
+    sum. n forward passes. mask = the real tokens up to and including the first EOS (the terms
+    of the bound that carry loss; logp is 0 elsewhere).
     """
     temperature = _temperature(trajs)
     gens = sample_generators(trajs, _base_seed(generator, seed), occurrences)
-    targets, mask = _completion_tensors(trajs, lm.device)
+    targets, mask = _completion_tensors(trajs, lm)
     width = mask.shape[1]
     # per pass k: noisy masks and per-token weight w/t of every sample
     passes_noisy: list[list[list[bool]]] = [[] for _ in range(n)]
@@ -351,7 +390,8 @@ def mc_elbo_estimate(
             scored = (w > 0).to(ent_sum.dtype)
             ent_sum += ent.to(ent_sum.dtype) * scored
             ent_cnt += scored
-    entropy = (ent_sum / ent_cnt.clamp(min=1)).to(logp.dtype) if with_entropy else None
+    logp = torch.where(mask, logp, torch.zeros_like(logp))
+    entropy = (ent_sum / ent_cnt.clamp(min=1)).to(logp.dtype) * mask if with_entropy else None
     return _out(logp, mask, entropy, with_entropy)
 
 
@@ -366,16 +406,17 @@ def block_random_estimate(
 
         logp[c] = log p_theta(o^c | q, clean blocks before b, block b with its mask)   for masked c
 
-    mask = the masked (scored) real tokens; tokens left visible carry no loss. This is the
-    "random masking" baseline TraceRL is compared against. Full attention: one block.
+    mask = the masked (scored) tokens up to and including the first EOS; tokens left visible
+    carry no loss. This is the "random masking" baseline TraceRL is compared against. Full
+    attention: one block.
     """
     temperature = _temperature(trajs)
     gens = sample_generators(trajs, _base_seed(generator, seed), occurrences)
     noisy = [random_block_mask(len(t.prompt_ids), len(t.completion_ids), lm.block_size, g) for t, g in zip(trajs, gens)]
-    targets, real = _completion_tensors(trajs, lm.device)
-    width = real.shape[1]
+    targets, until_eos = _completion_tensors(trajs, lm)
+    width = until_eos.shape[1]
     tok_lp, entropy = _score(lm, trajs, noisy, temperature, targets, with_entropy=with_entropy)
-    mask = real & _pad(noisy, width, torch.bool, lm.device)
+    mask = until_eos & _pad(noisy, width, torch.bool, lm.device)
     logp = torch.where(mask, tok_lp, torch.zeros_like(tok_lp))
     if entropy is not None:
         entropy = entropy * mask

@@ -2,22 +2,39 @@
 
 Loss normalisations (`norm`), for a per-token loss l[i, t] with mask m[i, t]:
   "token"     sum_{i,t} m l / sum_{i,t} m          every token of the batch weighs the same, so
-                                                   long answers weigh more (DAPO's token-level loss);
+                                                   long answers weigh more (DAPO's token-level
+                                                   loss);
   "sequence"  mean_i [ sum_t m l / sum_t m ]       each sequence weighs the same, its tokens share
-                                                   1/|o_i| (GRPO's original; biased towards long
-                                                   wrong and short right answers, per Dr. GRPO);
+                                                   1/|o_i| (GRPO's original, DeepSeekMath; GSPO's;
+                                                   biased towards long wrong and short right
+                                                   answers, per Dr. GRPO);
   "constant"  sum_{i,t} m l / norm_constant        a fixed denominator such as max completion
                                                    length x batch size (Dr. GRPO), so a token's
                                                    weight depends neither on its answer's length
-                                                   nor on the batch's.
+                                                   nor on the batch's;
+  "pass"      mean_{(i,k)} [ sum_{t in P_ik} m l / |P_ik| ]
+                                                   P_ik = the tokens of sample i scored in trace
+                                                   pass k (`pass_index`): the mean within each
+                                                   pass, then over every (sample, pass) with
+                                                   tokens. TraceRL's (dLLM-RL's trainers average
+                                                   each replayed pass's tokens, then the passes)
+                                                   and CJ-GRPO's objective. Passes that commit
+                                                   few tokens (threshold decoding, an uneven last
+                                                   shrink group) weigh as much as full ones.
+
+Numerical safety. Every log-ratio is clamped to [-10, 10] before `exp` (the importance ratio,
+GSPO's sequence ratio and the k3 KL), as dLLM-RL does: the gradient of a ratio is the ratio
+itself, so a token whose log-prob moved by 11.5 nats would give ~1e5 and swamp the step (with
+A < 0 the PPO max keeps the unclipped ratio, so clipping alone does not stop it). Beyond the
+clamp the token's gradient is 0.
 
 Pieces. A learner that splits a minibatch across data-parallel ranks and micro-batches must
 get the gradient of the whole minibatch's loss, and summing per-piece means does not give it.
-So every function here takes `totals` (`LossTotals`: the whole minibatch's token and sequence
-counts); with it, the returned loss and every metric are the piece's share, numerator over the
-whole's denominator, and summing them over the pieces gives exactly the whole's value:
-"token" divides by totals.tokens, "sequence" by totals.sequences, "constant" by the constant.
-Without it the piece is the whole (the counts come from `mask`).
+So every function here takes `totals` (`LossTotals`: the whole minibatch's token, sequence and
+pass counts); with it, the returned loss and every metric are the piece's share, numerator over
+the whole's denominator, and summing them over the pieces gives exactly the whole's value:
+"token" divides by totals.tokens, "sequence" by totals.sequences, "pass" by totals.passes,
+"constant" by the constant. Without it the piece is the whole (the counts come from `mask`).
 """
 
 from __future__ import annotations
@@ -27,47 +44,83 @@ from typing import Callable
 
 import torch
 
-LOSS_NORMS = ("token", "sequence", "constant")
+LOSS_NORMS = ("token", "sequence", "constant", "pass")
+LOG_RATIO_CLAMP = 10.0  # |log-ratio| bound before exp (module docstring)
 
 
 @dataclass(frozen=True)
 class LossTotals:
     """Counts over a whole minibatch whose loss is computed in pieces (see the module docstring).
 
-    tokens: tokens carrying loss (mask True); sequences: rows with at least one such token.
+    tokens: tokens carrying loss (mask True); sequences: rows with at least one such token;
+    passes: (row, trace pass) pairs with at least one such token (norm "pass" only).
     """
 
     tokens: float
     sequences: float
+    passes: float = 0.0
 
     @classmethod
-    def of(cls, mask: torch.Tensor) -> LossTotals:
-        """The totals of `mask` [B, L] alone."""
+    def of(cls, mask: torch.Tensor, pass_index: torch.Tensor | None = None) -> LossTotals:
+        """The totals of `mask` [B, L] alone (`pass_index` [B, L] for the pass count)."""
         lengths = mask.sum(1)
-        return cls(float(lengths.sum()), float((lengths > 0).sum()))
+        passes = 0.0 if pass_index is None else float(_pass_groups(mask, pass_index)[2].sum())
+        return cls(float(lengths.sum()), float((lengths > 0).sum()), passes)
+
+
+def _pass_groups(mask: torch.Tensor, pass_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flat (row, pass) group of every loss token: (sel [B, L] bool, group id [n_sel], has [B * K] bool)."""
+    if pass_index.shape != mask.shape:
+        raise ValueError(f"pass_index {tuple(pass_index.shape)} must have the mask's shape {tuple(mask.shape)}")
+    sel = mask.bool() & (pass_index >= 0)
+    k = int(pass_index.max()) + 1 if sel.any() else 1
+    rows = torch.arange(mask.shape[0], device=mask.device)[:, None]
+    group = (rows * k + pass_index.clamp(min=0))[sel]  # [n_sel]
+    count = torch.bincount(group, minlength=mask.shape[0] * k)
+    return sel, group, count > 0
+
+
+def clamped_log_ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a - b clamped to [-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP], the exponent of every ratio here."""
+    return (a - b).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimator of KL(pi || pi_ref) (Schulman, "Approximating KL divergence").
 
-    k3 = exp(ref - logp) - (ref - logp) - 1, non-negative and unbiased under samples of pi.
+    k3 = exp(d) - d - 1 with d = ref - logp clamped to [-10, 10] (module docstring),
+    non-negative and unbiased under samples of pi.
     """
-    d = ref_logp - logp
+    d = clamped_log_ratio(ref_logp, logp)
     return torch.exp(d) - d - 1
 
 
 def reduce_loss(
-    x: torch.Tensor, mask: torch.Tensor, norm: str = "token", norm_constant: float | None = None, totals: LossTotals | None = None
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    norm: str = "token",
+    norm_constant: float | None = None,
+    totals: LossTotals | None = None,
+    pass_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reduce a per-token [B, L] quantity to a scalar with one of LOSS_NORMS (module docstring).
 
     totals: the whole minibatch's counts when `x` is one piece of it; the result is then this
-    piece's share of the whole's reduction (the shares sum to it). Always connected to `x`'s
-    graph, even when nothing is masked in (a data-parallel backward needs every rank's graph).
+    piece's share of the whole's reduction (the shares sum to it). pass_index: [B, L] long, the
+    trace pass that scores each token (-1 = none), needed by norm "pass". Always connected to
+    `x`'s graph, even when nothing is masked in (a data-parallel backward needs every rank's graph).
     """
     if norm not in LOSS_NORMS:
         raise ValueError(f"norm must be one of {LOSS_NORMS}, got {norm!r}")
-    totals = totals or LossTotals.of(mask)
+    if norm == "pass" and pass_index is None:
+        raise ValueError("norm='pass' needs pass_index (the trace pass of each token)")
+    totals = totals or LossTotals.of(mask, pass_index)
+    if norm == "pass":
+        sel, group, has = _pass_groups(mask, pass_index)
+        num = x.new_zeros(has.numel()).index_add(0, group, x[sel])  # [B * K] per-pass sums
+        cnt = torch.bincount(group, minlength=has.numel()).to(x.dtype)
+        per_pass = num / cnt.clamp(min=1)  # 0 for (row, pass) pairs without tokens
+        return per_pass.sum() / max(totals.passes, 1.0)  # index_add keeps x's graph even with no tokens
     mask = mask.to(x.dtype)
     if norm == "token":
         return (x * mask).sum() / max(totals.tokens, 1.0)
@@ -92,10 +145,11 @@ def policy_loss(
     norm: str = "token",
     norm_constant: float | None = None,
     totals: LossTotals | None = None,
+    pass_index: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Token-level clipped-ratio policy loss with an optional k3 KL penalty (PPO / GRPO).
 
-        ratio_t = exp(logp_t - old_logp_t)
+        ratio_t = exp(clamp(logp_t - old_logp_t, -10, 10))
         L_t     = max(-A ratio_t, -A clip(ratio_t, 1 - eps_low, 1 + eps_high)) + beta * k3_t
 
     Args:
@@ -103,8 +157,9 @@ def policy_loss(
         advantages: [B] per sample (broadcast over tokens) or [B, L] per token.
         mask: [B, L] bool, tokens that carry loss.
         ref_logp: [B, L] log-probs under the frozen reference policy (needed when beta > 0).
-        norm: "token" | "sequence" | "constant" (module docstring); norm_constant for "constant".
+        norm: one of LOSS_NORMS (module docstring); norm_constant for "constant".
         totals: whole-minibatch counts when this is one piece of it (module docstring).
+        pass_index: [B, L] long, the trace pass scoring each token (-1 = none); norm "pass" only.
     Returns:
         (loss, metrics) with clipfrac, approx_kl (to old policy), kl (to reference), ratio mean.
     """
@@ -114,7 +169,7 @@ def policy_loss(
         raise ValueError("beta > 0 needs ref_logp")
     mask = mask.to(logp.dtype)
     adv = advantages[:, None] if advantages.dim() == 1 else advantages
-    ratio = torch.exp(logp - old_logp)
+    ratio = torch.exp(clamped_log_ratio(logp, old_logp))
     pg_loss1 = -adv * ratio
     pg_loss2 = -adv * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
     per_token = torch.maximum(pg_loss1, pg_loss2)
@@ -122,10 +177,10 @@ def policy_loss(
     if beta > 0:
         per_token = per_token + beta * kl
 
-    totals = totals or LossTotals.of(mask)
+    totals = totals or LossTotals.of(mask, pass_index)
 
     def reduce(x: torch.Tensor) -> torch.Tensor:
-        return reduce_loss(x, mask, norm, norm_constant, totals)
+        return reduce_loss(x, mask, norm, norm_constant, totals, pass_index)
 
     loss = reduce(per_token)
     with torch.no_grad():
@@ -152,10 +207,12 @@ def sequence_policy_loss(
     norm: str = "sequence",
     norm_constant: float | None = None,
     totals: LossTotals | None = None,
+    pass_index: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Sequence-level clipped ratio, length-normalised (GSPO: Zheng et al., 2025, arXiv:2507.18071).
 
-        s_i = exp( (1/|o_i|) sum_t (logp_it - old_logp_it) )           (geometric-mean ratio)
+        s_i = exp( (1/|o_i|) sum_t (logp_it - old_logp_it) )           (geometric-mean ratio;
+                                                                         exponent clamped to [-10, 10])
         L_i = max(-A_i s_i, -A_i clip(s_i, 1 - eps_low, 1 + eps_high)) + beta * mean_t k3_it
 
     and the loss is the mean of L_i over sequences (norm="sequence", GSPO's). It is computed
@@ -171,12 +228,12 @@ def sequence_policy_loss(
         raise ValueError(f"norm must be one of {LOSS_NORMS}, got {norm!r}")
     if beta > 0 and ref_logp is None:
         raise ValueError("beta > 0 needs ref_logp")
-    totals = totals or LossTotals.of(mask)
+    totals = totals or LossTotals.of(mask, pass_index)
     m = mask.to(logp.dtype)
     lengths = m.sum(1)
     has = lengths > 0
     seq_log_ratio = ((logp - old_logp) * m).sum(1) / lengths.clamp(min=1)  # [B]
-    seq_ratio = torch.exp(seq_log_ratio)
+    seq_ratio = torch.exp(seq_log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     ratio = seq_ratio.detach()[:, None] * torch.exp(logp - logp.detach())  # value s_i, gradient s_i * grad logp_t
     adv = advantages[:, None] if advantages.dim() == 1 else advantages
     pg_loss1 = -adv * ratio
@@ -184,13 +241,13 @@ def sequence_policy_loss(
     pg = torch.maximum(pg_loss1, pg_loss2)
     kl = k3_kl(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
     per_token = pg + beta * kl if beta > 0 else pg
-    loss = reduce_loss(per_token, m, norm, norm_constant, totals)
+    loss = reduce_loss(per_token, m, norm, norm_constant, totals, pass_index)
     with torch.no_grad():
         n = max(totals.tokens, 1.0)
         nseq = max(totals.sequences, 1.0)
         clipped_seq = ((pg_loss2 > pg_loss1) & mask.bool()).any(1)
         metrics = {
-            "loss/policy": reduce_loss(pg, m, norm, norm_constant, totals).item(),
+            "loss/policy": reduce_loss(pg, m, norm, norm_constant, totals, pass_index).item(),
             "kl": float((kl * m).sum() / n),
             "clipfrac": float((clipped_seq & has).sum() / nseq),
             "approx_kl": float((0.5 * (logp - old_logp) ** 2 * m).sum() / n),

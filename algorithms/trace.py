@@ -38,6 +38,31 @@ def trace_pass_index(step_map: Sequence[int], prompt_len: int, block_size: int |
     return [rank[b][s] // shrink for b, s in zip(block_of, step_map)]
 
 
+def trace_step_index(step_map: Sequence[int], prompt_len: int, block_size: int | None, shrink: int) -> list[int]:
+    """Merged training step of each completion token: the MDP step the value model and GAE walk.
+
+    With shrinkage s, each group of s consecutive distinct steps of a block (the tokens one
+    replayed pass scores in that block) is one state, and the groups are numbered in decoding
+    order: block 0's groups, then block 1's (steps are monotone over blocks), so discounting
+    and lambda count merged steps, never raw ones. With s = 1 the ranks of the distinct steps.
+
+    >>> trace_step_index([0, 1, 2, 3], prompt_len=4, block_size=4, shrink=2)  # one block, 2 groups
+    [0, 0, 1, 1]
+    >>> trace_step_index([0, 1, 2, 3], prompt_len=0, block_size=2, shrink=2)  # 2 blocks of 1 group
+    [0, 0, 1, 1]
+    """
+    passes = trace_pass_index(step_map, prompt_len, block_size, shrink)
+    block_of = [0 if block_size is None else (prompt_len + c) // block_size for c in range(len(step_map))]
+    groups: dict[int, int] = {}  # block -> number of groups
+    for b, k in zip(block_of, passes):
+        groups[b] = max(groups.get(b, 0), k + 1)
+    offset, start = {}, 0
+    for b in sorted(groups):
+        offset[b] = start
+        start += groups[b]
+    return [offset[b] + k for b, k in zip(block_of, passes)]
+
+
 def trace_logprobs(
     lm: DiffusionLM, trajs: Sequence[Trajectory], shrink: int = 1, with_entropy: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

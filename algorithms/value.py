@@ -2,9 +2,18 @@
 
 Decoding a diffusion LM is an MDP whose steps are the sampler's denoising steps: the state
 before step k is the prompt plus every token committed at earlier steps, the action commits
-the tokens of step k. A value model estimates, for every token, the value of the state in
-which it was decoded; TraceRL (Wang et al., 2025) averages those per step, runs GAE over the
-trace steps, and hands each token its step's advantage and return.
+the tokens of step k. With shrinkage s the MDP steps are the merged training steps
+(`algorithms.trace.trace_step_index`): each group of s decoding steps is one state, and
+discounting counts groups. A value model estimates, for every token, the value of the state in
+which it was decoded. Two ways to turn those values into advantages (GAE_FORMS):
+
+  "tracerl"  TraceRL's own (Wang et al., 2025, arXiv:2509.06949; dLLM-RL's value trainer): each
+             token keeps its own value as its baseline, the step means only bootstrap,
+                 A_j = r_j - V_j + gamma V*_{t+1} + gamma lam A*_{t+1},
+                 R_j = r_j + gamma R*_{t+1}   (the discounted Monte Carlo return, the value target)
+             `tracerl_gae`;
+  "step"     every token of a step shares its step's GAE advantage over step-mean values, and
+             the value target is A + V (`trace_gae`).
 """
 
 from __future__ import annotations
@@ -62,6 +71,15 @@ class ValueModel(nn.Module):
         return values
 
 
+def fold_token_rewards(token_rewards: torch.Tensor, step_map: torch.Tensor) -> torch.Tensor:
+    """Move rewards sitting on positions that are no MDP step (step_map -1: padding, the filler
+    after the first EOS) onto the terminal token (`terminal_token_rewards`), so no reward is lost
+    when filler leaves the trace. [N, C] -> [N, C]."""
+    outside = (step_map < 0).to(token_rewards.dtype)
+    lost = (token_rewards * outside).sum(1)  # [N]
+    return token_rewards * (1 - outside) + terminal_token_rewards(lost, step_map)
+
+
 def terminal_token_rewards(rewards: torch.Tensor, step_map: torch.Tensor) -> torch.Tensor:
     """Place each sequence reward on the last trace step: [N] rewards, [N, C] step_map -> [N, C].
 
@@ -80,6 +98,73 @@ def terminal_token_rewards(rewards: torch.Tensor, step_map: torch.Tensor) -> tor
     return out
 
 
+def _step_stats(rewards_i, values_i, steps_i):
+    """Per distinct step of one row (ascending): (token -> step rank [n], step reward = sum [K],
+    step value = mean [K])."""
+    _, inv = steps_i.unique(sorted=True, return_inverse=True)
+    k = int(inv.max()) + 1
+    zeros = torch.zeros(k, dtype=values_i.dtype, device=values_i.device)
+    count = zeros.index_add(0, inv, torch.ones_like(inv, dtype=values_i.dtype))
+    r_step = zeros.index_add(0, inv, rewards_i)
+    v_step = zeros.index_add(0, inv, values_i) / count
+    return inv, r_step, v_step
+
+
+def _step_gae(r_step, v_step, gamma: float, lam: float):
+    """GAE over one row's steps: A*_k = delta_k + gamma lam A*_{k+1}, delta_k = R_k + gamma V_{k+1} - V_k,
+    and the discounted Monte Carlo return G*_k = R_k + gamma G*_{k+1} ([K] each, V_{K+1} = 0)."""
+    a_step, g_step = torch.zeros_like(v_step), torch.zeros_like(v_step)
+    next_v = next_a = next_g = 0.0
+    for j in range(v_step.numel() - 1, -1, -1):
+        next_a = r_step[j] + gamma * next_v - v_step[j] + gamma * lam * next_a
+        next_g = r_step[j] + gamma * next_g
+        a_step[j], g_step[j] = next_a, next_g
+        next_v = v_step[j]
+    return a_step, g_step
+
+
+@torch.no_grad()
+def tracerl_gae(
+    token_rewards: torch.Tensor,
+    token_values: torch.Tensor,
+    step_map: torch.Tensor,
+    gamma: float = 1.0,
+    lam: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """TraceRL's per-token GAE (Wang et al., 2025; dLLM-RL's value trainer), mapped to tokens.
+
+    Args as `trace_gae` (step_map: the MDP step of each token, merged steps with shrinkage,
+    -1 = not a step). For each row with steps t = 1..K and T_t the tokens of step t:
+
+        r_j   = R_t = sum_{c in T_t} token_rewards[c]    for j in T_t (the step's reward, on each
+                                                          of its tokens: a terminal reward sits
+                                                          on every token of the last step)
+        V*_t  = mean_{c in T_t} token_values[c],          V*_{K+1} = A*_{K+1} = R*_{K+1} = 0
+        A*_t  = R_t - V*_t + gamma V*_{t+1} + gamma lam A*_{t+1}     (step-level GAE)
+        R*_t  = R_t + gamma R*_{t+1}                      (discounted Monte Carlo return)
+        A_j   = r_j - V_j + gamma V*_{t+1} + gamma lam A*_{t+1}  = A*_t + (V*_t - V_j)
+        R_j   = r_j + gamma R*_{t+1}                      = R*_t
+
+    so each token is baselined by its own value, and the value head learns the Monte Carlo
+    return, not A + V. Example (gamma = lam = 1, reward 1, values [.2, .6 | .5, .9] over two
+    steps): A = [.8, .4, .5, .1] (the "step" form gives [.6, .6, .3, .3]).
+    Returns (advantages [N, C], returns [N, C]), 0 off the steps. Computed without gradient.
+    """
+    if not (token_rewards.shape == token_values.shape == step_map.shape):
+        raise ValueError("token_rewards, token_values and step_map must have the same [N, C] shape")
+    rewards, values = token_rewards.double(), token_values.detach().double()
+    adv, ret = torch.zeros_like(values), torch.zeros_like(values)
+    for i in range(step_map.shape[0]):
+        valid = step_map[i] >= 0
+        if not valid.any():
+            continue
+        inv, r_step, v_step = _step_stats(rewards[i][valid], values[i][valid], step_map[i][valid])
+        a_step, g_step = _step_gae(r_step, v_step, gamma, lam)
+        adv[i, valid] = a_step[inv] + v_step[inv] - values[i][valid]
+        ret[i, valid] = g_step[inv]
+    return adv.to(token_values.dtype), ret.to(token_values.dtype)
+
+
 @torch.no_grad()
 def trace_gae(
     token_rewards: torch.Tensor,
@@ -88,14 +173,16 @@ def trace_gae(
     gamma: float = 1.0,
     lam: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation over trace steps (TraceRL), mapped back to tokens.
+    """Step-level GAE over trace steps (the "step" form), mapped back to tokens.
 
     Args:
         token_rewards: [N, C] reward per completion token (a terminal reward sits on one token of
             the last step: `terminal_token_rewards`; per-token terms such as KL penalties may sit
             anywhere).
         token_values: [N, C] value of each token's decoding state (`ValueModel.values`).
-        step_map: [N, C] long, the global step at which each token was unmasked; -1 = padding.
+        step_map: [N, C] long, the MDP step of each token, ordered as decoded: the raw global
+            step map, or with shrinkage the merged steps (`trace_step_index`); -1 = padding or
+            no loss (after the first EOS).
     For each row, let s_1 < ... < s_K be its distinct steps and T_k its tokens at step s_k:
 
         R_k     = sum_{c in T_k} token_rewards[c]          (step reward)
@@ -112,28 +199,22 @@ def trace_gae(
     if not (token_rewards.shape == token_values.shape == step_map.shape):
         raise ValueError("token_rewards, token_values and step_map must have the same [N, C] shape")
     rewards, values = token_rewards.double(), token_values.detach().double()
-    adv = torch.zeros_like(values)
-    ret = torch.zeros_like(values)
+    adv, ret = torch.zeros_like(values), torch.zeros_like(values)
     for i in range(step_map.shape[0]):
         valid = step_map[i] >= 0
         if not valid.any():
             continue
-        steps, inv = step_map[i][valid].unique(sorted=True, return_inverse=True)  # inv: token -> step rank
-        k = steps.numel()
-        zeros = torch.zeros(k, dtype=values.dtype, device=values.device)
-        count = zeros.index_add(0, inv, torch.ones_like(inv, dtype=values.dtype))
-        r_step = zeros.index_add(0, inv, rewards[i][valid])  # step reward: sum over its tokens
-        v_step = zeros.index_add(0, inv, values[i][valid]) / count  # step value: mean over its tokens
-        a_step = torch.zeros_like(v_step)
-        next_v, next_a = 0.0, 0.0
-        for j in range(k - 1, -1, -1):
-            delta = r_step[j] + gamma * next_v - v_step[j]
-            next_a = delta + gamma * lam * next_a
-            a_step[j] = next_a
-            next_v = v_step[j]
+        inv, r_step, v_step = _step_stats(rewards[i][valid], values[i][valid], step_map[i][valid])
+        a_step, _ = _step_gae(r_step, v_step, gamma, lam)
         adv[i, valid] = a_step[inv]
         ret[i, valid] = (a_step + v_step)[inv]
     return adv.to(token_values.dtype), ret.to(token_values.dtype)
+
+
+GAE_FORMS = {
+    "tracerl": tracerl_gae,  # TraceRL's per-token form, Monte Carlo value targets (the default)
+    "step": trace_gae,  # one advantage per step over step-mean values, A + V value targets
+}
 
 
 def value_loss(

@@ -59,6 +59,7 @@ import ray  # noqa: E402
 
 from algorithms.estimators import count_forward_passes  # noqa: E402
 from rl.config import load_config  # noqa: E402
+from rl.learner import estimator_options  # noqa: E402
 from rl.tracking import MetricsLogger  # noqa: E402
 from rl.trainer import Trainer  # noqa: E402
 
@@ -78,9 +79,9 @@ METHODS: dict[str, tuple[str, str, list[str]]] = {
 def forward_passes(cfg, trajs) -> tuple[int, int]:
     """(passes per estimate of the batch, all batched forwards of one learner update)."""
     algo = cfg.algorithm
-    opts = {"shrink": algo.shrink, "n": algo.mc_samples}
-    per_estimate = count_forward_passes(algo.estimator, trajs, **opts)
-    calls = 1 + (1 if algo.beta > 0 else 0) + algo.epochs  # old, reference, current per epoch
+    per_estimate = count_forward_passes(algo.estimator, trajs, **estimator_options(algo))
+    draws = algo.epochs if algo.redraw_masks and algo.estimator != "trace" else 1  # old/ref per mask draw
+    calls = draws * (1 + (1 if algo.beta > 0 else 0)) + algo.epochs  # old, reference, current per epoch
     total = per_estimate * calls * algo.minibatches
     if algo.value.enabled:
         total += count_forward_passes("trace", trajs, shrink=algo.shrink) * (1 + algo.epochs) * algo.minibatches

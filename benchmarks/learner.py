@@ -45,7 +45,7 @@ from algorithms.estimators import count_forward_passes  # noqa: E402
 from algorithms.losses import policy_loss  # noqa: E402
 from rewards import get_reward  # noqa: E402
 from rl.config import load_config  # noqa: E402
-from rl.learner import Learner  # noqa: E402
+from rl.learner import Learner, estimator_options  # noqa: E402
 from rl.tasks import ArithmeticTask  # noqa: E402
 from rollout import SamplingParams, generate, load_model  # noqa: E402
 
@@ -138,7 +138,7 @@ def bench_setting(name: str, trajs, adv, args) -> dict:
              "algorithm.minibatches=1", "algorithm.epochs=1", "algorithm.mc_samples=4"],
         )
         learner = Learner(cfg)
-        passes = count_forward_passes(est, trajs, shrink=shrink, n=cfg.algorithm.mc_samples)
+        passes = count_forward_passes(est, trajs, **estimator_options(cfg.algorithm))
         updates[label] = (passes, lambda learner=learner: learner.update(trajs, adv.tolist()))
     for _, update in updates.values():
         update()  # warm-up (AdamW state allocation, allocator, kernels)

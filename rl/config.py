@@ -8,6 +8,7 @@ and range; cross-field rules live in one validator per model.
 from __future__ import annotations
 
 import difflib
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -152,10 +153,25 @@ class ScoringConfig(_Section):
 
 class ValueConfig(_Section):
     enabled: bool = Field(False, description="Train a diffusion value model (TraceRL) and use step-level GAE advantages instead of group advantages.")
-    gamma: float = Field(1.0, ge=0.0, le=1.0, description="GAE discount over trace steps.")
-    lam: float = Field(1.0, ge=0.0, le=1.0, description="GAE lambda over trace steps.")
+    form: Literal["tracerl", "step"] = Field(
+        "tracerl", description="tracerl: TraceRL's per-token form, A_j = r_j - V_j + gamma V*_{t+1} + gamma lam A*_{t+1} (V* = a step's "
+        "mean value), value head trained on the discounted Monte Carlo return R_j = r_j + gamma R*_{t+1} (algorithms.value.tracerl_gae); "
+        "step: every token of a step gets its step's GAE advantage over step-mean values, value head trained on A + V (trace_gae)."
+    )
+    reward: Literal["zscore", "raw"] = Field(
+        "zscore", description="Outcome reward the GAE sees: zscore, its group z-score (std per algorithm.zscore_std), as TraceRL feeds its "
+        "value model; raw, the reward as scored. Process (step) rewards are used as given either way."
+    )
+    gamma: float = Field(1.0, ge=0.0, le=1.0, description="GAE discount per merged trace step (a group of `shrink` decoding steps).")
+    lam: float = Field(1.0, ge=0.0, le=1.0, description="GAE lambda per merged trace step; every TraceRL value config ships 1.0.")
     lr: float = Field(1e-4, gt=0.0, description="AdamW learning rate of the value model.")
     clip: float = Field(0.2, gt=0.0, description="Clip range of the PPO value loss.")
+
+
+# Defaults that follow from other fields, applied to the fields a config leaves unset
+# (AlgorithmConfig._derive): GSPO clips a sequence ratio that stays within ~1e-3 of 1 and
+# averages per sequence, so GRPO's token-scale range and token mean would not be GSPO.
+GSPO_DEFAULTS = {"eps_low": 3e-4, "eps_high": 4e-4, "loss_norm": "sequence"}
 
 
 class AlgorithmConfig(_Section):
@@ -164,19 +180,44 @@ class AlgorithmConfig(_Section):
     )
     shrink: int = Field(1, ge=1, description="TraceRL shrinkage s: consecutive decoding steps merged into one training step.")
     p_mask_prompt: float = Field(0.15, ge=0.0, le=1.0, description="one_step: probability of masking each prompt token (d1 uses 0.15).")
+    redraw_masks: bool = Field(
+        False, description="Random estimators: draw new masks at every inner epoch (old and reference log-probs are then taken for every "
+        "epoch's masks before the first update) instead of reusing one draw. Default: true for one_step (d1's random_masking draws a "
+        "mask seed per inner iteration), false otherwise; trace is deterministic and ignores it."
+    )
+    coupled_weighted: bool = Field(
+        True, description="coupled: DiffuCoder's ELBO weights, 1/t on the pass masking M and 1/(1 - t) on its complement (false: the plain per-token log-prob)."
+    )
+    coupled_full_mask_pass: bool = Field(
+        True, description="coupled: add DiffuCoder's fully masked pass and average it with the coupled estimate (3 forward passes instead of 2)."
+    )
+    coupled_t_min: float = Field(0.2, gt=0.0, lt=1.0, description="coupled: lower bound of the masking ratio t ~ U[t_min, t_max] (DiffuCoder: 0.2).")
+    coupled_t_max: float = Field(0.8, gt=0.0, lt=1.0, description="coupled: upper bound of the masking ratio t (DiffuCoder: 0.8).")
     mc_samples: int = Field(4, ge=1, description="mc_elbo: Monte Carlo samples (or quadrature nodes) of the masking level t.")
     quadrature: bool = Field(False, description="mc_elbo: Gauss-Legendre nodes instead of random t (GDPO).")
     advantage: Literal["zscore", "mean", "loo"] = Field("zscore", description="Group advantage: GRPO z-score, mean-centred (Dr. GRPO) or leave-one-out.")
+    zscore_std: Literal["sample", "population"] = Field(
+        "population", description="Std of the group z-score (advantage: zscore, and value.reward: zscore): population divides by the "
+        "group size G (TraceRL's dLLM-RL code), sample by G - 1 (Bessel's correction: torch's default std, as TRL's GRPO trainer, which d1 builds on). "
+        "Default: each estimator's paper, population for trace, sample for the others."
+    )
     drop_zero_std: bool = Field(False, description="Drop groups whose rewards are all equal (they carry no signal) before the update.")
     min_acc: float | None = Field(None, ge=0.0, le=1.0, description="Dynamic accuracy filter: drop groups whose mean reward is below this.")
     max_acc: float | None = Field(None, ge=0.0, le=1.0, description="Dynamic accuracy filter: drop groups whose mean reward is above this.")
     truncation: Literal["keep", "mask", "wrong"] = Field("keep", description="Responses cut at the length limit: keep their reward, mask them out of the loss, or score them as wrong.")
-    loss: Literal["grpo", "gspo"] = Field("grpo", description="grpo: token-level clipped ratio; gspo: sequence-level length-normalised ratio (pair with mc_elbo).")
-    eps_low: float = Field(0.2, ge=0.0, description="Lower clip of the importance ratio (1 - eps_low).")
-    eps_high: float = Field(0.2, ge=0.0, description="Upper clip of the importance ratio (1 + eps_high); DAPO raises it to 0.28.")
+    loss: Literal["grpo", "gspo"] = Field(
+        "grpo", description="grpo: token-level clipped ratio; gspo: sequence-level length-normalised ratio (pair with mc_elbo), which "
+        "brings GSPO's own defaults for the fields left unset: eps_low 3e-4, eps_high 4e-4, loss_norm sequence."
+    )
+    eps_low: float = Field(0.2, ge=0.0, description="Lower clip of the importance ratio (1 - eps_low); default 0.2, or 3e-4 with loss: gspo.")
+    eps_high: float = Field(
+        0.2, ge=0.0, description="Upper clip of the importance ratio (1 + eps_high); default 0.2 (DAPO raises it to 0.28), or 4e-4 with loss: gspo."
+    )
     beta: float = Field(0.0, ge=0.0, description="Weight of the k3 KL penalty to the initial policy; 0 skips the reference model.")
-    loss_norm: Literal["token", "sequence", "constant"] = Field(
-        "token", description="token: mean over all tokens of a minibatch; sequence: per sequence, then over sequences; constant: sum / norm_constant (Dr. GRPO)."
+    loss_norm: Literal["token", "sequence", "constant", "pass"] = Field(
+        "token", description="token: mean over all tokens of a minibatch (DAPO); sequence: per sequence, then over "
+        "sequences (GRPO's original, GSPO's; the default with loss: gspo); constant: sum / norm_constant (Dr. GRPO); pass: per trace "
+        "pass of each sample, then over (sample, pass) pairs (TraceRL's dLLM-RL trainers, CJ-GRPO; estimator trace only)."
     )
     norm_constant: float | None = Field(None, gt=0.0, description="loss_norm=constant: the divisor (e.g. max completion length x minibatch size).")
     lr: float = Field(1e-4, gt=0.0, description="AdamW learning rate.")
@@ -186,14 +227,55 @@ class AlgorithmConfig(_Section):
     epochs: int = Field(1, ge=1, description="Passes over each rollout batch (mu); old log-probs are taken before the first.")
     value: ValueConfig = Field(default_factory=ValueConfig, description="The diffusion value model (TraceRL + value).")
 
+    def _derive(self) -> None:
+        """Fill the fields this config leaves unset with the defaults that follow from `loss` and
+        `estimator` (each paper's own). Written past validate_assignment: the values are the
+        fields' own types, and assigning would re-enter this validator."""
+        derived = {
+            "redraw_masks": self.estimator == "one_step",
+            "zscore_std": "population" if self.estimator == "trace" else "sample",
+            **(GSPO_DEFAULTS if self.loss == "gspo" else {}),
+        }
+        for name in ("eps_low", "eps_high", "loss_norm", "redraw_masks", "zscore_std"):
+            if name not in self.model_fields_set:
+                self.__dict__[name] = derived.get(name, type(self).model_fields[name].default)
+
     @model_validator(mode="after")
     def _check(self) -> "AlgorithmConfig":
+        self._derive()
         if self.loss_norm == "constant" and self.norm_constant is None:
             raise ValueError("algorithm.loss_norm is 'constant' but algorithm.norm_constant is not set")
+        if self.loss_norm == "pass" and self.estimator != "trace":
+            raise ValueError("algorithm.loss_norm: pass averages over TraceRL's replayed passes and needs algorithm.estimator: trace")
         if self.value.enabled and self.estimator != "trace":
             raise ValueError("algorithm.value.enabled needs algorithm.estimator: trace (values are read on the decoding trace)")
         if self.min_acc is not None and self.max_acc is not None and self.min_acc > self.max_acc:
             raise ValueError("algorithm.min_acc must be <= algorithm.max_acc")
+        if self.coupled_t_min > self.coupled_t_max:
+            raise ValueError("algorithm.coupled_t_min must be <= algorithm.coupled_t_max")
+        # Inconsistent but possibly deliberate combinations: warn, as TRL does, rather than refuse.
+        if self.loss == "gspo" and max(self.eps_low, self.eps_high) > 0.01:
+            warnings.warn(
+                f"algorithm.loss is gspo but the clip range is eps_low={self.eps_low}, eps_high={self.eps_high}: a sequence ratio "
+                "(the geometric mean of token ratios) rarely leaves [0.99, 1.01], so this range almost never clips; GSPO uses "
+                "3e-4 / 4e-4 (unset eps_low and eps_high to get them)",
+                UserWarning,
+                stacklevel=2,
+            )
+        if self.loss == "gspo" and self.loss_norm in ("token", "constant"):
+            warnings.warn(
+                f"algorithm.loss is gspo with loss_norm: {self.loss_norm}, which weights each sequence by its length; GSPO "
+                "averages per sequence (loss_norm: sequence, the default with gspo)",
+                UserWarning,
+                stacklevel=2,
+            )
+        if self.loss == "grpo" and max(self.eps_low, self.eps_high) < 0.01:
+            warnings.warn(
+                f"algorithm.loss is grpo with a GSPO-scale clip range (eps_low={self.eps_low}, eps_high={self.eps_high}): "
+                "token ratios leave that range at once, so nearly every token is clipped; did you mean loss: gspo?",
+                UserWarning,
+                stacklevel=2,
+            )
         return self
 
 

@@ -39,23 +39,42 @@ import numpy as np
 import torch
 from torch import nn
 
+from algorithms.advantages import group_advantages
 from algorithms.estimators import get_estimator, occurrence_index
 from algorithms.losses import LOSSES, LossTotals
-from algorithms.value import ValueModel, explained_variance, explained_variance_moments, terminal_token_rewards, trace_gae, value_loss
+from algorithms.trace import trace_pass_index, trace_step_index
+from algorithms.value import (
+    GAE_FORMS,
+    ValueModel,
+    explained_variance,
+    explained_variance_moments,
+    fold_token_rewards,
+    terminal_token_rewards,
+    value_loss,
+)
 from rl import distributed
-from rl.config import RunConfig
+from rl.config import AlgorithmConfig, RunConfig
 from rl.distributed import Piece, minibatch_pieces
 from rollout.lora import adapter_state, apply_lora, load_adapter_state
 from rollout.models import DiffusionLM, load_model
 from rollout.trajectory import Trajectory
 
 
-def step_map_tensor(trajs: Sequence[Trajectory], width: int) -> torch.Tensor:
-    """[N, width] long step maps, -1 at padding."""
-    out = torch.full((len(trajs), width), -1, dtype=torch.long)
-    for i, t in enumerate(trajs):
-        out[i, : len(t.step_map)] = torch.tensor(t.step_map)
+def _rows_tensor(rows: Sequence[Sequence[int]], width: int) -> torch.Tensor:
+    """[N, width] long, each row's ints left-aligned, -1 after them."""
+    out = torch.full((len(rows), width), -1, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
     return out
+
+
+def estimator_options(algo: AlgorithmConfig) -> dict:
+    """The estimator keyword options of a run config. The coupled options are renamed to the
+    estimator's own (t_min, t_max, ...) only for coupled, since mc_elbo's t_min means another thing."""
+    opts = {"shrink": algo.shrink, "p_mask_prompt": algo.p_mask_prompt, "n": algo.mc_samples, "quadrature": algo.quadrature}
+    if algo.estimator == "coupled":
+        opts.update(weighted=algo.coupled_weighted, full_mask_pass=algo.coupled_full_mask_pass, t_min=algo.coupled_t_min, t_max=algo.coupled_t_max)
+    return opts
 
 
 class EstimatorModule(nn.Module):
@@ -85,6 +104,7 @@ class _Scored:
     keep: torch.Tensor  # [n, C] tokens carrying loss (estimator mask & loss_mask)
     adv: torch.Tensor  # [n] or [n, C]
     ref: torch.Tensor | None = None
+    passes: torch.Tensor | None = None  # [n, C] trace pass of each token, -1 = none (loss_norm: pass)
     old_values: torch.Tensor | None = None
     returns: torch.Tensor | None = None
 
@@ -170,7 +190,7 @@ class Learner:
             # The critic starts from the policy's weights, with its own copy and optimizer.
             self.value = ValueModel(copy.deepcopy(self.lm))
         self.estimate = get_estimator(algo.estimator)
-        self.estimator_opts = {"shrink": algo.shrink, "p_mask_prompt": algo.p_mask_prompt, "n": algo.mc_samples, "quadrature": algo.quadrature}
+        self.estimator_opts = estimator_options(algo)
         self.loss_fn = LOSSES[algo.loss]
         # What update() calls: replaced by their DDP / FSDP2 forms in setup_distributed.
         self._policy: nn.Module = EstimatorModule(self.lm, self.estimate)
@@ -303,7 +323,8 @@ class Learner:
 
         Args:
             advantages: per sample (group advantages); ignored when the value model is on.
-            rewards: per sample, needed by the value model (placed on the last trace step).
+            rewards: per sample, needed by the value model (group z-scored unless value.reward:
+                raw, then placed on the last trace step that carries loss).
             loss_mask: per sample, False to keep a sample out of the loss (truncation: mask).
             token_rewards: per completion token (process rewards placed on their trace steps,
                 rl.process_rewards); the value model uses them instead of the terminal reward.
@@ -317,19 +338,28 @@ class Learner:
         seed = self.cfg.train.seed * 1_000_003 + self.step
         gen = torch.Generator().manual_seed(seed)
         chunks = [c.tolist() for c in torch.randperm(len(trajs), generator=gen).chunk(algo.minibatches)]
-        # Old, reference and current passes draw the same masks: same seed, per-sample RNG.
-        mb_seed = lambda j: seed * 131 + j  # noqa: E731
+        # Old, reference and current passes draw the same masks: same seed, per-sample RNG. With
+        # redraw_masks every inner epoch e draws its own masks (d1), so the old and reference
+        # log-probs of every epoch's masks are taken now, under the weights that sampled the batch.
+        draws = algo.epochs if algo.redraw_masks and algo.estimator != "trace" else 1
+        mb_seed = lambda j, d=0: seed * 131 + j + 7_919 * d  # noqa: E731
+        value_rewards = self._value_rewards(trajs, rewards) if self.value is not None else None
 
-        scored, totals, mismatch = self._score_old(trajs, chunks, mb_seed, advantages, rewards, loss_mask, token_rewards)
+        per_draw = [
+            self._score_old(trajs, chunks, lambda j, d=d: mb_seed(j, d), advantages, value_rewards, loss_mask, token_rewards)
+            for d in range(draws)
+        ]
         metrics: dict[str, list[float]] = defaultdict(list)
-        if mismatch is not None:
-            metrics["logp_mismatch"] = mismatch
+        if per_draw[0][2] is not None:
+            metrics["logp_mismatch"] = per_draw[0][2]
         self.lm.model.train()
         if self.value is not None:
             self.value.train()
-        for _ in range(algo.epochs):
+        for epoch in range(algo.epochs):
+            d = epoch % draws
+            scored, totals, _ = per_draw[d]
             for j in range(len(chunks)):
-                for k, v in self._optimizer_step(trajs, scored[j], totals[j], mb_seed(j)).items():
+                for k, v in self._optimizer_step(trajs, scored[j], totals[j], mb_seed(j, d)).items():
                     metrics[k].append(v)
         self.lm.model.eval()
         if self.value is not None:
@@ -337,8 +367,23 @@ class Learner:
         self.step += 1
         return {k: float(np.mean(v)) for k, v in metrics.items()}
 
+    def _value_rewards(self, trajs: Sequence[Trajectory], rewards: Sequence[float]) -> torch.Tensor:
+        """[N] outcome rewards the value model's GAE sees: the group z-score (value.reward:
+        zscore, TraceRL's), or the rewards as scored. The whole batch is on every rank, so the
+        group statistics are the whole groups' whatever the split."""
+        algo = self.cfg.algorithm
+        r = torch.tensor(list(rewards), dtype=torch.float32)
+        if algo.value.reward == "raw":
+            return r
+        return group_advantages(r, torch.tensor([t.group for t in trajs]), "zscore", std=algo.zscore_std)
+
+    def _rows(self, batch: Sequence[Trajectory], index_fn, width: int) -> torch.Tensor:
+        """[n, width] long: `index_fn(step_map, prompt_len, block_size, shrink)` per sample, -1 after."""
+        shrink, block = self.cfg.algorithm.shrink, self.lm.block_size
+        return _rows_tensor([index_fn(t.step_map, len(t.prompt_ids), block, shrink) for t in batch], width).to(self.device)
+
     @torch.no_grad()
-    def _score_old(self, trajs, chunks, mb_seed, advantages, rewards, loss_mask, token_rewards):
+    def _score_old(self, trajs, chunks, mb_seed, advantages, value_rewards, loss_mask, token_rewards):
         """Old and reference log-probs (and old values, GAE) of this rank's pieces, and each
         minibatch's global totals (one all-reduce)."""
         algo, lc = self.cfg.algorithm, self.cfg.learner
@@ -347,7 +392,7 @@ class Learner:
         keep_all = torch.tensor(list(loss_mask) if loss_mask is not None else [True] * len(trajs))
         opts = self.estimator_opts
         scored: list[list[_Scored]] = []
-        sums = torch.zeros((len(chunks), 4), dtype=torch.float64)  # tokens, sequences, real tokens, |logp mismatch|
+        sums = torch.zeros((len(chunks), 5), dtype=torch.float64)  # tokens, sequences, passes, real tokens, |logp mismatch|
         for j, idx in enumerate(chunks):
             occ = occurrence_index([trajs[i] for i in idx])
             scored.append([])
@@ -364,35 +409,43 @@ class Learner:
                             ref = self._ref(batch, seed=mb_seed(j), occurrences=piece.occurrences, **opts)[0]
                 keep = mask & keep_all[piece.idx].to(dev)[:, None]
                 s = _Scored(piece, old, keep, adv_all[piece.idx].to(dev), ref)
+                if algo.loss_norm == "pass":
+                    s.passes = self._rows(batch, trace_pass_index, mask.shape[1])
                 if self.value is not None:
-                    steps = step_map_tensor(batch, mask.shape[1]).to(dev)
+                    # The MDP steps: merged step groups in decoding order, only where loss is
+                    # taken (padding and the filler after the first EOS are no states).
+                    steps = self._rows(batch, trace_step_index, mask.shape[1]).masked_fill(~mask, -1)
                     with self._autocast():
                         s.old_values = self._value(batch, algo.shrink).float()
                     if token_rewards is not None:
                         tok_r = torch.zeros(steps.shape, device=dev)
                         for r, i in enumerate(piece.idx):
                             tok_r[r, : len(token_rewards[i])] = torch.tensor(token_rewards[i], dtype=torch.float32)
+                        tok_r = fold_token_rewards(tok_r, steps)
                     else:
-                        tok_r = terminal_token_rewards(torch.tensor([rewards[i] for i in piece.idx], dtype=torch.float32, device=dev), steps)
-                    s.adv, s.returns = trace_gae(tok_r, s.old_values, steps, algo.value.gamma, algo.value.lam)
+                        tok_r = terminal_token_rewards(value_rewards[piece.idx].to(dev), steps)
+                    gae = GAE_FORMS[algo.value.form]
+                    s.adv, s.returns = gae(tok_r, s.old_values, steps, algo.value.gamma, algo.value.lam)
                 lengths = keep.sum(1)
                 sums[j, 0] += piece.weight * float(lengths.sum())
                 sums[j, 1] += piece.weight * float((lengths > 0).sum())
+                if s.passes is not None:
+                    sums[j, 2] += piece.weight * LossTotals.of(keep, s.passes).passes
                 if algo.estimator == "trace":
                     # ~0 when rollout and learner agree on weights and replay; large = stale or misaligned.
                     rollout_lp = torch.zeros_like(old)
                     for r, t in enumerate(batch):
                         rollout_lp[r, : len(t.logprobs)] = torch.tensor(t.logprobs)
-                    sums[j, 2] += piece.weight * float(mask.sum())
-                    sums[j, 3] += piece.weight * float(((old - rollout_lp).abs() * mask).sum())
+                    sums[j, 3] += piece.weight * float(mask.sum())
+                    sums[j, 4] += piece.weight * float(((old - rollout_lp).abs() * mask).sum())
                     if self.cfg.rollout.overlap:
                         # One-step off-policy: the samples came from the previous weights, so the
                         # behaviour policy of the ratio is the rollout's own distribution.
                         s.old = rollout_lp.to(old.dtype)
                 scored[j].append(s)
         distributed.all_reduce_sum(sums)
-        totals = [LossTotals(float(t), float(n)) for t, n in sums[:, :2].tolist()]
-        mismatch = (sums[:, 3] / sums[:, 2].clamp(min=1)).tolist() if algo.estimator == "trace" else None
+        totals = [LossTotals(float(t), float(n), float(k)) for t, n, k in sums[:, :3].tolist()]
+        mismatch = (sums[:, 4] / sums[:, 3].clamp(min=1)).tolist() if algo.estimator == "trace" else None
         return scored, totals, mismatch
 
     def _optimizer_step(self, trajs, pieces: list[_Scored], totals: LossTotals, seed: int) -> dict[str, float]:
@@ -417,6 +470,7 @@ class Learner:
                 loss, m = self.loss_fn(
                     logp, s.old, s.adv, s.keep, algo.eps_low, algo.eps_high,
                     ref_logp=s.ref, beta=algo.beta, norm=algo.loss_norm, norm_constant=algo.norm_constant, totals=totals,
+                    pass_index=s.passes,
                 )
                 (loss * (w * scale)).backward()
                 m["loss/total"] = loss.item()

@@ -399,7 +399,7 @@ class Trainer:
         algo = self.cfg.algorithm
         r, loss_mask = truncated_rewards(torch.tensor(rewards), [t.finish_reason for t in trajs], algo.truncation)
         groups = torch.tensor([t.group for t in trajs])
-        adv = group_advantages(r, groups, algo.advantage)
+        adv = group_advantages(r, groups, algo.advantage, std=algo.zscore_std)
         keep = filter_groups(r, groups, algo.drop_zero_std, algo.min_acc, algo.max_acc)
         grouped = r.view(-1, self.cfg.rollout.samples_per_prompt)
         metrics = {

@@ -74,9 +74,11 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path):
 def test_experiment_configs_override_only_what_differs():
     base = load_config(ROOT / "configs" / "quickstart.yaml")
     for name, check in {
-        "tracerl_value": lambda c: c.algorithm.value.enabled and c.algorithm.value.lam == 0.95,
-        "diffu_grpo": lambda c: c.algorithm.estimator == "one_step",
-        "coupled_grpo": lambda c: c.algorithm.estimator == "coupled",
+        # TraceRL's value configs ship lambda 1.0 and its per-token form
+        "tracerl_value": lambda c: c.algorithm.value.enabled and c.algorithm.value.lam == 1.0 and c.algorithm.value.form == "tracerl",
+        "diffu_grpo": lambda c: c.algorithm.estimator == "one_step" and c.algorithm.redraw_masks,  # d1 redraws
+        # DiffuCoder's weighted form with its fully masked pass
+        "coupled_grpo": lambda c: c.algorithm.estimator == "coupled" and c.algorithm.coupled_weighted and c.algorithm.coupled_full_mask_pass,
     }.items():
         cfg = load_config(ROOT / "configs" / f"{name}.yaml")
         assert check(cfg), name

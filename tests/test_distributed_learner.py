@@ -87,7 +87,10 @@ def make_learner(cfg: RunConfig, rank: int = 0, world_size: int = 1) -> Learner:
 def run_update(learner: Learner, trajs, n: int) -> tuple[dict, dict]:
     grads = capture_grads(learner)
     adv = torch.linspace(-1, 1, n).tolist()
-    metrics = learner.update(trajs[:n], adv, rewards=[1.0, 0.0] * (n // 2))
+    # rewards that vary inside each group (groups alternate 0, 1): the value model sees their
+    # group z-scores, which a constant group would turn into zeros
+    rewards = [float(i % 3 == 0) for i in range(n)]
+    metrics = learner.update(trajs[:n], adv, rewards=rewards)
     return grads, metrics
 
 

@@ -74,8 +74,9 @@ def test_value_model_with_lora_trains_only_its_own_adapter_and_head():
     trainable = {n for n, p in learner.value.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
     # The head starts at zero, so the critic's adapter gets gradient from the second update on.
-    learner.update(batch(worker), [0.0] * 16, rewards=[1.0, 0.0] * 8)
-    learner.update(batch(worker, seed=1), [0.0] * 16, rewards=[0.0, 1.0] * 8)
+    # Rewards vary inside each group (groups alternate 0, 1): the critic sees their z-scores.
+    learner.update(batch(worker), [0.0] * 16, rewards=[float(i % 3 == 0) for i in range(16)])
+    learner.update(batch(worker, seed=1), [0.0] * 16, rewards=[float(i % 3 == 1) for i in range(16)])
     after = learner.value.state_dict()
     changed = {k for k in after if not torch.equal(after[k], value_before[k])}
     assert "head.weight" in changed and any("lora_B" in k for k in changed)

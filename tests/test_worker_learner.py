@@ -3,6 +3,7 @@ import copy
 import pytest
 import torch
 
+from algorithms.estimators import loss_length
 from rl.config import RunConfig
 from rl.learner import Learner
 from rollout import SamplingParams
@@ -96,8 +97,13 @@ def test_every_estimator_trains_through_the_learner(estimator):
     assert any(not torch.equal(p, start[n]) for n, p in learner.lm.model.named_parameters())
 
 
+def _loss_tokens(t, eos_id):
+    return loss_length(t.completion_ids, eos_id)  # up to and including the first EOS
+
+
 def test_value_model_trains_and_checkpoints(tmp_path):
-    cfg = run_cfg(value={"enabled": True, "lr": 1e-3}, minibatches=1)
+    # raw rewards: each group's rewards are equal here, so their z-scores (the default) would be 0
+    cfg = run_cfg(value={"enabled": True, "lr": 1e-3, "reward": "raw"}, minibatches=1)
     learner = Learner(cfg)
     worker = RolloutWorker(str(BASE_CKPT))
     trajs = rollouts(worker, worker.lm.tokenizer, n=8)
@@ -106,9 +112,10 @@ def test_value_model_trains_and_checkpoints(tmp_path):
     m = learner.update(trajs, [0.0] * 8, rewards=rewards)
     assert "loss/value" in m and not torch.equal(learner.value.head.weight, head0)
     # zero-initialised head: values are 0 and with gamma = lam = 1 every token's return is its
-    # sample's reward, so the first value loss is 0.5 * (share of tokens in rewarded samples)
-    rewarded = sum(len(t.completion_ids) for t, r in zip(trajs, rewards) if r == 1.0)
-    assert m["loss/value"] == pytest.approx(0.5 * rewarded / sum(len(t.completion_ids) for t in trajs), rel=1e-5)
+    # sample's reward, so the first value loss is 0.5 * (share of loss tokens in rewarded samples)
+    eos = learner.lm.eos_id
+    rewarded = sum(_loss_tokens(t, eos) for t, r in zip(trajs, rewards) if r == 1.0)
+    assert m["loss/value"] == pytest.approx(0.5 * rewarded / sum(_loss_tokens(t, eos) for t in trajs), rel=1e-5)
     learner.save(tmp_path / "c")
     other = Learner(cfg)
     other.load(tmp_path / "c")
@@ -125,7 +132,8 @@ def test_value_model_uses_process_rewards_on_their_steps():
     # token's step has return 1, so the first value loss is 0.5 * (#samples / #tokens).
     token_rewards = [[1.0 if s == 0 else 0.0 for s in t.step_map] for t in trajs]
     m = learner.update(trajs, [0.0] * 8, rewards=[0.0] * 8, token_rewards=token_rewards)
-    assert m["loss/value"] == pytest.approx(0.5 * len(trajs) / sum(len(t.completion_ids) for t in trajs), rel=1e-5)
+    tokens = sum(_loss_tokens(t, learner.lm.eos_id) for t in trajs)
+    assert m["loss/value"] == pytest.approx(0.5 * len(trajs) / tokens, rel=1e-5)
 
 
 @pytest.mark.parametrize("overlap", [False, True])
