@@ -462,12 +462,7 @@ def _child(unit, fds, report_fd, nonce, limits, use_seccomp, forget):
     code = 1
     try:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        stdin_fd, stdout_fd, stderr_fd = fds
-        os.dup2(stdin_fd, 0)
-        os.dup2(stdout_fd, 1)
-        os.dup2(stderr_fd, 2)
-        os.dup2(report_fd, 3)
-        os.closerange(4, 65536)
+        _place_fds([*fds, report_fd])  # 0-2: stdin, stdout, stderr; 3: the report pipe
         report_fd = 3
         for container in forget:  # the other units (their tests) and the request
             container.clear()
@@ -551,36 +546,48 @@ def _read_file(path, limit):
     return data[:limit], len(data) > limit
 
 
-def _run_unit(index, unit, timeout, limits, use_seccomp, devnull, forget):
+def _run_unit(index, unit, timeout, zygote, devnull):
     stdin_fd = devnull
     paths = []
     if unit.get("stdin") is not None:
         path = "stdin-%d" % index
-        with open(path, "wb") as f:
-            f.write(unit["stdin"])
+        _unlink(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        _write_all(fd, unit["stdin"])
+        os.close(fd)
         paths.append(path)
-        stdin_fd = os.open(path, os.O_RDONLY)
+        stdin_fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     mode = unit.get("stdout", "discard")
     out_path = "out-%d" % index
     err_path = "err-%d" % index
     if mode == "pass":
         stdout_fd, stderr_fd = 1, 2
     else:
-        stdout_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) if mode == "capture" else devnull
-        stderr_fd = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        for path in (out_path, err_path):
+            _unlink(path)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        stdout_fd = os.open(out_path, flags, 0o600) if mode == "capture" else devnull
+        stderr_fd = os.open(err_path, flags, 0o600)
         paths += [out_path, err_path] if mode == "capture" else [err_path]
     report_r, report_w = os.pipe()
     nonce = os.urandom(16).hex()
     unit = dict(unit, timeout=timeout)
     start = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        _child(unit, (stdin_fd, stdout_fd, stderr_fd), report_w, nonce, limits, use_seccomp, forget)
-    os.close(report_w)
-    for fd in (stdin_fd, stdout_fd, stderr_fd):
-        if fd not in (devnull, 1, 2):
-            os.close(fd)
-    wait_status, timed_out = _wait(pid, timeout)
+    try:
+        pid = zygote.spawn(index, timeout, "plain", nonce, [stdin_fd, stdout_fd, stderr_fd, report_w])
+    finally:
+        os.close(report_w)
+        for fd in (stdin_fd, stdout_fd, stderr_fd):
+            if fd not in (devnull, 1, 2):
+                os.close(fd)
+    wait_status = zygote.exit_status(timeout)
+    timed_out = wait_status is None
+    if timed_out:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        wait_status = zygote.exit_status()
     elapsed = time.monotonic() - start
     report = b""
     try:
@@ -796,7 +803,7 @@ def _place_fds(sources):
     os.closerange(len(sources), 65536)
 
 
-def _serve(unit, fds, limits, use_seccomp, no_file_create):
+def _serve(unit, fds, limits, use_seccomp, no_file_create=None):
     """P: run the program, then answer calls until the judge is done. Never returns."""
     code = 1
     try:
@@ -937,27 +944,89 @@ def _judge(spec, channel, verdict_w, limits, timeout):
         os._exit(0)
 
 
-def _zygote(sock, units, limits, use_seccomp, no_file_create):
-    """Z: fork each judged unit's program process on request; report its pid and exit status."""
+_STATE = {"use_seccomp": False}  # set by main() before the clean zygote is forked
+
+
+def _line(conn, buffer, timeout=None):
+    """Read one ``int\n`` line from ``conn`` (with ``buffer``, the bytes already read). Returns (value, buffer);
+    value None when ``timeout`` seconds pass first. Raises OSError at end of stream."""
+    while b"\n" not in buffer:
+        if timeout is not None:
+            ready, _, _ = select.select([conn], [], [], max(0.0, timeout))
+            if not ready:
+                return None, buffer
+        chunk = conn.recv(64)
+        if not chunk:
+            raise OSError("the zygote exited")
+        buffer += chunk
+    line, _, buffer = buffer.partition(b"\n")
+    return int(line), buffer
+
+
+def _clean_zygote(sock):
+    """Z0: forked before any sample was read, so it never holds a program, a test or a stdin.
+    Forks one sample zygote per request (the sample's socket arrives with it). Never returns."""
     import socket as _socket_module
 
     try:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         devnull = os.open(os.devnull, os.O_RDWR)
-        os.dup2(devnull, 0)  # the request pipe: the tests still to be read stay out of reach
+        os.dup2(devnull, 0)  # the request pipe: every sample still to come stays out of reach
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # sample zygotes are reaped by the kernel
         conn = _socket_module.socket(fileno=sock)
         while True:
-            msg, fds, _, _ = _socket_module.recv_fds(conn, 64, 3)
+            msg, fds, _, _ = _socket_module.recv_fds(conn, 16, 1)
+            if not msg or len(fds) != 1:
+                break
+            pid = os.fork()
+            if pid == 0:
+                conn.close()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # this one waits for its children
+                _sample_zygote(fds[0])
+            os.close(fds[0])
+            conn.sendall(b"%d\n" % pid)
+    except BaseException:
+        pass
+    os._exit(0)
+
+
+def _sample_zygote(sock):
+    """Zs: read one sample's programs, then fork each unit's program process on request and
+    report its pid and exit status. Never returns."""
+    import socket as _socket_module
+
+    try:
+        conn = _socket_module.socket(fileno=sock)
+        head = b""
+        while len(head) < 10:
+            chunk = conn.recv(10 - len(head))
+            if not chunk:
+                os._exit(0)
+            head += chunk
+        raw = b""
+        while len(raw) < int(head):
+            chunk = conn.recv(min(1 << 20, int(head) - len(raw)))
+            if not chunk:
+                os._exit(0)
+            raw += chunk
+        request = marshal.loads(raw)
+        del raw
+        units, limits, use_seccomp = request["units"], request["limits"], _STATE["use_seccomp"]
+        while True:
+            msg, fds, _, _ = _socket_module.recv_fds(conn, 256, 4)
             if not msg:
                 break
-            index, timeout = msg.decode().split()
+            index, timeout, kind, nonce = msg.decode().split()
             unit = dict(units[int(index)], timeout=float(timeout))
             pid = os.fork()
             if pid == 0:
                 conn.close()
-                _serve(unit, fds, limits, use_seccomp, no_file_create)
+                if kind == "judged":
+                    _serve(unit, fds, limits, use_seccomp)
+                _child(unit, fds[:3], fds[3], nonce, limits, use_seccomp, [units, request])
             for fd in fds:
-                os.close(fd)
+                if fd > 2:
+                    os.close(fd)
             conn.sendall(b"%d\n" % pid)
             _, status = os.waitpid(pid, 0)
             conn.sendall(b"%d\n" % status)
@@ -966,10 +1035,10 @@ def _zygote(sock, units, limits, use_seccomp, no_file_create):
     os._exit(0)
 
 
-class _Zygote:
-    """The supervisor's handle on Z."""
+class _CleanZygote:
+    """The supervisor's handle on Z0."""
 
-    def __init__(self, units, limits, use_seccomp, no_file_create, close_in_child):
+    def __init__(self, close_in_child):
         import socket as _socket_module
 
         self.socket = _socket_module
@@ -982,32 +1051,57 @@ class _Zygote:
                     os.close(fd)
                 except OSError:
                     pass
-            _zygote(theirs.detach(), units, limits, use_seccomp, no_file_create)
+            _clean_zygote(theirs.detach())
         theirs.close()
         self.pid, self.conn, self.buffer = pid, ours, b""
 
-    def _line(self):
-        while b"\n" not in self.buffer:
-            chunk = self.conn.recv(64)
-            if not chunk:
-                raise OSError("the zygote exited")
-            self.buffer += chunk
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        return int(line)
+    def sample(self, request_bytes):
+        """A sample zygote holding ``request_bytes`` (one sample's marshalled programs)."""
+        ours, theirs = self.socket.socketpair(self.socket.AF_UNIX, self.socket.SOCK_STREAM)
+        try:
+            self.socket.send_fds(self.conn, [b"fork"], [theirs.fileno()])
+        finally:
+            theirs.close()
+        pid, self.buffer = _line(self.conn, self.buffer)
+        ours.sendall(b"%010d" % len(request_bytes) + request_bytes)
+        return _Zygote(ours, pid)
 
-    def spawn(self, index, timeout, fds):
-        self.socket.send_fds(self.conn, [b"%d %r" % (index, timeout)], fds)
-        return self._line()
 
-    def exit_status(self):
-        return self._line()
+class _Zygote:
+    """The supervisor's handle on one sample's zygote (Zs)."""
+
+    def __init__(self, conn, pid):
+        import socket as _socket_module
+
+        self.socket, self.conn, self.buffer, self.pid = _socket_module, conn, b"", pid
+
+    def spawn(self, index, timeout, kind, nonce, fds):
+        """Fork unit ``index``'s program process (``kind`` judged or plain) with ``fds``; its pid."""
+        self.socket.send_fds(self.conn, [b"%d %r %s %s" % (index, timeout, kind.encode(), nonce.encode())], fds)
+        pid, self.buffer = _line(self.conn, self.buffer)
+        return pid
+
+    def exit_status(self, timeout=None):
+        """The wait status of the last spawned process; None if it is still running after ``timeout``."""
+        status, self.buffer = _line(self.conn, self.buffer, timeout)
+        return status
 
     def close(self):
-        self.conn.close()
+        """End the sample: the zygote exits (it is Z0's child), and is gone when this returns."""
         try:
-            os.waitpid(self.pid, 0)
-        except OSError:
-            pass
+            pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):
+            pidfd = None
+        self.conn.close()
+        if pidfd is not None:
+            try:
+                poller = select.poll()
+                poller.register(pidfd, select.POLLIN)
+                if not poller.poll(2000):
+                    os.kill(self.pid, signal.SIGKILL)
+                    poller.poll(2000)
+            finally:
+                os.close(pidfd)
 
 
 def _run_judged(index, unit, spec, timeout, zygote, limits, close_in_judge=()):
@@ -1020,7 +1114,7 @@ def _run_judged(index, unit, spec, timeout, zygote, limits, close_in_judge=()):
     verdict_r, verdict_w = os.pipe()
     start = time.monotonic()
     try:
-        program_pid = zygote.spawn(index, timeout, [req_r, resp_w, err_fd])
+        program_pid = zygote.spawn(index, timeout, "judged", "-", [req_r, resp_w, err_fd])
     finally:
         for fd in (req_r, resp_w, err_fd):
             os.close(fd)
@@ -1270,56 +1364,45 @@ def _probe(use_seccomp, request=None):
     return data.decode()
 
 
-def _read_stdin(n=None):
-    """``n`` bytes of stdin (all of it when None)."""
+def _read_stdin(n, allow_eof=False):
+    """Exactly ``n`` bytes of stdin; None at a clean end of input when ``allow_eof``."""
     raw = b""
-    while n is None or len(raw) < n:
-        chunk = os.read(0, (1 << 20) if n is None else min(1 << 20, n - len(raw)))
+    while len(raw) < n:
+        chunk = os.read(0, min(1 << 20, n - len(raw)))
         if not chunk:
-            if n is not None:
-                raise SystemExit(3)
-            break
+            if allow_eof and not raw:
+                return None
+            raise SystemExit(3)
         raw += chunk
     return raw
 
 
-def main():
-    # The request comes in two parts: the programs, then the tests' judges. The zygote that
-    # forks the judged programs is forked between the two reads, so no program's memory
-    # ever held a test.
-    request = marshal.loads(_read_stdin(int(_read_stdin(10))))
-    result_fd = request["result_fd"]
-    start = time.monotonic()
-    deadline = start + request["timeout"]
-    if request.get("parent_death"):  # the host thread that started us went away: so do we
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+def _wipe(path):
+    """Remove everything under ``path`` (what a sample left in the work directory). True if it all went."""
+    ok = True
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return False
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                os.chmod(entry.path, 0o700)  # a directory the program made unreadable
+                ok = _wipe(entry.path) and ok
+                os.rmdir(entry.path)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            ok = False
+    return ok
+
+
+def _run_sample(request, judges, zygote, result_fd, devnull):
+    """Run one sample's units in order, writing one R record each."""
+    deadline = time.monotonic() + request["timeout"]
     limits = request["limits"]
-    _set_limit(resource.RLIMIT_CPU, int(request["timeout"]) + 5)
-    _set_limit(resource.RLIMIT_CORE, 0)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    applied = ["uid=%d" % os.getuid()]
-    abi = landlock(request["read_paths"], request["write_paths"]) if request.get("landlock") else 0
-    applied.append("landlock=%d" % abi)
-    applied.append("caps_dropped=%d" % drop_capabilities())
-    use_seccomp = bool(request.get("seccomp")) and _seccomp_table() is not None
-    # Warm up once here, not in every forked child: the first compile() of a process
-    # costs ~1.5 ms, and so does building the ctypes structure type.
-    compile("pass", "solution.py", "exec")
-    if use_seccomp:
-        _fprog_type()
-    _seccomp_options(request, use_seccomp)  # the file-creation rule; the filter built once, before any fork
-    if request.get("probe"):
-        applied.append(_probe(use_seccomp, request))
     units = request["units"]
-    no_file_create = bool(request.get("no_file_create"))
-    zygote = None
-    if any(u.get("judged") for u in units):
-        _json()  # imported once here, inherited by every judge and program process
-        zygote = _Zygote(units, limits, use_seccomp, no_file_create, close_in_child=(result_fd,))
-    judges = marshal.loads(_read_stdin())
-    _write_all(result_fd, ("S " + " ".join(applied) + "\n").encode())
     stop_on_failure = request.get("stop_on_failure", False)
-    forget = [units, request, judges]
     failed = False
     for index in range(len(units)):
         unit = units[index]
@@ -1331,15 +1414,68 @@ def main():
             if unit.get("judged"):
                 status, code, ms, err, out = _run_judged(index, unit, judges[index], timeout, zygote, limits, (result_fd,))
             else:
-                status, code, ms, err, out = _run_unit(index, unit, timeout, limits, use_seccomp, devnull, forget)
+                status, code, ms, err, out = _run_unit(index, unit, timeout, zygote, devnull)
             if stop_on_failure and not _passed(unit.get("kind", "test"), status, code):
                 failed = True
         units[index] = None  # free it
         header = "R %d %s %d %d %d %d\n" % (index, status, code, int(ms * 1e6), len(err), len(out))
         _write_all(result_fd, header.encode() + err + out)
-    if zygote is not None:
+
+
+def _read_frame(allow_eof=False):
+    """One length-prefixed frame of stdin (10 ASCII digits, then the bytes); None at end of input."""
+    head = _read_stdin(10, allow_eof=allow_eof)
+    if head is None:
+        return None
+    return _read_stdin(int(head))
+
+
+def main():
+    # stdin: one frame of settings (the protections to apply), then per sample two frames: its
+    # programs, and its tests' judges. Every process that runs a program descends from a
+    # zygote forked before the first sample was read, through a zygote of its own sample made
+    # before that sample's judges were read: no program's memory ever held a test, or anything
+    # of another sample. With "serve" the supervisor stays for the next sample.
+    config = marshal.loads(_read_frame())
+    result_fd = config["result_fd"]
+    if config.get("parent_death"):  # the host thread that started us went away: so do we
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if not config.get("serve"):
+        _set_limit(resource.RLIMIT_CPU, int(config["timeout"]) + 5)
+    _set_limit(resource.RLIMIT_CORE, 0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    applied = ["uid=%d" % os.getuid()]
+    abi = landlock(config["read_paths"], config["write_paths"]) if config.get("landlock") else 0
+    applied.append("landlock=%d" % abi)
+    applied.append("caps_dropped=%d" % drop_capabilities())
+    use_seccomp = bool(config.get("seccomp")) and _seccomp_table() is not None
+    _STATE["use_seccomp"] = use_seccomp
+    # Warm up once here, not in every forked child: the first compile() of a process
+    # costs ~1.5 ms, and so does building the ctypes structure type.
+    compile("pass", "solution.py", "exec")
+    if use_seccomp:
+        _fprog_type()
+    _seccomp_options(config, use_seccomp)  # the file-creation rule; the filter built once, before any fork
+    _json()  # imported once here, inherited by every judge and program process
+    if config.get("probe"):
+        applied.append(_probe(use_seccomp, config))
+    started = ("S " + " ".join(applied) + "\n").encode()
+    clean = _CleanZygote(close_in_child=(result_fd,))
+    while True:
+        raw = _read_frame(allow_eof=True)
+        if raw is None:
+            break
+        zygote = clean.sample(raw)
+        request = marshal.loads(raw)
+        del raw
+        judges = marshal.loads(_read_frame())
+        _write_all(result_fd, started)
+        _run_sample(request, judges, zygote, result_fd, devnull)
         zygote.close()
-    _write_all(result_fd, b"D\n")
+        clean_ok = _wipe(".")
+        _write_all(result_fd, b"D\n")
+        if not config.get("serve") or not clean_ok:
+            break
 
 
 if __name__ == "__main__":  # run by the sandbox's bootstrap; importing this file does nothing

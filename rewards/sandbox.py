@@ -1,8 +1,10 @@
 """Run untrusted Python programs (model-written code) in a sandboxed process.
 
-Each call starts one sandbox: ``python -I -S -B`` running a small supervisor
+A sandbox is ``python -I -S -B`` running a small supervisor
 (rewards/_sandbox_child.py) that runs each program ("unit": a test, a stdin/stdout
 case, a script) in a forked child and kills it when it runs past its time limit.
+By default a sandbox stays warm and runs one sample (one :func:`run_programs` call)
+after another (see "warm sandboxes" below); ``warm=False`` starts one per call.
 The layers, from the outside in:
 
 - **bubblewrap** (``bwrap``), where it works: new user, pid, network, ipc, uts,
@@ -57,10 +59,12 @@ Not covered: the program may use all the CPU time and memory its limits allow.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import marshal
 import os
+import select
 import selectors
 import shutil
 import signal
@@ -613,66 +617,88 @@ def _parse_records(buf: bytes, units: list[UnitResult], kinds: list[str]) -> tup
     return started, done
 
 
+def _command(config: dict[str, Any], limits: Limits, tag: str) -> tuple[list[str], dict[str, Any], str, str | None]:
+    """(command, Popen keywords, the work directory the programs see, the host temp dir to remove or None)."""
+    if config["backend"] == "bwrap":
+        cmd = _bwrap_command(config["bwrap"], (limits.tmpfs_mb << 20) if config.get("tmpfs_size") else None)
+        popen_kw: dict[str, Any] = {"env": {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}}
+        workdir, workdir_host = "/tmp", None
+    else:
+        workdir_host = tempfile.mkdtemp(prefix=f"unmask-sandbox-{os.getpid()}-")
+        workdir = workdir_host
+        cmd = []
+        popen_kw = {"env": {"LANG": "C.UTF-8", "PATH": "/usr/bin:/bin", "HOME": workdir}, "cwd": workdir}
+        if config.get("drop_uid"):
+            os.chown(workdir, NOBODY, NOBODY)
+            popen_kw.update(user=NOBODY, group=NOBODY, extra_groups=[])
+    # The tag names the process that started the sandbox (for ps, and for tests that look
+    # for leftovers); the bootstrap ignores it.
+    cmd += [_python(), "-I", "-S", "-B", "-c", _BOOTSTRAP, f"{tag}:{os.getpid()}"]
+    return cmd, popen_kw, workdir, workdir_host
+
+
+def _settings(config: dict[str, Any], workdir: str, result_w: int, limits: Limits, *, probe: bool, serve: bool) -> bytes:
+    """The supervisor's first frame: the protections to apply (the code it runs goes before it)."""
+    backend = config["backend"]
+    settings = {
+        "result_fd": result_w,
+        "timeout": float(limits.timeout_s),
+        "serve": serve,
+        "parent_death": backend != "bwrap",
+        "landlock": config.get("landlock", True),
+        "no_file_create": backend != "bwrap",  # no size-capped tmpfs: the program may not create files
+        "seccomp": True,
+        "read_paths": [*_host_read_paths(), "/dev/urandom", "/dev/random", "/dev/zero"],
+        "write_paths": [workdir, "/dev/null"],
+        "probe": probe,
+        "probe_write": config.get("probe_write") if probe else None,  # a host file outside the work dir (_probe)
+    }
+    code = _supervisor_code()
+    first = marshal.dumps(settings)
+    return b"%010d" % len(code) + code + b"%010d" % len(first) + first
+
+
+def _sample_frames(programs: list[Program], limits: Limits, stop_on_failure: bool) -> bytes:
+    """One sample: its programs, then its tests' judges. The supervisor makes the process the
+    programs come from between reading the two (rewards/_sandbox_child.py)."""
+    unit_timeout = limits.unit_timeout_s or limits.timeout_s
+    request = {
+        "timeout": float(limits.timeout_s),
+        "limits": {
+            "memory_bytes": limits.memory_mb << 20,
+            "file_bytes": limits.file_size_mb << 20,
+            "open_files": limits.open_files,
+            "processes": limits.processes,
+        },
+        "units": [
+            {
+                "source": p.source,
+                "stdin": _as_bytes(p.stdin),
+                "kind": p.kind,
+                "stdout": p.stdout,
+                "output_limit": min(p.output_limit, limits.file_size_mb << 20),
+                "timeout": float(min(p.timeout_s or unit_timeout, unit_timeout)),
+                "judged": p.judge is not None,
+            }
+            for p in programs
+        ],
+        "stop_on_failure": stop_on_failure,
+    }
+    judges = [None if p.judge is None else {"code": p.judge.code, "prefix": p.judge.prefix, "names": list(p.judge.names),
+                                             "aliases": dict(p.judge.aliases)} for p in programs]  # fmt: skip
+    first, second = marshal.dumps(request), marshal.dumps(judges)
+    return b"%010d" % len(first) + first + b"%010d" % len(second) + second
+
+
 def _start(config: dict[str, Any], programs: list[Program], limits: Limits, *,
            stop_on_failure: bool = False, probe: bool = False) -> SandboxResult:  # fmt: skip
+    """One sandbox for one sample: started, run, gone."""
     backend = config["backend"]
-    unit_timeout = limits.unit_timeout_s or limits.timeout_s
     workdir_host = None
     result_r, result_w = os.pipe()
     try:
-        if backend == "bwrap":
-            cmd = _bwrap_command(config["bwrap"], (limits.tmpfs_mb << 20) if config.get("tmpfs_size") else None)
-            workdir = "/tmp"
-            popen_kw: dict[str, Any] = {"env": {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}}
-        else:
-            workdir_host = tempfile.mkdtemp(prefix=f"unmask-sandbox-{os.getpid()}-")
-            workdir = workdir_host
-            cmd = []
-            popen_kw = {"env": {"LANG": "C.UTF-8", "PATH": "/usr/bin:/bin", "HOME": workdir}, "cwd": workdir}
-            if config.get("drop_uid"):
-                os.chown(workdir, NOBODY, NOBODY)
-                popen_kw.update(user=NOBODY, group=NOBODY, extra_groups=[])
-        # The tag names the process that started the sandbox (for ps, and for tests that
-        # look for leftovers); the bootstrap ignores it.
-        cmd += [_python(), "-I", "-S", "-B", "-c", _BOOTSTRAP, f"unmask-sandbox:{os.getpid()}"]
-        request = {
-            "result_fd": result_w,
-            "timeout": float(limits.timeout_s),
-            "parent_death": backend != "bwrap",
-            "landlock": config.get("landlock", True),
-            "no_file_create": backend != "bwrap",  # no size-capped tmpfs: the program may not create files
-            "seccomp": True,
-            "read_paths": [*_host_read_paths(), "/dev/urandom", "/dev/random", "/dev/zero"],
-            "write_paths": [workdir, "/dev/null"],
-            "limits": {
-                "memory_bytes": limits.memory_mb << 20,
-                "file_bytes": limits.file_size_mb << 20,
-                "open_files": limits.open_files,
-                "processes": limits.processes,
-            },
-            "units": [
-                {
-                    "source": p.source,
-                    "stdin": _as_bytes(p.stdin),
-                    "kind": p.kind,
-                    "stdout": p.stdout,
-                    "output_limit": min(p.output_limit, limits.file_size_mb << 20),
-                    "timeout": float(min(p.timeout_s or unit_timeout, unit_timeout)),
-                    "judged": p.judge is not None,
-                }
-                for p in programs
-            ],
-            "stop_on_failure": stop_on_failure,
-            "probe": probe,
-            "probe_write": config.get("probe_write") if probe else None,  # a host file outside the work dir (_probe)
-        }
-        code = _supervisor_code()
-        # The tests' judges travel after the programs: the supervisor forks the process the
-        # judged programs come from between reading the two (rewards/_sandbox_child.py).
-        judges = [None if p.judge is None else {"code": p.judge.code, "prefix": p.judge.prefix, "names": list(p.judge.names),
-                                                 "aliases": dict(p.judge.aliases)} for p in programs]  # fmt: skip
-        first = marshal.dumps(request)
-        payload = b"%010d" % len(code) + code + b"%010d" % len(first) + first + marshal.dumps(judges)
+        cmd, popen_kw, workdir, workdir_host = _command(config, limits, "unmask-sandbox")
+        payload = _settings(config, workdir, result_w, limits, probe=probe, serve=False) + _sample_frames(programs, limits, stop_on_failure)
         passthrough = any(p.stdout == "pass" for p in programs)
         start = time.monotonic()
         try:
@@ -691,6 +717,229 @@ def _start(config: dict[str, Any], programs: list[Program], limits: Limits, *,
         os.close(result_r)
         if workdir_host is not None:
             shutil.rmtree(workdir_host, ignore_errors=True)
+
+
+# --- warm sandboxes ------------------------------------------------------------------------
+#
+# Starting a sandbox (bubblewrap, an interpreter, Landlock, the filter) costs more than most
+# programs do. A warm sandbox ("server") is started once and runs one sample after another:
+# every sample gets processes forked from a zygote made before any sample was read (through a
+# zygote of its own), its work directory is emptied after it, and a server whose clean-up
+# fails exits instead of serving again. Servers are started from one long-lived thread, so the
+# parent-death signal (bubblewrap's --die-with-parent, the fallback's PR_SET_PDEATHSIG) is tied
+# to this process, not to whichever short-lived thread asked first.
+
+
+class _Spawner:
+    """Runs Popen calls on one daemon thread that lives as long as the process."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self.pid = os.getpid()
+        self.queue: Any = queue.Queue()
+        threading.Thread(target=self._loop, daemon=True, name="unmask-sandbox-spawner").start()
+
+    def _loop(self) -> None:
+        while True:
+            fn, box, done = self.queue.get()
+            try:
+                box.append((True, fn()))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                box.append((False, exc))
+            done.set()
+
+    def call(self, fn: Any) -> Any:
+        box: list = []
+        done = threading.Event()
+        self.queue.put((fn, box, done))
+        done.wait()
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+
+class _ServerGone(Exception):
+    """A warm sandbox exited before it started the sample (it is replaced, the sample retried)."""
+
+
+class _Server:
+    """One warm sandbox: a supervisor that runs sample after sample (rewards/_sandbox_child.py, serve)."""
+
+    def __init__(self, config: dict[str, Any], limits: Limits, spawner: _Spawner) -> None:
+        self.backend = config["backend"]
+        self.result_r, result_w = os.pipe()
+        self.workdir_host: str | None = None
+        self.healthy = True
+        try:
+            cmd, popen_kw, workdir, self.workdir_host = _command(config, limits, "unmask-sandbox")
+            settings = _settings(config, workdir, result_w, limits, probe=False, serve=True)
+            try:
+                self.proc = spawner.call(lambda: subprocess.Popen(
+                    cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    pass_fds=(result_w,), start_new_session=True, **popen_kw,
+                ))  # fmt: skip
+            except OSError as exc:
+                raise SandboxError(f"cannot start the sandbox: {exc}") from exc
+        except BaseException:
+            os.close(self.result_r)
+            if self.workdir_host:
+                shutil.rmtree(self.workdir_host, ignore_errors=True)
+            raise
+        finally:
+            os.close(result_w)
+        assert self.proc.stdin is not None
+        self.stdin = self.proc.stdin.fileno()
+        os.set_blocking(self.stdin, False)
+        self.pending = settings  # written with the first sample
+
+    def alive(self) -> bool:
+        return self.healthy and self.proc.poll() is None
+
+    def run(self, programs: list[Program], limits: Limits, stop_on_failure: bool) -> SandboxResult:
+        kinds = [p.kind for p in programs]
+        units = [UnitResult("skipped", kind=k) for k in kinds]
+        view = memoryview(self.pending + _sample_frames(programs, limits, stop_on_failure))
+        self.pending = b""
+        buf = bytearray()
+        start = time.monotonic()
+        deadline = start + limits.timeout_s + _STARTUP_GRACE_S
+        timed_out = truncated = gone = done = False
+        started = None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            readable, writable, _ = select.select([self.result_r], [self.stdin] if view else [], [], remaining)
+            if writable:
+                try:
+                    view = view[os.write(self.stdin, view[:65536]):]
+                except (BrokenPipeError, BlockingIOError) as exc:
+                    if isinstance(exc, BrokenPipeError):
+                        gone = True
+                        break
+            if readable:
+                data = os.read(self.result_r, 65536)
+                if not data:
+                    gone = True
+                    break
+                buf += data
+                if len(buf) > _RESULT_CAP:
+                    truncated = True
+                    break
+                if buf.endswith(b"D\n"):
+                    started, done = _parse_records(bytes(buf), units, kinds)
+                    if done:
+                        break
+        if not done:
+            self.stop(kill=True)
+            started, _ = _parse_records(bytes(buf), units, kinds)
+            if started is None:
+                if gone:
+                    raise _ServerGone()
+                raise SandboxError(f"the sandbox did not start within {limits.timeout_s + _STARTUP_GRACE_S:.1f}s")
+            status = "output_limit" if truncated else "timeout" if timed_out else "died"
+            for i, u in enumerate(units):
+                if u.status == "skipped":
+                    units[i] = UnitResult(status, -1, 0.0, "", b"", kinds[i])
+                    break
+        return SandboxResult(units=units, timed_out=timed_out, output_truncated=truncated, duration_s=time.monotonic() - start,
+                             backend=self.backend, protections=started or {})  # fmt: skip
+
+    def stop(self, kill: bool = False) -> None:
+        self.healthy = False
+        try:
+            self.proc.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
+        if not kill:
+            try:
+                self.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                kill = True
+        if kill or self.proc.poll() is None:
+            _kill(self.proc)
+        self.proc.wait()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            os.close(self.result_r)
+        except OSError:
+            pass
+        if self.workdir_host:
+            shutil.rmtree(self.workdir_host, ignore_errors=True)
+
+
+_SERVERS_LOCK = threading.Lock()
+_SERVERS: dict[str, Any] = {"pid": None, "idle": {}, "spawner": None}
+_MAX_IDLE = 32  # per kind of sandbox: enough for every scoring thread of a big machine
+
+
+def _server_key(config: dict[str, Any], limits: Limits) -> tuple:
+    return (config["backend"], config.get("bwrap"), bool(config.get("tmpfs_size")), bool(config.get("drop_uid")),
+            config.get("landlock", True), limits.tmpfs_mb, _python())  # fmt: skip
+
+
+def _servers() -> dict[str, Any]:
+    if _SERVERS["pid"] != os.getpid():  # a forked child must not drive its parent's servers
+        _SERVERS.update(pid=os.getpid(), idle={}, spawner=None)
+    return _SERVERS
+
+
+def _run_warm(config: dict[str, Any], programs: list[Program], limits: Limits, stop_on_failure: bool) -> SandboxResult:
+    key = _server_key(config, limits)
+    for attempt in range(2):
+        server = None
+        with _SERVERS_LOCK:
+            state = _servers()
+            idle = state["idle"].setdefault(key, [])
+            while idle and server is None:
+                candidate = idle.pop()
+                if candidate.alive():
+                    server = candidate
+                else:
+                    candidate.stop(kill=True)
+            if state["spawner"] is None:
+                state["spawner"] = _Spawner()
+            spawner = state["spawner"]
+        if server is None:
+            server = _Server(config, limits, spawner)
+        try:
+            result = server.run(programs, limits, stop_on_failure)
+        except _ServerGone:
+            if attempt == 0:
+                continue
+            raise SandboxError("the sandbox exited before it started (twice)") from None
+        except BaseException:
+            server.stop(kill=True)
+            raise
+        if server.alive():
+            with _SERVERS_LOCK:
+                idle = _servers()["idle"].setdefault(key, [])
+                if len(idle) < _MAX_IDLE:
+                    idle.append(server)
+                    server = None
+        if server is not None:
+            server.stop()
+        return result
+    raise AssertionError("unreachable")
+
+
+def shutdown_servers() -> None:
+    """Stop the warm sandboxes of this process (they start again when needed)."""
+    with _SERVERS_LOCK:
+        state = _servers()
+        servers = [s for idle in state["idle"].values() for s in idle]
+        state["idle"] = {}
+    for s in servers:
+        s.stop()
+
+
+atexit.register(shutdown_servers)
 
 
 def _communicate(proc: subprocess.Popen, payload: bytes, result_r: int, programs: list[Program],
@@ -797,17 +1046,28 @@ def run_programs(
     limits: Limits | None = None,
     stop_on_failure: bool = False,
     backend: str | None = None,
+    warm: bool | None = None,
 ) -> SandboxResult:
     """Run ``programs`` one after another in one sandbox; one :class:`UnitResult` each.
 
-    Each program gets a fresh process (forked from the sandbox's supervisor), so
-    one program's state, crash or timeout does not affect the next. With
+    Each program gets a fresh process (forked from a zygote of this run), so one
+    program's state, crash or timeout does not affect the next. With
     ``stop_on_failure`` the rest are skipped after the first that fails. Raises
     :class:`SandboxError` only when the sandbox itself cannot run.
+
+    ``warm`` (default: on, unless ``UNMASK_SANDBOX_WARM=0``): run in a warm sandbox
+    that this process keeps for the next run (see "warm sandboxes" above; nothing of
+    one run reaches the next). Programs with ``stdout="pass"`` always get a sandbox
+    of their own.
     """
     limits = limits or Limits()
     info = _backend_info(backend)
-    return _start(info["_config"], list(programs), limits, stop_on_failure=stop_on_failure)
+    programs = list(programs)
+    if warm is None:
+        warm = os.environ.get("UNMASK_SANDBOX_WARM", "1").strip().lower() not in ("0", "false", "no", "off")
+    if warm and not any(p.stdout == "pass" for p in programs):
+        return _run_warm(info["_config"], programs, limits, stop_on_failure)
+    return _start(info["_config"], programs, limits, stop_on_failure=stop_on_failure)
 
 
 def run_python(

@@ -16,7 +16,7 @@ import pytest
 from rewards import code_reward
 from rewards import sandbox as sb
 
-from .test_rewards_sandbox import backend  # noqa: F401 - the parametrised backend fixture
+from .test_rewards_sandbox import backend, leftover_sandboxes  # noqa: F401 - the parametrised backend fixture
 
 TESTS = ["assert add(1, 2) == 3", "assert add(20, 22) == 42"]
 
@@ -245,3 +245,23 @@ def test_nothing_a_sample_leaves_reaches_the_next(backend):  # noqa: F811
     code_reward(["q"], [f"```python\n{LEAVE}\n```"], tests=[["assert leave() >= 0"]], backend=backend)
     assert code_reward(["q"], [f"```python\n{FIND}\n```"], tests=[["assert found() == []"]], backend=backend) == [1.0]
     assert not list(Path("/tmp").glob("unmask-sandbox-*/left-behind.txt")) and not Path("/tmp/left-behind.txt").exists()
+
+
+def test_a_warm_sandbox_returns_to_its_idle_processes_after_every_sample(backend):  # noqa: F811
+    # Samples run one after another in a warm sandbox; whatever one does, the next finds the
+    # sandbox as it was: the same processes (the supervisor and its clean zygote), nothing else.
+    sb.shutdown_servers()
+    assert code_reward(["q"], ["```python\ndef add(a, b):\n    return a + b\n```"], tests=[TESTS], backend=backend, num_workers=1) == [1.0]
+    idle = sorted(leftover_sandboxes())
+    (server,) = [s for servers in sb._SERVERS["idle"].values() for s in servers]
+    hostile = [HOSTILE[t] for t in ("exit_early", "every_fd", "forged_report")] + [
+        "import time\ndef add(a, b):\n    time.sleep(30)",  # killed at its time limit inside a call
+        "while True:\n    pass",  # killed at its time limit before the tests start
+        "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ndef add(a, b):\n    while True: pass",
+    ]
+    for program in hostile:
+        got = code_reward(["q"], [f"```python\n{program}\n```"], tests=[TESTS], backend=backend, num_workers=1, timeout_s=1.0)
+        assert got == [0.0], program
+        assert sorted(leftover_sandboxes()) == idle, program
+    assert [s for servers in sb._SERVERS["idle"].values() for s in servers] == [server]  # one sandbox served them all
+    sb.shutdown_servers()

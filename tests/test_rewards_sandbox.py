@@ -81,6 +81,9 @@ def test_leftover_scan_sees_a_running_sandbox(backend):
 
 
 def wait_no_leftovers(timeout=5.0):
+    """Tagged processes left once the warm sandboxes are stopped (a sample's own leave none:
+    tests/test_rewards_forgery.py checks a warm sandbox's process tree after hostile samples)."""
+    sb.shutdown_servers()
     deadline = time.monotonic() + timeout
     while leftover_sandboxes() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -328,6 +331,7 @@ def test_test_process_is_unharmed_after_everything():
     t = threading.Thread(target=lambda: None)
     t.start()
     t.join()
+    sb.shutdown_servers()  # warm sandboxes keep their work dir while they live
     stale = list(Path(tempfile.gettempdir()).glob(f"unmask-sandbox-{os.getpid()}-*"))
     assert stale == []
     assert wait_no_leftovers() == []
