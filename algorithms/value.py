@@ -123,6 +123,28 @@ def _step_gae(r_step, v_step, gamma: float, lam: float):
     return a_step, g_step
 
 
+def _per_row_gae(token_rewards, token_values, step_map, gamma, lam, per_token):
+    """The row loop both GAE forms share: step statistics, step-level GAE, back to tokens.
+    per_token (TraceRL): A_j = A*_t + V*_t - V_j and R_j = R*_t; else A*_t and A*_t + V*_t."""
+    if not (token_rewards.shape == token_values.shape == step_map.shape):
+        raise ValueError("token_rewards, token_values and step_map must have the same [N, C] shape")
+    rewards, values = token_rewards.double(), token_values.detach().double()
+    adv, ret = torch.zeros_like(values), torch.zeros_like(values)
+    for i in range(step_map.shape[0]):
+        valid = step_map[i] >= 0
+        if not valid.any():
+            continue
+        inv, r_step, v_step = _step_stats(rewards[i][valid], values[i][valid], step_map[i][valid])
+        a_step, g_step = _step_gae(r_step, v_step, gamma, lam)
+        if per_token:
+            adv[i, valid] = a_step[inv] + v_step[inv] - values[i][valid]
+            ret[i, valid] = g_step[inv]
+        else:
+            adv[i, valid] = a_step[inv]
+            ret[i, valid] = (a_step + v_step)[inv]
+    return adv.to(token_values.dtype), ret.to(token_values.dtype)
+
+
 @torch.no_grad()
 def tracerl_gae(
     token_rewards: torch.Tensor,
@@ -150,19 +172,7 @@ def tracerl_gae(
     steps): A = [.8, .4, .5, .1] (the "step" form gives [.6, .6, .3, .3]).
     Returns (advantages [N, C], returns [N, C]), 0 off the steps. Computed without gradient.
     """
-    if not (token_rewards.shape == token_values.shape == step_map.shape):
-        raise ValueError("token_rewards, token_values and step_map must have the same [N, C] shape")
-    rewards, values = token_rewards.double(), token_values.detach().double()
-    adv, ret = torch.zeros_like(values), torch.zeros_like(values)
-    for i in range(step_map.shape[0]):
-        valid = step_map[i] >= 0
-        if not valid.any():
-            continue
-        inv, r_step, v_step = _step_stats(rewards[i][valid], values[i][valid], step_map[i][valid])
-        a_step, g_step = _step_gae(r_step, v_step, gamma, lam)
-        adv[i, valid] = a_step[inv] + v_step[inv] - values[i][valid]
-        ret[i, valid] = g_step[inv]
-    return adv.to(token_values.dtype), ret.to(token_values.dtype)
+    return _per_row_gae(token_rewards, token_values, step_map, gamma, lam, per_token=True)
 
 
 @torch.no_grad()
@@ -196,19 +206,7 @@ def trace_gae(
     the blocks of a block model are walked in decoding order. Computed without gradient.
     Returns (advantages [N, C], returns [N, C]), 0 at padding.
     """
-    if not (token_rewards.shape == token_values.shape == step_map.shape):
-        raise ValueError("token_rewards, token_values and step_map must have the same [N, C] shape")
-    rewards, values = token_rewards.double(), token_values.detach().double()
-    adv, ret = torch.zeros_like(values), torch.zeros_like(values)
-    for i in range(step_map.shape[0]):
-        valid = step_map[i] >= 0
-        if not valid.any():
-            continue
-        inv, r_step, v_step = _step_stats(rewards[i][valid], values[i][valid], step_map[i][valid])
-        a_step, _ = _step_gae(r_step, v_step, gamma, lam)
-        adv[i, valid] = a_step[inv]
-        ret[i, valid] = (a_step + v_step)[inv]
-    return adv.to(token_values.dtype), ret.to(token_values.dtype)
+    return _per_row_gae(token_rewards, token_values, step_map, gamma, lam, per_token=False)
 
 
 GAE_FORMS = {
