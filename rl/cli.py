@@ -92,7 +92,7 @@ def evaluate(
     task: str = typer.Option("arithmetic", help="Synthetic task to score when neither --benchmark nor --data is given."),
     digits: int = typer.Option(3, help="Operand width of the arithmetic task."),
     limit: Optional[int] = typer.Option(None, "--limit", "--n", help="First N problems of each benchmark (synthetic tasks: N held-out problems, default 500)."),
-    strategies: List[str] = typer.Option(["static"], "--strategy", help="static | static:STEPS | threshold | threshold:T (repeat to compare; AR checkpoints decode left to right)."),
+    strategies: List[str] = typer.Option(["static"], "--strategy", help="static[:STEPS|:ascending] | threshold[:T] | adaptive[:FACTOR[:MAX_PER_STEP]] | prophet[:STEPS|:G1,G2,G3] (repeat to compare; AR checkpoints decode left to right)."),
     threshold: float = typer.Option(0.9, help="Confidence threshold for --strategy threshold."),
     steps_per_block: Optional[int] = typer.Option(None, help="Static steps per block (default block size)."),
     temperature: float = typer.Option(0.0, help="0 = greedy."),
@@ -189,7 +189,7 @@ def evaluate(
 def generate(
     checkpoint: Path = typer.Argument(..., help="Model dir, checkpoint dir or run dir."),
     prompts: List[str] = typer.Argument(..., help="Prompt strings."),
-    strategy: str = typer.Option("static", help="static | threshold"),
+    strategy: str = typer.Option("static", help="static[:STEPS|:ascending] | threshold[:T] | adaptive[:FACTOR[:MAX_PER_STEP]] | prophet[:STEPS|:G1,G2,G3]"),
     threshold: float = typer.Option(0.9),
     steps_per_block: Optional[int] = typer.Option(None),
     temperature: float = typer.Option(0.0),
@@ -315,10 +315,12 @@ def _data_benchmarks(path: Path, limit, max_new_tokens) -> list:
 
 
 def _params(max_new, strategy, threshold, steps_per_block, temperature):
+    from rl.evaluate import parse_strategy
     from rollout.engine import SamplingParams
 
     try:
-        return SamplingParams(max_new_tokens=max_new, strategy=strategy, threshold=threshold, steps_per_block=steps_per_block, temperature=temperature)
+        base = SamplingParams(max_new_tokens=max_new, threshold=threshold, steps_per_block=steps_per_block, temperature=temperature)
+        return parse_strategy(strategy, base)[1]
     except ValueError as e:
         typer.echo(f"bad decoding option: {e}", err=True)
         raise typer.Exit(2) from None

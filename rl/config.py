@@ -119,9 +119,13 @@ class DataConfig(_Section):
 
 
 class SamplingConfig(_Section):
-    strategy: Literal["static", "threshold"] = Field("static", description="static: fixed steps per block; threshold: dynamic confidence threshold.")
-    steps_per_block: int | None = Field(None, ge=1, description="Static strategy: denoising steps per block (default block_size).")
+    strategy: Literal["static", "threshold", "adaptive", "prophet"] = Field("static", description="static: fixed steps per block; threshold: dynamic confidence threshold (Fast-dLLM); adaptive: confidence-adaptive step sizes, bounded (Fast-dLLM's factor rule); prophet: static with early commit once the top-2 gap says the block has converged (Prophet). All only unmask, so TraceRL replays them.")
+    steps_per_block: int | None = Field(None, ge=1, description="Static and prophet: denoising steps per block (default block_size).")
+    schedule: Literal["even", "ascending"] = Field("even", description="Static and prophet step sizes: even, or ascending 1, 2, 4, ... tokens per step.")
     threshold: float = Field(0.9, gt=0.0, le=1.0, description="Threshold strategy: commit tokens whose confidence exceeds this.")
+    factor: float = Field(1.0, gt=0.0, description="Adaptive strategy: commit the largest n with (n + 1) * (1 - c_n) < factor (c_n: n-th highest confidence).")
+    max_tokens_per_step: int | None = Field(None, ge=1, description="Threshold and adaptive: at most this many tokens per step and sample.")
+    prophet_gaps: tuple[float, float, float] = Field((7.5, 5.0, 2.5), description="Prophet: mean top-2 log-prob gap that commits the rest of a block, for progress < 1/3, < 2/3, and later.")
     confidence: Literal["prob", "margin", "entropy"] = Field("prob", description="Confidence criterion: sampled-token prob, top1-top2 margin, or exp(-entropy).")
     temperature: float = Field(1.0, ge=0.0, description="Sampling temperature; 0 is greedy. Log-probs use logits / temperature.")
     top_k: int | None = Field(None, ge=1, description="Sample among the k most likely tokens (log-probs stay those of the full distribution).")

@@ -284,21 +284,43 @@ def score_completions(
 
 
 def parse_strategy(spec: str, base: SamplingParams) -> tuple[str, SamplingParams]:
-    """``static``, ``static:STEPS`` (steps per block), ``threshold`` or ``threshold:T`` -> (label,
-    params); the bare names take steps_per_block / threshold from `base`.
+    """A decoder spec -> (label, params); bare names keep `base`'s settings.
+
+    ``static`` | ``static:STEPS`` (steps per block) | ``static:ascending``; ``threshold`` |
+    ``threshold:T``; ``adaptive`` | ``adaptive:FACTOR`` | ``adaptive:FACTOR:MAX_PER_STEP``;
+    ``prophet`` | ``prophet:STEPS`` | ``prophet:G1,G2,G3`` (gaps for each third of the decode).
 
     >>> parse_strategy("threshold:0.7", SamplingParams())[1].threshold
     0.7
+    >>> parse_strategy("adaptive:2:3", SamplingParams())[1].max_tokens_per_step
+    3
     """
     name, _, arg = spec.strip().partition(":")
+    args = arg.split(":") if arg else []
     try:
-        if name == "static":
-            return spec.strip(), replace(base, strategy="static", steps_per_block=int(arg) if arg else base.steps_per_block)
-        if name == "threshold":
-            return spec.strip(), replace(base, strategy="threshold", threshold=float(arg) if arg else base.threshold)
+        if name in ("static", "prophet") and len(args) <= 1:
+            kw = {"strategy": name}
+            if args and args[0] == "ascending":
+                kw["schedule"] = "ascending"
+            elif args and name == "prophet" and "," in args[0]:
+                kw["prophet_gaps"] = tuple(float(g) for g in args[0].split(","))
+            elif args:
+                kw["steps_per_block"] = int(args[0])
+            return spec.strip(), replace(base, **kw)
+        if name == "threshold" and len(args) <= 1:
+            return spec.strip(), replace(base, strategy="threshold", threshold=float(args[0]) if args else base.threshold)
+        if name == "adaptive" and len(args) <= 2:
+            kw = {"strategy": "adaptive"}
+            if args:
+                kw["factor"] = float(args[0])
+            if len(args) == 2:
+                kw["max_tokens_per_step"] = int(args[1])
+            return spec.strip(), replace(base, **kw)
     except ValueError as e:
         raise ValueError(f"strategy {spec!r}: {e}") from None
-    raise ValueError(f"unknown strategy {spec!r}: static, static:STEPS, threshold or threshold:T")
+    raise ValueError(
+        f"unknown strategy {spec!r}: static[:STEPS|:ascending], threshold[:T], adaptive[:FACTOR[:MAX_PER_STEP]], prophet[:STEPS|:G1,G2,G3]"
+    )
 
 
 # --- results.json / results.md ------------------------------------------------------------------

@@ -7,10 +7,28 @@ confidence criterion, then commits some of them:
 - "static": a fixed schedule of `steps_per_block` steps, committing the most confident
   tokens (LLaDA's low-confidence remasking);
 - "threshold": every masked token whose confidence exceeds `threshold`, at least one
-  (Fast-dLLM's dynamic threshold).
+  (Fast-dLLM's dynamic threshold, Wu et al. 2025, arXiv:2505.22618);
+- "adaptive": confidence-adaptive step sizes with a bound: sort the masked tokens by
+  confidence c_1 >= c_2 >= ... and commit the largest n with (n + 1)(1 - c_n) < `factor`,
+  at least one and at most `max_tokens_per_step` (Fast-dLLM's factor-based parallel decoding);
+- "prophet": the static schedule with early commit (Prophet, Li et al. 2025, "Diffusion
+  Language Models Know the Answer Before Decoding", arXiv:2508.19982): when the mean top-2
+  log-prob gap of a block's masked positions reaches the gap for the decode's progress
+  (`prophet_gaps`, for progress below 1/3, below 2/3, and after), every remaining masked
+  token of the block is committed at once.
+
+`schedule="ascending"` makes static steps commit 1, 2, 4, ... tokens (the ascending step-size
+scheduler of Yang et al. 2025, arXiv:2509.23924, who pair it with EOS early rejection:
+`eos_guard`). Every decoder only unmasks, never remasks, so its step map replays exactly.
 
 The step at which each token is committed goes into the step map, together with its
 log-prob under the sampling distribution, so the learner can replay the exact trajectory.
+
+Host work. Every tensor of the step loop lives on the model's device; what does not change
+inside a block (its attention mask, positions, schedule) is built once per block. Static
+decoding makes no device-to-host synchronisation inside a block's steps (the rows that
+finished are read once per block); the data-dependent decoders read one flag per step, the
+exit test of their loop. The block cache writes in place (rollout.cache.SlotCache).
 
 Batching. Prompts of any lengths decode together. Each sample is left-padded by a
 multiple of block_size so that its first generated block starts in the same column as
@@ -34,11 +52,13 @@ from typing import Any, Sequence
 import torch
 from transformers import DynamicCache
 
-from rollout.attention import block_attention_allowed
+from rollout.attention import additive_mask, block_attention_allowed
+from rollout.cache import SlotCache
 from rollout.models import DiffusionLM
 from rollout.trajectory import Trajectory
 
-STRATEGIES = ("static", "threshold")
+STRATEGIES = ("static", "threshold", "adaptive", "prophet")
+SCHEDULES = ("even", "ascending")
 CONFIDENCES = ("prob", "margin", "entropy")
 
 
@@ -49,11 +69,25 @@ class SamplingParams:
     max_new_tokens: int = 8
     """Generation budget; decoding stops at the first block boundary at or past it."""
     strategy: str = "static"
-    """"static" (fixed steps per block) or "threshold" (dynamic confidence threshold)."""
+    """"static" (fixed steps per block), "threshold" (dynamic confidence threshold), "adaptive"
+    (confidence-adaptive step sizes, bounded) or "prophet" (static with early commit); see the
+    module docstring for their papers."""
     steps_per_block: int | None = None
-    """Static strategy: denoising steps per block (default: block_size, one token per step)."""
+    """Static and prophet: denoising steps per block (default: block_size, one token per step)."""
+    schedule: str = "even"
+    """Static and prophet: "even" step sizes (the remainder first) or "ascending" (1, 2, 4, ...
+    tokens per step, which ignores steps_per_block)."""
     threshold: float = 0.9
     """Threshold strategy: commit every masked token whose confidence exceeds this."""
+    factor: float = 1.0
+    """Adaptive strategy: commit the largest n with (n + 1) * (1 - c_n) < factor, c_n being the
+    n-th highest confidence (Fast-dLLM's factor; larger commits more per step)."""
+    max_tokens_per_step: int | None = None
+    """Threshold and adaptive: at most this many tokens per step and sample (None: no bound)."""
+    prophet_gaps: tuple[float, float, float] = (7.5, 5.0, 2.5)
+    """Prophet: commit the rest of a block when the mean top-1 minus top-2 log-prob of its masked
+    positions reaches gaps[0] (progress < 1/3), gaps[1] (< 2/3) or gaps[2] (later); Prophet's
+    own values."""
     confidence: str = "prob"
     """Confidence of a prediction: "prob" (of the sampled token), "margin" (top-1 minus
     top-2 probability) or "entropy" (exp(-entropy), 1 for a one-hot distribution)."""
@@ -84,6 +118,15 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.factor <= 0:
+            raise ValueError("factor must be > 0")
+        if self.max_tokens_per_step is not None and self.max_tokens_per_step < 1:
+            raise ValueError("max_tokens_per_step must be >= 1")
+        if len(self.prophet_gaps) != 3 or any(g < 0 for g in self.prophet_gaps):
+            raise ValueError("prophet_gaps must be three log-prob gaps >= 0")
+        self.prophet_gaps = tuple(float(g) for g in self.prophet_gaps)
         if self.confidence not in CONFIDENCES:
             raise ValueError(f"confidence must be one of {CONFIDENCES}, got {self.confidence!r}")
         if self.max_new_tokens < 1:
@@ -104,6 +147,18 @@ class SamplingParams:
             raise ValueError("eos_guard must be in (0, 1]")
 
 
+@dataclass
+class _BlockState:
+    """A block being denoised, on the device: its tokens, records and which positions are masked."""
+
+    x: torch.Tensor  # [r, b] tokens
+    step_map: torch.Tensor  # [r, b] global step of each committed token (-1: not yet)
+    logp: torch.Tensor  # [r, b] log-prob of each committed token
+    first_step: torch.Tensor  # [r] global step at which each row entered the block
+    taken: torch.Tensor  # [r] steps each row has been live in this block
+    masked: torch.Tensor | None = None  # [r, b]
+
+
 def transfer_schedule(num_masked: int, steps: int) -> list[int]:
     """Tokens to commit at each step so `num_masked` tokens finish in `steps` steps.
 
@@ -112,6 +167,16 @@ def transfer_schedule(num_masked: int, steps: int) -> list[int]:
     steps = max(1, min(steps, num_masked))
     base, rem = divmod(num_masked, steps)
     return [base + (1 if i < rem else 0) for i in range(steps)]
+
+
+def ascending_schedule(num_masked: int) -> list[int]:
+    """Step sizes 1, 2, 4, ... until `num_masked` tokens are committed: ascending_schedule(10) == [1, 2, 4, 3]."""
+    sizes, size = [], 1
+    while num_masked > 0:
+        sizes.append(min(size, num_masked))
+        num_masked -= sizes[-1]
+        size *= 2
+    return sizes
 
 
 @torch.no_grad()
@@ -160,55 +225,101 @@ class _Decoder:
             x[i, self.off[i] : self.gen_col[i]] = torch.tensor(list(p))
         dev = lm.device
         self.x, self.valid, self.pos = x.to(dev), self.valid.to(dev), self.pos.to(dev)
-        self.step_map = torch.full((n, self.width), -1, dtype=torch.long)
-        self.logp = torch.zeros((n, self.width), dtype=torch.float64)
-        self.steps = torch.zeros(n, dtype=torch.long)  # next global step of each sample
-        self.nfe = torch.zeros(n, dtype=torch.long)
+        # The records stay on the device until the decode ends: writing them is no synchronisation.
+        self.step_map = torch.full((n, self.width), -1, dtype=torch.long, device=dev)
+        self.logp = torch.zeros((n, self.width), dtype=torch.float64, device=dev)
+        self.steps = torch.zeros(n, dtype=torch.long, device=dev)  # next global step of each sample
+        self.nfe = torch.zeros(n, dtype=torch.long, device=dev)
         self.stop = self.col_end.clone()  # end column of each sample's decoded region
+        self.decoded = torch.zeros(n, dtype=torch.long, device=dev)  # generated tokens committed so far
+        self.budget = (self.col_end - self.gen_col).clamp(min=1).to(dev)  # for progress (eos_guard, prophet)
 
     def _layout(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def _decode_block(self, alive: torch.Tensor, blk_start: int, blk_end: int, forward) -> None:
-        """Denoise columns [blk_start, blk_end) of `alive` rows until no mask is left.
+        """Denoise columns [blk_start, blk_end) of `alive` rows (a CPU index) until no mask is left.
 
-        `forward(alive, step_in_block)` returns logits [r, blk_end - blk_start, V] for the block.
+        `forward(alive, step_in_block)` returns logits [r, blk_end - blk_start, V] for the block
+        as the canvas `self.x` now holds it. Everything below runs on the model's device; the
+        masked count of each row is known on the host (the canvas masks exactly its generated
+        columns), so the static schedule needs no look at the device.
         """
         lm, p = self.lm, self.params
-        lo = self.gen_col[alive].clamp(min=blk_start)  # first generated column in this block
-        sched = [transfer_schedule(blk_end - int(l), p.steps_per_block or blk_end - blk_start) for l in lo]
-        k = 0
-        while True:
-            masked = self.x[alive, blk_start:blk_end] == lm.mask_id  # [r, b]
-            live = masked.any(1).cpu()
-            if not live.any():
+        dev = lm.device
+        r = alive.to(dev)
+        masked_per_row = (blk_end - self.gen_col[alive].clamp(min=blk_start)).tolist()  # host-known, no device read
+        state = _BlockState(
+            x=self.x[r, blk_start:blk_end], step_map=self.step_map[r, blk_start:blk_end], logp=self.logp[r, blk_start:blk_end],
+            first_step=self.steps[r], taken=torch.zeros(len(r), dtype=torch.long, device=dev),
+        )
+        state.masked = state.x == lm.mask_id
+        quota = None
+        if p.strategy in ("static", "prophet"):
+            steps = p.steps_per_block or blk_end - blk_start
+            plans = [ascending_schedule(m) if p.schedule == "ascending" else transfer_schedule(m, steps) for m in masked_per_row]
+            max_steps = max(len(q) for q in plans)
+            quota = torch.tensor([q + [0] * (max_steps - len(q)) for q in plans], device=dev)  # [r, steps]
+        else:
+            max_steps = max(masked_per_row)  # every step commits at least one token of each live row
+        for k in range(max_steps):
+            # Static decoding knows its step count; the others stop when no row has a mask left.
+            if k > 0 and p.strategy != "static" and not self._any_masked(state.masked):
                 break
-            lp = lm.sampling_logprobs(forward(alive, k), p.temperature)  # [r, b, V]
-            tok = self._sample(lp)
-            tok_lp = lp.gather(-1, tok[..., None]).squeeze(-1)  # [r, b]
-            conf = self._confidence(lp, tok_lp)
-            if p.eos_guard is not None:
-                total = (self.col_end[alive] - self.gen_col[alive]).to(conf.device)
-                done = (self.x[alive] != lm.mask_id).sum(1) - (self.gen_col[alive].to(conf.device))
-                progress = (done.clamp(min=0) / total).to(conf.dtype)[:, None]
-                conf = torch.where(tok == lm.eos_id, conf * p.eos_guard ** (1 - progress), conf)
-            conf = torch.where(masked, conf, torch.tensor(-1.0, dtype=conf.dtype))
-            if p.strategy == "static":
-                quota = torch.tensor([s[min(k, len(s) - 1)] for s in sched], device=conf.device)
-                rank = conf.argsort(dim=1, descending=True).argsort(dim=1)
-                commit = rank < quota[:, None]
-            else:
-                commit = conf > p.threshold
-                commit.scatter_(1, conf.argmax(dim=1, keepdim=True), True)  # always make progress
-            commit &= masked
-            r_idx, c_idx = commit.nonzero(as_tuple=True)
-            rows, cols = alive[r_idx.cpu()], c_idx.cpu() + blk_start
-            self.x[rows.to(lm.device), cols.to(lm.device)] = tok[r_idx, c_idx]
-            self.step_map[rows, cols] = self.steps[rows]
-            self.logp[rows, cols] = tok_lp[r_idx, c_idx].double().cpu()
-            self.steps[alive[live]] += 1
-            self.nfe[alive[live]] += 1
-            k += 1
+            self._denoise_step(state, r, forward(alive, k), None if quota is None else quota[:, k])
+            self.x[r, blk_start:blk_end] = state.x  # the next forward reads the canvas
+        self.step_map[r, blk_start:blk_end], self.logp[r, blk_start:blk_end] = state.step_map, state.logp
+        self.steps[r] += state.taken
+        self.nfe[r] += state.taken
+
+    @staticmethod
+    def _any_masked(masked: torch.Tensor) -> bool:
+        """The one device read per step of the data-dependent decoders: is any mask left?"""
+        return bool(masked.any())
+
+    def _denoise_step(self, state: "_BlockState", r: torch.Tensor, logits: torch.Tensor, quota: torch.Tensor | None) -> None:
+        """One denoising step of a block on the device: sample, score, commit, record. No host reads."""
+        lm, p = self.lm, self.params
+        lp = lm.sampling_logprobs(logits, p.temperature)  # [r, b, V]
+        tok = self._sample(lp)
+        tok_lp = lp.gather(-1, tok[..., None]).squeeze(-1)  # [r, b]
+        conf = self._confidence(lp, tok_lp)
+        progress = (self.decoded[r].to(conf.dtype) / self.budget[r])[:, None]  # [r, 1]
+        if p.eos_guard is not None:
+            conf = torch.where(tok == lm.eos_id, conf * p.eos_guard ** (1 - progress), conf)
+        masked = state.masked
+        conf = conf.masked_fill(~masked, -1.0)
+        commit = self._commit(conf, masked, quota, lp, progress) & masked
+        state.x = torch.where(commit, tok, state.x)
+        state.step_map = torch.where(commit, (state.first_step + state.taken)[:, None], state.step_map)
+        state.logp = torch.where(commit, tok_lp.to(state.logp.dtype), state.logp)
+        state.taken += masked.any(1)
+        state.masked = masked & ~commit
+        self.decoded[r] += commit.sum(1)
+
+    def _commit(self, conf: torch.Tensor, masked: torch.Tensor, quota: torch.Tensor | None, lp: torch.Tensor, progress) -> torch.Tensor:
+        """Which masked positions [r, b] this step commits, by the strategy's rule."""
+        p = self.params
+        if quota is not None or p.strategy == "adaptive" or p.max_tokens_per_step is not None:
+            rank = conf.argsort(dim=1, descending=True).argsort(dim=1)  # 0 = most confident
+        if quota is not None:  # static, prophet
+            commit = rank < quota[:, None]
+            if p.strategy == "prophet":
+                top2 = lp.topk(2, dim=-1).values
+                gap = ((top2[..., 0] - top2[..., 1]) * masked).sum(1) / masked.sum(1).clamp(min=1)
+                g = torch.tensor(p.prophet_gaps, dtype=gap.dtype, device=gap.device)
+                need = torch.where(progress[:, 0] < 1 / 3, g[0], torch.where(progress[:, 0] < 2 / 3, g[1], g[2]))
+                commit |= (gap >= need)[:, None]  # the answer has converged: commit the rest at once
+            return commit
+        if p.strategy == "threshold":
+            commit = conf > p.threshold
+        else:  # adaptive: the largest n with (n + 1)(1 - c_n) < factor, c sorted descending
+            c = conf.sort(dim=1, descending=True).values
+            n = torch.arange(1, c.shape[1] + 1, device=c.device)
+            commit = rank < ((n + 1) * (1 - c) < p.factor).cumprod(1).sum(1, keepdim=True)
+        if p.max_tokens_per_step is not None:
+            commit &= rank < p.max_tokens_per_step
+        return commit.scatter_(1, conf.argmax(dim=1, keepdim=True), True)  # always make progress
 
     def _sample(self, lp: torch.Tensor) -> torch.Tensor:
         p = self.params
@@ -239,7 +350,7 @@ class _Decoder:
 
     def _trajectories(self, block_size: int | None) -> list[Trajectory]:
         lm, out = self.lm, []
-        x = self.x.cpu()
+        x, step_map, logp, nfe = self.x.cpu(), self.step_map.cpu(), self.logp.cpu(), self.nfe.cpu()
         for i in range(len(x)):
             a, b = int(self.gen_col[i]), int(self.stop[i])
             comp = x[i, a:b].tolist()
@@ -248,11 +359,11 @@ class _Decoder:
                 Trajectory(
                     prompt_ids=x[i, self.off[i] : a].tolist(),
                     completion_ids=comp,
-                    step_map=self.step_map[i, a:b].tolist(),
-                    logprobs=self.logp[i, a:b].tolist(),
+                    step_map=step_map[i, a:b].tolist(),
+                    logprobs=logp[i, a:b].tolist(),
                     block_size=block_size,
                     temperature=self.params.temperature,
-                    nfe=int(self.nfe[i]),
+                    nfe=int(nfe[i]),
                     finish_reason="eos" if lm.eos_id in comp else "length",
                     text=lm.tokenizer.decode(text_ids, skip_special_tokens=True),
                 )
@@ -277,7 +388,7 @@ class _BlockDecoder(_Decoder):
         self.noisy = torch.zeros_like(self.valid)
         finished = torch.zeros(len(self.x), dtype=torch.bool)
         alive = torch.arange(len(self.x))
-        cache = DynamicCache() if self.params.kv_cache else None
+        cache = SlotCache(self.width) if self.params.kv_cache else None
         self.committed = 0  # columns whose keys/values are in the cache
         if cache is not None and self.start > 0:
             self._encode(alive, 0, self.start, cache, None)  # prefill the prompt's full blocks
@@ -291,31 +402,42 @@ class _BlockDecoder(_Decoder):
                 alive = alive[keep]
             if alive.numel() == 0:
                 break
+            inputs = {}  # (q_start, q_end) -> attention mask, positions, logit rows: built once per block
 
-            def forward(rows, _k, blk_start=blk_start, blk_end=blk_end):
+            def forward(rows, _k, blk_start=blk_start, blk_end=blk_end, inputs=inputs):
                 q_start, q_end = (self.committed, blk_end) if cache is not None else (0, self.width)
-                logits = self._encode(rows, q_start, q_end, cache, torch.arange(blk_start - q_start, blk_end - q_start))
+                if (q_start, q_end) not in inputs:
+                    inputs[q_start, q_end] = self._inputs(rows, q_start, q_end, torch.arange(blk_start - q_start, blk_end - q_start))
+                mask, pos, select = inputs[q_start, q_end]
+                r = rows.to(lm.device)
+                logits = lm.forward_logits(self.x[r, q_start:q_end], pos, mask, select, cache)
                 if cache is not None:
                     cache.crop(-bs)  # keep the committed prefix, drop the current block's keys
                     self.committed = blk_start  # a finished block joins the cache with the next block's first step
                 return logits
 
             self._decode_block(alive, blk_start, blk_end, forward)
-            if self.params.stop_at_eos:
+            if self.params.stop_at_eos:  # the one look at the device per block
                 gen = torch.arange(blk_start, blk_end)[None] >= self.gen_col[alive][:, None]
-                hit = ((self.x[alive, blk_start:blk_end].cpu() == lm.eos_id) & gen).any(1)
+                hit = ((self.x[alive.to(lm.device), blk_start:blk_end].cpu() == lm.eos_id) & gen).any(1)
                 finished[alive[hit]] = True
                 self.stop[alive[hit]] = blk_end
         return self._trajectories(bs)
 
-    def _encode(self, rows: torch.Tensor, q_start: int, q_end: int, cache, select: torch.Tensor | None):
-        """Encode columns [q_start, q_end) of `rows` against the cache; logits at `select` if given."""
+    def _inputs(self, rows: torch.Tensor, q_start: int, q_end: int, select: torch.Tensor | None):
+        """Additive attention mask, positions and logit rows for columns [q_start, q_end) of `rows`."""
         r = rows.to(self.lm.device)
         allowed = block_attention_allowed(self.block_ids[r, :q_end], self.noisy[r, :q_end], self.valid[r, :q_end], q_start)
-        ids, pos = self.x[r, q_start:q_end], self.pos[r, q_start:q_end]
+        select = None if select is None else select.to(r.device).expand(len(r), -1)
+        return additive_mask(allowed, self.lm.model.dtype), self.pos[r, q_start:q_end], select
+
+    def _encode(self, rows: torch.Tensor, q_start: int, q_end: int, cache, select: torch.Tensor | None):
+        """Encode columns [q_start, q_end) of `rows` against the cache; logits at `select` if given."""
+        mask, pos, select = self._inputs(rows, q_start, q_end, select)
+        ids = self.x[rows.to(self.lm.device), q_start:q_end]
         if select is None:
-            return self.lm.encode(ids, pos, allowed, cache)
-        return self.lm.forward_logits(ids, pos, allowed, select.to(r.device).expand(len(r), -1), cache)
+            return self.lm.encode(ids, pos, mask, cache)
+        return self.lm.forward_logits(ids, pos, mask, select, cache)
 
 
 class _FullDecoder(_Decoder):
@@ -374,18 +496,24 @@ class _FullDecoder(_Decoder):
         """Logits at `select` (indices into q_cols) for the columns `q_cols` of `rows`.
 
         Keys are the cached columns followed by q_cols, in the order `key_cols` gives
-        (default: all columns up to the last query, i.e. cache = prefix).
+        (default: all columns up to the last query, i.e. cache = prefix). The mask, positions
+        and logit rows of a layout are built once and reused by every step that has it.
         """
         dev = self.lm.device
         r = rows.to(dev)
         if key_cols is None:
             key_cols = torch.arange(int(q_cols[-1]) + 1) if cache is not None else q_cols
-        kv = self.valid[r][:, key_cols.to(dev)]  # [r, K] attend to every real token
-        qv = self.valid[r][:, q_cols.to(dev)]
-        self_key = key_cols.to(dev)[None, :] == q_cols.to(dev)[:, None]  # [Q, K]
-        allowed = (qv[:, :, None] & kv[:, None, :]) | (~qv[:, :, None] & self_key[None])  # padding rows see themselves
-        ids, pos = self.x[r][:, q_cols.to(dev)], self.pos[r][:, q_cols.to(dev)]
-        return self.lm.forward_logits(ids, pos, allowed, select.to(dev).expand(len(r), -1), cache)
+        layout = (len(rows), int(q_cols[0]), len(q_cols), int(key_cols[0]), len(key_cols), int(select[0]), len(select))
+        memo = self.__dict__.setdefault("_layouts", {})
+        if layout not in memo:
+            memo.clear()  # a new block: the previous block's layouts are not needed again
+            kv = self.valid[r][:, key_cols.to(dev)]  # [r, K] attend to every real token
+            qv = self.valid[r][:, q_cols.to(dev)]
+            self_key = key_cols.to(dev)[None, :] == q_cols.to(dev)[:, None]  # [Q, K]
+            allowed = (qv[:, :, None] & kv[:, None, :]) | (~qv[:, :, None] & self_key[None])  # padding rows see themselves
+            memo[layout] = (additive_mask(allowed, self.lm.model.dtype), self.pos[r][:, q_cols.to(dev)], q_cols.to(dev), select.to(dev).expand(len(r), -1))
+        mask, pos, cols, sel = memo[layout]
+        return self.lm.forward_logits(self.x[r][:, cols], pos, mask, sel, cache)
 
 
 def _drop_columns(cache: DynamicCache, start: int, end: int) -> None:

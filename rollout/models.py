@@ -98,8 +98,12 @@ class DiffusionLM:
         return next(self.model.parameters()).device
 
     def encode(self, input_ids: torch.Tensor, position_ids: torch.Tensor, allowed: torch.Tensor, cache=None) -> torch.Tensor:
-        """Final hidden states [B, Q, H] of the backbone under the given attention pattern."""
-        mask = additive_mask(allowed, self.model.dtype)
+        """Final hidden states [B, Q, H] of the backbone under the given attention pattern.
+
+        `allowed` is the bool pattern [B, Q, K] (rollout.attention), or its additive form
+        [B, 1, Q, K] from `additive_mask` when many forwards share one pattern (the sampler's steps).
+        """
+        mask = allowed if allowed.is_floating_point() else additive_mask(allowed, self.model.dtype)
         kwargs = {_CACHE_KWARG: cache, "use_cache": True} if cache is not None else {}
         return self.model.model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, **kwargs).last_hidden_state
 
@@ -116,7 +120,8 @@ class DiffusionLM:
         Args:
             input_ids: [B, Q] token ids.
             position_ids: [B, Q] absolute positions (a noisy copy repeats its positions).
-            allowed: [B, Q, K] bool attention pattern (rollout.attention); K = cached + Q.
+            allowed: [B, Q, K] bool attention pattern (rollout.attention); K = cached + Q. Or its
+                additive [B, 1, Q, K] form (`additive_mask`), built once for many forwards.
             select: [B, S] long indices into Q whose tokens we want predicted.
             cache: a transformers `DynamicCache` to read and append to (None: no cache).
         Returns:
@@ -144,13 +149,21 @@ class DiffusionLM:
         """
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()  # log-softmax in at least fp32
-        else:
-            logits = logits.clone()
         if temperature > 0:
             logits = logits / temperature
-        logits[..., self.mask_id] = float("-inf")
-        logits[..., self.num_tokens :] = float("-inf")  # padded rows of the embedding: no token to decode
-        return torch.log_softmax(logits, dim=-1)
+        return torch.log_softmax(logits + self._excluded(logits), dim=-1)
+
+    def _excluded(self, logits: torch.Tensor) -> torch.Tensor:
+        """[V] 0 for decodable ids, -inf for the mask id and ids past the tokenizer (padded rows of
+        the embedding: no token to decode); built once per dtype and device. Adding 0 leaves a
+        logit bit-identical, so this equals writing -inf into a copy, without the copy."""
+        key = (logits.shape[-1], logits.dtype, logits.device)
+        if getattr(self, "_excluded_key", None) != key:
+            bias = torch.zeros(logits.shape[-1], dtype=logits.dtype, device=logits.device)
+            bias[self.mask_id] = float("-inf")
+            bias[self.num_tokens :] = float("-inf")
+            self._excluded_bias, self._excluded_key = bias, key
+        return self._excluded_bias
 
     def attention_allowed(self, position_ids: torch.Tensor, valid: torch.Tensor, query_start: int = 0) -> torch.Tensor:
         """This family's attention over one (unpacked) sequence per row: [B, L - query_start, L]."""

@@ -1,0 +1,172 @@
+"""The decoders beyond static/threshold (adaptive, prophet, ascending steps) and the sampler's
+host work: step maps that replay, step counts by each rule, no device reads inside a block."""
+
+import sys
+from collections import Counter
+
+import pytest
+import torch
+
+from rollout import SamplingParams, generate
+from rollout.engine import ascending_schedule
+
+from .conftest import tiny_lm
+from .test_engine import prompts_of, replay_check
+
+TEXTS = ["047+385=", "12+34=", "5+6="]  # 8 = 2 blocks; 6 and 4 leave a partial first block
+
+
+def _run(lm, tokenizer, texts=TEXTS, **kw):
+    params = SamplingParams(max_new_tokens=kw.pop("max_new_tokens", 12), temperature=0.0, stop_at_eos=False, **kw)
+    return params, generate(lm, prompts_of(tokenizer, texts), params)
+
+
+def _steps_per_block(t, bs=4):
+    plen = len(t.prompt_ids)
+    steps = {}
+    for c, s in enumerate(t.step_map):
+        steps.setdefault((plen + c) // bs, set()).add(s)
+    return [len(v) for _, v in sorted(steps.items())]
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"strategy": "adaptive", "factor": 1.0},
+        {"strategy": "adaptive", "factor": 3.0, "max_tokens_per_step": 2},
+        {"strategy": "prophet", "prophet_gaps": (0.5, 0.3, 0.1)},
+        {"strategy": "static", "schedule": "ascending"},
+        {"strategy": "prophet", "schedule": "ascending"},
+        {"strategy": "threshold", "threshold": 0.05, "max_tokens_per_step": 3},
+    ],
+)
+def test_every_decoder_replays_its_step_map(tokenizer, kw):
+    lm = tiny_lm(tokenizer)
+    params, trajs = _run(lm, tokenizer, **kw)
+    for t in trajs:
+        assert sorted(set(t.step_map)) == list(range(t.nfe))  # contiguous steps, one forward each
+        replay_check(lm, t, params if kw["strategy"] == "static" else SamplingParams(strategy="threshold"))
+
+
+def test_adaptive_step_sizes_follow_the_factor_rule_and_the_bound(tokenizer):
+    lm = tiny_lm(tokenizer)
+    _, slow = _run(lm, tokenizer, strategy="adaptive", factor=1e-9)  # no n passes: one token per step
+    assert all(t.nfe == len(t.completion_ids) for t in slow)
+    _, bounded = _run(lm, tokenizer, strategy="adaptive", factor=1e9, max_tokens_per_step=2)  # every n passes: the bound
+    for t in bounded:
+        counts = Counter(t.step_map)
+        assert max(counts.values()) == 2 and all(v in (1, 2) for v in counts.values())
+        assert _steps_per_block(t) == [(n + 1) // 2 for n in _masked_per_block(t)]
+    # The rule by hand on one step: confidences sorted 0.99, 0.9, 0.5 with factor 1:
+    # n=1: 2 * 0.01 < 1, n=2: 3 * 0.1 < 1, n=3: 4 * 0.5 = 2 >= 1 -> commit two.
+    c = torch.tensor([[0.99, 0.9, 0.5]])
+    n = torch.arange(1, 4)
+    assert int(((n + 1) * (1 - c) < 1.0).cumprod(1).sum()) == 2
+
+
+def _masked_per_block(t, bs=4):
+    plen = len(t.prompt_ids)
+    return list(Counter((plen + c) // bs for c in range(len(t.completion_ids))).values())
+
+
+def test_prophet_commits_the_rest_of_a_block_once_the_gap_is_reached(tokenizer):
+    lm = tiny_lm(tokenizer)
+    _, static = _run(lm, tokenizer)
+    _, never = _run(lm, tokenizer, strategy="prophet", prophet_gaps=(1e9, 1e9, 1e9))
+    _, always = _run(lm, tokenizer, strategy="prophet", prophet_gaps=(0.0, 0.0, 0.0))
+    for s, n, a in zip(static, never, always):
+        assert (n.completion_ids, n.step_map, n.nfe) == (s.completion_ids, s.step_map, s.nfe)  # no early commit: static
+        assert _steps_per_block(a) == [1] * len(_steps_per_block(a))  # early commit at the first step of every block
+        assert a.nfe == len(_steps_per_block(a)) < s.nfe
+
+
+def test_ascending_schedule_doubles_the_step_size():
+    assert ascending_schedule(4) == [1, 2, 1] and ascending_schedule(7) == [1, 2, 4] and ascending_schedule(10) == [1, 2, 4, 3]
+    assert ascending_schedule(1) == [1]
+
+
+def test_ascending_static_decoding_commits_1_2_then_the_rest(tokenizer):
+    lm = tiny_lm(tokenizer)
+    _, trajs = _run(lm, tokenizer, texts=["047+385="], strategy="static", schedule="ascending")
+    (t,) = trajs
+    assert [t.step_map.count(s) for s in range(t.nfe)] == [1, 2, 1] * 3
+
+
+def test_full_attention_decoders_replay(tokenizer):
+    from rollout.models import build_tiny_lm
+
+    lm = build_tiny_lm(tokenizer, family="llada", hidden_size=64, num_layers=2, intermediate_size=128)
+    lm.model.double()
+    for kw in ({"strategy": "prophet", "prophet_gaps": (0.0, 0.0, 0.0)}, {"strategy": "adaptive", "factor": 2.0, "max_tokens_per_step": 3}):
+        _, trajs = _run(lm, tokenizer, max_new_tokens=8, **kw)
+        for t in trajs:
+            assert sorted(set(t.step_map)) == list(range(t.nfe)) and -1 not in t.step_map
+        if kw["strategy"] == "prophet":  # one block (the canvas), committed at its first step
+            assert all(t.nfe == 1 for t in trajs)
+
+
+class _SyncCounter:
+    """Counts calls that read a tensor on the host (item, tolist, cpu, bool, int, float, numpy,
+    nonzero) made from the sampler's own code, by the function they are made from. On a GPU each
+    is a device-to-host synchronisation; on CPU the same calls mark where one would be."""
+
+    METHODS = ("item", "tolist", "cpu", "__bool__", "__int__", "__float__", "numpy", "nonzero")
+    FILES = ("rollout/engine.py", "rollout/models.py", "rollout/cache.py")
+
+    def __init__(self, monkeypatch):
+        self.calls = Counter()
+        for name in self.METHODS:
+            original = getattr(torch.Tensor, name)
+            monkeypatch.setattr(torch.Tensor, name, self._wrap(name, original))
+
+    def _wrap(self, name, original):
+        def wrapper(t, *a, **kw):
+            frame = sys._getframe(1)
+            if frame.f_code.co_filename.replace("\\", "/").endswith(self.FILES):
+                self.calls[frame.f_code.co_name] += 1
+            return original(t, *a, **kw)
+
+        return wrapper
+
+
+STEP_LOOP = ("_denoise_step", "_commit", "_sample", "_confidence", "forward", "sampling_logprobs", "_excluded", "forward_logits", "encode", "predicting_rows", "update", "crop")
+
+
+def test_static_decoding_reads_nothing_inside_a_block_and_the_same_per_block_whatever_its_steps(tokenizer, monkeypatch):
+    lm = tiny_lm(tokenizer)
+    per_block = []
+    for steps_per_block in (4, 2, 1):
+        counter = _SyncCounter(monkeypatch)
+        params = SamplingParams(max_new_tokens=16, temperature=1.0, steps_per_block=steps_per_block, stop_at_eos=False)
+        generate(lm, prompts_of(tokenizer, TEXTS), params, torch.Generator().manual_seed(0))
+        monkeypatch.undo()
+        inside = {f: n for f, n in counter.calls.items() if f in STEP_LOOP}
+        assert inside == {}, f"host reads inside the step loop: {inside}"
+        assert counter.calls["_any_masked"] == 0  # static decoding knows its step count
+        per_block.append(dict(counter.calls))
+    # 4, 2 and 1 steps per block: the reads do not grow with the steps. What is left is host
+    # bookkeeping once per block (the host-side row list and masked counts of 5 blocks) and the
+    # copy of the records to the host when the decode ends.
+    assert per_block[0] == per_block[1] == per_block[2]
+    # run: one row-list check per block + one row selection when the short samples leave (block 5).
+    assert per_block[0]["run"] == 5 + 1 and per_block[0]["_decode_block"] == 5, per_block[0]
+
+
+def test_stop_at_eos_reads_the_device_once_per_block(tokenizer, monkeypatch):
+    lm = tiny_lm(tokenizer)
+    counter = _SyncCounter(monkeypatch)
+    trajs = generate(lm, prompts_of(tokenizer, TEXTS), SamplingParams(max_new_tokens=16, temperature=1.0), torch.Generator().manual_seed(0))
+    monkeypatch.undo()
+    blocks = max(len(_steps_per_block(t)) for t in trajs)
+    assert {f: n for f, n in counter.calls.items() if f in STEP_LOOP} == {}
+    # Per block: the row-list check and the EOS read; plus a row selection when samples leave.
+    assert 2 * blocks <= counter.calls["run"] <= 3 * blocks
+
+
+def test_dynamic_decoding_reads_one_flag_per_step(tokenizer, monkeypatch):
+    lm = tiny_lm(tokenizer)
+    counter = _SyncCounter(monkeypatch)
+    trajs = generate(lm, prompts_of(tokenizer, TEXTS), SamplingParams(max_new_tokens=16, strategy="threshold", threshold=0.5, temperature=0.0, stop_at_eos=False))
+    monkeypatch.undo()
+    assert {f: n for f, n in counter.calls.items() if f in STEP_LOOP} == {}
+    assert 0 < counter.calls["_any_masked"] <= max(t.nfe for t in trajs)
