@@ -58,6 +58,7 @@ from rl.distributed import Piece, minibatch_pieces
 from rollout.lora import adapter_state, apply_lora, load_adapter_state
 from rollout.models import DiffusionLM, load_model
 from rollout.trajectory import Trajectory
+from rollout.weights import WeightsSnapshot, snapshot
 
 
 def _rows_tensor(rows: Sequence[Sequence[int]], width: int) -> torch.Tensor:
@@ -265,18 +266,23 @@ class Learner:
             raise RuntimeError(f"learner rank {self.rank} of {self.world_size}: call setup_distributed() on every rank first")
 
     # -- weights -----------------------------------------------------------------------------
-    def get_weights(self) -> dict[str, torch.Tensor]:
+    def get_weights(self) -> WeightsSnapshot:
         """What rollout workers need to match the policy (CPU tensors): the full state dict, or
         only the adapter's tensors with LoRA. Rank 0 answers; other ranks return {}.
-        Collective under fsdp2 (the shards are gathered to rank 0)."""
+        Collective under fsdp2 (the shards are gathered to rank 0).
+
+        A `WeightsSnapshot`: it crosses Ray's object store as raw buffers (one copy in, none out).
+        On a CPU learner its tensors are views of the live parameters, so the snapshot is taken
+        when Ray stores the return value; in-process callers that keep it across an `update`
+        must clone it."""
         self._check_ready()
         if self.fsdp:
-            return self._full_state(self.lm.model)
+            return WeightsSnapshot(self._full_state(self.lm.model))
         if self.rank != 0:
-            return {}
+            return WeightsSnapshot()
         if self.peft is not None:
-            return adapter_state(self.peft)
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.lm.model.state_dict().items()}
+            return WeightsSnapshot(adapter_state(self.peft))
+        return snapshot(self.lm.model.state_dict())
 
     def _full_state(self, module: nn.Module) -> dict[str, torch.Tensor]:
         """Unsharded CPU state dict on rank 0 ({} elsewhere); collective under fsdp2."""

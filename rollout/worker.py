@@ -13,6 +13,7 @@ import torch
 from rollout.engine import SamplingParams, generate
 from rollout.models import load_model
 from rollout.trajectory import Trajectory
+from rollout.weights import WeightsSnapshot
 
 
 class RolloutWorker:
@@ -50,6 +51,7 @@ class RolloutWorker:
 
             self.peft = apply_lora(self.lm, **lora)  # same adapter layout as the learner's
         self.weights_version = 0
+        self._adopted = False  # whether the parameters are a received snapshot's buffers (see load_weights)
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], version: int | None = None) -> int:
         """Replace the policy weights in memory (no disk): a full state dict, or only the LoRA
@@ -60,13 +62,34 @@ class RolloutWorker:
             load_adapter_state(self.peft, state_dict)
             self.weights_version = self.weights_version + 1 if version is None else version
             return self.weights_version
-        missing, unexpected = self.lm.model.load_state_dict(state_dict, strict=False)
+        shared = adopt = self._can_adopt(state_dict)
+        if not adopt and self._adopted:
+            # The parameters are buffers of an earlier snapshot, possibly shared with other workers
+            # in the object store: never write into them; take private copies instead.
+            own = self.lm.model.state_dict()
+            state_dict = {k: v.to(device=own[k].device, dtype=own[k].dtype, copy=True) if k in own else v for k, v in state_dict.items()}
+            adopt = True
+        # assign=True makes the received buffers the parameters: no copy, and the workers of one
+        # node then share the one copy in Ray's object store. Otherwise copy into the parameters.
+        missing, unexpected = self.lm.model.load_state_dict(state_dict, strict=False, assign=adopt)
+        if adopt and getattr(self.lm.model.config, "tie_word_embeddings", False):
+            self.lm.model.tie_weights()  # assign replaced the embedding: point the head at it again
         # Tied embeddings appear once in a state dict; anything else missing is a real mismatch.
         missing = [k for k in missing if k != "lm_head.weight"]
         if missing or unexpected:
             raise ValueError(f"weight sync mismatch: missing={missing[:5]} unexpected={unexpected[:5]}")
+        self._adopted = shared
         self.weights_version = self.weights_version + 1 if version is None else version
         return self.weights_version
+
+    def _can_adopt(self, state_dict) -> bool:
+        """Whether `load_weights` may take the tensors as they are: a snapshot received through
+        pickling (nobody else in this process holds it) whose tensors already have the device,
+        dtype and shape of the parameters they replace. A GPU worker always copies (host to device)."""
+        if not (isinstance(state_dict, WeightsSnapshot) and state_dict.received):
+            return False
+        own = self.lm.model.state_dict()
+        return all(k in own and own[k].device == v.device and own[k].dtype == v.dtype and own[k].shape == v.shape for k, v in state_dict.items())
 
     def generate(
         self,

@@ -57,3 +57,16 @@ def test_memory_benchmark_micro_batches_and_checkpointing_cut_saved_activations(
     assert 0.15 < res["micro_batches=4"]["memory_ratio"] < 0.35
     assert res["gradient_checkpointing"]["memory_ratio"] < 0.3
     assert res["checkpointing + micro_batches=4"]["saved_bytes"] < res["gradient_checkpointing"]["saved_bytes"]
+
+
+def test_scaling_sync_only_smoke(tmp_path):
+    out = tmp_path / "scaling.json"
+    stdout = _run(["benchmarks/scaling.py", "--sync-only", "--sync-layers", "1", "--repeats", "1", "--json", str(out)], tmp_path)
+    res = json.loads(out.read_text())
+    # One Qwen3 layer of the sync shape: q, o 1024x1024; k, v 512x1024; up, gate, down 3072x1024;
+    # q/k norms 64 each, two layer norms, the final norm; the 82 x 1024 tied embedding.
+    layer = 2 * 1024 * 1024 + 2 * 512 * 1024 + 3 * 3072 * 1024 + 2 * 64 + 2 * 1024
+    assert res["sync_params"] == layer + 1024 + 82 * 1024
+    assert res["sync_1m"]["params"] == 994944 and res["sync_speedup_vs_disk"] > 0
+    assert res["sync_ms"]["memory"] > 0 and res["sync_ms"]["disk"] > 0
+    assert "save_pretrained + from_pretrained" in stdout
