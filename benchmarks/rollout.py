@@ -4,9 +4,16 @@ Everything runs in one process on the same tiny model (the quickstart base check
 with a fixed seed and a warm-up, so the ratios are comparable even on a noisy machine.
 
     python benchmarks/rollout.py [--gen-length 256] [--batch 8] [--json out.json] [--plot out.png]
+                                 [--demo-ar DIR] [--demo-problems 100]
 
-Prints a table (NFE, tokens per forward, tokens/s, peak memory per strategy) and the
-accuracy-vs-NFE trade-off of the strategies on the held-out arithmetic task.
+Prints a table (NFE, tokens per forward, tokens/s, peak memory per strategy), the host time
+per forward (wall time outside the backbone's forward, per forward) of cached static decoding
+and of HF generate(), and the accuracy-vs-NFE trade-off of every decoder on the held-out
+arithmetic task. With --demo-ar (an autoregressive model trained on the demo data with the
+demo base model's budget: `unmask sft configs/sft_demo.yaml --set objective=ar --output-dir DIR`),
+it also scores every decoder of the demo base model and the AR model on the demos' held-out
+math and code problems (answers of up to 12 and 32 tokens): accuracy and answer tokens/s
+(tokens up to the first EOS), and `speedup_vs_ar`, the fastest decoder at AR's accuracy or better.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import os
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -29,7 +37,8 @@ from rl.tasks import ArithmeticTask  # noqa: E402
 from rollout import SamplingParams, generate, load_model  # noqa: E402
 from rollout.models import build_tiny_lm  # noqa: E402
 
-BASE = Path(__file__).resolve().parents[1] / "examples" / "checkpoints" / "arith3-base"
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / "examples" / "checkpoints" / "arith3-base"
 
 
 class PeakRSS:
@@ -51,6 +60,37 @@ class PeakRSS:
         self.thread.join()
 
 
+class BackboneClock:
+    """Time spent inside the backbone's forward (and how many forwards), via forward hooks.
+    On CPU a forward is synchronous, so wall time minus this is host work around the model."""
+
+    def __init__(self, module):
+        self.seconds, self.calls, self._t0 = 0.0, 0, None
+        self._hooks = [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
+
+    def _pre(self, *_):
+        self._t0 = time.perf_counter()
+
+    def _post(self, *_):
+        self.seconds += time.perf_counter() - self._t0
+        self.calls += 1
+
+    def close(self):
+        for h in self._hooks:
+            h.remove()
+
+
+def host_ms_per_forward(fn, module) -> tuple[float, float]:
+    """(host ms per forward, backbone ms per forward) of one call of `fn` (after a warm-up)."""
+    fn()
+    clock = BackboneClock(module)
+    t0 = time.perf_counter()
+    fn()
+    wall = time.perf_counter() - t0
+    clock.close()
+    return (wall - clock.seconds) / clock.calls * 1e3, clock.seconds / clock.calls * 1e3
+
+
 def timed(fn, repeats=1):
     fn()  # warm-up
     best = float("inf")
@@ -68,6 +108,10 @@ def main():
     ap.add_argument("--threshold", type=float, default=0.9)
     ap.add_argument("--heldout", type=int, default=500, help="held-out problems for accuracy vs NFE")
     ap.add_argument("--ar-checkpoint", type=Path, help="an AR baseline (unmask sft --set objective=ar) to score on the task")
+    ap.add_argument("--demo-ar", type=Path, help="an AR model trained like the demo base (unmask sft configs/sft_demo.yaml --set objective=ar)")
+    ap.add_argument("--demo-problems", type=int, default=100, help="held-out problems per demo source")
+    ap.add_argument("--refill-prompts", type=int, default=64, help="prompts of the skewed-length batch (demo math + code)")
+    ap.add_argument("--refill-rows", type=int, default=8, help="rows decoded at once, with and without refill")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--plot", type=Path, default=Path("benchmarks/rollout_accuracy_vs_nfe.png"))
     args = ap.parse_args()
@@ -96,6 +140,8 @@ def main():
         "cached static": run(),
         f"cached threshold {args.threshold}": run(strategy="threshold", threshold=args.threshold),
         "cached threshold 0.7": run(strategy="threshold", threshold=0.7),
+        "cached adaptive (factor 1)": run(strategy="adaptive", factor=1.0),
+        "cached prophet": run(strategy="prophet"),
     }
 
     # Autoregressive baseline: HF generate() with its KV cache on the same backbone.
@@ -104,6 +150,9 @@ def main():
     with PeakRSS() as mem:
         _, secs = timed(hf)
     results["HF generate (autoregressive)"] = {"tokens_per_s": args.batch * L / secs, "nfe": L, "tokens_per_forward": 1.0, "seconds": secs, "peak_mb": mem.peak / 2**20}
+    static_params = SamplingParams(max_new_tokens=L, temperature=0.0, stop_at_eos=False)
+    host_static, fwd_static = host_ms_per_forward(lambda: generate(lm, prompts, static_params), lm.model.model)
+    host_ar, fwd_ar = host_ms_per_forward(hf, lm.model.model)
 
     # Full-attention family (LLaDA layout): prefix / dual cache vs full recompute, on a tiny
     # random Llama-architecture model of the same size (speed only; the caches are approximate).
@@ -132,10 +181,16 @@ def main():
         print(f"{name:34s} {r['nfe']:6.1f} {r['tokens_per_forward']:8.2f} {r['tokens_per_s']:9.0f} {r['tokens_per_s']/base:8.1f}x {r['tokens_per_s']/ar:6.2f}x {r['peak_mb']:8.1f}")
     fast = results[f"cached threshold {args.threshold}"]["tokens_per_s"]
     print(f"identical tokens and step maps, cached vs naive static at T=0 (float64): {identical}")
+    equal_forwards = results["cached static"]["tokens_per_s"] / ar
+    print(f"one token per forward each (cached static vs HF generate): {equal_forwards:.2f}x tokens/s;\n"
+          f"  host ms per forward {host_static:.2f} vs {host_ar:.2f} ({host_static / host_ar:.2f}x); backbone ms per forward {fwd_static:.2f} vs {fwd_ar:.2f}\n"
+          f"  (a block step encodes its {lm.block_size} tokens, the first step of a block {2 * lm.block_size}: more work per forward than one AR token)")
 
     # Accuracy vs NFE on the held-out arithmetic task.
     heldout = task.heldout_rows(args.heldout)
-    sweep = [("static", {"steps_per_block": s}) for s in (4, 2, 1)] + [("threshold", {"threshold": t}) for t in (0.95, 0.9, 0.7, 0.5)]
+    sweep = ([("static", {"steps_per_block": s}) for s in (4, 2, 1)] + [("static", {"schedule": "ascending"})]
+             + [("threshold", {"threshold": t}) for t in (0.95, 0.9, 0.7, 0.5)]
+             + [("adaptive", {"factor": f}) for f in (0.5, 1.0, 2.0)] + [("prophet", {}), ("prophet", {"prophet_gaps": (2.0, 1.0, 0.5)})])
     curve = []
     print(f"\naccuracy vs NFE on {args.heldout} held-out 3-digit additions (greedy)")
     for strategy, kw in sweep:
@@ -151,19 +206,106 @@ def main():
         print(f"  {'autoregressive (HF generate)':32s} accuracy {r['accuracy']:.3f}  NFE {r['nfe_mean']:.2f}  {r['tokens_per_s']:.0f} tok/s")
     _plot(curve, args.plot)
     print(f"plot: {args.plot}")
+    demo = demo_vs_ar(args.demo_ar, args.demo_problems) if args.demo_ar else None
+    refill = refill_figure(args.refill_prompts, args.refill_rows)
 
     summary = {
         "speedup_vs_naive": fast / base,
-        "speedup_vs_ar": fast / ar,
+        "speedup_vs_ar": demo["speedup_vs_ar"] if demo else None,
+        "speedup_vs_ar_arith_threshold": fast / ar,
+        "equal_forwards_vs_ar": equal_forwards,
+        "host_ms_per_forward": {"cached_static": host_static, "hf_generate": host_ar},
+        "host_cost_vs_ar": host_static / host_ar,
+        "backbone_ms_per_forward": {"cached_static": fwd_static, "hf_generate": fwd_ar},
+        "tokens_per_forward": {k: r["tokens_per_forward"] for k, r in results.items()},
+        "accuracy": {c["strategy"]: c["accuracy"] for c in curve},
+        "demo": demo,
+        "refill": refill,
         "identical_to_naive": identical,
         "gen_length": L,
         "batch": args.batch,
         "strategies": {k: {m: v for m, v in r.items() if m != "trajs"} for k, r in results.items()},
         "accuracy_vs_nfe": curve,
     }
-    print(f"\nspeedup_vs_naive {summary['speedup_vs_naive']:.1f}x, speedup_vs_ar {summary['speedup_vs_ar']:.2f}x")
+    print(f"\nspeedup_vs_naive {summary['speedup_vs_naive']:.1f}x, equal_forwards_vs_ar {equal_forwards:.2f}x, host_cost_vs_ar {host_static / host_ar:.2f}x"
+          + (f", speedup_vs_ar (demo, at AR's accuracy) {demo['speedup_vs_ar']:.2f}x" if demo and demo["speedup_vs_ar"] else ""))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
+
+
+def refill_figure(n_prompts: int, rows: int) -> dict:
+    """Continuous batching on a batch of skewed answer lengths: the demo base model on held-out
+    math (answers ~10 tokens) and code (~30) prompts, up to 64 new tokens, `rows` samples at a
+    time: fixed batches (each waits for its slowest sample) vs refilling finished rows."""
+    from rl.cli import _data_benchmarks
+    from rl.data import encode_messages
+
+    lm = load_model(ROOT / "examples" / "checkpoints" / "demo-base")
+    benches = _data_benchmarks(ROOT / "configs" / "sft_demo.yaml", n_prompts // 2, None)
+    enc = [[encode_messages(lm.tokenizer, e.messages, b.chat)[0] for e in b.examples] for b in benches]
+    prompts = [p for pair in zip(*enc) for p in pair][:n_prompts]  # math and code interleaved
+    params = SamplingParams(max_new_tokens=64, temperature=0.0)
+
+    def fixed():
+        return [t for a in range(0, len(prompts), rows) for t in generate(lm, prompts[a : a + rows], params)]
+
+    def answer_tokens(trajs):
+        return sum(t.completion_ids.index(lm.eos_id) + 1 if lm.eos_id in t.completion_ids else len(t.completion_ids) for t in trajs)
+
+    a, t_fixed = timed(fixed)
+    b, t_refill = timed(lambda: generate(lm, prompts, replace(params, max_batch=rows)))
+    same = all(x.completion_ids == y.completion_ids and x.step_map == y.step_map for x, y in zip(a, b))
+    lengths = [answer_tokens([t]) for t in a]
+    out = {"rows": rows, "prompts": len(prompts), "answer_tokens_min_max": [min(lengths), max(lengths)],
+           "tokens_per_s_fixed": answer_tokens(a) / t_fixed, "tokens_per_s_refill": answer_tokens(b) / t_refill,
+           "refill_speedup": t_fixed / t_refill, "identical_tokens": same}
+    print(f"\nrefill: {len(prompts)} prompts, answers of {min(lengths)}-{max(lengths)} tokens, {rows} rows at a time:"
+          f" fixed batches {out['tokens_per_s_fixed']:.0f} tok/s, refill {out['tokens_per_s_refill']:.0f} tok/s"
+          f" -> {out['refill_speedup']:.2f}x; identical tokens: {same}")
+    return out
+
+
+DEMO_DECODERS = [
+    ("static", {}), ("static:2", {"steps_per_block": 2}), ("static:ascending", {"schedule": "ascending"}),
+    ("threshold:0.9", {"strategy": "threshold", "threshold": 0.9}), ("threshold:0.7", {"strategy": "threshold", "threshold": 0.7}),
+    ("adaptive:1", {"strategy": "adaptive", "factor": 1.0}), ("adaptive:2:4", {"strategy": "adaptive", "factor": 2.0, "max_tokens_per_step": 4}),
+    ("prophet", {"strategy": "prophet"}), ("prophet:2,1,0.5", {"strategy": "prophet", "prophet_gaps": (2.0, 1.0, 0.5)}),
+]
+
+
+def demo_vs_ar(ar_path: Path, problems: int) -> dict:
+    """Every decoder of the demo base model vs an AR model of the same shape and training budget,
+    on the demos' held-out math and code: accuracy (pooled over both) and answer tokens/s."""
+    from rl.cli import _data_benchmarks
+    from rl.evaluate import evaluate_benchmark, load_policy
+
+    benches = _data_benchmarks(ROOT / "configs" / "sft_demo.yaml", problems, None)
+    base = load_policy(ROOT / "examples" / "checkpoints" / "demo-base")
+
+    def point(policy, params):
+        acc = toks = secs = 0.0
+        n = 0
+        for b in benches:
+            m, _ = evaluate_benchmark(policy, b, params, batch_size=64)
+            acc += m["pass@1"] * len(b.problems)
+            n += len(b.problems)
+            toks += m["answer_tokens_per_s"] * m["decode_seconds"]
+            secs += m["decode_seconds"]
+        return {"accuracy": acc / n, "answer_tokens_per_s": toks / secs, "problems": n}
+
+    out = {"decoders": {}, "ar": point(load_policy(ar_path), SamplingParams(temperature=0.0))}
+    print(f"\ndemo (held-out math + code, {out['ar']['problems']} problems, greedy): accuracy, answer tokens/s")
+    print(f"  {'AR (HF generate)':22s} {out['ar']['accuracy']:.3f} {out['ar']['answer_tokens_per_s']:8.0f}")
+    for label, kw in DEMO_DECODERS:
+        r = point(base, SamplingParams(temperature=0.0, **kw))
+        out["decoders"][label] = r
+        print(f"  {label:22s} {r['accuracy']:.3f} {r['answer_tokens_per_s']:8.0f}  {r['answer_tokens_per_s'] / out['ar']['answer_tokens_per_s']:.2f}x AR")
+    ok = {k: r for k, r in out["decoders"].items() if r["accuracy"] >= out["ar"]["accuracy"]}
+    best = max(ok, key=lambda k: ok[k]["answer_tokens_per_s"]) if ok else None
+    out["best_at_ar_accuracy"] = best
+    out["speedup_vs_ar"] = ok[best]["answer_tokens_per_s"] / out["ar"]["answer_tokens_per_s"] if best else None
+    print(f"  fastest decoder at AR's accuracy or better: {best} -> {out['speedup_vs_ar'] and round(out['speedup_vs_ar'], 2)}x AR")
+    return out
 
 
 def _plot(curve, out: Path):
@@ -173,7 +315,7 @@ def _plot(curve, out: Path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for kind, marker in (("static", "o"), ("threshold", "s"), ("autoregressive", "^")):
+    for kind, marker in (("static", "o"), ("threshold", "s"), ("adaptive", "D"), ("prophet", "v"), ("autoregressive", "^")):
         pts = [c for c in curve if c["strategy"].startswith(kind)]
         ax.plot([c["nfe"] for c in pts], [c["accuracy"] for c in pts], marker=marker, label=kind)
         for c in pts:

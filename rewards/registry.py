@@ -21,6 +21,7 @@ import importlib
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -75,12 +76,29 @@ def _entry_points() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def import_user_module(name: str):
+    """Import a user's module by dotted name, as `python -m` would from the current directory.
+
+    The `unmask` console script runs with its own directory first on sys.path, not the
+    directory it was started from, so a plugin or data generator that lives in the user's
+    project (``examples.reward_plugin``) would not import; the current directory is tried last.
+    """
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        cwd = os.getcwd()
+        if exc.name != name.split(".")[0] or cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.append(cwd)
+        return importlib.import_module(name)
+
+
 def _from_import_path(spec: str) -> RewardFn:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ValueError(f"reward spec {spec!r} must look like 'package.module:function'")
     try:
-        module = importlib.import_module(module_name)
+        module = import_user_module(module_name)
     except ImportError as exc:
         raise ImportError(f"cannot import module {module_name!r} for reward {spec!r}: {exc}") from exc
     obj: Any = module

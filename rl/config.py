@@ -135,6 +135,7 @@ class SamplingConfig(_Section):
     dual_cache: bool = Field(False, description="Full attention with kv_cache: also cache the suffix (Fast-dLLM dual cache).")
     block_length: int | None = Field(None, ge=1, description="Full attention: semi-autoregressive decoding block; default: one block.")
     eos_guard: float | None = Field(None, gt=0.0, le=1.0, description="Full attention: damp early EOS confidence by eos_guard**(1-progress).")
+    max_batch: int | None = Field(None, ge=1, description="Decode at most this many samples at once per worker; block models refill finished rows with waiting prompts (continuous batching, same tokens at T=0). None: all at once.")
 
 
 class RolloutConfig(_Section):

@@ -192,7 +192,8 @@ def evaluate_benchmark(
 
     Returns (metrics, records): the metrics of `summarize` plus `nfe` (mean forward passes per
     sample), `tokens_per_forward`, `tokens_per_s` (decoded tokens over decoding time, scoring
-    excluded) and `truncated` (fraction of samples that hit the length limit); one record per
+    excluded), `answer_tokens_per_s` (the same counting only tokens up to the first EOS, which
+    compares decoders that fill the rest of a block with ones that stop at EOS) and `truncated` (fraction of samples that hit the length limit); one record per
     sample (id, sample, prompt, completion, reward, nfe, finish_reason).
     """
     params = replace(params, max_new_tokens=bench.max_new_tokens)
@@ -200,7 +201,7 @@ def evaluate_benchmark(
     jobs = [(i, s) for i in range(len(bench.problems)) for s in range(samples)]  # a problem's samples side by side
     encoded = [encode_messages(policy.tokenizer, e.messages, chat_template and bench.chat) for e in bench.examples]
     records: list[dict[str, Any]] = []
-    decode_s, n_tok, n_fwd, n_correct = 0.0, 0, 0, 0
+    decode_s, n_tok, n_ans, n_fwd, n_correct = 0.0, 0, 0, 0, 0
     bar = _progress(len(jobs), desc, progress)
     try:
         for start in range(0, len(jobs), batch_size):
@@ -214,6 +215,8 @@ def evaluate_benchmark(
                 bar.write(f"reward {bench.reward} failed on some samples: {err}")
             for (i, s), t, r in zip(chunk, trajs, rewards):
                 n_tok += len(t.completion_ids)
+                eos = getattr(policy, "eos_id", None)
+                n_ans += t.completion_ids.index(eos) + 1 if eos in t.completion_ids else len(t.completion_ids)
                 n_fwd += t.nfe
                 n_correct += r == 1.0
                 records.append({"id": bench.problems[i]["id"], "sample": s, "prompt": bench.problems[i]["prompt"], "completion": t.text,
@@ -228,6 +231,7 @@ def evaluate_benchmark(
         "nfe": float(np.mean([r["nfe"] for r in records])),
         "tokens_per_forward": n_tok / max(1, n_fwd),
         "tokens_per_s": n_tok / max(decode_s, 1e-9),
+        "answer_tokens_per_s": n_ans / max(decode_s, 1e-9),
         "decode_seconds": round(decode_s, 3),
         "truncated": float(np.mean([r["finish_reason"] == "length" for r in records])),
         "chat_template_applied": any(applied for _, applied in encoded),

@@ -110,6 +110,11 @@ class SamplingParams:
     block_length: int | None = None
     """Full-attention models: semi-autoregressive decoding block (LLaDA's block_length);
     None decodes the whole generation as one block. Block models use their own block size."""
+    max_batch: int | None = None
+    """Decode at most this many samples at once. Block models then keep the batch full: when a
+    sample finishes, a waiting prompt takes its row at the next block (continuous batching),
+    decoding the same tokens as alone at T=0. Full-attention models decode in chunks of this
+    size. None: every prompt at once."""
     eos_guard: float | None = None
     """Full-attention models: multiply the confidence of a position predicting EOS by
     eos_guard ** (1 - progress), progress being the fraction of the completion already
@@ -143,6 +148,8 @@ class SamplingParams:
             raise ValueError("top_p must be in (0, 1]")
         if self.block_length is not None and self.block_length < 1:
             raise ValueError("block_length must be >= 1")
+        if self.max_batch is not None and self.max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
         if self.eos_guard is not None and not 0.0 < self.eos_guard <= 1.0:
             raise ValueError("eos_guard must be in (0, 1]")
 
@@ -194,8 +201,11 @@ def generate(
             raise ValueError(f"prompt {i} is empty")
     if not prompts:
         return []
-    decoder = _BlockDecoder if lm.family.attention == "block" else _FullDecoder
-    trajs = decoder(lm, prompts, params, generator).run()
+    if lm.family.attention == "block":
+        trajs = _BlockDecoder(lm, prompts, params, generator).run()
+    else:
+        step = params.max_batch or len(prompts)
+        trajs = [t for a in range(0, len(prompts), step) for t in _FullDecoder(lm, prompts[a : a + step], params, generator).run()]
     for i, traj in enumerate(trajs):
         traj.group = groups[i] if groups is not None else i
         traj.columns = dict(columns[i]) if columns is not None else {}
@@ -211,6 +221,9 @@ class _Decoder:
 
     def __init__(self, lm: DiffusionLM, prompts: Sequence[Sequence[int]], params: SamplingParams, generator):
         self.lm, self.params, self.generator = lm, params, generator
+        self.prompts = [list(p) for p in prompts]
+        if isinstance(self, _BlockDecoder) and params.max_batch is not None:
+            prompts = prompts[: params.max_batch]  # the others wait for a row (continuous batching)
         n = len(prompts)
         self.plen = torch.tensor([len(p) for p in prompts])
         self.off, self.col_end = self._layout()  # left padding and end column per sample
@@ -348,22 +361,25 @@ class _Decoder:
             return top2[..., 0] - top2[..., 1]
         return torch.exp(-torch.special.entr(probs).sum(-1))  # "entropy": 1 for a one-hot prediction
 
-    def _trajectories(self, block_size: int | None) -> list[Trajectory]:
+    def _trajectories(self, block_size: int | None, rows: list[int] | None = None) -> list[Trajectory]:
+        """The trajectories of the samples now in `rows` (default: every row), one copy to the host."""
         lm, out = self.lm, []
-        x, step_map, logp, nfe = self.x.cpu(), self.step_map.cpu(), self.logp.cpu(), self.nfe.cpu()
-        for i in range(len(x)):
+        rows = list(range(len(self.x))) if rows is None else rows
+        idx = torch.tensor(rows, dtype=torch.long, device=self.x.device)
+        x, step_map, logp, nfe = self.x[idx].cpu(), self.step_map[idx].cpu(), self.logp[idx].cpu(), self.nfe[idx].cpu()
+        for k, i in enumerate(rows):
             a, b = int(self.gen_col[i]), int(self.stop[i])
-            comp = x[i, a:b].tolist()
+            comp = x[k, a:b].tolist()
             text_ids = comp[: comp.index(lm.eos_id)] if lm.eos_id in comp else comp
             out.append(
                 Trajectory(
-                    prompt_ids=x[i, self.off[i] : a].tolist(),
+                    prompt_ids=x[k, self.off[i] : a].tolist(),
                     completion_ids=comp,
-                    step_map=step_map[i, a:b].tolist(),
-                    logprobs=logp[i, a:b].tolist(),
+                    step_map=step_map[k, a:b].tolist(),
+                    logprobs=logp[k, a:b].tolist(),
                     block_size=block_size,
                     temperature=self.params.temperature,
-                    nfe=int(nfe[i]),
+                    nfe=int(nfe[k]),
                     finish_reason="eos" if lm.eos_id in comp else "length",
                     text=lm.tokenizer.decode(text_ids, skip_special_tokens=True),
                 )
@@ -384,24 +400,21 @@ class _BlockDecoder(_Decoder):
 
     def run(self) -> list[Trajectory]:
         lm, bs = self.lm, self.lm.block_size
-        self.block_ids = (torch.arange(self.width) // bs).expand(len(self.x), -1).to(lm.device)
+        n = len(self.x)
+        self.sample = list(range(n))  # the prompt each canvas row decodes
+        waiting = list(range(n, len(self.prompts)))  # prompts without a row yet (max_batch)
+        done: dict[int, Trajectory] = {}
+        self.block_ids = (torch.arange(self.width) // bs).expand(n, -1).to(lm.device)
         self.noisy = torch.zeros_like(self.valid)
-        finished = torch.zeros(len(self.x), dtype=torch.bool)
-        alive = torch.arange(len(self.x))
+        alive = torch.arange(n)
         cache = SlotCache(self.width) if self.params.kv_cache else None
         self.committed = 0  # columns whose keys/values are in the cache
         if cache is not None and self.start > 0:
             self._encode(alive, 0, self.start, cache, None)  # prefill the prompt's full blocks
             self.committed = self.start
-        for blk_start in range(self.start, self.width, bs):
+        blk_start = self.start
+        while blk_start < self.width and alive.numel() > 0:
             blk_end = blk_start + bs
-            keep = ~finished[alive] & (self.col_end[alive] >= blk_end)
-            if not keep.all():
-                if cache is not None:
-                    cache.batch_select_indices(keep.nonzero().flatten().to(lm.device))
-                alive = alive[keep]
-            if alive.numel() == 0:
-                break
             inputs = {}  # (q_start, q_end) -> attention mask, positions, logit rows: built once per block
 
             def forward(rows, _k, blk_start=blk_start, blk_end=blk_end, inputs=inputs):
@@ -417,12 +430,91 @@ class _BlockDecoder(_Decoder):
                 return logits
 
             self._decode_block(alive, blk_start, blk_end, forward)
+            ended = self.col_end[alive] <= blk_end  # budget reached
             if self.params.stop_at_eos:  # the one look at the device per block
                 gen = torch.arange(blk_start, blk_end)[None] >= self.gen_col[alive][:, None]
                 hit = ((self.x[alive.to(lm.device), blk_start:blk_end].cpu() == lm.eos_id) & gen).any(1)
-                finished[alive[hit]] = True
                 self.stop[alive[hit]] = blk_end
-        return self._trajectories(bs)
+                ended |= hit
+            if ended.any():
+                rows = alive[ended].tolist()
+                done.update({self.sample[i]: t for i, t in zip(rows, self._trajectories(bs, rows))})
+                refilled = self._refill(rows, waiting, blk_end, alive, cache)
+                keep = ~ended | torch.tensor([int(i) in refilled for i in alive])
+                if not keep.all():
+                    if cache is not None:
+                        cache.batch_select_indices(keep.nonzero().flatten().to(lm.device))
+                    alive = alive[keep]
+            blk_start = blk_end
+        if waiting:  # prompts no row could take (longer than the canvas so far): decode them together
+            rest = _BlockDecoder(self.lm, [self.prompts[j] for j in waiting], self.params, self.generator).run()
+            done.update(zip(waiting, rest))
+        return [done[j] for j in range(len(self.prompts))]
+
+    def _refill(self, rows: list[int], waiting: list[int], col: int, alive: torch.Tensor, cache) -> set[int]:
+        """Admit waiting prompts into the finished `rows`, their first generated block at column `col`.
+
+        A prompt's full blocks end at `col`, so its blocks stay on the column grid every row
+        shares; the row's earlier columns become padding (masked out of attention, like left
+        padding), so the sample sees exactly what it would alone. Its keys before the block that
+        the next step re-encodes anyway are written into the row's slots of the cache.
+        """
+        bs, lm, p = self.lm.block_size, self.lm, self.params
+        admitted = []
+        for i in rows:
+            fits = [j for j in waiting if len(self.prompts[j]) // bs * bs <= col]
+            if not fits:
+                break
+            j = fits[0]
+            waiting.remove(j)
+            prompt = self.prompts[j]
+            full, tail = len(prompt) // bs * bs, len(prompt) % bs
+            lo, end = col - full, col + (tail + p.max_new_tokens + bs - 1) // bs * bs
+            if end > self.width:
+                self._grow(end)
+            dev = self.x.device
+            self.x[i] = lm.pad_id
+            self.x[i, lo : col + tail] = torch.tensor(prompt, device=dev)
+            self.x[i, col + tail : end] = lm.mask_id
+            self.valid[i] = False
+            self.valid[i, lo:end] = True
+            self.pos[i] = 0
+            self.pos[i, lo:end] = torch.arange(end - lo, device=dev)
+            self.step_map[i], self.logp[i], self.steps[i], self.nfe[i], self.decoded[i] = -1, 0.0, 0, 0, 0
+            self.off[i], self.gen_col[i], self.col_end[i], self.stop[i] = lo, col + tail, end, end
+            self.budget[i] = end - (col + tail)
+            self.sample[i] = j
+            admitted.append(i)
+        if cache is not None and admitted:
+            self._prefill_rows(admitted, col - bs, alive, cache)
+        return set(admitted)
+
+    def _prefill_rows(self, rows: list[int], upto: int, alive: torch.Tensor, cache) -> None:
+        """Write the keys of columns [first valid, upto) of `rows` into their slots of the cache."""
+        lo = min(int(self.off[i]) for i in rows)
+        if lo >= upto:
+            return  # the prompt fits in the block the next step re-encodes
+        r = torch.tensor(rows)
+        tmp = SlotCache(upto - lo)
+        allowed = block_attention_allowed(self.block_ids[r, lo:upto], self.noisy[r, lo:upto], self.valid[r, lo:upto])
+        self.lm.encode(self.x[r, lo:upto], self.pos[r, lo:upto], additive_mask(allowed, self.lm.model.dtype), tmp)
+        where = {int(a): k for k, a in enumerate(alive)}
+        slots = torch.tensor([where[i] for i in rows], device=self.x.device)
+        for main, new in zip(cache.layers, tmp.layers):
+            main._k[slots, :, lo:upto] = new._k[:, :, : upto - lo]
+            main._v[slots, :, lo:upto] = new._v[:, :, : upto - lo]
+
+    def _grow(self, width: int) -> None:
+        """Widen the canvas to `width` columns (a refilled sample decodes past the first ones' end)."""
+        extra, lm = width - self.width, self.lm
+
+        def pad(t, value):
+            return torch.cat([t, torch.full((len(t), extra), value, dtype=t.dtype, device=t.device)], dim=1)
+
+        self.x, self.valid, self.pos = pad(self.x, lm.pad_id), pad(self.valid, False), pad(self.pos, 0)
+        self.step_map, self.logp, self.noisy = pad(self.step_map, -1), pad(self.logp, 0.0), pad(self.noisy, False)
+        self.width = width
+        self.block_ids = (torch.arange(width) // lm.block_size).expand(len(self.x), -1).to(lm.device)
 
     def _inputs(self, rows: torch.Tensor, q_start: int, q_end: int, select: torch.Tensor | None):
         """Additive attention mask, positions and logit rows for columns [q_start, q_end) of `rows`."""

@@ -315,3 +315,20 @@ def test_example_plugin_loads_by_import_path_and_combines_with_weights():
     fn = get_reward("examples.reward_plugin:digit_match")
     total, per_fn, errors = score(["arithmetic", fn], [1.0, 0.5], ["047+385="] * 2, ["0432", "0431"], {"answer": ["0432", "0432"]})
     assert errors == {} and total == [1.5, 0.375]
+
+
+def test_a_plugin_in_the_current_directory_imports_from_the_console_script(tmp_path, monkeypatch):
+    # The `unmask` console script has its bin directory first on sys.path, not the directory it
+    # was started from; `examples.reward_plugin:digit_match` must still resolve from there.
+    import sys
+
+    from rewards.registry import get_reward
+
+    (tmp_path / "my_plugins_for_test").mkdir()
+    (tmp_path / "my_plugins_for_test" / "__init__.py").write_text("def exact(prompts, completions, **kw):\n    return [float(c == 'ok') for c in completions]\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    fn = get_reward("my_plugins_for_test:exact")
+    assert fn(["p", "p"], ["ok", "no"]) == [1.0, 0.0]
+    with pytest.raises(ImportError, match="no_such_module_here"):
+        get_reward("no_such_module_here:f")

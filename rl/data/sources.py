@@ -9,11 +9,11 @@ columns the row has.
 from __future__ import annotations
 
 import hashlib
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rewards.registry import import_user_module
 from rl.data.files import DataError, read_where
 from rl.data.names import source_name
 from rl.data.presets import Preset, Template, get_preset, present, row_id
@@ -161,7 +161,7 @@ def _call_generator(spec: str, path: str) -> None:
     """Run a source's `generator` ('module:function') to write `path` when it is missing."""
     module, _, fn = spec.partition(":")
     try:
-        getattr(importlib.import_module(module), fn)(path)
+        getattr(import_user_module(module), fn)(path)
     except (ImportError, AttributeError) as e:
         raise DataError(f"generator {spec!r}: {e}") from None
     if not Path(path).exists():
