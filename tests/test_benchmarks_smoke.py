@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import ROOT
 
 
@@ -70,3 +72,26 @@ def test_scaling_sync_only_smoke(tmp_path):
     assert res["sync_1m"]["params"] == 994944 and res["sync_speedup_vs_disk"] > 0
     assert res["sync_ms"]["memory"] > 0 and res["sync_ms"]["disk"] > 0
     assert "save_pretrained + from_pretrained" in stdout
+
+
+def test_rollout_gpu_script_runs_on_a_tiny_shape(tmp_path):
+    # The GPU script prepared for a lent device runs its whole path on CPU at a tiny shape.
+    out = tmp_path / "gpu.json"
+    stdout = _run(["benchmarks/rollout_gpu.py", "--tiny", "--json", str(out)], tmp_path)
+    res = json.loads(out.read_text())
+    assert set(res["tokens_per_s"]) == {"unmask static, 1 token/step", "unmask static, 2 tokens/step", "HF generate"}
+    assert res["equal_forwards_vs_ar"] > 0 and res["gen"] == 16 and "x HF generate" in stdout
+
+
+@pytest.mark.slow  # ~1-4 min: every decoder, the LLaDA caches, the demo model's refill batch
+def test_rollout_benchmark_writes_every_figure(tmp_path):
+    out = tmp_path / "rollout.json"
+    _run(["benchmarks/rollout.py", "--gen-length", "8", "--batch", "2", "--heldout", "8", "--refill-prompts", "8", "--refill-rows", "2",
+          "--json", str(out), "--plot", str(tmp_path / "acc.png")], tmp_path)
+    res = json.loads(out.read_text())
+    assert res["identical_to_naive"] is True and res["refill"]["identical_tokens"] is True
+    for key in ("speedup_vs_naive", "equal_forwards_vs_ar", "host_cost_vs_ar"):
+        assert res[key] > 0
+    assert res["refill"]["prompts"] == 8 and res["refill"]["refill_speedup"] > 0
+    assert {"static schedule=ascending", "adaptive factor=1.0", "prophet "} <= set(res["accuracy"])
+    assert res["tokens_per_forward"]["cached static"] == 1.0
