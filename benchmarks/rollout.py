@@ -108,7 +108,7 @@ def main():
     ap.add_argument("--threshold", type=float, default=0.9)
     ap.add_argument("--heldout", type=int, default=500, help="held-out problems for accuracy vs NFE")
     ap.add_argument("--ar-checkpoint", type=Path, help="an AR baseline (unmask sft --set objective=ar) to score on the task")
-    ap.add_argument("--demo-ar", type=Path, help="an AR model trained like the demo base (unmask sft configs/sft_demo.yaml --set objective=ar)")
+    ap.add_argument("--demo-ar", type=Path, default=ROOT / "examples" / "checkpoints" / "demo-ar", help="an AR model trained like the demo base (unmask sft configs/sft_demo.yaml --set objective=ar)")
     ap.add_argument("--demo-problems", type=int, default=100, help="held-out problems per demo source")
     ap.add_argument("--refill-prompts", type=int, default=64, help="prompts of the skewed-length batch (demo math + code)")
     ap.add_argument("--refill-rows", type=int, default=8, help="rows decoded at once, with and without refill")
@@ -206,7 +206,7 @@ def main():
         print(f"  {'autoregressive (HF generate)':32s} accuracy {r['accuracy']:.3f}  NFE {r['nfe_mean']:.2f}  {r['tokens_per_s']:.0f} tok/s")
     _plot(curve, args.plot)
     print(f"plot: {args.plot}")
-    demo = demo_vs_ar(args.demo_ar, args.demo_problems) if args.demo_ar else None
+    demo = demo_vs_ar(args.demo_ar, args.demo_problems) if args.demo_ar and args.demo_ar.exists() and args.demo_problems > 0 else None
     refill = refill_figure(args.refill_prompts, args.refill_rows)
 
     summary = {

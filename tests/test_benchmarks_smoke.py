@@ -86,7 +86,7 @@ def test_rollout_gpu_script_runs_on_a_tiny_shape(tmp_path):
 @pytest.mark.slow  # ~1-4 min: every decoder, the LLaDA caches, the demo model's refill batch
 def test_rollout_benchmark_writes_every_figure(tmp_path):
     out = tmp_path / "rollout.json"
-    _run(["benchmarks/rollout.py", "--gen-length", "8", "--batch", "2", "--heldout", "8", "--refill-prompts", "8", "--refill-rows", "2",
+    _run(["benchmarks/rollout.py", "--gen-length", "8", "--batch", "2", "--heldout", "8", "--refill-prompts", "8", "--refill-rows", "2", "--demo-problems", "4",
           "--json", str(out), "--plot", str(tmp_path / "acc.png")], tmp_path)
     res = json.loads(out.read_text())
     assert res["identical_to_naive"] is True and res["refill"]["identical_tokens"] is True
@@ -95,3 +95,4 @@ def test_rollout_benchmark_writes_every_figure(tmp_path):
     assert res["refill"]["prompts"] == 8 and res["refill"]["refill_speedup"] > 0
     assert {"static schedule=ascending", "adaptive factor=1.0", "prophet "} <= set(res["accuracy"])
     assert res["tokens_per_forward"]["cached static"] == 1.0
+    assert res["demo"]["ar"]["problems"] == 8 and set(res["demo"]["decoders"]) >= {"static", "adaptive:1", "prophet"}
