@@ -201,6 +201,7 @@ def run_shape(args, saved_bytes: bool = False) -> dict:
         results[label] = {"seconds": statistics.median(secs), "all_seconds": secs, "peak_bytes": max(peaks)}
         if saved is not None:
             results[label]["saved_bytes"] = saved
+        print(f"  {label}: {results[label]['seconds']:.2f} s, peak +{results[label]['peak_bytes'] / 2**20:.0f} MiB", flush=True)
         del owner, update
         gc.collect()
     tmp.cleanup()
