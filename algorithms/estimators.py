@@ -20,10 +20,14 @@ sampler saw them. d1 and DiffuCoder mask their loss after the first EOS the same
 dLLM-RL drops its filler pads; counting the filler would put most of the token-mean weight of a
 short answer on trailing EOS tokens, a length bias.
 
+Only the tokens a pass scores reach the LM head (`DiffusionLM.forward_logprobs`, in vocabulary
+chunks): those carrying loss, and of them only the ones that pass masks; an update computes one
+head row per loss token and pass that scores it, never passes x completion length.
+
 Inputs. Block models (lm.block_size set) score the packed [prompt | clean | noisy] layout of
 `algorithms.packing.pack_noisy`, so noisy block j sees the prompt and the clean blocks before
 it, exactly as the block sampler did; full-attention models (block_size None) see
-[prompt | noisy]. Log-probs are always `lm.sampling_logprobs(logits, temperature)` with the
+[prompt | noisy]. Log-probs are always those of `lm.sampling_logprobs(logits, temperature)` with the
 trajectory's temperature: the distribution the rollout actually sampled from.
 
 Randomness. The same call serves the old, the reference and the current policy, and their
@@ -61,7 +65,7 @@ import torch
 
 from algorithms.packing import pack_noisy
 from algorithms.sft import random_block_mask
-from algorithms.trace import trace_logprobs, trace_pass_index
+from algorithms.trace import loss_length, trace_logprobs, trace_pass_index
 from rollout.models import DiffusionLM
 from rollout.trajectory import Trajectory
 
@@ -131,12 +135,6 @@ def _block_spans(prompt_len: int, completion_len: int, block_size: int | None) -
     return spans
 
 
-def loss_length(completion_ids: Sequence[int], eos_id: int | None) -> int:
-    """Completion tokens that carry loss: up to and including the first EOS (all without one)."""
-    ids = list(completion_ids)
-    return ids.index(eos_id) + 1 if eos_id is not None and eos_id in ids else len(ids)
-
-
 def loss_mask(trajs: Sequence[Trajectory], eos_id: int | None, device=None) -> torch.Tensor:
     """[N, C] bool: the completion tokens that carry loss, up to and including the first EOS.
 
@@ -174,11 +172,14 @@ def _score(
     noisy: Sequence[Sequence[bool]],
     temperature: float,
     targets: torch.Tensor,
+    rows: torch.Tensor,
     prompt_noisy: Sequence[Sequence[bool]] | None = None,
     with_entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One forward pass: log-prob [N, C] of every completion token with `noisy` tokens masked.
+    """One forward pass: log-prob [N, C] of the completion tokens in `rows`, with `noisy` tokens masked.
 
+    rows: [N, C] bool, the tokens this pass scores (those carrying loss). Only they reach the LM
+    head, in vocabulary chunks (`DiffusionLM.forward_logprobs`); logp and entropy are 0 elsewhere.
     prompt_noisy: per prompt token, True to mask it too (d1's prompt masking). It is applied
     to every copy of that prompt position in the packed row (the noisy block holding the prompt's
     tail repeats those tokens), so all copies of the context agree.
@@ -200,11 +201,15 @@ def _score(
         is_prompt = real & (packed.position_ids < plens[:, None])
         masked = is_prompt & hit.gather(1, packed.position_ids.clamp(max=plen))
         input_ids = input_ids.masked_fill(masked, lm.mask_id)
-    logits = lm.forward_logits(input_ids, packed.position_ids, packed.allowed, packed.select)
-    lp = lm.sampling_logprobs(logits, temperature)  # [N, C, V]
-    tok_lp = lp.gather(-1, targets[..., None]).squeeze(-1)  # [N, C]: pack_noisy's width is the longest completion
-    entropy = torch.special.entr(lp.detach().exp()).sum(-1) if with_entropy else None
-    return tok_lp, entropy
+    rows = rows & packed.completion_mask  # pack_noisy's width is the longest completion, as targets'
+    lp, ent = lm.forward_logprobs(input_ids, packed.position_ids, packed.allowed, packed.select, rows, targets, temperature, with_entropy)
+    return _scatter(lp, rows), (_scatter(ent, rows) if with_entropy else None)
+
+
+def _scatter(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """[n] values of the True slots of `rows` [N, C] (row-major) back to [N, C], 0 elsewhere."""
+    out = torch.zeros(rows.shape, dtype=values.dtype, device=values.device)
+    return out.index_put(rows.nonzero(as_tuple=True), values)
 
 
 def _out(logp, mask, entropy, with_entropy: bool) -> Estimate:
@@ -220,14 +225,11 @@ def trace_estimate(
 
     For shrinkage s, a block's distinct steps are grouped s at a time; pass k masks every token
     decoded at or after its block's k-th group and scores the tokens of that group (all blocks
-    in one packed pass). Deterministic: `generator` is unused. logp is the replayed log-prob of
-    every real token (filler after the first EOS included: it is the rollout's own, which the
-    learner compares against); mask = the real tokens up to and including the first EOS.
+    in one packed pass). Deterministic: `generator` is unused. mask = the real tokens up to and
+    including the first EOS, the only ones scored (each pass's LM head sees just its group's
+    loss tokens); logp is their replayed log-prob, 0 elsewhere.
     """
-    logp, real, entropy = trace_logprobs(lm, trajs, shrink=shrink, with_entropy=with_entropy)
-    mask = real & loss_mask(trajs, lm.eos_id, real.device)
-    if entropy is not None:
-        entropy = entropy * mask
+    logp, mask, entropy = trace_logprobs(lm, trajs, shrink=shrink, with_entropy=with_entropy)
     return _out(logp, mask, entropy, with_entropy)
 
 
@@ -252,8 +254,7 @@ def one_step_estimate(
     prompt_noisy = [(torch.rand(len(t.prompt_ids), generator=g) < p_mask_prompt).tolist() for t, g in zip(trajs, gens)]
     targets, mask = _completion_tensors(trajs, lm)
     noisy = [[True] * len(t.completion_ids) for t in trajs]
-    tok_lp, entropy = _score(lm, trajs, noisy, temperature, targets, prompt_noisy, with_entropy)
-    logp = torch.where(mask, tok_lp, torch.zeros_like(tok_lp))
+    logp, entropy = _score(lm, trajs, noisy, temperature, targets, mask, prompt_noisy, with_entropy)
     if entropy is not None:
         entropy = entropy * mask
     return _out(logp, mask, entropy, with_entropy)
@@ -292,9 +293,10 @@ def coupled_estimate(
     second = [[not m for m in row] for row in first]
     targets, mask = _completion_tensors(trajs, lm)
     width = mask.shape[1]
-    lp1, ent1 = _score(lm, trajs, first, temperature, targets, with_entropy=with_entropy)
-    lp2, ent2 = _score(lm, trajs, second, temperature, targets, with_entropy=with_entropy)
     in_first = _pad(first, width, torch.bool, lm.device)
+    # Each pass scores only the tokens it masks (and that carry loss): every token once in all.
+    lp1, ent1 = _score(lm, trajs, first, temperature, targets, mask & in_first, with_entropy=with_entropy)
+    lp2, ent2 = _score(lm, trajs, second, temperature, targets, mask & ~in_first, with_entropy=with_entropy)
     w1 = w2 = None
     if weighted:
         t_col = torch.tensor(ts, dtype=lp1.dtype, device=lm.device)[:, None]
@@ -304,7 +306,7 @@ def coupled_estimate(
     logp = torch.where(in_first, s1, s2)
     entropy = torch.where(in_first, ent1, ent2) if with_entropy else None
     if full_mask_pass:
-        lp0, _ = _score(lm, trajs, [[True] * len(t.completion_ids) for t in trajs], temperature, targets)
+        lp0, _ = _score(lm, trajs, [[True] * len(t.completion_ids) for t in trajs], temperature, targets, mask)
         logp = 0.5 * (lp0 + logp)
     logp = torch.where(mask, logp, torch.zeros_like(logp))
     if entropy is not None:
@@ -382,8 +384,9 @@ def mc_elbo_estimate(
     ent_sum = torch.zeros((len(trajs), width), dtype=torch.float64, device=lm.device) if with_entropy else None
     ent_cnt = torch.zeros((len(trajs), width), dtype=torch.float64, device=lm.device) if with_entropy else None
     for k in range(n):
-        tok_lp, ent = _score(lm, trajs, passes_noisy[k], temperature, targets, with_entropy=with_entropy)
-        w = _pad(passes_weight[k], width, tok_lp.dtype, lm.device)
+        w = _pad(passes_weight[k], width, torch.float64, lm.device)
+        tok_lp, ent = _score(lm, trajs, passes_noisy[k], temperature, targets, mask & (w > 0), with_entropy=with_entropy)
+        w = w.to(tok_lp.dtype)
         term = torch.where(w > 0, w * tok_lp, torch.zeros_like(tok_lp))
         logp = term if logp is None else logp + term
         if with_entropy:
@@ -415,9 +418,8 @@ def block_random_estimate(
     noisy = [random_block_mask(len(t.prompt_ids), len(t.completion_ids), lm.block_size, g) for t, g in zip(trajs, gens)]
     targets, until_eos = _completion_tensors(trajs, lm)
     width = until_eos.shape[1]
-    tok_lp, entropy = _score(lm, trajs, noisy, temperature, targets, with_entropy=with_entropy)
     mask = until_eos & _pad(noisy, width, torch.bool, lm.device)
-    logp = torch.where(mask, tok_lp, torch.zeros_like(tok_lp))
+    logp, entropy = _score(lm, trajs, noisy, temperature, targets, mask, with_entropy=with_entropy)
     if entropy is not None:
         entropy = entropy * mask
     return _out(logp, mask, entropy, with_entropy)
@@ -440,7 +442,7 @@ def get_estimator(name: str) -> Callable[..., Estimate]:
 
 
 def count_forward_passes(name: str, trajs: Sequence[Trajectory], **opts) -> int:
-    """Forward passes (calls of `lm.forward_logits`, each over the whole batch) one estimate takes.
+    """Forward passes (calls of `lm.forward_logprobs`, each over the whole batch) one estimate takes.
 
     trace: max over samples of ceil(distinct steps per block / shrink) (block models) or
     ceil(total steps / shrink) (full attention); one_step, block_random: 1; coupled: 2

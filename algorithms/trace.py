@@ -68,10 +68,14 @@ def trace_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs of sampled completions on the trajectory the sampler took.
 
+    Only tokens that carry loss are scored (`trace_passes`): the completion up to and including
+    its first EOS. Each pass sends just the tokens of its step group through the LM head, so
+    an update computes as many head rows as it has loss tokens, whatever the number of passes.
+
     Returns:
-        logp: [N, C] log-prob of each completion token (0 at padding), differentiable.
-        mask: [N, C] bool, True for real completion tokens.
-        entropy: [N, C] entropy of the sampling distribution at each token (if asked), detached.
+        logp: [N, C] log-prob of each scored token (0 elsewhere: padding, filler after the first EOS), differentiable.
+        mask: [N, C] bool, True for the scored tokens.
+        entropy: [N, C] entropy of the sampling distribution at each scored token (if asked), detached.
     """
     temps = {t.temperature for t in trajs}
     if len(temps) != 1:
@@ -82,19 +86,27 @@ def trace_logprobs(
     mask = torch.zeros((n, width), dtype=torch.bool, device=device)
     targets = torch.zeros((n, width), dtype=torch.long, device=device)
     for i, t in enumerate(trajs):
-        mask[i, : len(t.completion_ids)] = True
+        mask[i, : loss_length(t.completion_ids, lm.eos_id)] = True
         targets[i, : len(t.completion_ids)] = torch.tensor(t.completion_ids)
     dtype = torch.promote_types(lm.model.dtype, torch.float32)
     logp = torch.zeros((n, width), device=device, dtype=dtype)
     entropy = torch.zeros((n, width), device=device, dtype=dtype) if with_entropy else None
     for rows, packed, (ri, ci) in trace_passes(lm, trajs, shrink):
-        logits = lm.forward_logits(packed.input_ids, packed.position_ids, packed.allowed, packed.select)
-        lp = lm.sampling_logprobs(logits, temperature)  # [r, Cr, V]
-        tok_lp = lp.gather(-1, targets[rows, : lp.shape[1], None]).squeeze(-1)  # [r, Cr]
-        logp = logp.index_put((rows[ri], ci), tok_lp[ri, ci])
+        scored = torch.zeros(packed.select.shape, dtype=torch.bool, device=device)
+        scored[ri, ci] = True  # this pass's step group: (ri, ci) is row-major, as forward_logprobs orders its output
+        lp, ent = lm.forward_logprobs(
+            packed.input_ids, packed.position_ids, packed.allowed, packed.select, scored, targets[rows, : scored.shape[1]], temperature, with_entropy
+        )  # [n_k]
+        logp = logp.index_put((rows[ri], ci), lp.to(dtype))
         if entropy is not None:
-            entropy[rows[ri], ci] = torch.special.entr(lp[ri, ci].detach().exp()).sum(-1)
+            entropy[rows[ri], ci] = ent.to(dtype)
     return logp, mask, entropy
+
+
+def loss_length(completion_ids: Sequence[int], eos_id: int | None) -> int:
+    """Completion tokens that carry loss: up to and including the first EOS (all without one)."""
+    ids = list(completion_ids)
+    return ids.index(eos_id) + 1 if eos_id is not None and eos_id in ids else len(ids)
 
 
 def trace_passes(lm: DiffusionLM, trajs: Sequence[Trajectory], shrink: int = 1):
@@ -102,15 +114,18 @@ def trace_passes(lm: DiffusionLM, trajs: Sequence[Trajectory], shrink: int = 1):
 
     Yields (rows, packed, (ri, ci)) per pass k: `rows` [r] indexes the samples that have a step
     group k, `packed` is their input with every token of group >= k masked (pack_noisy), and
-    (ri, ci) index, within the pass's [r, Cr] outputs, the tokens decoded in group k, which this
-    pass scores. Log-probs (trace_logprobs) and values (algorithms.value) both read these passes.
+    (ri, ci) index, within the pass's [r, Cr] outputs, the tokens decoded in group k that carry
+    loss (up to and including the first EOS), which this pass scores; in row-major order. The
+    filler after the first EOS stays in the input as context and gets no score. Log-probs
+    (trace_logprobs) and values (algorithms.value) both read these passes.
     """
     device = lm.device
     passes = [trace_pass_index(t.step_map, len(t.prompt_ids), lm.block_size, shrink) for t in trajs]
     width = max(len(t.completion_ids) for t in trajs)
-    pass_of = torch.full((len(trajs), width), -1, dtype=torch.long)
-    for i, p in enumerate(passes):
-        pass_of[i, : len(p)] = torch.tensor(p)
+    pass_of = torch.full((len(trajs), width), -1, dtype=torch.long)  # -1: padding or no loss
+    for i, (t, p) in enumerate(zip(trajs, passes)):
+        keep = loss_length(t.completion_ids, lm.eos_id)
+        pass_of[i, :keep] = torch.tensor(p[:keep])
     pass_of = pass_of.to(device)
     for k in range(max(max(p) for p in passes) + 1):
         rows = [i for i, p in enumerate(passes) if max(p) >= k]

@@ -57,7 +57,8 @@ class ValueModel(nn.Module):
         in the pass that scores it, where it and every later-decoded token of its block are masked.
         The value is read from the hidden state that predicts c (its own position; one position
         earlier for shifted-logit families such as Dream), the same row that gives its log-prob.
-        Differentiable; 0 at padding.
+        Only tokens that carry loss get a value (up to and including the first EOS: the filler
+        after it is no MDP state). Differentiable; 0 elsewhere.
         """
         lm, device = self.lm, self.lm.device
         n, width = len(trajs), max(len(t.completion_ids) for t in trajs)
@@ -65,9 +66,11 @@ class ValueModel(nn.Module):
         values = torch.zeros((n, width), dtype=dtype, device=device)
         for rows, packed, (ri, ci) in trace_passes(lm, trajs, shrink):
             hidden = lm.encode(packed.input_ids, packed.position_ids, packed.allowed)  # [r, Q, H]
-            h = lm.predicting_rows(hidden, packed.select)  # [r, Cr, H], where each token's logit is read
-            v = self.head(h).squeeze(-1).to(dtype)  # [r, Cr]
-            values = values.index_put((rows[ri], ci), v[ri, ci])
+            scored = torch.zeros(packed.select.shape, dtype=torch.bool, device=device)
+            scored[ri, ci] = True
+            h = lm.predicting_rows(hidden, packed.select, scored)  # [n, H], where each token's logit is read
+            v = self.head(h).squeeze(-1).to(dtype)  # [n], row-major as (ri, ci)
+            values = values.index_put((rows[ri], ci), v)
         return values
 
 

@@ -23,6 +23,13 @@ shared machine falls on all methods alike) and the median per method is reported
     python benchmarks/learner.py [--prompts 32] [--samples 8] [--long-tokens 64] [--repeats 5] [--json out.json]
 
 tokens/s = completion tokens of the batch (EOS included, padding excluded) / seconds per update.
+
+At a real model's shape (random weights, synthetic batch: benchmarks/shape.py), peak memory and
+time of one update for trace s = 1 and 2, one_step, coupled and the value model, each vs the
+AR-style update on the same model and tokens; --json then also writes trace_peak_vs_ar and
+trace_time_vs_ar (trace s = 1):
+
+    python benchmarks/learner.py --vocab 151936 --hidden 1024 --layers 4 --gen 256 --batch 2 --repeats 2 --json out.json
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import torch  # noqa: E402
 from algorithms.advantages import group_advantages  # noqa: E402
 from algorithms.estimators import count_forward_passes  # noqa: E402
 from algorithms.losses import policy_loss  # noqa: E402
+from benchmarks.shape import add_shape_args, run_shape  # noqa: E402
 from rewards import get_reward  # noqa: E402
 from rl.config import load_config  # noqa: E402
 from rl.learner import Learner, estimator_options  # noqa: E402
@@ -179,7 +187,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", type=Path)
+    add_shape_args(ap)
     args = ap.parse_args(argv)
+    if args.vocab:
+        out = run_shape(args)
+        _write_json(args.json, out)
+        return out
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
 
@@ -194,11 +207,15 @@ def main(argv: list[str] | None = None) -> dict:
     for name, (max_new, stop) in settings.items():
         trajs, adv, reward = rollout_batch(lm, task, args.prompts, args.samples, max_new, stop, args.seed)
         out[name] = bench_setting(name, trajs, adv, args) | {"reward_mean": reward, "max_new_tokens": max_new, "stop_at_eos": stop}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2))
-        print(f"json: {args.json}")
+    _write_json(args.json, out)
     return out
+
+
+def _write_json(path: Path | None, out: dict) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=2))
+        print(f"json: {path}")
 
 
 if __name__ == "__main__":

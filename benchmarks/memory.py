@@ -10,12 +10,20 @@ the bytes of every tensor saved for backward (distinct storages once), and the c
 each backward, so the figure is the largest forward's activations. One TraceRL update of the
 real `Learner` on a real rollout batch of the committed base checkpoint (long generations, so
 activations dominate), baseline first, in one process; wall seconds per update are printed too.
+
+Given a model shape (--vocab --hidden --layers --gen; benchmarks/shape.py) it instead measures
+one update per method (trace s = 1 and 2, one_step, coupled, value) on a random model of that
+shape: peak memory, time and saved-for-backward bytes, each vs the AR-style update:
+
+    python benchmarks/memory.py --vocab 151936 --hidden 1024 --layers 4 --gen 256 --batch 2 --json out.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks.learner import BASE, rollout_batch  # noqa: E402
+from benchmarks.shape import add_shape_args, run_shape  # noqa: E402
 from rl.config import load_config  # noqa: E402
 from rl.learner import Learner  # noqa: E402
 from rl.tasks import ArithmeticTask  # noqa: E402
@@ -60,27 +69,34 @@ class SavedBytes:
         self._seen.clear()
 
 
-def measure(overrides: list[str], trajs, adv) -> tuple[int, float]:
-    cfg = load_config(ROOT / "configs" / "quickstart.yaml", ["wandb.mode=disabled", "algorithm.minibatches=1", "algorithm.beta=0", *overrides])
-    learner = Learner(cfg)
-    meter = SavedBytes()
+@contextlib.contextmanager
+def counting_backward(meter: SavedBytes):
+    """Restart `meter`'s count at every backward: a forward's saved activations are freed by it."""
     backward = torch.Tensor.backward
 
     def counted_backward(self, *a, **k):
         out = backward(self, *a, **k)
-        meter.reset()  # this forward's activations are freed
+        meter.reset()
         return out
 
     torch.Tensor.backward = counted_backward
     try:
+        yield meter
+    finally:
+        torch.Tensor.backward = backward
+
+
+def measure(overrides: list[str], trajs, adv) -> tuple[int, float]:
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml", ["wandb.mode=disabled", "algorithm.minibatches=1", "algorithm.beta=0", *overrides])
+    learner = Learner(cfg)
+    meter = SavedBytes()
+    with counting_backward(meter):
         learner.update(trajs, adv)  # warm-up
         meter.peak = 0
         t0 = time.perf_counter()
         with torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda t: t):
             learner.update(trajs, adv)
         return meter.peak, time.perf_counter() - t0
-    finally:
-        torch.Tensor.backward = backward
 
 
 def main():
@@ -89,7 +105,16 @@ def main():
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--long-tokens", type=int, default=64)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--repeats", type=int, default=1, help="shape mode: timed updates per method (after one warm-up)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    add_shape_args(ap)
     args = ap.parse_args()
+    if args.vocab:
+        out = run_shape(args, saved_bytes=True)
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=2))
+        return
     lm = load_model(BASE)
     trajs, adv, _ = rollout_batch(lm, ArithmeticTask(digits=3), args.prompts, args.samples, args.long_tokens, stop_at_eos=False, seed=0)
     adv = adv.tolist()

@@ -36,6 +36,7 @@ from transformers import (
 )
 
 from rollout.attention import additive_mask, block_attention_allowed, full_attention_allowed
+from rollout.logprobs import head_logprobs
 
 
 # transformers renamed `past_key_values` to `cache` in 5.x; pass whichever this version takes.
@@ -114,6 +115,7 @@ class DiffusionLM:
         allowed: torch.Tensor,
         select: torch.Tensor,
         cache=None,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits predicting the tokens at the `select`ed positions.
 
@@ -124,19 +126,57 @@ class DiffusionLM:
                 additive [B, 1, Q, K] form (`additive_mask`), built once for many forwards.
             select: [B, S] long indices into Q whose tokens we want predicted.
             cache: a transformers `DynamicCache` to read and append to (None: no cache).
+            rows: [B, S] bool, the selected slots to compute (None: all of them).
         Returns:
-            [B, S, V] float logits. Only the selected rows go through the LM head.
+            [B, S, V] float logits, or [n, V] for the n True slots of `rows` in row-major order
+            (`rows.nonzero()`). Only those rows go through the LM head.
         """
         hidden = self.encode(input_ids, position_ids, allowed, cache)
-        return self.model.lm_head(self.predicting_rows(hidden, select))
+        return self.model.lm_head(self.predicting_rows(hidden, select, rows))
 
-    def predicting_rows(self, hidden: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
-        """Hidden states [B, S, H] that predict the tokens at `select` [B, S] of `hidden` [B, Q, H].
+    def forward_logprobs(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        allowed: torch.Tensor,
+        select: torch.Tensor,
+        rows: torch.Tensor,
+        targets: torch.Tensor,
+        temperature: float,
+        with_entropy: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Sampling-distribution log-probs of `targets` at the `rows` slots of `select`: one pass.
+
+        The learner's forward. Inputs as `forward_logits`; rows [B, S] bool says which slots carry
+        loss (only those reach the LM head), targets [B, S] long the token each slot is scored on.
+        The log-prob is `sampling_logprobs`'s (logits / temperature, mask id and padded ids
+        excluded), computed by `rollout.logprobs.head_logprobs` in vocabulary chunks, so no
+        [n, V] tensor is kept for backward. A head that is not a plain nn.Linear (a LoRA-wrapped
+        head, say) falls back to full logits of the n rows.
+        Returns:
+            (logp [n], entropy [n] or None) for the n True slots in row-major order; entropy is
+            detached (a metric).
+        """
+        hidden = self.predicting_rows(self.encode(input_ids, position_ids, allowed), select, rows)  # [n, H]
+        tok = targets[rows]  # [n]
+        head = self.model.lm_head
+        if isinstance(head, torch.nn.Linear):
+            return head_logprobs(hidden, head.weight, head.bias, tok, temperature, self.num_tokens, self.mask_id, with_entropy)
+        lp = self.sampling_logprobs(head(hidden), temperature)  # [n, V]
+        entropy = torch.special.entr(lp.detach().exp()).sum(-1) if with_entropy else None
+        return lp.gather(-1, tok[:, None]).squeeze(-1), entropy
+
+    def predicting_rows(self, hidden: torch.Tensor, select: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states [B, S, H] that predict the tokens at `select` [B, S] of `hidden` [B, Q, H];
+        with `rows` [B, S] bool, only the True slots: [n, H] in row-major order.
 
         Aligned families read the token's own position; shifted heads (Dream) read the one before.
         """
         if self.family.shift_logits:
             select = (select - 1).clamp(min=0)
+        if rows is not None:
+            b, s = rows.nonzero(as_tuple=True)
+            return hidden[b, select[b, s]]
         return hidden.gather(1, select[:, :, None].expand(-1, -1, hidden.shape[-1]))
 
     def sampling_logprobs(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:

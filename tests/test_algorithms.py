@@ -5,6 +5,7 @@ import torch
 
 from algorithms import group_advantages, k3_kl, policy_loss, trace_logprobs, trace_pass_index
 from algorithms.sft import pad_completion, random_block_mask, sft_loss
+from algorithms.trace import loss_length
 from rollout import SamplingParams, generate
 
 from .conftest import tiny_lm
@@ -79,13 +80,16 @@ def test_trace_logprobs_match_the_rollout_and_cost_ceil_steps_over_s_passes(toke
     params = SamplingParams(max_new_tokens=8, temperature=0.7, stop_at_eos=False)
     trajs = generate(lm, [tokenizer(text)["input_ids"]] * 3, params, torch.Generator().manual_seed(3))
     calls = []
-    real = lm.forward_logits
-    monkeypatch.setattr(lm, "forward_logits", lambda *a: calls.append(1) or real(*a))
+    real = lm.forward_logprobs
+    monkeypatch.setattr(lm, "forward_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
     logp, mask, _ = trace_logprobs(lm, trajs, shrink=shrink)
     assert len(calls) == math.ceil(4 / shrink)  # one packed pass per step group, all blocks at once
+    for i, t in enumerate(trajs):  # scored: up to and including the first EOS; the filler after it is context only
+        assert mask[i].sum() == loss_length(t.completion_ids, lm.eos_id) and (logp[i][~mask[i]] == 0).all()
     if shrink == 1:  # the replay sees exactly the sampler's context
         for i, t in enumerate(trajs):
-            assert torch.allclose(logp[i, : len(t.logprobs)], torch.tensor(t.logprobs, dtype=logp.dtype), atol=1e-9)
+            m = mask[i, : len(t.logprobs)]
+            assert torch.allclose(logp[i, : len(t.logprobs)][m], torch.tensor(t.logprobs, dtype=logp.dtype)[m], atol=1e-9)
 
 
 def test_block_size_one_trace_equals_sequential_likelihood(tokenizer):

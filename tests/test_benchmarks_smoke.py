@@ -96,3 +96,27 @@ def test_rollout_benchmark_writes_every_figure(tmp_path):
     assert {"static schedule=ascending", "adaptive factor=1.0", "prophet "} <= set(res["accuracy"])
     assert res["tokens_per_forward"]["cached static"] == 1.0
     assert res["demo"]["ar"]["problems"] == 8 and set(res["demo"]["decoders"]) >= {"static", "adaptive:1", "prophet"}
+
+SHAPE = ["--vocab", "600", "--hidden", "32", "--layers", "1", "--gen", "12", "--prompt-len", "6", "--batch", "2", "--threads", "1"]
+
+
+def test_learner_benchmark_at_a_model_shape_reports_ratios_to_ar(tmp_path):
+    out = tmp_path / "shape.json"
+    _run(["benchmarks/learner.py", *SHAPE, "--methods", "trace s=1,one_step,value", "--repeats", "1", "--json", str(out)], tmp_path)
+    res = json.loads(out.read_text())
+    assert res["shape"]["vocab"] == 600 and res["completion_tokens"] == 24
+    assert set(res["methods"]) == {"AR (causal, 1 pass)", "trace s=1", "one_step", "value"}
+    assert res["methods"]["AR (causal, 1 pass)"]["time_vs_ar"] == 1.0 == res["methods"]["AR (causal, 1 pass)"]["peak_vs_ar"]
+    assert res["trace_time_vs_ar"] == res["methods"]["trace s=1"]["time_vs_ar"] > 0
+    assert res["trace_peak_vs_ar"] == res["methods"]["trace s=1"]["peak_vs_ar"]
+    assert all(m["peak_bytes"] >= 0 and m["tokens_per_s"] > 0 for m in res["methods"].values())
+
+
+def test_memory_benchmark_at_a_model_shape_counts_saved_activations(tmp_path):
+    out = tmp_path / "shape_memory.json"
+    _run(["benchmarks/memory.py", *SHAPE, "--methods", "trace s=1,trace s=2", "--json", str(out)], tmp_path)
+    res = json.loads(out.read_text())
+    m = res["methods"]
+    # byte counts are deterministic: trace s=2 replays half the passes of s=1 over the same packed rows
+    assert m["trace s=2"]["saved_bytes"] < m["trace s=1"]["saved_bytes"]
+    assert m["AR (causal, 1 pass)"]["saved_vs_ar"] == 1.0 and m["trace s=1"]["saved_vs_ar"] > 1.0

@@ -38,15 +38,15 @@ def setups(tokenizer):
 
 
 def spy(lm, monkeypatch):
-    """Record (input_ids, select) of every forward pass of `lm`."""
+    """Record (input_ids, select) of every forward pass of `lm` (the learner's forward_logprobs)."""
     calls = []
-    real = lm.forward_logits
+    real = lm.forward_logprobs
 
-    def forward_logits(input_ids, position_ids, allowed, select, cache=None):
+    def forward_logprobs(input_ids, position_ids, allowed, select, rows, *args, **kwargs):
         calls.append((input_ids.clone(), select.clone()))
-        return real(input_ids, position_ids, allowed, select, cache)
+        return real(input_ids, position_ids, allowed, select, rows, *args, **kwargs)
 
-    monkeypatch.setattr(lm, "forward_logits", forward_logits)
+    monkeypatch.setattr(lm, "forward_logprobs", forward_logprobs)
     return calls
 
 

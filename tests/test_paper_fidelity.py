@@ -91,13 +91,13 @@ def test_every_estimator_stops_the_loss_at_the_first_eos(tokenizer, family, name
     step_map = [1, 0, 3, 2, 5, 4]
     t = Trajectory(prompt, completion, step_map, [0.0] * 6, lm.block_size, 0.7, 6, "eos")
     calls = []
-    real = lm.forward_logits
+    real = lm.forward_logprobs
 
-    def forward_logits(ids, pos, allowed, select, cache=None):
+    def forward_logprobs(ids, pos, allowed, select, rows, *args, **kwargs):
         calls.append((ids.clone(), select.clone()))
-        return real(ids, pos, allowed, select, cache)
+        return real(ids, pos, allowed, select, rows, *args, **kwargs)
 
-    monkeypatch.setattr(lm, "forward_logits", forward_logits)
+    monkeypatch.setattr(lm, "forward_logprobs", forward_logprobs)
     logp, mask, entropy = ESTIMATORS[name](lm, [t], None, seed=0, n=2, with_entropy=True)
     assert not mask[0, 3:].any() and (entropy[0, 3:] == 0).all()  # nothing after the first EOS
     if name == "block_random":
