@@ -219,10 +219,12 @@ class _Decoder:
     the step that samples, scores confidence, commits tokens and records the step map.
     """
 
+    refills = False  # True: rows of finished samples take waiting prompts (max_batch); else the caller chunks
+
     def __init__(self, lm: DiffusionLM, prompts: Sequence[Sequence[int]], params: SamplingParams, generator):
         self.lm, self.params, self.generator = lm, params, generator
         self.prompts = [list(p) for p in prompts]
-        if isinstance(self, _BlockDecoder) and params.max_batch is not None:
+        if self.refills and params.max_batch is not None:
             prompts = prompts[: params.max_batch]  # the others wait for a row (continuous batching)
         n = len(prompts)
         self.plen = torch.tensor([len(p) for p in prompts])
@@ -390,6 +392,8 @@ class _Decoder:
 class _BlockDecoder(_Decoder):
     """Block-causal decoding on the absolute block grid, with an exact KV cache."""
 
+    refills = True
+
     def _layout(self):
         bs = self.lm.block_size
         first = (self.plen // bs) * bs  # absolute start of each sample's first generated block
@@ -542,6 +546,10 @@ class _FullDecoder(_Decoder):
     block was still masked); dual_cache also reuses the suffix.
     """
 
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._layouts: dict[tuple, tuple] = {}  # one block's (mask, positions, columns, rows) per query layout
+
     def _layout(self):
         gen = int(self.plen.max())  # generation starts in this column for every sample
         off = gen - self.plen
@@ -596,7 +604,7 @@ class _FullDecoder(_Decoder):
         if key_cols is None:
             key_cols = torch.arange(int(q_cols[-1]) + 1) if cache is not None else q_cols
         layout = (len(rows), int(q_cols[0]), len(q_cols), int(key_cols[0]), len(key_cols), int(select[0]), len(select))
-        memo = self.__dict__.setdefault("_layouts", {})
+        memo = self._layouts
         if layout not in memo:
             memo.clear()  # a new block: the previous block's layouts are not needed again
             kv = self.valid[r][:, key_cols.to(dev)]  # [r, K] attend to every real token
