@@ -202,7 +202,7 @@ def _score(
         masked = is_prompt & hit.gather(1, packed.position_ids.clamp(max=plen))
         input_ids = input_ids.masked_fill(masked, lm.mask_id)
     rows = rows & packed.completion_mask  # pack_noisy's width is the longest completion, as targets'
-    lp, ent = lm.forward_logprobs(input_ids, packed.position_ids, packed.allowed, packed.select, rows, targets, temperature, with_entropy)
+    lp, ent = lm.forward_logprobs(input_ids, packed.position_ids, packed.attention(lm.flex), packed.select, rows, targets, temperature, with_entropy)
     return _scatter(lp, rows), (_scatter(ent, rows) if with_entropy else None)
 
 

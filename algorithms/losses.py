@@ -260,3 +260,7 @@ LOSSES: dict[str, Callable[..., tuple[torch.Tensor, dict[str, float]]]] = {
     "grpo": policy_loss,  # token-level clipped ratio (PPO / GRPO / DAPO)
     "gspo": sequence_policy_loss,  # sequence-level, length-normalised ratio (GSPO)
 }
+# Losses whose term for a token depends on that token's log-prob alone (its weights, the counts
+# of `totals`, are fixed in advance), so the gradient can be taken piece by piece of the tokens
+# (rl.learner's backward per trace pass). GSPO's sequence ratio couples every token of a sample.
+SEPARABLE_LOSSES = frozenset({"grpo"})

@@ -11,11 +11,12 @@ SFT (random masks) and TraceRL (masks replayed from the step map) both build the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import torch
 
-from rollout.attention import block_attention_allowed, full_attention_allowed
+from rollout.attention import block_attention_allowed, flex_attention_mask, full_attention_allowed
 
 
 @dataclass
@@ -24,9 +25,23 @@ class PackedBatch:
 
     input_ids: torch.Tensor  # [N, L]
     position_ids: torch.Tensor  # [N, L]
-    allowed: torch.Tensor  # [N, L, L] bool
     select: torch.Tensor  # [N, C] index in L of the (noisy) completion token c
     completion_mask: torch.Tensor  # [N, C] True for real (non-padding) completion tokens
+    block_ids: torch.Tensor | None  # [N, L] absolute block id of each token (None: full attention)
+    is_noisy: torch.Tensor  # [N, L] True for the noisy copy's tokens
+    valid: torch.Tensor  # [N, L] False for padding
+
+    @cached_property
+    def allowed(self) -> torch.Tensor:
+        """[N, L, L] bool attention pattern (rollout.attention)."""
+        if self.block_ids is None:
+            return full_attention_allowed(self.valid)
+        return block_attention_allowed(self.block_ids, self.is_noisy, self.valid)
+
+    def attention(self, flex: bool = False):
+        """What `DiffusionLM.encode` takes: the dense pattern, or with flex (a model running flex
+        attention, `DiffusionLM.flex`) the same pattern as a BlockMask built without it."""
+        return flex_attention_mask(self.block_ids, self.is_noisy, self.valid) if flex else self.allowed
 
 
 def pack_noisy(
@@ -77,10 +92,7 @@ def pack_noisy(
         valid[i, : len(ids)] = True
         select[i, : len(sel)] = torch.tensor(sel)
         cmask[i, : len(sel)] = True
-    if block_size is None:
-        allowed = full_attention_allowed(valid)
-    else:
-        allowed = block_attention_allowed(position_ids // block_size, is_noisy, valid)
+    block_ids = None if block_size is None else (position_ids // block_size).to(device)
     return PackedBatch(
-        input_ids.to(device), position_ids.to(device), allowed.to(device), select.to(device), cmask.to(device)
+        input_ids.to(device), position_ids.to(device), select.to(device), cmask.to(device), block_ids, is_noisy.to(device), valid.to(device)
     )

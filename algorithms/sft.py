@@ -47,7 +47,7 @@ def sft_loss(
     """
     noisy = [random_block_mask(len(p), len(c), lm.block_size, generator) for p, c in zip(prompts, completions)]
     packed = pack_noisy(prompts, completions, noisy, lm.block_size, lm.mask_id, lm.pad_id, lm.device)
-    logits = lm.forward_logits(packed.input_ids, packed.position_ids, packed.allowed, packed.select)
+    logits = lm.forward_logits(packed.input_ids, packed.position_ids, packed.attention(lm.flex), packed.select)
     lp = lm.sampling_logprobs(logits, 1.0)  # [N, C, V]
     width = packed.select.shape[1]
     targets = torch.zeros((len(prompts), width), dtype=torch.long, device=lm.device)

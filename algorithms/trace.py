@@ -77,30 +77,43 @@ def trace_logprobs(
         mask: [N, C] bool, True for the scored tokens.
         entropy: [N, C] entropy of the sampling distribution at each scored token (if asked), detached.
     """
+    n, width = len(trajs), max(len(t.completion_ids) for t in trajs)
+    mask = torch.zeros((n, width), dtype=torch.bool, device=lm.device)
+    for i, t in enumerate(trajs):
+        mask[i, : loss_length(t.completion_ids, lm.eos_id)] = True
+    dtype = torch.promote_types(lm.model.dtype, torch.float32)
+    logp = torch.zeros((n, width), device=lm.device, dtype=dtype)
+    entropy = torch.zeros((n, width), device=lm.device, dtype=dtype) if with_entropy else None
+    for index, lp, ent in trace_pass_scores(lm, trajs, shrink, with_entropy):
+        logp = logp.index_put(index, lp.to(dtype))
+        if entropy is not None:
+            entropy[index] = ent.to(dtype)
+    return logp, mask, entropy
+
+
+def trace_pass_scores(lm: DiffusionLM, trajs: Sequence[Trajectory], shrink: int = 1, with_entropy: bool = False):
+    """The scores of `trace_logprobs`, one replayed pass at a time.
+
+    Yields ((r, c), logp [n_k], entropy [n_k] or None) per pass: (r, c) index the [N, C]
+    completion grid (sample, token) of the n_k tokens the pass scores, each token in exactly
+    one pass. A learner can take each pass's backward before running the next, so only one
+    pass's activations are alive at a time (rl.learner: `learner.backward_per_pass`).
+    """
     temps = {t.temperature for t in trajs}
     if len(temps) != 1:
         raise ValueError(f"a TraceRL batch must share one sampling temperature, got {sorted(temps)}")
-    temperature = temps.pop()
-    device, n = lm.device, len(trajs)
-    width = max(len(t.completion_ids) for t in trajs)
-    mask = torch.zeros((n, width), dtype=torch.bool, device=device)
-    targets = torch.zeros((n, width), dtype=torch.long, device=device)
+    temperature, device = temps.pop(), lm.device
+    targets = torch.zeros((len(trajs), max(len(t.completion_ids) for t in trajs)), dtype=torch.long)
     for i, t in enumerate(trajs):
-        mask[i, : loss_length(t.completion_ids, lm.eos_id)] = True
         targets[i, : len(t.completion_ids)] = torch.tensor(t.completion_ids)
-    dtype = torch.promote_types(lm.model.dtype, torch.float32)
-    logp = torch.zeros((n, width), device=device, dtype=dtype)
-    entropy = torch.zeros((n, width), device=device, dtype=dtype) if with_entropy else None
+    targets = targets.to(device)
     for rows, packed, (ri, ci) in trace_passes(lm, trajs, shrink):
         scored = torch.zeros(packed.select.shape, dtype=torch.bool, device=device)
         scored[ri, ci] = True  # this pass's step group: (ri, ci) is row-major, as forward_logprobs orders its output
         lp, ent = lm.forward_logprobs(
-            packed.input_ids, packed.position_ids, packed.allowed, packed.select, scored, targets[rows, : scored.shape[1]], temperature, with_entropy
+            packed.input_ids, packed.position_ids, packed.attention(lm.flex), packed.select, scored, targets[rows, : scored.shape[1]], temperature, with_entropy
         )  # [n_k]
-        logp = logp.index_put((rows[ri], ci), lp.to(dtype))
-        if entropy is not None:
-            entropy[rows[ri], ci] = ent.to(dtype)
-    return logp, mask, entropy
+        yield (rows[ri], ci), lp, ent
 
 
 def loss_length(completion_ids: Sequence[int], eos_id: int | None) -> int:

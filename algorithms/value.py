@@ -60,18 +60,25 @@ class ValueModel(nn.Module):
         Only tokens that carry loss get a value (up to and including the first EOS: the filler
         after it is no MDP state). Differentiable; 0 elsewhere.
         """
-        lm, device = self.lm, self.lm.device
+        lm = self.lm
         n, width = len(trajs), max(len(t.completion_ids) for t in trajs)
         dtype = torch.promote_types(lm.model.dtype, torch.float32)
-        values = torch.zeros((n, width), dtype=dtype, device=device)
+        values = torch.zeros((n, width), dtype=dtype, device=lm.device)
+        for index, v in self.pass_values(trajs, shrink):
+            values = values.index_put(index, v.to(dtype))
+        return values
+
+    def pass_values(self, trajs: Sequence[Trajectory], shrink: int = 1):
+        """The values of `values`, one replayed pass at a time: yields ((r, c), values [n_k]),
+        (r, c) indexing the [N, C] completion grid, each token in exactly one pass (so a learner
+        can take each pass's backward before the next, as for `trace_pass_scores`)."""
+        lm, device = self.lm, self.lm.device
         for rows, packed, (ri, ci) in trace_passes(lm, trajs, shrink):
-            hidden = lm.encode(packed.input_ids, packed.position_ids, packed.allowed)  # [r, Q, H]
+            hidden = lm.encode(packed.input_ids, packed.position_ids, packed.attention(lm.flex))  # [r, Q, H]
             scored = torch.zeros(packed.select.shape, dtype=torch.bool, device=device)
             scored[ri, ci] = True
             h = lm.predicting_rows(hidden, packed.select, scored)  # [n, H], where each token's logit is read
-            v = self.head(h).squeeze(-1).to(dtype)  # [n], row-major as (ri, ci)
-            values = values.index_put((rows[ri], ci), v)
-        return values
+            yield (rows[ri], ci), self.head(h).squeeze(-1)  # [n], row-major as (ri, ci)
 
 
 def fold_token_rewards(token_rewards: torch.Tensor, step_map: torch.Tensor) -> torch.Tensor:

@@ -293,6 +293,15 @@ class LearnerConfig(_Section):
     micro_batches: int = Field(1, ge=1, description="Gradient accumulation: each rank's share of a minibatch runs in this many forward/backward pieces per optimizer step.")
     bf16: bool = Field(False, description="Learner forward passes under bf16 autocast (weights and optimizer state stay fp32).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations during the backward pass: less memory for more compute.")
+    attention: Literal["sdpa", "flex"] = Field(
+        "sdpa", description="Attention kernel of the learner's forwards. sdpa: the packed pattern as a dense additive mask. "
+        "flex: torch flex attention with a BlockMask of the pattern, built without a dense mask, whose empty tiles the kernel "
+        "skips (GPU only: torch has no flex attention backward on CPU)."
+    )
+    backward_per_pass: bool = Field(
+        True, description="On one rank, take the backward after each replayed TraceRL pass (estimator trace with loss grpo, "
+        "and the value model), so only one pass's activations are alive at a time (same gradients; off: one backward after all passes)."
+    )
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend; auto: nccl on GPU, gloo on CPU.")
 
 

@@ -41,8 +41,8 @@ from torch import nn
 
 from algorithms.advantages import group_advantages
 from algorithms.estimators import get_estimator, occurrence_index
-from algorithms.losses import LOSSES, LossTotals
-from algorithms.trace import trace_pass_index, trace_step_index
+from algorithms.losses import LOSSES, SEPARABLE_LOSSES, LossTotals
+from algorithms.trace import trace_pass_index, trace_pass_scores, trace_step_index
 from algorithms.value import (
     GAE_FORMS,
     ValueModel,
@@ -174,6 +174,10 @@ class Learner:
         self.device = _learner_device(cfg)
         self.lm = load_model(m.path, family=m.family, block_size=m.block_size, trust_remote_code=m.trust_remote_code)
         self.lm.model.to(self.device)
+        if lc.attention == "flex":
+            if self.device.type == "cpu":
+                raise ValueError("learner.attention: flex needs a GPU learner (torch has no flex attention backward on CPU); use sdpa")
+            self.lm.model.set_attn_implementation("flex_attention")  # before the copies below, which inherit it
         if lc.gradient_checkpointing:
             _enable_gradient_checkpointing(self.lm.model)  # before the copies below, which inherit it
         self.ref = self.peft = None
@@ -193,6 +197,10 @@ class Learner:
         self.estimate = get_estimator(algo.estimator)
         self.estimator_opts = estimator_options(algo)
         self.loss_fn = LOSSES[algo.loss]
+        # One rank only: DDP and FSDP2 need the whole estimate inside one forward of the module they wrap.
+        self.backward_per_pass = (
+            lc.backward_per_pass and algo.estimator == "trace" and algo.loss in SEPARABLE_LOSSES and world_size == 1
+        )
         # What update() calls: replaced by their DDP / FSDP2 forms in setup_distributed.
         self._policy: nn.Module = EstimatorModule(self.lm, self.estimate)
         self._ref: nn.Module | None = EstimatorModule(self.ref, self.estimate) if self.ref is not None else None
@@ -470,22 +478,41 @@ class Learner:
         for p, s in enumerate(pieces):
             batch = [trajs[i] for i in s.piece.idx]
             w = s.piece.weight
-            with self._no_sync(sync=p == len(pieces) - 1):
-                with self._autocast():
-                    logp, _, entropy = self._policy(batch, seed=seed, occurrences=s.piece.occurrences, with_entropy=True, **opts)
-                loss, m = self.loss_fn(
+            def loss_of(logp: torch.Tensor, s: _Scored = s):
+                return self.loss_fn(
                     logp, s.old, s.adv, s.keep, algo.eps_low, algo.eps_high,
                     ref_logp=s.ref, beta=algo.beta, norm=algo.loss_norm, norm_constant=algo.norm_constant, totals=totals,
                     pass_index=s.passes,
                 )
-                (loss * (w * scale)).backward()
+
+            with self._no_sync(sync=p == len(pieces) - 1):
+                if self.backward_per_pass:
+                    scores = trace_pass_scores(self.lm, batch, algo.shrink, with_entropy=True)
+                    logp, entropy = self._backward_per_pass(scores, s.old, loss_of, w * scale)
+                    with torch.no_grad():
+                        loss, m = loss_of(logp)
+                else:
+                    with self._autocast():
+                        logp, _, entropy = self._policy(batch, seed=seed, occurrences=s.piece.occurrences, with_entropy=True, **opts)
+                    loss, m = loss_of(logp)
+                    (loss * (w * scale)).backward()
                 m["loss/total"] = loss.item()
                 m["entropy"] = float((entropy * s.keep).sum()) / max(totals.tokens, 1.0)
                 if self.value is not None:
-                    with self._autocast():
-                        values = self._value(batch, algo.shrink).float()
-                    vloss, vm = value_loss(values, s.old_values, s.returns, s.keep, algo.value.clip, totals=totals)
-                    (vloss * (w * scale)).backward()
+
+                    def vloss_of(values: torch.Tensor, s: _Scored = s):
+                        return value_loss(values, s.old_values, s.returns, s.keep, algo.value.clip, totals=totals)
+
+                    if self.world_size == 1 and self.cfg.learner.backward_per_pass:  # the value loss is per token
+                        passes = ((index, v, None) for index, v in self.value.pass_values(batch, algo.shrink))
+                        values, _ = self._backward_per_pass(passes, s.returns.float(), vloss_of, w * scale)
+                        with torch.no_grad():
+                            vloss, vm = vloss_of(values)
+                    else:
+                        with self._autocast():
+                            values = self._value(batch, algo.shrink).float()
+                        vloss, vm = vloss_of(values)
+                        (vloss * (w * scale)).backward()
                     m.update(vm)
                     ev_moments += w * explained_variance_moments(values, s.returns, s.keep)
             for k, v in m.items():
@@ -503,6 +530,28 @@ class Learner:
             self.value_optimizer.step()
             out["explained_variance"] = explained_variance(packed[len(keys) :])
         return out
+
+    def _backward_per_pass(self, scores, like: torch.Tensor, loss_of, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backward after each TraceRL pass, not once after all of them (`learner.backward_per_pass`).
+
+        scores: ((r, c), values [n_k], entropy [n_k] or None) per pass, each token in exactly one
+        pass (`trace_pass_scores`, `ValueModel.pass_values`); loss_of: the piece's loss of an
+        [n, C] tensor shaped like `like`. Each pass's activations are freed before the next pass
+        runs, so the peak holds one pass, not ceil(steps per block / shrink) of them. Exact: with
+        a token-separable loss (`SEPARABLE_LOSSES`, the value loss) a token's term depends only
+        on its own value, so the gradient of the loss taken with this pass's values live (the
+        others' as constants) is this pass's share of the whole gradient. Returns the detached
+        values and entropies [n, C] of every pass.
+        """
+        out, entropy = torch.zeros_like(like), torch.zeros_like(like)
+        with self._autocast():
+            for index, v, ent in scores:
+                loss, _ = loss_of(out.index_put(index, v.to(out.dtype)))
+                (loss * weight).backward()
+                out[index] = v.detach().to(out.dtype)
+                if ent is not None:
+                    entropy[index] = ent.to(entropy.dtype)
+        return out, entropy
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _optimizer_state(self, optimizer: torch.optim.Optimizer, module: nn.Module) -> dict | None:

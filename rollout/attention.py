@@ -37,15 +37,42 @@ def block_attention_allowed(
         there would reach real tokens through 0 * NaN in the attention product).
     """
     qs = slice(query_start, None)
-    qb, kb = block_ids[:, qs, None], block_ids[:, None, :]
-    qn, kn = is_noisy[:, qs, None], is_noisy[:, None, :]
+    length = block_ids.shape[1]
+    same = (torch.arange(query_start, length, device=block_ids.device)[:, None] == torch.arange(length, device=block_ids.device))[None]
+    return _block_rule(
+        block_ids[:, qs, None], is_noisy[:, qs, None], valid[:, qs, None], block_ids[:, None, :], is_noisy[:, None, :], valid[:, None, :], same
+    )
+
+
+def _block_rule(qb, qn, qv, kb, kn, kv, same):
+    """`block_attention_allowed`'s rules on broadcastable tensors (block id, noisy, valid of the
+    query and of the key; `same`: the key is the query itself). The dense pattern and flex
+    attention's mask_mod (`flex_attention_mask`) both evaluate this one function."""
     clean_clean = ~qn & ~kn & (kb <= qb)
     noisy_clean = qn & ~kn & (kb < qb)
     noisy_noisy = qn & kn & (kb == qb)
-    allowed = (clean_clean | noisy_clean | noisy_noisy) & valid[:, qs, None] & valid[:, None, :]
-    length = block_ids.shape[1]
-    eye = (torch.arange(query_start, length, device=block_ids.device)[:, None] == torch.arange(length, device=block_ids.device))[None]
-    return allowed | (eye & ~valid[:, qs, None])
+    return ((clean_clean | noisy_clean | noisy_noisy) & qv & kv) | (same & ~qv)
+
+
+def flex_attention_mask(block_ids: torch.Tensor | None, is_noisy: torch.Tensor, valid: torch.Tensor):
+    """The pattern of `block_attention_allowed` (or `full_attention_allowed` when block_ids is
+    None) as flex attention's BlockMask [B, 1, L, L], built from the [B, L] vectors alone.
+
+    No [B, L, L] tensor is materialised, and flex attention skips the tiles the mask empties
+    (a clean query never reads the noisy copy, a noisy block reads one noisy block), which a
+    dense additive mask can not tell the kernel.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    if block_ids is None:
+        def mask_mod(b, h, q, k):
+            return (valid[b, q] & valid[b, k]) | ((q == k) & ~valid[b, q])
+    else:
+        def mask_mod(b, h, q, k):
+            return _block_rule(block_ids[b, q], is_noisy[b, q], valid[b, q], block_ids[b, k], is_noisy[b, k], valid[b, k], q == k)
+
+    n, length = valid.shape
+    return create_block_mask(mask_mod, n, None, length, length, device=valid.device)
 
 
 def full_attention_allowed(valid: torch.Tensor) -> torch.Tensor:

@@ -98,13 +98,21 @@ class DiffusionLM:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def flex(self) -> bool:
+        """True when the backbone runs flex attention: packed inputs then pass a BlockMask."""
+        return getattr(self.model.config, "_attn_implementation", None) == "flex_attention"
+
     def encode(self, input_ids: torch.Tensor, position_ids: torch.Tensor, allowed: torch.Tensor, cache=None) -> torch.Tensor:
         """Final hidden states [B, Q, H] of the backbone under the given attention pattern.
 
-        `allowed` is the bool pattern [B, Q, K] (rollout.attention), or its additive form
-        [B, 1, Q, K] from `additive_mask` when many forwards share one pattern (the sampler's steps).
+        `allowed` is the bool pattern [B, Q, K] (rollout.attention), its additive form
+        [B, 1, Q, K] from `additive_mask` when many forwards share one pattern (the sampler's
+        steps), or for a model running flex attention (`flex`) a BlockMask
+        (`PackedBatch.attention`).
         """
-        mask = allowed if allowed.is_floating_point() else additive_mask(allowed, self.model.dtype)
+        dense_bool = isinstance(allowed, torch.Tensor) and not allowed.is_floating_point()
+        mask = additive_mask(allowed, self.model.dtype) if dense_bool else allowed
         kwargs = {_CACHE_KWARG: cache, "use_cache": True} if cache is not None else {}
         return self.model.model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, **kwargs).last_hidden_state
 

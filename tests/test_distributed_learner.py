@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from algorithms.estimators import occurrence_index, one_step_estimate
+from algorithms.estimators import count_forward_passes, occurrence_index, one_step_estimate
 from rl.config import RunConfig
 from rl.distributed import free_port, minibatch_pieces
 from rl.learner import Learner
@@ -220,6 +220,47 @@ def test_gradient_checkpointing_gives_the_same_gradients(trajs):
     got_grads, _ = run_update(counted(Learner(cfg_for(algo, {"gradient_checkpointing": True}))), trajs, N)
     assert len(calls) > plain  # activations were recomputed, for the policy and the critic
     assert_grads_equal(got_grads, want_grads)
+
+
+@pytest.mark.parametrize("norm,value", [("token", True), ("sequence", False), ("pass", False)])
+def test_backward_per_pass_gives_the_same_update(norm, value, trajs):
+    algo = {"estimator": "trace", "loss_norm": norm, "beta": 0.05, "value": {"enabled": value, "lr": 1e-3}}
+    off = Learner(cfg_for(algo, {"backward_per_pass": False}))
+    on = Learner(cfg_for(algo))
+    assert on.backward_per_pass and not off.backward_per_pass
+    backwards = []
+    backward = torch.Tensor.backward
+    torch.Tensor.backward = lambda self, *a, **k: backwards.append(1) or backward(self, *a, **k)
+    try:
+        want_grads, want_metrics = run_update(off, trajs, N)
+        plain, backwards[:] = len(backwards), []
+        got_grads, got_metrics = run_update(on, trajs, N)
+    finally:
+        torch.Tensor.backward = backward
+    assert len(backwards) > plain  # one backward per replayed pass, not one per piece
+    assert_grads_equal(got_grads, want_grads)
+    assert_metrics_equal(got_metrics, want_metrics)
+
+
+def test_backward_per_pass_keeps_one_pass_of_activations(trajs):
+    from benchmarks.memory import SavedBytes, counting_backward
+
+    peaks = {}
+    for per_pass in (False, True):
+        learner = Learner(cfg_for({"estimator": "trace", "beta": 0.0, "minibatches": 1}, {"backward_per_pass": per_pass}))
+        meter = SavedBytes()
+        with counting_backward(meter), torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda t: t):
+            run_update(learner, trajs, N)
+        peaks[per_pass] = meter.peak
+    passes = count_forward_passes("trace", trajs[:N])
+    assert passes >= 3
+    # what autograd holds between backwards: one pass's activations instead of all of them
+    assert peaks[True] < 1.5 * peaks[False] / passes
+
+
+def test_backward_per_pass_is_off_where_it_would_be_wrong():
+    assert not Learner(cfg_for({"estimator": "trace", "loss": "gspo"})).backward_per_pass  # sequence ratio couples tokens
+    assert not Learner(cfg_for({"estimator": "one_step"})).backward_per_pass  # one pass: nothing to split
 
 
 def test_bf16_autocast_smoke(trajs):
