@@ -90,8 +90,10 @@ def rollout_batch(lm, task, prompts: int, samples: int, max_new_tokens: int, sto
 class ARUpdate:
     """One AR-style policy-gradient update on the same backbone: causal mask, single pass."""
 
-    def __init__(self, path: Path, lr: float, grad_clip: float):
+    def __init__(self, path: Path, lr: float, grad_clip: float, device: torch.device = torch.device("cpu"), bf16: bool = False):
         self.lm = load_model(path)
+        self.lm.model.to(device)
+        self.device, self.bf16 = device, bf16
         self.opt = torch.optim.AdamW(self.lm.model.parameters(), lr=lr)
         self.grad_clip = grad_clip
 
@@ -112,12 +114,16 @@ class ARUpdate:
             self.mask[i, :c] = True
             self.select[i, :] = (torch.arange(comp) + p - 1).clamp(max=width - 1)  # position p+c-1 predicts token c
         self.temperature = trajs[0].temperature
+        for name in ("input_ids", "attention", "targets", "mask", "select"):
+            setattr(self, name, getattr(self, name).to(self.device))
 
     def logp(self) -> torch.Tensor:
         lm = self.lm
-        hidden = lm.model.model(input_ids=self.input_ids, attention_mask=self.attention).last_hidden_state
-        rows = hidden.gather(1, self.select[:, :, None].expand(-1, -1, hidden.shape[-1]))
-        lp = lm.sampling_logprobs(lm.model.lm_head(rows), self.temperature)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            hidden = lm.model.model(input_ids=self.input_ids, attention_mask=self.attention).last_hidden_state
+            rows = hidden.gather(1, self.select[:, :, None].expand(-1, -1, hidden.shape[-1]))
+            logits = lm.model.lm_head(rows)
+        lp = lm.sampling_logprobs(logits, self.temperature)
         tok = lp.gather(-1, self.targets[..., None]).squeeze(-1)
         return torch.where(self.mask, tok, torch.zeros_like(tok))
 

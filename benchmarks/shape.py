@@ -20,6 +20,12 @@ it (weights, gradients and AdamW state are already there). On CPU it is read fro
 high-water mark (/proc/self/status VmHWM, reset through /proc/self/clear_refs), with glibc's
 mmap threshold fixed at 64 KiB so freed tensors go back to the system at once instead of being
 kept by malloc; on CUDA from torch.cuda.max_memory_allocated.
+
+On a GPU (one short run, prepared for a lent device), the Qwen3-0.6B shape (hidden 1024,
+28 layers, MLP 3072, 16 query / 8 KV heads of 64) in bf16, with the largest batch that fits:
+
+    python benchmarks/learner.py --vocab 151936 --hidden 1024 --layers 28 --gen 1024 --batch 4 \
+        --device cuda --bf16 --fit --repeats 2 --json learner_gpu.json
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # label -> config overrides (on top of beta 0, one minibatch, one epoch)
 SHAPE_METHODS: dict[str, list[str]] = {
     "trace s=1": ["algorithm.estimator=trace", "algorithm.shrink=1"],
+    # the same update with one backward after all passes: what learner.backward_per_pass saves
+    "trace s=1 1 bwd": ["algorithm.estimator=trace", "algorithm.shrink=1", "learner.backward_per_pass=false"],
     "trace s=2": ["algorithm.estimator=trace", "algorithm.shrink=2"],
     "one_step": ["algorithm.estimator=one_step"],
     "coupled": ["algorithm.estimator=coupled"],
@@ -60,6 +68,11 @@ def add_shape_args(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--batch", type=int, default=2, help="samples per update")
     g.add_argument("--block", type=int, default=4, help="block size")
     g.add_argument("--methods", default=",".join(SHAPE_METHODS), help=f"comma-separated subset of: {', '.join(SHAPE_METHODS)}")
+    g.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: the learner and the AR update on the GPU")
+    g.add_argument("--bf16", action="store_true", help="bf16 autocast for every update (learner.bf16), AR included")
+    g.add_argument("--attention", choices=("sdpa", "flex"), default="sdpa", help="learner.attention (flex: GPU only)")
+    g.add_argument("--fit", action="store_true", help="cuda: also find the largest batch (doubling from --batch) one update of "
+                   "trace s=1 and of AR fits in")
 
 
 def shape_tokenizer(vocab: int):
@@ -161,23 +174,31 @@ def run_shape(args, saved_bytes: bool = False) -> dict:
     params = build_shape_checkpoint(ckpt, args)
     trajs = synthetic_batch(args, args.vocab, args.seed)
     tokens = args.batch * args.gen
-    adv = [1.0 if i % 2 == 0 else -1.0 for i in range(args.batch)]
-    rewards = [float(i % 2 == 0) for i in range(args.batch)]
     print(f"learner update at shape vocab {args.vocab}, hidden {args.hidden}, {args.layers} layers ({params / 1e6:.0f}M params): "
           f"{args.batch} samples x {args.gen} tokens, prompt {args.prompt_len}, block {args.block}, {torch.get_num_threads()} threads, "
           f"median of {args.repeats} after 1 warm-up")
 
-    def make(label: str):
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device here")
+    if args.fit and args.device != "cuda":
+        raise SystemExit("--fit needs --device cuda (it grows the batch until the GPU runs out of memory)")
+    device_overrides = [f"learner.bf16={str(args.bf16).lower()}", f"learner.attention={args.attention}"]
+    if args.device == "cuda":
+        device_overrides.append("cluster.gpus_per_bundle=1")  # the learner's device is then the GPU (rl.learner)
+
+    def make(label: str, trajs=trajs):
+        adv = [1.0 if i % 2 == 0 else -1.0 for i in range(len(trajs))]
         if label == AR:
-            ar = ARUpdate(ckpt, lr=1e-4, grad_clip=1.0)
+            ar = ARUpdate(ckpt, lr=1e-4, grad_clip=1.0, device=torch.device(args.device), bf16=args.bf16)
             ar.prepare(trajs)
-            return ar, lambda: ar.update(trajs, torch.tensor(adv)), torch.device("cpu")
+            return ar, lambda: ar.update(trajs, torch.tensor(adv, device=ar.device)), ar.device
         cfg = load_config(
             ROOT / "configs" / "quickstart.yaml",
             [f"model.path={ckpt}", "algorithm.beta=0", "algorithm.minibatches=1", "algorithm.epochs=1",
-             f"train.threads={args.threads}", "wandb.mode=disabled", *SHAPE_METHODS[label]],
+             f"train.threads={args.threads}", "wandb.mode=disabled", *device_overrides, *SHAPE_METHODS[label]],
         )  # fmt: skip
         learner = Learner(cfg)
+        rewards = [float(i % 2 == 0) for i in range(len(trajs))]
         return learner, lambda: learner.update(trajs, adv, rewards=rewards), learner.device
 
     results: dict[str, dict] = {}
@@ -204,6 +225,7 @@ def run_shape(args, saved_bytes: bool = False) -> dict:
         print(f"  {label}: {results[label]['seconds']:.2f} s, peak +{results[label]['peak_bytes'] / 2**20:.0f} MiB", flush=True)
         del owner, update
         gc.collect()
+    fits = {label: largest_batch(make, args, label) for label in (AR, "trace s=1")} if args.fit else None
     tmp.cleanup()
 
     base = results[AR]
@@ -231,4 +253,25 @@ def run_shape(args, saved_bytes: bool = False) -> dict:
     if "trace s=1" in results:
         out["trace_peak_vs_ar"] = results["trace s=1"]["peak_vs_ar"]
         out["trace_time_vs_ar"] = results["trace s=1"]["time_vs_ar"]
+    if fits is not None:
+        out["largest_batch"] = fits
+        print("largest batch one update fits in: " + ", ".join(f"{k} {v}" for k, v in fits.items()))
     return out
+
+
+def largest_batch(make, args, label: str, limit: int = 1024) -> int:
+    """The largest batch (doubling from --batch) whose update of `label` runs without CUDA OOM."""
+    ok, batch = 0, args.batch
+    while batch <= limit:
+        owner = update = None
+        try:
+            owner, update, _ = make(label, synthetic_batch(argparse.Namespace(**{**vars(args), "batch": batch}), args.vocab, args.seed))
+            update()
+            ok, batch = batch, batch * 2
+        except torch.cuda.OutOfMemoryError:
+            break
+        finally:
+            del owner, update
+            gc.collect()
+            torch.cuda.empty_cache()
+    return ok

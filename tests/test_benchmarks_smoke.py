@@ -102,7 +102,8 @@ SHAPE = ["--vocab", "600", "--hidden", "32", "--layers", "1", "--gen", "12", "--
 
 def test_learner_benchmark_at_a_model_shape_reports_ratios_to_ar(tmp_path):
     out = tmp_path / "shape.json"
-    _run(["benchmarks/learner.py", *SHAPE, "--methods", "trace s=1,one_step,value", "--repeats", "1", "--json", str(out)], tmp_path)
+    # --bf16: the autocast path the GPU run takes (learner.bf16 and the AR update alike)
+    _run(["benchmarks/learner.py", *SHAPE, "--methods", "trace s=1,one_step,value", "--repeats", "1", "--bf16", "--json", str(out)], tmp_path)
     res = json.loads(out.read_text())
     assert res["shape"]["vocab"] == 600 and res["completion_tokens"] == 24
     assert set(res["methods"]) == {"AR (causal, 1 pass)", "trace s=1", "one_step", "value"}
@@ -114,9 +115,11 @@ def test_learner_benchmark_at_a_model_shape_reports_ratios_to_ar(tmp_path):
 
 def test_memory_benchmark_at_a_model_shape_counts_saved_activations(tmp_path):
     out = tmp_path / "shape_memory.json"
-    _run(["benchmarks/memory.py", *SHAPE, "--methods", "trace s=1,trace s=2", "--json", str(out)], tmp_path)
+    _run(["benchmarks/memory.py", *SHAPE, "--methods", "trace s=1,trace s=1 1 bwd,trace s=2", "--json", str(out)], tmp_path)
     res = json.loads(out.read_text())
     m = res["methods"]
-    # byte counts are deterministic: trace s=2 replays half the passes of s=1 over the same packed rows
-    assert m["trace s=2"]["saved_bytes"] < m["trace s=1"]["saved_bytes"]
+    # byte counts are deterministic. With a backward per pass autograd holds one packed pass at a
+    # time, whatever the shrink; with one backward it holds all 4 (block 4, one token per step).
+    assert m["trace s=2"]["saved_bytes"] == pytest.approx(m["trace s=1"]["saved_bytes"], rel=0.05)
+    assert m["trace s=1"]["saved_bytes"] < 0.4 * m["trace s=1 1 bwd"]["saved_bytes"]
     assert m["AR (causal, 1 pass)"]["saved_vs_ar"] == 1.0 and m["trace s=1"]["saved_vs_ar"] > 1.0
