@@ -42,6 +42,7 @@ from rollout import load_model  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
     "baseline": [],
+    "one backward (backward_per_pass off)": ["learner.backward_per_pass=false"],
     "micro_batches=2": ["learner.micro_batches=2"],
     "micro_batches=4": ["learner.micro_batches=4"],
     "gradient_checkpointing": ["learner.gradient_checkpointing=true"],

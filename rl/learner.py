@@ -478,6 +478,7 @@ class Learner:
         for p, s in enumerate(pieces):
             batch = [trajs[i] for i in s.piece.idx]
             w = s.piece.weight
+
             def loss_of(logp: torch.Tensor, s: _Scored = s):
                 return self.loss_fn(
                     logp, s.old, s.adv, s.keep, algo.eps_low, algo.eps_high,

@@ -54,9 +54,13 @@ def test_memory_benchmark_micro_batches_and_checkpointing_cut_saved_activations(
     out = tmp_path / "memory.json"
     _run(["benchmarks/memory.py", "--prompts", "2", "--samples", "4", "--long-tokens", "16", "--json", str(out)], tmp_path)
     res = json.loads(out.read_text())
-    # Byte counts, not timings: deterministic. Half the samples per forward -> about half the activations.
+    # Byte counts, not timings: deterministic. Half the samples per forward -> about half the
+    # activations (at this tiny size the weights autograd saves are a floor of ~0.1x).
     assert 0.4 < res["micro_batches=2"]["memory_ratio"] < 0.6
-    assert 0.15 < res["micro_batches=4"]["memory_ratio"] < 0.35
+    assert 0.15 < res["micro_batches=4"]["memory_ratio"] < 0.45
+    assert res["micro_batches=4"]["saved_bytes"] < 0.8 * res["micro_batches=2"]["saved_bytes"]
+    # one backward after the 4 passes (block 4, 4 steps) holds ~4 passes at once, not one
+    assert res["one backward (backward_per_pass off)"]["memory_ratio"] > 2.5
     assert res["gradient_checkpointing"]["memory_ratio"] < 0.3
     assert res["checkpointing + micro_batches=4"]["saved_bytes"] < res["gradient_checkpointing"]["saved_bytes"]
 
