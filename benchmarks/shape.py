@@ -253,10 +253,34 @@ def run_shape(args, saved_bytes: bool = False) -> dict:
     if "trace s=1" in results:
         out["trace_peak_vs_ar"] = results["trace s=1"]["peak_vs_ar"]
         out["trace_time_vs_ar"] = results["trace s=1"]["time_vs_ar"]
+        out["trace_time_floor_vs_ar"] = trace_time_floor(trajs, args, params, shrink=1)
+        print(f"trace s=1 time floor vs AR (linear-layer FLOPs): {out['trace_time_floor_vs_ar']:.2f}x; "
+              f"measured {out['trace_time_vs_ar']:.2f}x")
     if fits is not None:
         out["largest_batch"] = fits
         print("largest batch one update fits in: " + ", ".join(f"{k} {v}" for k, v in fits.items()))
     return out
+
+
+def trace_time_floor(trajs, args, params: int, shrink: int) -> float:
+    """What the passes alone cost TraceRL against the AR update: the ratio of linear-layer FLOPs.
+
+    Both updates run an old (no-grad) and a current (forward + backward) estimate, so the ratio
+    of one estimate's FLOPs is the ratio of the updates'. Per sample, TraceRL sends
+    passes x packed length ([prompt | clean | noisy]) tokens through the backbone, AR
+    prompt + completion; the LM head (vocab x hidden) runs at the completion tokens in both.
+    Attention's quadratic term is left out (small at these lengths), so this is a lower bound.
+    """
+    from algorithms.estimators import count_forward_passes
+
+    head = args.vocab * args.hidden  # tied: the embedding's FLOPs are the head's
+    backbone = params - head
+    passes = count_forward_passes("trace", trajs, shrink=shrink)
+    start = args.prompt_len // args.block * args.block
+    packed = 2 * (args.prompt_len + args.gen) - start  # the noisy copy starts at the first completion block
+    trace = passes * packed * backbone + args.gen * head
+    ar = (args.prompt_len + args.gen) * backbone + args.gen * head
+    return trace / ar
 
 
 def largest_batch(make, args, label: str, limit: int = 1024) -> int:

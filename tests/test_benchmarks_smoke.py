@@ -114,6 +114,10 @@ def test_learner_benchmark_at_a_model_shape_reports_ratios_to_ar(tmp_path):
     assert res["methods"]["AR (causal, 1 pass)"]["time_vs_ar"] == 1.0 == res["methods"]["AR (causal, 1 pass)"]["peak_vs_ar"]
     assert res["trace_time_vs_ar"] == res["methods"]["trace s=1"]["time_vs_ar"] > 0
     assert res["trace_peak_vs_ar"] == res["methods"]["trace s=1"]["peak_vs_ar"]
+    # 4 passes x 32 packed tokens (18 clean + 14 noisy from column 4) vs 18 through the backbone; 12 head rows each
+    head, backbone = 600 * 32, res["shape"]["params"] - 600 * 32
+    want = (4 * 32 * backbone + 12 * head) / (18 * backbone + 12 * head)
+    assert res["trace_time_floor_vs_ar"] == pytest.approx(want)
     assert all(m["peak_bytes"] >= 0 and m["tokens_per_s"] > 0 for m in res["methods"].values())
 
 
