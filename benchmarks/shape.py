@@ -272,12 +272,13 @@ def trace_time_floor(trajs, args, params: int, shrink: int) -> float:
     Attention's quadratic term is left out (small at these lengths), so this is a lower bound.
     """
     from algorithms.estimators import count_forward_passes
+    from algorithms.packing import pack_noisy
 
     head = args.vocab * args.hidden  # tied: the embedding's FLOPs are the head's
     backbone = params - head
     passes = count_forward_passes("trace", trajs, shrink=shrink)
-    start = args.prompt_len // args.block * args.block
-    packed = 2 * (args.prompt_len + args.gen) - start  # the noisy copy starts at the first completion block
+    t = trajs[0]  # every sample has the same lengths; the mask and pad ids (2, 0) do not change the packed length
+    packed = pack_noisy([t.prompt_ids], [t.completion_ids], [[True] * len(t.completion_ids)], args.block, 2, 0).input_ids.shape[1]
     trace = passes * packed * backbone + args.gen * head
     ar = (args.prompt_len + args.gen) * backbone + args.gen * head
     return trace / ar

@@ -198,9 +198,9 @@ class Learner:
         self.estimator_opts = estimator_options(algo)
         self.loss_fn = LOSSES[algo.loss]
         # One rank only: DDP and FSDP2 need the whole estimate inside one forward of the module they wrap.
-        self.backward_per_pass = (
-            lc.backward_per_pass and algo.estimator == "trace" and algo.loss in SEPARABLE_LOSSES and world_size == 1
-        )
+        # The value loss is per token, so the critic's passes split whatever the policy's estimator.
+        self.value_backward_per_pass = lc.backward_per_pass and world_size == 1
+        self.backward_per_pass = self.value_backward_per_pass and algo.estimator == "trace" and algo.loss in SEPARABLE_LOSSES
         # What update() calls: replaced by their DDP / FSDP2 forms in setup_distributed.
         self._policy: nn.Module = EstimatorModule(self.lm, self.estimate)
         self._ref: nn.Module | None = EstimatorModule(self.ref, self.estimate) if self.ref is not None else None
@@ -504,7 +504,7 @@ class Learner:
                     def vloss_of(values: torch.Tensor, s: _Scored = s):
                         return value_loss(values, s.old_values, s.returns, s.keep, algo.value.clip, totals=totals)
 
-                    if self.world_size == 1 and self.cfg.learner.backward_per_pass:  # the value loss is per token
+                    if self.value_backward_per_pass:
                         passes = ((index, v, None) for index, v in self.value.pass_values(batch, algo.shrink))
                         values, _ = self._backward_per_pass(passes, s.returns.float(), vloss_of, w * scale)
                         with torch.no_grad():

@@ -64,12 +64,11 @@ def flex_attention_mask(block_ids: torch.Tensor | None, is_noisy: torch.Tensor, 
     """
     from torch.nn.attention.flex_attention import create_block_mask
 
-    if block_ids is None:
-        def mask_mod(b, h, q, k):
-            return (valid[b, q] & valid[b, k]) | ((q == k) & ~valid[b, q])
-    else:
-        def mask_mod(b, h, q, k):
-            return _block_rule(block_ids[b, q], is_noisy[b, q], valid[b, q], block_ids[b, k], is_noisy[b, k], valid[b, k], q == k)
+    if block_ids is None:  # full attention is the block rule with one clean block
+        block_ids = torch.zeros_like(valid, dtype=torch.long)
+
+    def mask_mod(b, h, q, k):
+        return _block_rule(block_ids[b, q], is_noisy[b, q], valid[b, q], block_ids[b, k], is_noisy[b, k], valid[b, k], q == k)
 
     n, length = valid.shape
     return create_block_mask(mask_mod, n, None, length, length, device=valid.device)
