@@ -252,8 +252,11 @@ class Trainer:
 
     def _learner_died(self, stage: str, e: Exception) -> LearnerDied:
         last = self.store.latest()
+        # A rank whose constructor raised: its own error (the last line of Ray's report) says why.
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        why = f" ({lines[-1]})" if "creation task" in str(e) and lines else ""
         return LearnerDied(
-            f"a learner rank died during {stage} ({self.step} steps done): {type(e).__name__}. "
+            f"a learner rank died during {stage} ({self.step} steps done): {type(e).__name__}{why}. "
             + (f"The last checkpoint is intact: {last}\nresume: unmask train {self.run_dir / 'config.yaml'} "
                f"--output-dir {self.run_dir} --resume" if last else "No checkpoint was written yet.")
         )

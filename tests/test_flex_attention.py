@@ -75,8 +75,13 @@ def test_trace_replay_under_flex_attention_scores_the_same(tokenizer):
 
 
 def test_flex_learner_on_cpu_is_refused_with_a_reason():
+    with pytest.raises(ValueError, match="flex needs a GPU learner"):  # by the config, before any actor starts
+        RunConfig.model_validate(
+            {"data": {"sources": [{"path": "arithmetic"}]}, "model": {"path": str(BASE_CKPT)}, "learner": {"attention": "flex"}, "wandb": {"mode": "disabled"}}
+        )
     cfg = RunConfig.model_validate(
-        {"data": {"sources": [{"path": "arithmetic"}]}, "model": {"path": str(BASE_CKPT)}, "learner": {"attention": "flex"}, "wandb": {"mode": "disabled"}}
+        {"data": {"sources": [{"path": "arithmetic"}]}, "model": {"path": str(BASE_CKPT)}, "cluster": {"gpus_per_bundle": 1},
+         "learner": {"attention": "flex"}, "wandb": {"mode": "disabled"}}
     )
-    with pytest.raises(ValueError, match="flex needs a GPU learner"):
+    with pytest.raises(ValueError, match="flex needs a GPU learner"):  # asked for a GPU, found none
         Learner(cfg)
