@@ -4,16 +4,18 @@ Everything runs in one process on the same tiny model (the quickstart base check
 with a fixed seed and a warm-up, so the ratios are comparable even on a noisy machine.
 
     python benchmarks/rollout.py [--gen-length 256] [--batch 8] [--json out.json] [--plot out.png]
-                                 [--demo-ar DIR] [--demo-problems 100]
+                                 [--demo-problems 100] [--demo-batches 8,64] [--demo-pairs "1600 steps"]
 
 Prints a table (NFE, tokens per forward, tokens/s, peak memory per strategy), the host time
 per forward (wall time outside the backbone's forward, per forward) of cached static decoding
 and of HF generate(), and the accuracy-vs-NFE trade-off of every decoder on the held-out
-arithmetic task. With --demo-ar (an autoregressive model trained on the demo data with the
-demo base model's budget: `unmask sft configs/sft_demo.yaml --set objective=ar --output-dir DIR`),
-it also scores every decoder of the demo base model and the AR model on the demos' held-out
-math and code problems (answers of up to 12 and 32 tokens): accuracy and answer tokens/s
-(tokens up to the first EOS), and `speedup_vs_ar`, the fastest decoder at AR's accuracy or better.
+arithmetic task. It then scores every decoder of the demo's diffusion checkpoints against AR
+models of the same shape, data and training budget (`examples/checkpoints/demo-ar*`, trained with
+`unmask sft configs/sft_demo.yaml --set objective=ar`) on the demos' held-out math and code
+problems (answers of up to 12 and 32 tokens), at each `--demo-batches` size: accuracy, NFE and
+answer tokens/s (tokens up to the first EOS), and `speedup_vs_ar`, the fastest decoder at AR's
+accuracy or better. Two budgets: 560 steps (the RL demos' base, stopped early on purpose) and
+1600 steps (both converged).
 """
 
 from __future__ import annotations
@@ -108,8 +110,9 @@ def main():
     ap.add_argument("--threshold", type=float, default=0.9)
     ap.add_argument("--heldout", type=int, default=500, help="held-out problems for accuracy vs NFE")
     ap.add_argument("--ar-checkpoint", type=Path, help="an AR baseline (unmask sft --set objective=ar) to score on the task")
-    ap.add_argument("--demo-ar", type=Path, default=ROOT / "examples" / "checkpoints" / "demo-ar", help="an AR model trained like the demo base (unmask sft configs/sft_demo.yaml --set objective=ar)")
-    ap.add_argument("--demo-problems", type=int, default=100, help="held-out problems per demo source")
+    ap.add_argument("--demo-problems", type=int, default=100, help="held-out problems per demo source (0: skip the demo comparison)")
+    ap.add_argument("--demo-batches", default="8,64", help="problems decoded at once in the demo comparison, comma-separated")
+    ap.add_argument("--demo-pairs", default=",".join(DEMO_PAIRS), help=f"which (diffusion, AR) budgets to compare, of: {', '.join(DEMO_PAIRS)}")
     ap.add_argument("--refill-prompts", type=int, default=64, help="prompts of the skewed-length batch (demo math + code)")
     ap.add_argument("--refill-rows", type=int, default=8, help="rows decoded at once, with and without refill")
     ap.add_argument("--json", type=Path)
@@ -206,12 +209,20 @@ def main():
         print(f"  {'autoregressive (HF generate)':32s} accuracy {r['accuracy']:.3f}  NFE {r['nfe_mean']:.2f}  {r['tokens_per_s']:.0f} tok/s")
     _plot(curve, args.plot)
     print(f"plot: {args.plot}")
-    demo = demo_vs_ar(args.demo_ar, args.demo_problems) if args.demo_ar and args.demo_ar.exists() and args.demo_problems > 0 else None
+    demo = None
+    if args.demo_problems > 0:
+        names = [n.strip() for n in args.demo_pairs.split(",") if n.strip()]
+        unknown = [n for n in names if n not in DEMO_PAIRS]
+        if unknown:
+            ap.error(f"--demo-pairs: unknown {unknown}; choose from {list(DEMO_PAIRS)}")
+        pairs = {n: tuple(ROOT / "examples" / "checkpoints" / d for d in DEMO_PAIRS[n]) for n in names}
+        demo = demo_vs_ar(pairs, args.demo_problems, [int(b) for b in args.demo_batches.split(",")])
     refill = refill_figure(args.refill_prompts, args.refill_rows)
 
     summary = {
         "speedup_vs_naive": fast / base,
         "speedup_vs_ar": demo["speedup_vs_ar"] if demo else None,
+        "speedup_vs_ar_by_batch": demo["speedup_vs_ar_by_batch"] if demo else None,
         "speedup_vs_ar_arith_threshold": fast / ar,
         "equal_forwards_vs_ar": equal_forwards,
         "host_ms_per_forward": {"cached_static": host_static, "hf_generate": host_ar},
@@ -228,7 +239,7 @@ def main():
         "accuracy_vs_nfe": curve,
     }
     print(f"\nspeedup_vs_naive {summary['speedup_vs_naive']:.1f}x, equal_forwards_vs_ar {equal_forwards:.2f}x, host_cost_vs_ar {host_static / host_ar:.2f}x"
-          + (f", speedup_vs_ar (demo, at AR's accuracy) {demo['speedup_vs_ar']:.2f}x" if demo and demo["speedup_vs_ar"] else ""))
+          + (f", speedup_vs_ar (demo, at AR's accuracy, by batch) {demo['speedup_vs_ar_by_batch']}" if demo else ""))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
 
@@ -272,39 +283,59 @@ DEMO_DECODERS = [
     ("prophet", {"strategy": "prophet"}), ("prophet:2,1,0.5", {"strategy": "prophet", "prophet_gaps": (2.0, 1.0, 0.5)}),
 ]
 
+# (diffusion, AR) checkpoint pairs of one shape, data and budget (examples/README.md says how each
+# was trained): at 560 steps the diffusion base is stopped early on purpose (RL's starting
+# point), at 1600 steps both have converged on the held-out problems.
+DEMO_PAIRS = {"560 steps": ("demo-base", "demo-ar"), "1600 steps": ("demo-base-1600", "demo-ar-1600")}
 
-def demo_vs_ar(ar_path: Path, problems: int) -> dict:
-    """Every decoder of the demo base model vs an AR model of the same shape and training budget,
-    on the demos' held-out math and code: accuracy (pooled over both) and answer tokens/s."""
+
+def demo_vs_ar(pairs: dict[str, tuple[Path, Path]], problems: int, batches: list[int]) -> dict:
+    """Every decoder of each diffusion checkpoint vs the AR model of the same shape and training
+    budget, on the demos' held-out math and code, decoding `batch` problems at a time: accuracy
+    (pooled over both) and answer tokens/s. `speedup_vs_ar` is the fastest decoder at AR's
+    accuracy or better, over the pairs, at the largest batch (the per-worker rollout batch of the
+    demos); `speedup_vs_ar_by_batch` has it at every batch."""
     from rl.cli import _data_benchmarks
     from rl.evaluate import evaluate_benchmark, load_policy
 
     benches = _data_benchmarks(ROOT / "configs" / "sft_demo.yaml", problems, None)
-    base = load_policy(ROOT / "examples" / "checkpoints" / "demo-base")
 
-    def point(policy, params):
-        acc = toks = secs = 0.0
+    def point(policy, params, batch):
+        acc = toks = secs = fwd = 0.0
         n = 0
         for b in benches:
-            m, _ = evaluate_benchmark(policy, b, params, batch_size=64)
+            m, _ = evaluate_benchmark(policy, b, params, batch_size=batch)
             acc += m["pass@1"] * len(b.problems)
+            fwd += m["nfe"] * len(b.problems)
             n += len(b.problems)
             toks += m["answer_tokens_per_s"] * m["decode_seconds"]
             secs += m["decode_seconds"]
-        return {"accuracy": acc / n, "answer_tokens_per_s": toks / secs, "problems": n}
+        return {"accuracy": acc / n, "answer_tokens_per_s": toks / secs, "nfe": fwd / n, "problems": n}
 
-    out = {"decoders": {}, "ar": point(load_policy(ar_path), SamplingParams(temperature=0.0))}
-    print(f"\ndemo (held-out math + code, {out['ar']['problems']} problems, greedy): accuracy, answer tokens/s")
-    print(f"  {'AR (HF generate)':22s} {out['ar']['accuracy']:.3f} {out['ar']['answer_tokens_per_s']:8.0f}")
-    for label, kw in DEMO_DECODERS:
-        r = point(base, SamplingParams(temperature=0.0, **kw))
-        out["decoders"][label] = r
-        print(f"  {label:22s} {r['accuracy']:.3f} {r['answer_tokens_per_s']:8.0f}  {r['answer_tokens_per_s'] / out['ar']['answer_tokens_per_s']:.2f}x AR")
-    ok = {k: r for k, r in out["decoders"].items() if r["accuracy"] >= out["ar"]["accuracy"]}
-    best = max(ok, key=lambda k: ok[k]["answer_tokens_per_s"]) if ok else None
-    out["best_at_ar_accuracy"] = best
-    out["speedup_vs_ar"] = ok[best]["answer_tokens_per_s"] / out["ar"]["answer_tokens_per_s"] if best else None
-    print(f"  fastest decoder at AR's accuracy or better: {best} -> {out['speedup_vs_ar'] and round(out['speedup_vs_ar'], 2)}x AR")
+    out: dict = {"pairs": {}, "batches": batches}
+    for name, (base_path, ar_path) in pairs.items():
+        base, ar = load_policy(base_path), load_policy(ar_path)
+        out["pairs"][name] = pair = {"diffusion": str(base_path), "ar_checkpoint": str(ar_path), "by_batch": {}}
+        for batch in batches:
+            res = {"ar": point(ar, SamplingParams(temperature=0.0), batch), "decoders": {}}
+            a = res["ar"]
+            print(f"\ndemo {name}, {a['problems']} held-out math + code problems, {batch} at a time (greedy): accuracy, NFE, answer tokens/s")
+            print(f"  {'AR (HF generate)':22s} {a['accuracy']:.3f} {a['nfe']:5.1f} {a['answer_tokens_per_s']:8.0f}")
+            for label, kw in DEMO_DECODERS:
+                r = res["decoders"][label] = point(base, SamplingParams(temperature=0.0, **kw), batch)
+                print(f"  {label:22s} {r['accuracy']:.3f} {r['nfe']:5.1f} {r['answer_tokens_per_s']:8.0f}  {r['answer_tokens_per_s'] / a['answer_tokens_per_s']:.2f}x AR")
+            ok = {k: r for k, r in res["decoders"].items() if r["accuracy"] >= a["accuracy"]}
+            best = max(ok, key=lambda k: ok[k]["answer_tokens_per_s"]) if ok else None
+            res["best_at_ar_accuracy"] = best
+            res["speedup_vs_ar"] = ok[best]["answer_tokens_per_s"] / a["answer_tokens_per_s"] if best else None
+            print(f"  fastest decoder at AR's accuracy or better: {best} -> {res['speedup_vs_ar'] and round(res['speedup_vs_ar'], 2)}x AR")
+            pair["by_batch"][batch] = res
+    by_batch = {}
+    for batch in batches:
+        found = [p["by_batch"][batch]["speedup_vs_ar"] for p in out["pairs"].values() if p["by_batch"][batch]["speedup_vs_ar"]]
+        by_batch[batch] = max(found) if found else None
+    out["speedup_vs_ar_by_batch"] = by_batch
+    out["speedup_vs_ar"] = by_batch[max(batches)]
     return out
 
 

@@ -91,7 +91,7 @@ def test_rollout_gpu_script_runs_on_a_tiny_shape(tmp_path):
 def test_rollout_benchmark_writes_every_figure(tmp_path):
     out = tmp_path / "rollout.json"
     _run(["benchmarks/rollout.py", "--gen-length", "8", "--batch", "2", "--heldout", "8", "--refill-prompts", "8", "--refill-rows", "2", "--demo-problems", "4",
-          "--json", str(out), "--plot", str(tmp_path / "acc.png")], tmp_path)
+          "--demo-batches", "3,8", "--json", str(out), "--plot", str(tmp_path / "acc.png")], tmp_path)
     res = json.loads(out.read_text())
     assert res["identical_to_naive"] is True and res["refill"]["identical_tokens"] is True
     for key in ("speedup_vs_naive", "equal_forwards_vs_ar", "host_cost_vs_ar"):
@@ -99,7 +99,13 @@ def test_rollout_benchmark_writes_every_figure(tmp_path):
     assert res["refill"]["prompts"] == 8 and res["refill"]["refill_speedup"] > 0
     assert {"static schedule=ascending", "adaptive factor=1.0", "prophet "} <= set(res["accuracy"])
     assert res["tokens_per_forward"]["cached static"] == 1.0
-    assert res["demo"]["ar"]["problems"] == 8 and set(res["demo"]["decoders"]) >= {"static", "adaptive:1", "prophet"}
+    assert set(res["demo"]["pairs"]) == {"560 steps", "1600 steps"} and res["demo"]["batches"] == [3, 8]
+    for pair in res["demo"]["pairs"].values():
+        for batch in ("3", "8"):
+            point = pair["by_batch"][batch]
+            assert point["ar"]["problems"] == 8 and set(point["decoders"]) >= {"static", "adaptive:1", "prophet"}
+            assert point["decoders"]["static"]["nfe"] > point["decoders"]["static:2"]["nfe"]  # 4 vs 2 steps per block
+    assert set(res["speedup_vs_ar_by_batch"]) == {"3", "8"} and res["speedup_vs_ar"] == res["speedup_vs_ar_by_batch"]["8"]
 
 SHAPE = ["--vocab", "600", "--hidden", "32", "--layers", "1", "--gen", "12", "--prompt-len", "6", "--batch", "2", "--threads", "1"]
 
