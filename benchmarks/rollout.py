@@ -115,6 +115,7 @@ def main():
     ap.add_argument("--demo-pairs", default=",".join(DEMO_PAIRS), help=f"which (diffusion, AR) budgets to compare, of: {', '.join(DEMO_PAIRS)}")
     ap.add_argument("--refill-prompts", type=int, default=64, help="prompts of the skewed-length batch (demo math + code)")
     ap.add_argument("--refill-rows", type=int, default=8, help="rows decoded at once, with and without refill")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="measure rollout.compile (eager vs torch.compile; ~1-2 min compiling)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--plot", type=Path, default=Path("benchmarks/rollout_accuracy_vs_nfe.png"))
     args = ap.parse_args()
@@ -218,6 +219,7 @@ def main():
         pairs = {n: tuple(ROOT / "examples" / "checkpoints" / d for d in DEMO_PAIRS[n]) for n in names}
         demo = demo_vs_ar(pairs, args.demo_problems, [int(b) for b in args.demo_batches.split(",")])
     refill = refill_figure(args.refill_prompts, args.refill_rows)
+    compiled = compile_figure(args.demo_problems, [int(b) for b in args.demo_batches.split(",")]) if args.compile and args.demo_problems > 0 else None
 
     summary = {
         "speedup_vs_naive": fast / base,
@@ -232,6 +234,7 @@ def main():
         "accuracy": {c["strategy"]: c["accuracy"] for c in curve},
         "demo": demo,
         "refill": refill,
+        "compile": compiled,
         "identical_to_naive": identical,
         "gen_length": L,
         "batch": args.batch,
@@ -336,6 +339,36 @@ def demo_vs_ar(pairs: dict[str, tuple[Path, Path]], problems: int, batches: list
         by_batch[batch] = max(found) if found else None
     out["speedup_vs_ar_by_batch"] = by_batch
     out["speedup_vs_ar"] = by_batch[max(batches)]
+    return out
+
+
+def compile_figure(problems: int, batches: list[int]) -> dict:
+    """`rollout.compile` on the converged demo model: threshold 0.9 decoding of the demos'
+    held-out math and code prompts, `batch` at a time, eager vs compiled (timed after a first
+    pass that compiles every shape), with the compilation time and an identical-tokens check."""
+    from rl.cli import _data_benchmarks
+    from rl.data import encode_messages
+
+    eager = load_model(ROOT / "examples" / "checkpoints" / "demo-base-1600")
+    compiled = load_model(ROOT / "examples" / "checkpoints" / "demo-base-1600").compile()
+    benches = _data_benchmarks(ROOT / "configs" / "sft_demo.yaml", problems, None)
+    jobs = [([encode_messages(eager.tokenizer, e.messages, b.chat)[0] for e in b.examples], SamplingParams(
+        max_new_tokens=b.max_new_tokens, temperature=0.0, strategy="threshold", threshold=0.9)) for b in benches]
+
+    def decode_all(lm, batch):
+        return [t for prompts, params in jobs for a in range(0, len(prompts), batch) for t in generate(lm, prompts[a : a + batch], params)]
+
+    t0 = time.perf_counter()
+    for batch in batches:
+        decode_all(compiled, batch)
+    out = {"compile_seconds": time.perf_counter() - t0, "by_batch": {}}
+    print(f"\ncompiled decoding (rollout.compile), threshold 0.9, {problems} math + {problems} code prompts; first pass (compiling) {out['compile_seconds']:.0f} s")
+    for batch in batches:
+        a, t_eager = timed(lambda batch=batch: decode_all(eager, batch))
+        b, t_comp = timed(lambda batch=batch: decode_all(compiled, batch))
+        same = all(x.completion_ids == y.completion_ids and x.step_map == y.step_map for x, y in zip(a, b))
+        out["by_batch"][batch] = {"eager_s": t_eager, "compiled_s": t_comp, "speedup": t_eager / t_comp, "identical_tokens": same}
+        print(f"  {batch:3d} at a time: eager {t_eager:.2f} s, compiled {t_comp:.2f} s -> {t_eager / t_comp:.2f}x; identical tokens: {same}")
     return out
 
 

@@ -111,6 +111,7 @@ def evaluate(
     engine: str = typer.Option("auto", help="Engine for AR checkpoints: auto (vLLM on a CUDA GPU when installed, else hf) | hf (transformers generate) | vllm."),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="For checkpoints with their own modeling code."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile diffusion checkpoints' backbones (paid once, in the warm-up; helps small batches)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write {checkpoint: {strategy: metrics}} as JSON here (one benchmark; else the results.json schema)."),
 ) -> None:
     """Score checkpoints (diffusion or AR) on benchmarks: pass@1, pass@k, avg@k, NFE, tokens/s, as one table.
@@ -154,7 +155,7 @@ def evaluate(
     base = _params(8, "static", threshold, steps_per_block, temperature)
     opts = EvalOptions(
         strategies=list(strategies), base=base, samples=samples, batch_size=batch_size, seed=seed, chat_template=chat_template,
-        device=device, engine=engine, dtype=dtype, trust_remote_code=trust_remote_code, resume=resume,
+        device=device, engine=engine, dtype=dtype, trust_remote_code=trust_remote_code, resume=resume, compile=compile,
     )
     ran: dict = {}
     try:
@@ -198,6 +199,7 @@ def generate(
     chat_template: str = typer.Option("auto", help="auto: wrap each prompt in the tokenizer's chat template when it has one; none: raw text."),
     system_prompt: Optional[str] = typer.Option(None, help="System message (the chat template's system turn, else prepended)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run the checkpoint's own modeling code (other architectures)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone first (pays off over many prompts)."),
 ) -> None:
     """Decode prompts and print each completion with its step map."""
     import torch
@@ -208,6 +210,8 @@ def generate(
     from rollout.models import load_model
 
     lm = load_model(resolve_model_path(checkpoint), trust_remote_code=trust_remote_code)
+    if compile:
+        lm.compile()
     params = _params(max_new_tokens, strategy, threshold, steps_per_block, temperature)
     ids = [encode_prompt(lm.tokenizer, p, chat_template == "auto", system_prompt)[0] for p in prompts]
     for p, t in zip(prompts, gen(lm, ids, params, torch.Generator().manual_seed(seed))):

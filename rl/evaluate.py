@@ -437,6 +437,8 @@ class EvalOptions:
     """Engine for AR checkpoints: "hf", "vllm", or "auto" (vLLM on a CUDA GPU when installed, see `resolve_engine`)."""
     dtype: str = "float32"
     trust_remote_code: bool = False
+    compile: bool = False
+    """Compile diffusion checkpoints' backbones (`DiffusionLM.compile`); the warm-up pays the compilation."""
     resume: bool = False
     progress: bool = True
     score_timeout_s: float = 600.0
@@ -525,6 +527,8 @@ def run_eval(
                 decoding = {"engine": engine, "max_new_tokens": params.max_new_tokens, "temperature": params.temperature} if ar else asdict(params)
                 settings = {"benchmark": bench.settings(), "decoding": decoding, "samples": opts.samples, "seed": opts.seed,
                             "chat_template": opts.chat_template, "model": str(model_path)}  # fmt: skip
+                if opts.compile and not ar:
+                    settings["compile"] = True
                 if not skip(bench, ckpt, label, settings):
                     plan.append((bench, label, params, settings))
         if not plan:
@@ -532,10 +536,13 @@ def run_eval(
         policy = load_policy(model_path, dtype=dtype, trust_remote_code=opts.trust_remote_code, engine=engine if ar else "hf")
         if not isinstance(policy, VLLMModel):  # vLLM places its own weights
             policy.model.to(device)
-        # Warm-up (lazy init, kernel selection) so the first row's tokens/s is comparable to the others.
+        if opts.compile and not ar:
+            policy.compile()
+        # Warm-up (lazy init, kernel selection, compilation) so the first row's tokens/s is
+        # comparable to the others; two rows, since a compiler specialises a batch of one.
         bench, _, params, _ = plan[0]
-        decode(policy, [encode_prompt(policy.tokenizer, bench.problems[0]["prompt"], opts.chat_template == "auto" and bench.chat)[0]],
-               replace(params, max_new_tokens=min(params.max_new_tokens, 16)), torch.Generator().manual_seed(0))  # fmt: skip
+        warm = encode_prompt(policy.tokenizer, bench.problems[0]["prompt"], opts.chat_template == "auto" and bench.chat)[0]
+        decode(policy, [warm, warm], replace(params, max_new_tokens=min(params.max_new_tokens, 16)), torch.Generator().manual_seed(0))
         for bench, label, params, settings in plan:
             metrics, records = evaluate_benchmark(
                 policy, bench, params, opts.samples, opts.batch_size, opts.seed, chat_template=opts.chat_template == "auto",

@@ -186,7 +186,7 @@ class Trainer:
             addr, port = ray.get(self.learners[0].master_address.remote())  # rank 0 hosts the rendezvous
             self._on_learners("setup_distributed", addr, port)
         lora = cfg.model.lora.model_dump(exclude={"enabled"}) if cfg.model.lora.enabled else None
-        self._worker_args = (cfg.model.path, packed, cfg.model.block_size, threads, cfg.model.family, cfg.model.trust_remote_code, lora)
+        self._worker_args = (cfg.model.path, packed, cfg.model.block_size, threads, cfg.model.family, cfg.model.trust_remote_code, lora, None, cfg.rollout.compile)
         self.workers = [self._spawn_worker(w) for w in range(n_workers)]
         self._weights = None  # (object ref, version) of the weights the workers hold
         # Process rewards of the current step, per token (set by score, filtered by advantages).

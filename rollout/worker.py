@@ -27,6 +27,7 @@ class RolloutWorker:
         lora: LoRA settings (r, alpha, dropout, target_modules); weights then arrive as adapter deltas.
         device: where to decode; default the GPU when one is visible (Ray shows an actor only the
             GPUs it was given, none without num_gpus), else the CPU.
+        compile: compile the backbone for decoding (`DiffusionLM.compile`).
     """
 
     def __init__(
@@ -38,6 +39,7 @@ class RolloutWorker:
         trust_remote_code: bool = False,
         lora: dict | None = None,
         device: str | None = None,
+        compile: bool = False,
     ):
         if threads:
             torch.set_num_threads(threads)
@@ -50,6 +52,8 @@ class RolloutWorker:
             from rollout.lora import apply_lora
 
             self.peft = apply_lora(self.lm, **lora)  # same adapter layout as the learner's
+        if compile:
+            self.lm.compile()  # after LoRA: the graph is of the modules that decode
         self.weights_version = 0
         self._adopted = False  # whether the parameters are a received snapshot's buffers (see load_weights)
 

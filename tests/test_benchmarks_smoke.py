@@ -87,7 +87,7 @@ def test_rollout_gpu_script_runs_on_a_tiny_shape(tmp_path):
     assert res["equal_forwards_vs_ar"] > 0 and res["gen"] == 16 and "x HF generate" in stdout
 
 
-@pytest.mark.slow  # ~1-4 min: every decoder, the LLaDA caches, the demo model's refill batch
+@pytest.mark.slow  # ~1-4 min: every decoder, the LLaDA caches, the demo model's refill batch, compiling it
 def test_rollout_benchmark_writes_every_figure(tmp_path):
     out = tmp_path / "rollout.json"
     _run(["benchmarks/rollout.py", "--gen-length", "8", "--batch", "2", "--heldout", "8", "--refill-prompts", "8", "--refill-rows", "2", "--demo-problems", "4",
@@ -105,6 +105,7 @@ def test_rollout_benchmark_writes_every_figure(tmp_path):
             point = pair["by_batch"][batch]
             assert point["ar"]["problems"] == 8 and set(point["decoders"]) >= {"static", "adaptive:1", "prophet"}
             assert point["decoders"]["static"]["nfe"] > point["decoders"]["static:2"]["nfe"]  # 4 vs 2 steps per block
+    assert set(res["compile"]["by_batch"]) == {"3", "8"} and all(b["identical_tokens"] and b["speedup"] > 0 for b in res["compile"]["by_batch"].values())
     assert set(res["speedup_vs_ar_by_batch"]) == {"3", "8"} and res["speedup_vs_ar"] == res["speedup_vs_ar_by_batch"]["8"]
 
 SHAPE = ["--vocab", "600", "--hidden", "32", "--layers", "1", "--gen", "12", "--prompt-len", "6", "--batch", "2", "--threads", "1"]
