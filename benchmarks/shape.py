@@ -53,6 +53,9 @@ SHAPE_METHODS: dict[str, list[str]] = {
     "one_step": ["algorithm.estimator=one_step"],
     "coupled": ["algorithm.estimator=coupled"],
     "value": ["algorithm.estimator=trace", "algorithm.shrink=1", "algorithm.value.enabled=true"],
+    # GSPO's sequence ratio: per-pass backwards after a graph-free pass for every log-prob, or one backward
+    "gspo": ["algorithm.estimator=trace", "algorithm.shrink=1", "algorithm.loss=gspo"],
+    "gspo 1 bwd": ["algorithm.estimator=trace", "algorithm.shrink=1", "algorithm.loss=gspo", "learner.backward_per_pass=false"],
 }
 AR = "AR (causal, 1 pass)"
 

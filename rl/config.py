@@ -303,8 +303,9 @@ class LearnerConfig(_Section):
         "skips (GPU only: torch has no flex attention backward on CPU)."
     )
     backward_per_pass: bool = Field(
-        True, description="On one rank, take the backward after each replayed TraceRL pass (estimator trace with loss grpo, "
-        "and the value model), so only one pass's activations are alive at a time (same gradients; off: one backward after all passes)."
+        True, description="On one rank, take the backward after each replayed TraceRL pass (estimator trace, and the value model), "
+        "so only one pass's activations are alive at a time (same gradients; off: one backward after all passes). With gspo, whose "
+        "sequence ratio needs every pass's log-probs, the passes first run once without a graph (one more forward per pass)."
     )
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend; auto: nccl on GPU, gloo on CPU.")
 

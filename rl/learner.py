@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import inspect
 import random
 import tempfile
@@ -200,7 +201,10 @@ class Learner:
         # One rank only: DDP and FSDP2 need the whole estimate inside one forward of the module they wrap.
         # The value loss is per token, so the critic's passes split whatever the policy's estimator.
         self.value_backward_per_pass = lc.backward_per_pass and world_size == 1
-        self.backward_per_pass = self.value_backward_per_pass and algo.estimator == "trace" and algo.loss in SEPARABLE_LOSSES
+        self.backward_per_pass = self.value_backward_per_pass and algo.estimator == "trace"
+        # A loss that couples tokens (GSPO's sequence ratio) needs every pass's log-probs first:
+        # the passes then run twice, once without a graph and once for their backward.
+        self.recompute_per_pass = self.backward_per_pass and algo.loss not in SEPARABLE_LOSSES
         # What update() calls: replaced by their DDP / FSDP2 forms in setup_distributed.
         self._policy: nn.Module = EstimatorModule(self.lm, self.estimate)
         self._ref: nn.Module | None = EstimatorModule(self.ref, self.estimate) if self.ref is not None else None
@@ -487,7 +491,12 @@ class Learner:
                 )
 
             with self._no_sync(sync=p == len(pieces) - 1):
-                if self.backward_per_pass:
+                if self.recompute_per_pass:
+                    passes = functools.partial(trace_pass_scores, self.lm, batch, algo.shrink)  # (with_entropy) -> passes
+                    logp, entropy = self._backward_through_logprobs(passes, s.old, loss_of, w * scale)
+                    with torch.no_grad():
+                        loss, m = loss_of(logp)
+                elif self.backward_per_pass:
                     scores = trace_pass_scores(self.lm, batch, algo.shrink, with_entropy=True)
                     logp, entropy = self._backward_per_pass(scores, s.old, loss_of, w * scale)
                     with torch.no_grad():
@@ -552,6 +561,31 @@ class Learner:
                 out[index] = v.detach().to(out.dtype)
                 if ent is not None:
                     entropy[index] = ent.to(entropy.dtype)
+        return out, entropy
+
+    def _backward_through_logprobs(self, passes, like: torch.Tensor, loss_of, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backward per TraceRL pass for a loss that couples tokens (GSPO), exact.
+
+        passes(with_entropy) yields the passes as `_backward_per_pass` takes them. First every
+        pass runs without a graph, giving all log-probs [n, C]; the loss's gradient with respect to
+        them, g = dL/dlogp, comes from a backward through the loss alone (a leaf tensor, no model).
+        Then each pass runs again with its graph and back-propagates g at its tokens:
+        sum_k g_k . dlogp_k/dtheta is the whole gradient, and one pass's activations are alive at
+        a time. The price is one more forward per pass, without saved activations.
+        Returns the detached log-probs and entropies [n, C].
+        """
+        out, entropy = torch.zeros_like(like), torch.zeros_like(like)
+        with torch.no_grad(), self._autocast():
+            for index, v, ent in passes(True):
+                out[index] = v.to(out.dtype)
+                entropy[index] = ent.to(entropy.dtype)
+        leaf = out.clone().requires_grad_(True)
+        loss, _ = loss_of(leaf)
+        (loss * weight).backward()
+        grad = leaf.grad
+        with self._autocast():
+            for index, v, _ in passes(False):
+                v.backward(grad[index].to(v.dtype))
         return out, entropy
 
     # -- checkpoints -------------------------------------------------------------------------------

@@ -222,12 +222,13 @@ def test_gradient_checkpointing_gives_the_same_gradients(trajs):
     assert_grads_equal(got_grads, want_grads)
 
 
-@pytest.mark.parametrize("norm,value", [("token", True), ("sequence", False), ("pass", False)])
-def test_backward_per_pass_gives_the_same_update(norm, value, trajs):
-    algo = {"estimator": "trace", "loss_norm": norm, "beta": 0.05, "value": {"enabled": value, "lr": 1e-3}}
+@pytest.mark.parametrize("loss,norm,value", [("grpo", "token", True), ("grpo", "sequence", False), ("grpo", "pass", False), ("gspo", "sequence", True)])
+def test_backward_per_pass_gives_the_same_update(loss, norm, value, trajs):
+    algo = {"estimator": "trace", "loss": loss, "loss_norm": norm, "beta": 0.05, "value": {"enabled": value, "lr": 1e-3}}
     off = Learner(cfg_for(algo, {"backward_per_pass": False}))
     on = Learner(cfg_for(algo))
     assert on.backward_per_pass and not off.backward_per_pass
+    assert on.recompute_per_pass == (loss == "gspo")  # GSPO's sequence ratio: all log-probs first, then a backward per pass
     backwards = []
     backward = torch.Tensor.backward
     torch.Tensor.backward = lambda self, *a, **k: backwards.append(1) or backward(self, *a, **k)
@@ -242,12 +243,13 @@ def test_backward_per_pass_gives_the_same_update(norm, value, trajs):
     assert_metrics_equal(got_metrics, want_metrics)
 
 
-def test_backward_per_pass_keeps_one_pass_of_activations(trajs):
+@pytest.mark.parametrize("loss", ["grpo", "gspo"])
+def test_backward_per_pass_keeps_one_pass_of_activations(loss, trajs):
     from benchmarks.memory import SavedBytes, counting_backward
 
     peaks = {}
     for per_pass in (False, True):
-        learner = Learner(cfg_for({"estimator": "trace", "beta": 0.0, "minibatches": 1}, {"backward_per_pass": per_pass}))
+        learner = Learner(cfg_for({"estimator": "trace", "loss": loss, "beta": 0.0, "minibatches": 1}, {"backward_per_pass": per_pass}))
         meter = SavedBytes()
         with counting_backward(meter), torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda t: t):
             run_update(learner, trajs, N)
@@ -259,7 +261,6 @@ def test_backward_per_pass_keeps_one_pass_of_activations(trajs):
 
 
 def test_backward_per_pass_is_off_where_it_would_be_wrong():
-    assert not Learner(cfg_for({"estimator": "trace", "loss": "gspo"})).backward_per_pass  # sequence ratio couples tokens
     assert not Learner(cfg_for({"estimator": "one_step"})).backward_per_pass  # one pass: nothing to split
 
 
