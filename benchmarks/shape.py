@@ -52,8 +52,9 @@ SHAPE_METHODS: dict[str, list[str]] = {
     "trace s=2": ["algorithm.estimator=trace", "algorithm.shrink=2"],
     "one_step": ["algorithm.estimator=one_step"],
     "coupled": ["algorithm.estimator=coupled"],
+    "coupled 1 bwd": ["algorithm.estimator=coupled", "learner.backward_per_pass=false"],
     "value": ["algorithm.estimator=trace", "algorithm.shrink=1", "algorithm.value.enabled=true"],
-    # GSPO's sequence ratio: per-pass backwards after a graph-free pass for every log-prob, or one backward
+    # GSPO's sequence ratio (like coupled): per-pass backwards after a graph-free pass for every log-prob, or one backward
     "gspo": ["algorithm.estimator=trace", "algorithm.shrink=1", "algorithm.loss=gspo"],
     "gspo 1 bwd": ["algorithm.estimator=trace", "algorithm.shrink=1", "algorithm.loss=gspo", "learner.backward_per_pass=false"],
 }

@@ -303,9 +303,10 @@ class LearnerConfig(_Section):
         "skips (GPU only: torch has no flex attention backward on CPU)."
     )
     backward_per_pass: bool = Field(
-        True, description="On one rank, take the backward after each replayed TraceRL pass (estimator trace, and the value model), "
-        "so only one pass's activations are alive at a time (same gradients; off: one backward after all passes). With gspo, whose "
-        "sequence ratio needs every pass's log-probs, the passes first run once without a graph (one more forward per pass)."
+        True, description="On one rank, take the backward after each forward pass of the estimate (trace, coupled, mc_elbo) and of "
+        "the value model, so only one pass's activations are alive at a time (same gradients; off: one backward after all passes). "
+        "Except for trace with loss grpo, each pass's share needs every pass's log-probs, so the passes first run once without a graph "
+        "(one more forward per pass)."
     )
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend; auto: nccl on GPU, gloo on CPU.")
 

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from algorithms.advantages import group_advantages
-from algorithms.estimators import get_estimator, occurrence_index
+from algorithms.estimators import count_forward_passes, get_estimator, occurrence_index
 from algorithms.losses import LOSSES, SEPARABLE_LOSSES, LossTotals
 from algorithms.trace import trace_pass_index, trace_pass_scores, trace_step_index
 from algorithms.value import (
@@ -201,10 +201,13 @@ class Learner:
         # One rank only: DDP and FSDP2 need the whole estimate inside one forward of the module they wrap.
         # The value loss is per token, so the critic's passes split whatever the policy's estimator.
         self.value_backward_per_pass = lc.backward_per_pass and world_size == 1
-        self.backward_per_pass = self.value_backward_per_pass and algo.estimator == "trace"
-        # A loss that couples tokens (GSPO's sequence ratio) needs every pass's log-probs first:
+        multi_pass = algo.estimator == "trace" or count_forward_passes(algo.estimator, [], **self.estimator_opts) > 1
+        self.backward_per_pass = self.value_backward_per_pass and multi_pass
+        # TraceRL with a token-separable loss takes each pass's share of the loss directly. A loss
+        # that couples tokens (GSPO's sequence ratio), or an estimator that combines passes per
+        # token (coupled's full-mask pass, mc_elbo's average), needs every pass's log-probs first:
         # the passes then run twice, once without a graph and once for their backward.
-        self.recompute_per_pass = self.backward_per_pass and algo.loss not in SEPARABLE_LOSSES
+        self.recompute_per_pass = self.backward_per_pass and not (algo.estimator == "trace" and algo.loss in SEPARABLE_LOSSES)
         # What update() calls: replaced by their DDP / FSDP2 forms in setup_distributed.
         self._policy: nn.Module = EstimatorModule(self.lm, self.estimate)
         self._ref: nn.Module | None = EstimatorModule(self.ref, self.estimate) if self.ref is not None else None
@@ -492,8 +495,8 @@ class Learner:
 
             with self._no_sync(sync=p == len(pieces) - 1):
                 if self.recompute_per_pass:
-                    passes = functools.partial(trace_pass_scores, self.lm, batch, algo.shrink)  # (with_entropy) -> passes
-                    logp, entropy = self._backward_through_logprobs(passes, s.old, loss_of, w * scale)
+                    estimate = functools.partial(self._policy, batch, seed=seed, occurrences=s.piece.occurrences, with_entropy=True, **opts)
+                    logp, entropy = self._backward_through_logprobs(estimate, loss_of, w * scale)
                     with torch.no_grad():
                         loss, m = loss_of(logp)
                 elif self.backward_per_pass:
@@ -563,30 +566,45 @@ class Learner:
                     entropy[index] = ent.to(entropy.dtype)
         return out, entropy
 
-    def _backward_through_logprobs(self, passes, like: torch.Tensor, loss_of, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Backward per TraceRL pass for a loss that couples tokens (GSPO), exact.
+    def _backward_through_logprobs(self, estimate, loss_of, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backward per forward pass of any estimator and loss, exact (`learner.backward_per_pass`
+        where a pass's share of the loss is not its own: GSPO, coupled, mc_elbo).
 
-        passes(with_entropy) yields the passes as `_backward_per_pass` takes them. First every
-        pass runs without a graph, giving all log-probs [n, C]; the loss's gradient with respect to
-        them, g = dL/dlogp, comes from a backward through the loss alone (a leaf tensor, no model).
-        Then each pass runs again with its graph and back-propagates g at its tokens:
-        sum_k g_k . dlogp_k/dtheta is the whole gradient, and one pass's activations are alive at
-        a time. The price is one more forward per pass, without saved activations.
-        Returns the detached log-probs and entropies [n, C].
+        estimate() returns (logp, mask, entropy) [n, C], calling `lm.forward_logprobs` once per
+        pass. First it runs with every pass computed without a graph, each pass's log-probs a
+        leaf: the estimator's combination of them (scatters, weights, averages) and the loss are
+        differentiated down to those leaves alone, giving g_k = dL/dlogp_k per pass. Then it runs
+        again (same seed and inputs, so the same passes) and each pass back-propagates g_k as soon
+        as it is computed: sum_k g_k . dlogp_k/dtheta is the whole gradient, with one pass's
+        activations alive at a time. The price is one more forward per pass, without saved
+        activations. Returns the detached estimate's log-probs and entropies [n, C].
         """
-        out, entropy = torch.zeros_like(like), torch.zeros_like(like)
-        with torch.no_grad(), self._autocast():
-            for index, v, ent in passes(True):
-                out[index] = v.to(out.dtype)
-                entropy[index] = ent.to(entropy.dtype)
-        leaf = out.clone().requires_grad_(True)
-        loss, _ = loss_of(leaf)
+        leaves: list[torch.Tensor] = []
+
+        def leaf(compute):
+            with torch.no_grad():
+                lp, ent = compute()
+            leaves.append(lp.requires_grad_())
+            return lp, ent
+
+        with self.lm.pass_hook(leaf), self._autocast():
+            logp, _, entropy = estimate()
+        loss, _ = loss_of(logp)
         (loss * weight).backward()
-        grad = leaf.grad
-        with self._autocast():
-            for index, v, _ in passes(False):
-                v.backward(grad[index].to(v.dtype))
-        return out, entropy
+        grads = [torch.zeros_like(x) if x.grad is None else x.grad for x in leaves]
+
+        def backprop(compute):
+            if not grads:
+                raise RuntimeError("the estimator ran more passes the second time than the first: it must be deterministic given its seed")
+            lp, ent = compute()
+            lp.backward(grads.pop(0).to(lp.dtype))
+            return lp.detach(), ent
+
+        with self.lm.pass_hook(backprop), self._autocast():
+            estimate()
+        if grads:
+            raise RuntimeError("the estimator ran fewer passes the second time than the first: it must be deterministic given its seed")
+        return logp.detach(), entropy
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _optimizer_state(self, optimizer: torch.optim.Optimizer, module: nn.Module) -> dict | None:

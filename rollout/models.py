@@ -15,6 +15,8 @@ class through rollout/convert.py, without the family's remote code.
 
 from __future__ import annotations
 
+import contextlib
+
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +95,7 @@ class DiffusionLM:
         # Real checkpoints pad the embedding past the tokenizer (SDAR: ids 151670-151935 have no
         # token): sampling such an id would crash decoding, so it is excluded like the mask id.
         self.num_tokens = min(len(tokenizer), model.config.vocab_size)
+        self._pass_hook = None  # see `pass_hook`
 
     @property
     def device(self) -> torch.device:
@@ -112,6 +115,20 @@ class DiffusionLM:
         """
         self.model.model.compile(dynamic=True)
         return self
+
+    @contextlib.contextmanager
+    def pass_hook(self, hook):
+        """Route every `forward_logprobs` call through `hook(compute)` while the context is open.
+
+        `compute()` runs the pass and returns its (logp, entropy); the hook returns what the
+        caller gets instead. The learner's backward per pass uses it to run an estimator's passes
+        without a graph, then again one backward at a time (rl.learner `_backward_through_logprobs`).
+        """
+        old, self._pass_hook = self._pass_hook, hook
+        try:
+            yield
+        finally:
+            self._pass_hook = old
 
     @property
     def flex(self) -> bool:
@@ -180,6 +197,16 @@ class DiffusionLM:
             (logp [n], entropy [n] or None) for the n True slots in row-major order; entropy is
             detached (a metric).
         """
+        if self._pass_hook is not None:
+            hook, self._pass_hook = self._pass_hook, None  # the hook's own call computes the pass
+
+            def compute():
+                return self.forward_logprobs(input_ids, position_ids, allowed, select, rows, targets, temperature, with_entropy)
+
+            try:
+                return hook(compute)
+            finally:
+                self._pass_hook = hook
         hidden = self.predicting_rows(self.encode(input_ids, position_ids, allowed), select, rows)  # [n, H]
         tok = targets[rows]  # [n]
         head = self.model.lm_head

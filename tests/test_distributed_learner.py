@@ -222,13 +222,18 @@ def test_gradient_checkpointing_gives_the_same_gradients(trajs):
     assert_grads_equal(got_grads, want_grads)
 
 
-@pytest.mark.parametrize("loss,norm,value", [("grpo", "token", True), ("grpo", "sequence", False), ("grpo", "pass", False), ("gspo", "sequence", True)])
-def test_backward_per_pass_gives_the_same_update(loss, norm, value, trajs):
-    algo = {"estimator": "trace", "loss": loss, "loss_norm": norm, "beta": 0.05, "value": {"enabled": value, "lr": 1e-3}}
+@pytest.mark.parametrize("estimator,loss,norm,value", [
+    ("trace", "grpo", "token", True), ("trace", "grpo", "sequence", False), ("trace", "grpo", "pass", False),
+    ("trace", "gspo", "sequence", True), ("coupled", "grpo", "token", False), ("mc_elbo", "gspo", "sequence", False),
+])  # fmt: skip
+def test_backward_per_pass_gives_the_same_update(estimator, loss, norm, value, trajs):
+    algo = {"estimator": estimator, "loss": loss, "loss_norm": norm, "beta": 0.05, "value": {"enabled": value, "lr": 1e-3}}
     off = Learner(cfg_for(algo, {"backward_per_pass": False}))
     on = Learner(cfg_for(algo))
     assert on.backward_per_pass and not off.backward_per_pass
-    assert on.recompute_per_pass == (loss == "gspo")  # GSPO's sequence ratio: all log-probs first, then a backward per pass
+    # Only TraceRL with a per-token loss splits the loss itself; GSPO's sequence ratio and the
+    # estimators that combine passes per token (coupled's full-mask pass) take all log-probs first.
+    assert on.recompute_per_pass == (estimator != "trace" or loss == "gspo")
     backwards = []
     backward = torch.Tensor.backward
     torch.Tensor.backward = lambda self, *a, **k: backwards.append(1) or backward(self, *a, **k)
@@ -243,25 +248,27 @@ def test_backward_per_pass_gives_the_same_update(loss, norm, value, trajs):
     assert_metrics_equal(got_metrics, want_metrics)
 
 
-@pytest.mark.parametrize("loss", ["grpo", "gspo"])
-def test_backward_per_pass_keeps_one_pass_of_activations(loss, trajs):
+@pytest.mark.parametrize("estimator,loss", [("trace", "grpo"), ("trace", "gspo"), ("coupled", "grpo")])
+def test_backward_per_pass_keeps_one_pass_of_activations(estimator, loss, trajs):
     from benchmarks.memory import SavedBytes, counting_backward
 
     peaks = {}
     for per_pass in (False, True):
-        learner = Learner(cfg_for({"estimator": "trace", "loss": loss, "beta": 0.0, "minibatches": 1}, {"backward_per_pass": per_pass}))
+        learner = Learner(cfg_for({"estimator": estimator, "loss": loss, "beta": 0.0, "minibatches": 1}, {"backward_per_pass": per_pass}))
         meter = SavedBytes()
         with counting_backward(meter), torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda t: t):
             run_update(learner, trajs, N)
         peaks[per_pass] = meter.peak
-    passes = count_forward_passes("trace", trajs[:N])
+    passes = count_forward_passes(estimator, trajs[:N], **learner.estimator_opts)
     assert passes >= 3
     # what autograd holds between backwards: one pass's activations instead of all of them
     assert peaks[True] < 1.5 * peaks[False] / passes
 
 
-def test_backward_per_pass_is_off_where_it_would_be_wrong():
+def test_backward_per_pass_is_off_where_there_is_one_pass():
     assert not Learner(cfg_for({"estimator": "one_step"})).backward_per_pass  # one pass: nothing to split
+    assert not Learner(cfg_for({"estimator": "mc_elbo", "mc_samples": 1})).backward_per_pass
+    assert Learner(cfg_for({"estimator": "mc_elbo", "mc_samples": 2})).recompute_per_pass
 
 
 def test_bf16_autocast_smoke(trajs):
