@@ -111,7 +111,7 @@ def main():
     ap.add_argument("--heldout", type=int, default=500, help="held-out problems for accuracy vs NFE")
     ap.add_argument("--ar-checkpoint", type=Path, help="an AR baseline (unmask sft --set objective=ar) to score on the task")
     ap.add_argument("--demo-problems", type=int, default=100, help="held-out problems per demo source (0: skip the demo comparison)")
-    ap.add_argument("--demo-batches", default="8,64", help="problems decoded at once in the demo comparison, comma-separated")
+    ap.add_argument("--demo-batches", type=_batch_sizes, default="8,64", help="problems decoded at once in the demo comparison, comma-separated")
     ap.add_argument("--demo-pairs", default=",".join(DEMO_PAIRS), help=f"which (diffusion, AR) budgets to compare, of: {', '.join(DEMO_PAIRS)}")
     ap.add_argument("--refill-prompts", type=int, default=64, help="prompts of the skewed-length batch (demo math + code)")
     ap.add_argument("--refill-rows", type=int, default=8, help="rows decoded at once, with and without refill")
@@ -217,9 +217,9 @@ def main():
         if unknown:
             ap.error(f"--demo-pairs: unknown {unknown}; choose from {list(DEMO_PAIRS)}")
         pairs = {n: tuple(ROOT / "examples" / "checkpoints" / d for d in DEMO_PAIRS[n]) for n in names}
-        demo = demo_vs_ar(pairs, args.demo_problems, [int(b) for b in args.demo_batches.split(",")])
+        demo = demo_vs_ar(pairs, args.demo_problems, args.demo_batches)
     refill = refill_figure(args.refill_prompts, args.refill_rows)
-    compiled = compile_figure(args.demo_problems, [int(b) for b in args.demo_batches.split(",")]) if args.compile and args.demo_problems > 0 else None
+    compiled = compile_figure(args.demo_problems, args.demo_batches) if args.compile and args.demo_problems > 0 else None
 
     summary = {
         "speedup_vs_naive": fast / base,
@@ -247,16 +247,32 @@ def main():
         args.json.write_text(json.dumps(summary, indent=2))
 
 
+def _batch_sizes(text: str) -> list[int]:
+    """--demo-batches: comma-separated positive ints."""
+    try:
+        sizes = [int(b) for b in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive batch sizes, e.g. 8,64; got {text!r}")
+    return sizes
+
+
+def _demo_prompts(lm, problems: int) -> list[tuple[list[list[int]], object]]:
+    """(encoded prompts, its Benchmark) of the demos' first `problems` held-out math and code problems."""
+    from rl.cli import _data_benchmarks
+    from rl.data import encode_messages
+
+    benches = _data_benchmarks(ROOT / "configs" / "sft_demo.yaml", problems, None)
+    return [([encode_messages(lm.tokenizer, e.messages, b.chat)[0] for e in b.examples], b) for b in benches]
+
+
 def refill_figure(n_prompts: int, rows: int) -> dict:
     """Continuous batching on a batch of skewed answer lengths: the demo base model on held-out
     math (answers ~10 tokens) and code (~30) prompts, up to 64 new tokens, `rows` samples at a
     time: fixed batches (each waits for its slowest sample) vs refilling finished rows."""
-    from rl.cli import _data_benchmarks
-    from rl.data import encode_messages
-
     lm = load_model(ROOT / "examples" / "checkpoints" / "demo-base")
-    benches = _data_benchmarks(ROOT / "configs" / "sft_demo.yaml", n_prompts // 2, None)
-    enc = [[encode_messages(lm.tokenizer, e.messages, b.chat)[0] for e in b.examples] for b in benches]
+    enc = [prompts for prompts, _ in _demo_prompts(lm, n_prompts // 2)]
     prompts = [p for pair in zip(*enc) for p in pair][:n_prompts]  # math and code interleaved
     params = SamplingParams(max_new_tokens=64, temperature=0.0)
 
@@ -346,14 +362,10 @@ def compile_figure(problems: int, batches: list[int]) -> dict:
     """`rollout.compile` on the converged demo model: threshold 0.9 decoding of the demos'
     held-out math and code prompts, `batch` at a time, eager vs compiled (timed after a first
     pass that compiles every shape), with the compilation time and an identical-tokens check."""
-    from rl.cli import _data_benchmarks
-    from rl.data import encode_messages
-
     eager = load_model(ROOT / "examples" / "checkpoints" / "demo-base-1600")
     compiled = load_model(ROOT / "examples" / "checkpoints" / "demo-base-1600").compile()
-    benches = _data_benchmarks(ROOT / "configs" / "sft_demo.yaml", problems, None)
-    jobs = [([encode_messages(eager.tokenizer, e.messages, b.chat)[0] for e in b.examples], SamplingParams(
-        max_new_tokens=b.max_new_tokens, temperature=0.0, strategy="threshold", threshold=0.9)) for b in benches]
+    jobs = [(prompts, SamplingParams(max_new_tokens=b.max_new_tokens, temperature=0.0, strategy="threshold", threshold=0.9))
+            for prompts, b in _demo_prompts(eager, problems)]
 
     def decode_all(lm, batch):
         return [t for prompts, params in jobs for a in range(0, len(prompts), batch) for t in generate(lm, prompts[a : a + batch], params)]

@@ -496,9 +496,7 @@ class Learner:
             with self._no_sync(sync=p == len(pieces) - 1):
                 if self.recompute_per_pass:
                     estimate = functools.partial(self._policy, batch, seed=seed, occurrences=s.piece.occurrences, with_entropy=True, **opts)
-                    logp, entropy = self._backward_through_logprobs(estimate, loss_of, w * scale)
-                    with torch.no_grad():
-                        loss, m = loss_of(logp)
+                    logp, entropy, loss, m = self._backward_through_logprobs(estimate, loss_of, w * scale)
                 elif self.backward_per_pass:
                     scores = trace_pass_scores(self.lm, batch, algo.shrink, with_entropy=True)
                     logp, entropy = self._backward_per_pass(scores, s.old, loss_of, w * scale)
@@ -566,7 +564,7 @@ class Learner:
                     entropy[index] = ent.to(entropy.dtype)
         return out, entropy
 
-    def _backward_through_logprobs(self, estimate, loss_of, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _backward_through_logprobs(self, estimate, loss_of, weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         """Backward per forward pass of any estimator and loss, exact (`learner.backward_per_pass`
         where a pass's share of the loss is not its own: GSPO, coupled, mc_elbo).
 
@@ -577,7 +575,8 @@ class Learner:
         again (same seed and inputs, so the same passes) and each pass back-propagates g_k as soon
         as it is computed: sum_k g_k . dlogp_k/dtheta is the whole gradient, with one pass's
         activations alive at a time. The price is one more forward per pass, without saved
-        activations. Returns the detached estimate's log-probs and entropies [n, C].
+        activations. Returns the detached estimate's log-probs and entropies [n, C], and the
+        piece's loss (detached) and metrics, which the first round computed whole.
         """
         leaves: list[torch.Tensor] = []
 
@@ -589,7 +588,7 @@ class Learner:
 
         with self.lm.pass_hook(leaf), self._autocast():
             logp, _, entropy = estimate()
-        loss, _ = loss_of(logp)
+        loss, metrics = loss_of(logp)
         (loss * weight).backward()
         grads = [torch.zeros_like(x) if x.grad is None else x.grad for x in leaves]
 
@@ -604,7 +603,7 @@ class Learner:
             estimate()
         if grads:
             raise RuntimeError("the estimator ran fewer passes the second time than the first: it must be deterministic given its seed")
-        return logp.detach(), entropy
+        return logp.detach(), entropy, loss.detach(), metrics
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _optimizer_state(self, optimizer: torch.optim.Optimizer, module: nn.Module) -> dict | None:

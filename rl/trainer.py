@@ -95,8 +95,8 @@ class _LearnerActor(Learner):
 class _WorkerActor(RolloutWorker):
     """A rollout worker as a Ray actor (model found on its own node, like _LearnerActor)."""
 
-    def __init__(self, model_path: str, packed: bytes | None, *args):
-        super().__init__(local_model_path(model_path, packed), *args)
+    def __init__(self, model_path: str, packed: bytes | None, *args, **kwargs):
+        super().__init__(local_model_path(model_path, packed), *args, **kwargs)
 
 
 class _StopSignals:
@@ -186,7 +186,8 @@ class Trainer:
             addr, port = ray.get(self.learners[0].master_address.remote())  # rank 0 hosts the rendezvous
             self._on_learners("setup_distributed", addr, port)
         lora = cfg.model.lora.model_dump(exclude={"enabled"}) if cfg.model.lora.enabled else None
-        self._worker_args = (cfg.model.path, packed, cfg.model.block_size, threads, cfg.model.family, cfg.model.trust_remote_code, lora, None, cfg.rollout.compile)
+        self._worker_args = (cfg.model.path, packed, cfg.model.block_size, threads, cfg.model.family, cfg.model.trust_remote_code, lora)
+        self._worker_kwargs = {"compile": cfg.rollout.compile}
         self.workers = [self._spawn_worker(w) for w in range(n_workers)]
         self._weights = None  # (object ref, version) of the weights the workers hold
         # Process rewards of the current step, per token (set by score, filtered by advantages).
@@ -239,7 +240,7 @@ class Trainer:
 
     # -- Ray plumbing: the one place that fans work out to the rollout workers -------------
     def _spawn_worker(self, w: int):
-        return ray.remote(_WorkerActor).options(**self.placement.rollout[w]).remote(*self._worker_args)
+        return ray.remote(_WorkerActor).options(**self.placement.rollout[w]).remote(*self._worker_args, **self._worker_kwargs)
 
     def _on_learners(self, method: str, *args, stage: str | None = None) -> Any:
         """Call `method` on every learner rank (collective calls must reach all ranks) and

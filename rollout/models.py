@@ -16,7 +16,7 @@ class through rollout/convert.py, without the family's remote code.
 from __future__ import annotations
 
 import contextlib
-
+import functools
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,16 +197,10 @@ class DiffusionLM:
             (logp [n], entropy [n] or None) for the n True slots in row-major order; entropy is
             detached (a metric).
         """
-        if self._pass_hook is not None:
-            hook, self._pass_hook = self._pass_hook, None  # the hook's own call computes the pass
+        compute = functools.partial(self._forward_logprobs, input_ids, position_ids, allowed, select, rows, targets, temperature, with_entropy)
+        return compute() if self._pass_hook is None else self._pass_hook(compute)
 
-            def compute():
-                return self.forward_logprobs(input_ids, position_ids, allowed, select, rows, targets, temperature, with_entropy)
-
-            try:
-                return hook(compute)
-            finally:
-                self._pass_hook = hook
+    def _forward_logprobs(self, input_ids, position_ids, allowed, select, rows, targets, temperature, with_entropy):
         hidden = self.predicting_rows(self.encode(input_ids, position_ids, allowed), select, rows)  # [n, H]
         tok = targets[rows]  # [n]
         head = self.model.lm_head
