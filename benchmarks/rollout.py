@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rl.evaluate import evaluate_task  # noqa: E402
 from rl.tasks import ArithmeticTask  # noqa: E402
 from rollout import SamplingParams, generate, load_model  # noqa: E402
+from rollout.attention import SDPA_GQA  # noqa: E402
 from rollout.models import build_tiny_lm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,7 +151,14 @@ def main():
 
     # Autoregressive baseline: HF generate() with its KV cache on the same backbone.
     ids = torch.tensor(prompts)
-    hf = lambda: lm.model.generate(ids, max_new_tokens=L, min_new_tokens=L, do_sample=False, pad_token_id=lm.pad_id)  # noqa: E731
+
+    def hf():  # stock transformers: its own "sdpa" attention, not the one DiffusionLM installs (rollout.attention)
+        lm.model.set_attn_implementation("sdpa")
+        try:
+            return lm.model.generate(ids, max_new_tokens=L, min_new_tokens=L, do_sample=False, pad_token_id=lm.pad_id)
+        finally:
+            lm.model.set_attn_implementation(SDPA_GQA)
+
     with PeakRSS() as mem:
         _, secs = timed(hf)
     results["HF generate (autoregressive)"] = {"tokens_per_s": args.batch * L / secs, "nfe": L, "tokens_per_forward": 1.0, "seconds": secs, "peak_mb": mem.peak / 2**20}

@@ -28,7 +28,10 @@ Host work. Every tensor of the step loop lives on the model's device; what does 
 inside a block (its attention mask, positions, schedule) is built once per block. Static
 decoding makes no device-to-host synchronisation inside a block's steps (the rows that
 finished are read once per block); the data-dependent decoders read one flag per step, the
-exit test of their loop. The block cache writes in place (rollout.cache.SlotCache).
+exit test of their loop. The canvas holds live rows only (finished samples leave it, and the
+cache, between blocks), so a step works on whole tensors: its records are views of the canvas,
+written in place, with no row index to gather or scatter. The block cache writes in place
+(rollout.cache.SlotCache).
 
 Batching. Prompts of any lengths decode together. Each sample is left-padded by a
 multiple of block_size so that its first generated block starts in the same column as
@@ -158,12 +161,12 @@ class SamplingParams:
 class _BlockState:
     """A block being denoised, on the device: its tokens, records and which positions are masked."""
 
-    x: torch.Tensor  # [r, b] tokens
-    step_map: torch.Tensor  # [r, b] global step of each committed token (-1: not yet)
-    logp: torch.Tensor  # [r, b] log-prob of each committed token
-    first_step: torch.Tensor  # [r] global step at which each row entered the block
-    taken: torch.Tensor  # [r] steps each row has been live in this block
-    masked: torch.Tensor | None = None  # [r, b]
+    x: torch.Tensor  # [n, b] tokens (a view of the canvas)
+    step_map: torch.Tensor  # [n, b] global step of each committed token (-1: not yet; a view)
+    logp: torch.Tensor  # [n, b] log-prob of each committed token (a view)
+    first_step: torch.Tensor  # [n] global step at which each row entered the block
+    taken: torch.Tensor  # [n] steps each row has been live in this block
+    masked: torch.Tensor | None = None  # [n, b]
 
 
 def transfer_schedule(num_masked: int, steps: int) -> list[int]:
@@ -252,21 +255,22 @@ class _Decoder:
     def _layout(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def _decode_block(self, alive: torch.Tensor, blk_start: int, blk_end: int, forward) -> None:
-        """Denoise columns [blk_start, blk_end) of `alive` rows (a CPU index) until no mask is left.
+    def _decode_block(self, blk_start: int, blk_end: int, forward) -> None:
+        """Denoise columns [blk_start, blk_end) of every row until no mask is left.
 
-        `forward(alive, step_in_block)` returns logits [r, blk_end - blk_start, V] for the block
-        as the canvas `self.x` now holds it. Everything below runs on the model's device; the
-        masked count of each row is known on the host (the canvas masks exactly its generated
-        columns), so the static schedule needs no look at the device.
+        `forward(step_in_block)` returns logits [n, blk_end - blk_start, V] for the block as the
+        canvas `self.x` now holds it. Everything below runs on the model's device; the masked
+        count of each row is known on the host (the canvas masks exactly its generated columns),
+        so the static schedule needs no look at the device. The block's records are views of the
+        canvas's: a step writes its commits in place, no row index, no copy back.
         """
         lm, p = self.lm, self.params
         dev = lm.device
-        r = alive.to(dev)
-        masked_per_row = (blk_end - self.gen_col[alive].clamp(min=blk_start)).tolist()  # host-known, no device read
+        masked_per_row = (blk_end - self.gen_col.clamp(min=blk_start)).tolist()  # host-known, no device read
+        blk = slice(blk_start, blk_end)
         state = _BlockState(
-            x=self.x[r, blk_start:blk_end], step_map=self.step_map[r, blk_start:blk_end], logp=self.logp[r, blk_start:blk_end],
-            first_step=self.steps[r], taken=torch.zeros(len(r), dtype=torch.long, device=dev),
+            x=self.x[:, blk], step_map=self.step_map[:, blk], logp=self.logp[:, blk],
+            first_step=self.steps.clone(), taken=torch.zeros(len(self.x), dtype=torch.long, device=dev),
         )
         state.masked = state.x == lm.mask_id
         quota = None
@@ -274,46 +278,48 @@ class _Decoder:
             steps = p.steps_per_block or blk_end - blk_start
             plans = [ascending_schedule(m) if p.schedule == "ascending" else transfer_schedule(m, steps) for m in masked_per_row]
             max_steps = max(len(q) for q in plans)
-            quota = torch.tensor([q + [0] * (max_steps - len(q)) for q in plans], device=dev)  # [r, steps]
+            quota = torch.tensor([q + [0] * (max_steps - len(q)) for q in plans], device=dev).T.contiguous()  # [steps, n]
         else:
             max_steps = max(masked_per_row)  # every step commits at least one token of each live row
         for k in range(max_steps):
             # Static decoding knows its step count; the others stop when no row has a mask left.
             if k > 0 and p.strategy != "static" and not self._any_masked(state.masked):
                 break
-            self._denoise_step(state, r, forward(alive, k), None if quota is None else quota[:, k])
-            self.x[r, blk_start:blk_end] = state.x  # the next forward reads the canvas
-        self.step_map[r, blk_start:blk_end], self.logp[r, blk_start:blk_end] = state.step_map, state.logp
-        self.steps[r] += state.taken
-        self.nfe[r] += state.taken
+            self._denoise_step(state, forward(k), None if quota is None else quota[k])
+        self.steps += state.taken
+        self.nfe += state.taken
 
     @staticmethod
     def _any_masked(masked: torch.Tensor) -> bool:
         """The one device read per step of the data-dependent decoders: is any mask left?"""
         return bool(masked.any())
 
-    def _denoise_step(self, state: "_BlockState", r: torch.Tensor, logits: torch.Tensor, quota: torch.Tensor | None) -> None:
-        """One denoising step of a block on the device: sample, score, commit, record. No host reads."""
+    def _denoise_step(self, state: "_BlockState", logits: torch.Tensor, quota: torch.Tensor | None) -> None:
+        """One denoising step of a block on the device: sample, score, commit, record (in place, into
+        the canvas). No host reads."""
         lm, p = self.lm, self.params
-        lp = lm.sampling_logprobs(logits, p.temperature)  # [r, b, V]
+        lp = lm.sampling_logprobs(logits, p.temperature)  # [n, b, V]
         tok = self._sample(lp)
-        tok_lp = lp.gather(-1, tok[..., None]).squeeze(-1)  # [r, b]
+        tok_lp = lp.gather(-1, tok[..., None]).squeeze(-1)  # [n, b]
         conf = self._confidence(lp, tok_lp)
-        progress = (self.decoded[r].to(conf.dtype) / self.budget[r])[:, None]  # [r, 1]
+        progress = None  # fraction of each row's completion decoded: only eos_guard and prophet read it
+        if p.eos_guard is not None or p.strategy == "prophet":
+            progress = (self.decoded.to(conf.dtype) / self.budget)[:, None]  # [n, 1]
         if p.eos_guard is not None:
             conf = torch.where(tok == lm.eos_id, conf * p.eos_guard ** (1 - progress), conf)
         masked = state.masked
         conf = conf.masked_fill(~masked, -1.0)
         commit = self._commit(conf, masked, quota, lp, progress) & masked
-        state.x = torch.where(commit, tok, state.x)
-        state.step_map = torch.where(commit, (state.first_step + state.taken)[:, None], state.step_map)
-        state.logp = torch.where(commit, tok_lp.to(state.logp.dtype), state.logp)
+        state.x.copy_(torch.where(commit, tok, state.x))  # the next forward reads the canvas
+        state.step_map.copy_(torch.where(commit, (state.first_step + state.taken)[:, None], state.step_map))
+        state.logp.copy_(torch.where(commit, tok_lp.to(state.logp.dtype), state.logp))
         state.taken += masked.any(1)
         state.masked = masked & ~commit
-        self.decoded[r] += commit.sum(1)
+        if progress is not None:
+            self.decoded += commit.sum(1)
 
     def _commit(self, conf: torch.Tensor, masked: torch.Tensor, quota: torch.Tensor | None, lp: torch.Tensor, progress) -> torch.Tensor:
-        """Which masked positions [r, b] this step commits, by the strategy's rule."""
+        """Which masked positions [n, b] this step commits, by the strategy's rule."""
         p = self.params
         if quota is not None or p.strategy == "adaptive" or p.max_tokens_per_step is not None:
             rank = conf.argsort(dim=1, descending=True).argsort(dim=1)  # 0 = most confident
@@ -410,52 +416,60 @@ class _BlockDecoder(_Decoder):
         done: dict[int, Trajectory] = {}
         self.block_ids = (torch.arange(self.width) // bs).expand(n, -1).to(lm.device)
         self.noisy = torch.zeros_like(self.valid)
-        alive = torch.arange(n)
         cache = SlotCache(self.width) if self.params.kv_cache else None
         self.committed = 0  # columns whose keys/values are in the cache
         if cache is not None and self.start > 0:
-            self._encode(alive, 0, self.start, cache, None)  # prefill the prompt's full blocks
+            self._encode(0, self.start, cache, None)  # prefill the prompt's full blocks
             self.committed = self.start
         blk_start = self.start
-        while blk_start < self.width and alive.numel() > 0:
+        while blk_start < self.width and len(self.x) > 0:
             blk_end = blk_start + bs
             inputs = {}  # (q_start, q_end) -> attention mask, positions, logit rows: built once per block
 
-            def forward(rows, _k, blk_start=blk_start, blk_end=blk_end, inputs=inputs):
+            def forward(_k, blk_start=blk_start, blk_end=blk_end, inputs=inputs):
                 q_start, q_end = (self.committed, blk_end) if cache is not None else (0, self.width)
                 if (q_start, q_end) not in inputs:
-                    inputs[q_start, q_end] = self._inputs(rows, q_start, q_end, torch.arange(blk_start - q_start, blk_end - q_start))
+                    inputs[q_start, q_end] = self._inputs(q_start, q_end, torch.arange(blk_start - q_start, blk_end - q_start))
                 mask, pos, select = inputs[q_start, q_end]
-                r = rows.to(lm.device)
-                logits = lm.forward_logits(self.x[r, q_start:q_end], pos, mask, select, cache)
+                logits = lm.forward_logits(self.x[:, q_start:q_end], pos, mask, select, cache)
                 if cache is not None:
                     cache.crop(-bs)  # keep the committed prefix, drop the current block's keys
                     self.committed = blk_start  # a finished block joins the cache with the next block's first step
                 return logits
 
-            self._decode_block(alive, blk_start, blk_end, forward)
-            ended = self.col_end[alive] <= blk_end  # budget reached
+            self._decode_block(blk_start, blk_end, forward)
+            ended = self.col_end <= blk_end  # budget reached
             if self.params.stop_at_eos:  # the one look at the device per block
-                gen = torch.arange(blk_start, blk_end)[None] >= self.gen_col[alive][:, None]
-                hit = ((self.x[alive.to(lm.device), blk_start:blk_end].cpu() == lm.eos_id) & gen).any(1)
-                self.stop[alive[hit]] = blk_end
+                gen = torch.arange(blk_start, blk_end)[None] >= self.gen_col[:, None]
+                hit = ((self.x[:, blk_start:blk_end].cpu() == lm.eos_id) & gen).any(1)
+                self.stop[hit] = blk_end
                 ended |= hit
             if ended.any():
-                rows = alive[ended].tolist()
+                rows = ended.nonzero().flatten().tolist()
                 done.update({self.sample[i]: t for i, t in zip(rows, self._trajectories(bs, rows))})
-                refilled = self._refill(rows, waiting, blk_end, alive, cache)
-                keep = ~ended | torch.tensor([int(i) in refilled for i in alive])
+                keep = ~ended
+                keep[sorted(self._refill(rows, waiting, blk_end, cache))] = True
                 if not keep.all():
-                    if cache is not None:
-                        cache.batch_select_indices(keep.nonzero().flatten().to(lm.device))
-                    alive = alive[keep]
+                    self._keep_rows(keep.nonzero().flatten(), cache)
             blk_start = blk_end
         if waiting:  # prompts no row could take (longer than the canvas so far): decode them together
             rest = _BlockDecoder(self.lm, [self.prompts[j] for j in waiting], self.params, self.generator).run()
             done.update(zip(waiting, rest))
         return [done[j] for j in range(len(self.prompts))]
 
-    def _refill(self, rows: list[int], waiting: list[int], col: int, alive: torch.Tensor, cache) -> set[int]:
+    def _keep_rows(self, keep: torch.Tensor, cache) -> None:
+        """Drop the rows of finished samples from the canvas, its records and the cache: the
+        canvas holds live rows only, so every step works on whole tensors (views, no row index)."""
+        dev = keep.to(self.x.device)
+        for name in ("x", "valid", "pos", "step_map", "logp", "steps", "nfe", "decoded", "budget", "block_ids", "noisy"):
+            setattr(self, name, getattr(self, name)[dev])
+        for name in ("off", "gen_col", "col_end", "stop"):  # host-side
+            setattr(self, name, getattr(self, name)[keep])
+        self.sample = [self.sample[i] for i in keep.tolist()]
+        if cache is not None:
+            cache.batch_select_indices(dev)
+
+    def _refill(self, rows: list[int], waiting: list[int], col: int, cache) -> set[int]:
         """Admit waiting prompts into the finished `rows`, their first generated block at column `col`.
 
         A prompt's full blocks end at `col`, so its blocks stay on the column grid every row
@@ -490,23 +504,21 @@ class _BlockDecoder(_Decoder):
             self.sample[i] = j
             admitted.append(i)
         if cache is not None and admitted:
-            self._prefill_rows(admitted, col - bs, alive, cache)
+            self._prefill_rows(admitted, col - bs, cache)
         return set(admitted)
 
-    def _prefill_rows(self, rows: list[int], upto: int, alive: torch.Tensor, cache) -> None:
+    def _prefill_rows(self, rows: list[int], upto: int, cache) -> None:
         """Write the keys of columns [first valid, upto) of `rows` into their slots of the cache."""
         lo = min(int(self.off[i]) for i in rows)
         if lo >= upto:
             return  # the prompt fits in the block the next step re-encodes
-        r = torch.tensor(rows)
+        r = torch.tensor(rows, device=self.x.device)
         tmp = SlotCache(upto - lo)
         allowed = block_attention_allowed(self.block_ids[r, lo:upto], self.noisy[r, lo:upto], self.valid[r, lo:upto])
         self.lm.encode(self.x[r, lo:upto], self.pos[r, lo:upto], additive_mask(allowed, self.lm.model.dtype), tmp)
-        where = {int(a): k for k, a in enumerate(alive)}
-        slots = torch.tensor([where[i] for i in rows], device=self.x.device)
-        for main, new in zip(cache.layers, tmp.layers):
-            main._k[slots, :, lo:upto] = new._k[:, :, : upto - lo]
-            main._v[slots, :, lo:upto] = new._v[:, :, : upto - lo]
+        for main, new in zip(cache.layers, tmp.layers):  # a row's slot in the cache is its canvas row
+            main._k[r, :, lo:upto] = new._k[:, :, : upto - lo]
+            main._v[r, :, lo:upto] = new._v[:, :, : upto - lo]
 
     def _grow(self, width: int) -> None:
         """Widen the canvas to `width` columns (a refilled sample decodes past the first ones' end)."""
@@ -520,17 +532,16 @@ class _BlockDecoder(_Decoder):
         self.width = width
         self.block_ids = (torch.arange(width) // lm.block_size).expand(len(self.x), -1).to(lm.device)
 
-    def _inputs(self, rows: torch.Tensor, q_start: int, q_end: int, select: torch.Tensor | None):
-        """Additive attention mask, positions and logit rows for columns [q_start, q_end) of `rows`."""
-        r = rows.to(self.lm.device)
-        allowed = block_attention_allowed(self.block_ids[r, :q_end], self.noisy[r, :q_end], self.valid[r, :q_end], q_start)
-        select = None if select is None else select.to(r.device).expand(len(r), -1)
-        return additive_mask(allowed, self.lm.model.dtype), self.pos[r, q_start:q_end], select
+    def _inputs(self, q_start: int, q_end: int, select: torch.Tensor | None):
+        """Additive attention mask, positions and logit rows for columns [q_start, q_end) of every row."""
+        allowed = block_attention_allowed(self.block_ids[:, :q_end], self.noisy[:, :q_end], self.valid[:, :q_end], q_start)
+        select = None if select is None else select.to(self.x.device).expand(len(self.x), -1)
+        return additive_mask(allowed, self.lm.model.dtype), self.pos[:, q_start:q_end], select
 
-    def _encode(self, rows: torch.Tensor, q_start: int, q_end: int, cache, select: torch.Tensor | None):
-        """Encode columns [q_start, q_end) of `rows` against the cache; logits at `select` if given."""
-        mask, pos, select = self._inputs(rows, q_start, q_end, select)
-        ids = self.x[rows.to(self.lm.device), q_start:q_end]
+    def _encode(self, q_start: int, q_end: int, cache, select: torch.Tensor | None):
+        """Encode columns [q_start, q_end) of every row against the cache; logits at `select` if given."""
+        mask, pos, select = self._inputs(q_start, q_end, select)
+        ids = self.x[:, q_start:q_end]
         if select is None:
             return self.lm.encode(ids, pos, mask, cache)
         return self.lm.forward_logits(ids, pos, mask, select, cache)
@@ -557,23 +568,22 @@ class _FullDecoder(_Decoder):
 
     def run(self) -> list[Trajectory]:
         lm, p = self.lm, self.params
-        gen, n = int(self.gen_col[0]), len(self.x)
+        gen = int(self.gen_col[0])
         length = p.block_length or p.max_new_tokens
         shift = 1 if lm.family.shift_logits else 0
-        alive = torch.arange(n)
         everything = torch.arange(self.width)
         for blk_start in range(gen, self.width, length):
             blk_end = min(blk_start + length, self.width)
             cache = DynamicCache() if p.kv_cache else None
 
-            def forward(rows, k, blk_start=blk_start, blk_end=blk_end, cache=cache):
+            def forward(k, blk_start=blk_start, blk_end=blk_end, cache=cache):
                 block = torch.arange(blk_start, blk_end)
                 if cache is None:  # recompute the whole canvas
-                    return self._encode(rows, everything, None, block)
+                    return self._encode(everything, None, block)
                 # Shifted heads read the hidden state one column left of the block: re-encode it.
                 lo = blk_start - shift
                 if k == 0:  # refresh: encode the whole canvas, keep the reusable part of the cache
-                    logits = self._encode(rows, everything, cache, block)
+                    logits = self._encode(everything, cache, block)
                     if p.dual_cache:
                         _drop_columns(cache, lo, blk_end)  # keys: [prefix | suffix]
                     else:
@@ -582,38 +592,37 @@ class _FullDecoder(_Decoder):
                 select = torch.arange(shift, shift + blk_end - blk_start)
                 if p.dual_cache:
                     keys = torch.cat([torch.arange(lo), torch.arange(blk_end, self.width), torch.arange(lo, blk_end)])
-                    logits = self._encode(rows, torch.arange(lo, blk_end), cache, select, keys)
+                    logits = self._encode(torch.arange(lo, blk_end), cache, select, keys)
                     cache.crop(-(blk_end - lo))
                     return logits
-                logits = self._encode(rows, torch.arange(lo, self.width), cache, select)
+                logits = self._encode(torch.arange(lo, self.width), cache, select)
                 cache.crop(-(self.width - lo))
                 return logits
 
-            self._decode_block(alive, blk_start, blk_end, forward)
+            self._decode_block(blk_start, blk_end, forward)
         return self._trajectories(None)
 
-    def _encode(self, rows, q_cols: torch.Tensor, cache, select: torch.Tensor, key_cols: torch.Tensor | None = None):
-        """Logits at `select` (indices into q_cols) for the columns `q_cols` of `rows`.
+    def _encode(self, q_cols: torch.Tensor, cache, select: torch.Tensor, key_cols: torch.Tensor | None = None):
+        """Logits at `select` (indices into q_cols) for the columns `q_cols` of every row.
 
         Keys are the cached columns followed by q_cols, in the order `key_cols` gives
         (default: all columns up to the last query, i.e. cache = prefix). The mask, positions
         and logit rows of a layout are built once and reused by every step that has it.
         """
         dev = self.lm.device
-        r = rows.to(dev)
         if key_cols is None:
             key_cols = torch.arange(int(q_cols[-1]) + 1) if cache is not None else q_cols
-        layout = (len(rows), int(q_cols[0]), len(q_cols), int(key_cols[0]), len(key_cols), int(select[0]), len(select))
+        layout = (int(q_cols[0]), len(q_cols), int(key_cols[0]), len(key_cols), int(select[0]), len(select))
         memo = self._layouts
         if layout not in memo:
             memo.clear()  # a new block: the previous block's layouts are not needed again
-            kv = self.valid[r][:, key_cols.to(dev)]  # [r, K] attend to every real token
-            qv = self.valid[r][:, q_cols.to(dev)]
+            kv = self.valid[:, key_cols.to(dev)]  # [n, K] attend to every real token
+            qv = self.valid[:, q_cols.to(dev)]
             self_key = key_cols.to(dev)[None, :] == q_cols.to(dev)[:, None]  # [Q, K]
             allowed = (qv[:, :, None] & kv[:, None, :]) | (~qv[:, :, None] & self_key[None])  # padding rows see themselves
-            memo[layout] = (additive_mask(allowed, self.lm.model.dtype), self.pos[r][:, q_cols.to(dev)], q_cols.to(dev), select.to(dev).expand(len(r), -1))
+            memo[layout] = (additive_mask(allowed, self.lm.model.dtype), self.pos[:, q_cols.to(dev)], q_cols.to(dev), select.to(dev).expand(len(self.x), -1))
         mask, pos, cols, sel = memo[layout]
-        return self.lm.forward_logits(self.x[r][:, cols], pos, mask, sel, cache)
+        return self.lm.forward_logits(self.x[:, cols], pos, mask, sel, cache)
 
 
 def _drop_columns(cache: DynamicCache, start: int, end: int) -> None:

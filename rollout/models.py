@@ -37,7 +37,7 @@ from transformers import (
     Qwen3Model,
 )
 
-from rollout.attention import additive_mask, block_attention_allowed, full_attention_allowed
+from rollout.attention import SDPA_GQA, additive_mask, block_attention_allowed, full_attention_allowed
 from rollout.logprobs import head_logprobs
 
 
@@ -96,6 +96,9 @@ class DiffusionLM:
         # token): sampling such an id would crash decoding, so it is excluded like the mask id.
         self.num_tokens = min(len(tokenizer), model.config.vocab_size)
         self._pass_hook = None  # see `pass_hook`
+        if getattr(model.config, "_attn_implementation", None) == "sdpa" and type(model).__module__.startswith("transformers."):
+            # Stock classes only: a checkpoint's own code may read the name itself (rollout.attention).
+            model.set_attn_implementation(SDPA_GQA)
 
     @property
     def device(self) -> torch.device:

@@ -60,3 +60,38 @@ def test_sampling_logprobs_exclude_mask_and_apply_temperature(lm):
     ref = torch.log_softmax(torch.cat([logits[:, : lm.mask_id], logits[:, lm.mask_id + 1 :]], 1) / 0.5, -1)
     keep = [i for i in range(logits.shape[1]) if i != lm.mask_id]
     assert torch.allclose(lp[:, keep], ref, atol=1e-12)
+
+
+def test_native_gqa_attention_gives_stock_sdpa_logits_and_gradients_without_copying_the_cache(tokenizer, monkeypatch):
+    # The tiny LM has 4 query heads over 2 key/value heads. Stock "sdpa" repeats the kv heads
+    # before a masked kernel; unmask's attention lets the CPU kernel do GQA: same numbers.
+    from transformers.integrations import sdpa_attention
+
+    from rollout.attention import SDPA_GQA
+
+    lm = tiny_lm(tokenizer, double=False)
+    assert lm.model.config._attn_implementation == SDPA_GQA
+    assert lm.model.config.num_key_value_heads < lm.model.config.num_attention_heads
+    x = torch.randint(3, 20, (3, 12))
+    valid = torch.ones_like(x, dtype=torch.bool)
+    valid[0, :4] = False  # left padding in one row
+    pos = torch.arange(12).expand(3, -1)
+    allowed = block_attention_allowed(pos // 4, torch.zeros_like(valid), valid)
+    select = torch.arange(12).expand(3, -1)
+
+    def logits_and_grad(impl):
+        lm.model.set_attn_implementation(impl)
+        lm.model.zero_grad()
+        out = lm.forward_logits(x, pos, allowed, select)
+        out.float().logsumexp(-1)[valid].sum().backward()
+        return out.detach(), lm.model.model.layers[0].self_attn.k_proj.weight.grad.clone()
+
+    copies = []
+    monkeypatch.setattr(sdpa_attention, "repeat_kv", lambda h, n: copies.append(h.shape) or h.repeat_interleave(n, dim=1))
+    ours, our_grad = logits_and_grad(SDPA_GQA)
+    assert copies == []  # no key/value head was copied
+    stock, stock_grad = logits_and_grad("sdpa")
+    assert len(copies) == 2 * lm.model.config.num_hidden_layers  # stock copies keys and values of every layer
+    torch.testing.assert_close(ours, stock, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(our_grad, stock_grad, atol=1e-5, rtol=1e-4)
+    assert our_grad.abs().sum() > 0
