@@ -59,7 +59,7 @@ from rl.distributed import Piece, minibatch_pieces
 from rollout.lora import adapter_state, apply_lora, load_adapter_state
 from rollout.models import DiffusionLM, load_model
 from rollout.trajectory import Trajectory
-from rollout.weights import WeightsSnapshot, snapshot
+from rollout.weights import WeightsSnapshot, flatten_parameters, snapshot
 
 
 def _rows_tensor(rows: Sequence[Sequence[int]], width: int) -> torch.Tensor:
@@ -214,6 +214,10 @@ class Learner:
         self._value: nn.Module | None = self.value
         self._ready = world_size == 1
         self.optimizer = self.value_optimizer = None
+        if not self.fsdp and self.peft is None:
+            # The policy's parameters as views of one buffer per dtype: get_weights' snapshot then
+            # crosses the object store as one large copy (FSDP2 reshards them; LoRA sends the adapter).
+            flatten_parameters(self.lm.model)
         if not self.fsdp:  # FSDP2 replaces the parameters with sharded ones: optimizers come after
             self._build_optimizers()
         self.step = 0

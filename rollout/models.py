@@ -39,6 +39,7 @@ from transformers import (
 
 from rollout.attention import SDPA_GQA, additive_mask, block_attention_allowed, full_attention_allowed
 from rollout.logprobs import head_logprobs
+from rollout.weights import separate_storages
 
 
 # transformers renamed `past_key_values` to `cache` in 5.x; pass whichever this version takes.
@@ -272,7 +273,9 @@ class DiffusionLM:
         if self.block_size is not None:
             self.model.config.block_size = self.block_size
         self.model.config.unmask_family = self.family.name
-        self.model.save_pretrained(path, state_dict=state_dict)
+        # A learner's parameters are views of one buffer (flatten_parameters): unshare them, or
+        # transformers would clone every one of them before writing.
+        self.model.save_pretrained(path, state_dict=separate_storages(self.model.state_dict() if state_dict is None else state_dict))
         self.tokenizer.save_pretrained(path)
 
 

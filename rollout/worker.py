@@ -66,34 +66,41 @@ class RolloutWorker:
             load_adapter_state(self.peft, state_dict)
             self.weights_version = self.weights_version + 1 if version is None else version
             return self.weights_version
-        shared = adopt = self._can_adopt(state_dict)
-        if not adopt and self._adopted:
-            # The parameters are buffers of an earlier snapshot, possibly shared with other workers
-            # in the object store: never write into them; take private copies instead.
-            own = self.lm.model.state_dict()
-            state_dict = {k: v.to(device=own[k].device, dtype=own[k].dtype, copy=True) if k in own else v for k, v in state_dict.items()}
-            adopt = True
-        # assign=True makes the received buffers the parameters: no copy, and the workers of one
-        # node then share the one copy in Ray's object store. Otherwise copy into the parameters.
-        missing, unexpected = self.lm.model.load_state_dict(state_dict, strict=False, assign=adopt)
-        if adopt and getattr(self.lm.model.config, "tie_word_embeddings", False):
-            self.lm.model.tie_weights()  # assign replaced the embedding: point the head at it again
-        # Tied embeddings appear once in a state dict; anything else missing is a real mismatch.
-        missing = [k for k in missing if k != "lm_head.weight"]
-        if missing or unexpected:
-            raise ValueError(f"weight sync mismatch: missing={missing[:5]} unexpected={unexpected[:5]}")
-        self._adopted = shared
+        slots = self.lm.model.state_dict(keep_vars=True)  # key -> the Parameter or buffer it loads into
+        # Checked before anything is written: a mismatch leaves the old weights whole. A key may be
+        # absent when its tensor is another present key's (tied embeddings appear once).
+        present = {id(slots[k]) for k in state_dict if k in slots}
+        missing = [k for k, v in slots.items() if k not in state_dict and id(v) not in present]
+        unexpected = [k for k in state_dict if k not in slots]
+        shapes = [f"{k}: {tuple(v.shape)} for {tuple(slots[k].shape)}" for k, v in state_dict.items() if k in slots and v.shape != slots[k].shape]
+        if missing or unexpected or shapes:
+            raise ValueError(f"weight sync mismatch: missing={missing[:5]} unexpected={unexpected[:5]} shape={shapes[:5]}")
+        adopt = self._can_adopt(state_dict, slots)
+        with torch.no_grad():
+            for k, v in state_dict.items():
+                slot = slots[k]
+                if adopt:
+                    # The received buffer becomes the tensor's storage: no copy, and the workers of
+                    # one node then share the one copy in Ray's object store. Swapping .data keeps
+                    # the Parameter objects, so ties (one object) and compiled graphs hold.
+                    slot.data = v
+                elif self._adopted:
+                    # The parameters are buffers of an earlier snapshot, possibly shared with other
+                    # workers in the object store: never write into them; take private copies instead.
+                    slot.data = v.to(device=slot.device, dtype=slot.dtype, copy=True)
+                else:
+                    slot.copy_(v)
+        self._adopted = adopt
         self.weights_version = self.weights_version + 1 if version is None else version
         return self.weights_version
 
-    def _can_adopt(self, state_dict) -> bool:
+    def _can_adopt(self, state_dict, slots: dict[str, torch.Tensor]) -> bool:
         """Whether `load_weights` may take the tensors as they are: a snapshot received through
-        pickling (nobody else in this process holds it) whose tensors already have the device,
-        dtype and shape of the parameters they replace. A GPU worker always copies (host to device)."""
+        pickling (nobody else in this process holds it) whose tensors already have the device and
+        dtype of what they replace. A GPU worker always copies (host to device)."""
         if not (isinstance(state_dict, WeightsSnapshot) and state_dict.received):
             return False
-        own = self.lm.model.state_dict()
-        return all(k in own and own[k].device == v.device and own[k].dtype == v.dtype and own[k].shape == v.shape for k, v in state_dict.items())
+        return all(slots[k].device == v.device and slots[k].dtype == v.dtype for k, v in state_dict.items())
 
     def generate(
         self,

@@ -10,10 +10,10 @@ import torch
 from rl.config import RunConfig
 from rl.learner import Learner
 from rollout import SamplingParams, generate
-from rollout.weights import WeightsSnapshot, snapshot
+from rollout.weights import WeightsSnapshot, flatten_parameters, separate_storages, snapshot
 from rollout.worker import RolloutWorker
 
-from .conftest import BASE_CKPT
+from .conftest import BASE_CKPT, tiny_lm
 
 
 def mixed_snapshot():
@@ -84,3 +84,76 @@ def test_worker_adopts_received_buffers_and_never_writes_into_them():
     assert all(torch.equal(worker.lm.model.state_dict()[k], v) for k, v in want.items())
     with pytest.raises(ValueError, match="weight sync mismatch"):
         worker.load_weights(pickle.loads(pickle.dumps(WeightsSnapshot({"bogus.weight": torch.zeros(1)}))))
+
+
+def out_of_band(obj) -> tuple[bytes, list]:
+    """Pickle with protocol 5 as Ray does: (the in-band bytes, the buffers handed over apart)."""
+    buffers = []
+    return pickle.dumps(obj, protocol=5, buffer_callback=buffers.append), buffers
+
+
+def test_flatten_parameters_keeps_values_ties_and_training_and_the_snapshot_travels_as_one_buffer(tokenizer):
+    plain, flat = tiny_lm(tokenizer, double=False), tiny_lm(tokenizer, double=False)
+    for lm in (plain, flat):  # a second dtype
+        lm.model.model.norm.weight.data = lm.model.model.norm.weight.data.bfloat16()
+    before = {k: v.clone() for k, v in flat.model.state_dict().items()}
+    assert flatten_parameters(flat.model) == 2  # one buffer per dtype
+    state = flat.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in before.items())
+    params = dict(flat.model.named_parameters(remove_duplicate=False))
+    assert params["lm_head.weight"] is params["model.embed_tokens.weight"]  # still one tied Parameter
+    fp32 = [p for p in flat.model.parameters() if p.dtype == torch.float32]
+    base = fp32[0].untyped_storage().data_ptr()
+    assert len(fp32) > 10 and all(p.untyped_storage().data_ptr() == base for p in fp32)
+    # The same optimizer step on the flattened model gives the same weights.
+    ids = torch.tensor([tokenizer("123+456=579")["input_ids"]])
+    for lm in (plain, flat):
+        opt = torch.optim.AdamW([p for p in lm.model.parameters() if p.dtype == torch.float32], lr=1e-2)
+        lm.model(input_ids=ids).logits.float().square().mean().backward()
+        opt.step()
+    assert all(torch.equal(v, flat.model.state_dict()[k]) for k, v in plain.model.state_dict().items())
+    # A snapshot crosses the store as one buffer per dtype, the tied head included in its embedding's.
+    blob, buffers = out_of_band(snapshot(flat.model.state_dict()))
+    nbytes = sum(p.numel() * p.element_size() for p in flat.model.parameters())
+    assert len(buffers) == 2 and sum(memoryview(b).nbytes for b in buffers) == nbytes
+    back = pickle.loads(blob, buffers=buffers)
+    assert all(torch.equal(back[k], v) for k, v in flat.model.state_dict().items())
+    assert back["lm_head.weight"].data_ptr() == back["model.embed_tokens.weight"].data_ptr()
+
+
+def test_snapshot_sends_a_small_view_of_a_big_storage_alone_not_the_storage():
+    big = torch.randn(1000, 64)
+    blob, buffers = out_of_band(WeightsSnapshot({"row": big[10], "cols": big[:, :2]}))  # contiguous slice, strided slice
+    assert sorted(memoryview(b).nbytes for b in buffers) == [64 * 4, 1000 * 2 * 4]
+    back = pickle.loads(blob, buffers=buffers)
+    assert torch.equal(back["row"], big[10]) and torch.equal(back["cols"], big[:, :2])
+
+
+def test_a_flattened_model_saves_without_copies_and_loads_back_equal(tokenizer, tmp_path):
+    from rollout.models import load_model
+
+    lm = tiny_lm(tokenizer, double=False)
+    flatten_parameters(lm.model)
+    state = lm.model.state_dict()
+    apart = separate_storages(state)
+    # Same memory (no copy), each over its own storage; the tied head stays the embedding's alias.
+    assert all(apart[k].data_ptr() == v.data_ptr() for k, v in state.items())
+    ptrs = [apart[k].untyped_storage().data_ptr() for k in state if k != "lm_head.weight"]
+    assert len(set(ptrs)) == len(ptrs)
+    assert apart["lm_head.weight"].untyped_storage().data_ptr() == apart["model.embed_tokens.weight"].untyped_storage().data_ptr()
+    lm.save_pretrained(tmp_path)
+    back = load_model(tmp_path).model.state_dict()
+    assert set(back) == set(state) and all(torch.equal(back[k], v) for k, v in state.items())
+
+
+def test_a_mismatched_sync_is_refused_before_any_weight_changes():
+    worker = RolloutWorker(str(BASE_CKPT))
+    want = {k: v.clone() for k, v in worker.lm.model.state_dict().items()}
+    bad = {k: torch.zeros_like(v) for k, v in want.items()}
+    bad["model.norm.weight"] = torch.zeros(3)  # one wrong shape, listed after most tensors
+    with pytest.raises(ValueError, match="model.norm.weight: \\(3,\\)"):
+        worker.load_weights(bad)
+    incomplete = {k: torch.zeros_like(v) for k, v in want.items() if k != "model.layers.0.mlp.up_proj.weight"}
+    with pytest.raises(ValueError, match="missing=\\['model.layers.0.mlp.up_proj.weight'\\]"):
+        worker.load_weights(incomplete)
+    assert all(torch.equal(worker.lm.model.state_dict()[k], v) for k, v in want.items())
