@@ -147,6 +147,11 @@ class RolloutConfig(_Section):
         False, description="Compile each worker's backbone with torch.compile(dynamic=True): the first rollout pays the compilation, "
         "later ones (weight syncs included) reuse it. Same tokens; on a 2-core CPU 1.5x faster decoding at 8 and 64 rows (benchmarks/rollout.py)."
     )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights' dtype in the rollout workers: auto is bfloat16 on a GPU, float32 on the CPU. The learner "
+        "keeps its fp32 weights and recomputes the old log-probs itself, so the importance ratio is unaffected (except under "
+        "overlap, which uses the rollout's log-probs); weight syncs are cast on the learner, so bf16 workers receive half the bytes."
+    )
     overlap: bool = Field(
         False, description="Decode step k+1's rollouts while the learner updates on step k (one-step off-policy): the importance "
         "ratio then uses the rollout's own log-probs, and the staleness is logged as rollout/staleness."

@@ -30,7 +30,7 @@ from rl.data.prompts import encode_messages, encode_prompt  # noqa: F401 - encod
 from rl.tasks import ArithmeticTask
 from rollout.autoregressive import ENGINES, ARModel, VLLMModel, import_vllm, is_ar_checkpoint
 from rollout.engine import SamplingParams, generate
-from rollout.models import DiffusionLM, load_model
+from rollout.models import DTYPES, DiffusionLM, load_model
 
 Policy = DiffusionLM | ARModel | VLLMModel
 
@@ -476,7 +476,7 @@ def run_eval(
         raise ValueError(f"two benchmarks share a label ({', '.join(labels)}); give one label=NAME")
     store = Results(out_dir)
     ran: dict[str, dict[str, dict[str, dict]]] = {}
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[opts.dtype]
+    dtype = DTYPES[opts.dtype]
     strategies = [parse_strategy(s, opts.base) for s in opts.strategies]
     if opts.samples > 1 and opts.base.temperature == 0:
         echo(f"note: --samples {opts.samples} with temperature 0 repeats one greedy completion; set --temperature for pass@k")

@@ -285,23 +285,27 @@ class Learner:
             raise RuntimeError(f"learner rank {self.rank} of {self.world_size}: call setup_distributed() on every rank first")
 
     # -- weights -----------------------------------------------------------------------------
-    def get_weights(self) -> WeightsSnapshot:
+    def get_weights(self, dtype: torch.dtype | None = None) -> WeightsSnapshot:
         """What rollout workers need to match the policy (CPU tensors): the full state dict, or
         only the adapter's tensors with LoRA. Rank 0 answers; other ranks return {}.
         Collective under fsdp2 (the shards are gathered to rank 0).
 
+        `dtype`: the workers' decoding dtype (rollout.dtype); the weights are cast to it here, on
+        the learner's device, so half the bytes cross for bf16 workers and a CPU worker adopts
+        them as they arrive. An adapter travels in its own dtype.
+
         A `WeightsSnapshot`: it crosses Ray's object store as raw buffers (one copy in, none out).
-        On a CPU learner its tensors are views of the live parameters, so the snapshot is taken
-        when Ray stores the return value; in-process callers that keep it across an `update`
-        must clone it."""
+        On a CPU learner without a cast its tensors are views of the live parameters, so the
+        snapshot is taken when Ray stores the return value; in-process callers that keep it
+        across an `update` must clone it."""
         self._check_ready()
         if self.fsdp:
-            return WeightsSnapshot(self._full_state(self.lm.model))
+            return snapshot(self._full_state(self.lm.model), dtype)
         if self.rank != 0:
             return WeightsSnapshot()
         if self.peft is not None:
             return WeightsSnapshot(adapter_state(self.peft))
-        return snapshot(self.lm.model.state_dict())
+        return snapshot(self.lm.model.state_dict(), dtype)
 
     def _full_state(self, module: nn.Module) -> dict[str, torch.Tensor]:
         """Unsharded CPU state dict on rank 0 ({} elsewhere); collective under fsdp2."""

@@ -187,7 +187,8 @@ class Trainer:
             self._on_learners("setup_distributed", addr, port)
         lora = cfg.model.lora.model_dump(exclude={"enabled"}) if cfg.model.lora.enabled else None
         self._worker_args = (cfg.model.path, packed, cfg.model.block_size, threads, cfg.model.family, cfg.model.trust_remote_code, lora)
-        self._worker_kwargs = {"compile": cfg.rollout.compile}
+        self._worker_kwargs = {"compile": cfg.rollout.compile, "dtype": cfg.rollout.dtype}
+        self._sync_dtype = None  # the workers' decoding dtype, asked once at the first sync
         self.workers = [self._spawn_worker(w) for w in range(n_workers)]
         self._weights = None  # (object ref, version) of the weights the workers hold
         # Process rewards of the current step, per token (set by score, filtered by advantages).
@@ -315,7 +316,13 @@ class Trainer:
 
         wait=False only queues the load behind whatever the workers are decoding (overlap mode).
         """
-        refs = [rank.get_weights.remote() for rank in self.learners]  # collective under fsdp2
+        if self._sync_dtype is None:
+            try:
+                self._sync_dtype = ray.get(self.workers[0].decoding_dtype.remote())
+            except ray.exceptions.RayActorError:
+                pass  # sync uncast this time; the loads below replace the dead worker
+        # Cast on the learner (a bf16 worker receives half the bytes); collective under fsdp2.
+        refs = [rank.get_weights.remote(self._sync_dtype) for rank in self.learners]
         try:
             # Queued behind get_weights on each rank: returns once every rank answered, and a
             # death shows here rather than as a failed load in the workers. Nothing is fetched.

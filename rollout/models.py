@@ -307,6 +307,10 @@ def _special_id(tokenizer, config, attr: str) -> int:
     return int(value)
 
 
+# The dtypes a user may name (rollout.dtype, `unmask eval --dtype`), by the names torch gives them.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def load_model(
     path: str | Path,
     family: str | None = None,

@@ -114,22 +114,38 @@ def _rebuild(keys: list[str], metas: list[_Meta], arrays: list) -> WeightsSnapsh
     return out
 
 
-def snapshot(state_dict: dict[str, torch.Tensor]) -> WeightsSnapshot:
-    """The state dict's tensors, detached and on the CPU, as a `WeightsSnapshot`.
+def snapshot(state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> WeightsSnapshot:
+    """The state dict's tensors, detached and on the CPU, as a `WeightsSnapshot`; floating-point
+    tensors cast to `dtype` if given (what the readers decode in: half the bytes for bf16 workers).
 
-    CPU tensors are not copied (the snapshot is taken when it is pickled); tensors on an
-    accelerator are copied to host memory, the one round trip the object store needs, in one
-    transfer per buffer `_coalesce` finds (one per dtype for a flattened model).
+    CPU tensors are not copied unless cast (the snapshot is taken when it is pickled); tensors
+    on an accelerator are copied to host memory, the one round trip the object store needs. Both
+    the cast and the copy run once per buffer `_coalesce` finds (one per dtype for a flattened
+    model), the cast on the tensors' device, before the transfer.
     """
     keys = list(state_dict)
     tensors = [state_dict[k].detach() for k in keys]
-    on_device = [i for i, t in enumerate(tensors) if t.device.type != "cpu"]
-    if on_device:
-        buffers, where = _coalesce([tensors[i] for i in on_device])
-        host = [b.to("cpu") for b in buffers]
-        for i, (b, off) in zip(on_device, where):
-            tensors[i] = _view(host[b], off, tensors[i].dtype, tuple(tensors[i].shape))
-    return WeightsSnapshot(zip(keys, tensors))
+    if dtype is None and all(t.device.type == "cpu" for t in tensors):
+        return WeightsSnapshot(zip(keys, tensors))  # views of the live tensors
+    buffers, where = _coalesce(tensors)
+    kinds: dict[int, set] = {}
+    for t, (b, _) in zip(tensors, where):
+        kinds.setdefault(b, set()).add(t.dtype)
+    cast = {b for b, ds in kinds.items() if dtype is not None and len(ds) == 1 and next(iter(ds)).is_floating_point and dtype not in ds}
+    host = []
+    for b, buf in enumerate(buffers):
+        if b in cast:  # one cast of the whole buffer, as its tensors' dtype, then bytes again
+            buf = buf.view(next(iter(kinds[b]))).to(dtype).view(torch.uint8)
+        host.append(buf.to("cpu"))  # no copy for a CPU buffer
+    out = WeightsSnapshot()
+    for k, t, (b, off) in zip(keys, tensors, where):
+        if b in cast:
+            out[k] = _view(host[b], off // t.element_size() * dtype.itemsize, dtype, tuple(t.shape))
+        else:
+            out[k] = _view(host[b], off, t.dtype, tuple(t.shape))
+            if dtype is not None and t.dtype.is_floating_point and t.dtype != dtype:  # a buffer of mixed dtypes
+                out[k] = out[k].to(dtype)
+    return out
 
 
 def flatten_parameters(module: torch.nn.Module) -> int:

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import torch
 
 from rollout.engine import SamplingParams, generate
-from rollout.models import load_model
+from rollout.models import DTYPES, load_model
 from rollout.trajectory import Trajectory
 from rollout.weights import WeightsSnapshot
 
@@ -28,6 +28,9 @@ class RolloutWorker:
         device: where to decode; default the GPU when one is visible (Ray shows an actor only the
             GPUs it was given, none without num_gpus), else the CPU.
         compile: compile the backbone for decoding (`DiffusionLM.compile`).
+        dtype: the weights' dtype for decoding: "auto" (bfloat16 on a GPU, float32 on the CPU,
+            whose bf16 matmuls are slow without AMX), "float32", "bfloat16", "float16", or a
+            torch.dtype. The learner keeps its own (fp32) weights; syncs arrive cast to this.
     """
 
     def __init__(
@@ -40,11 +43,13 @@ class RolloutWorker:
         lora: dict | None = None,
         device: str | None = None,
         compile: bool = False,
+        dtype: str | torch.dtype = "auto",
     ):
         if threads:
             torch.set_num_threads(threads)
-        self.lm = load_model(model_path, family=family, block_size=block_size, trust_remote_code=trust_remote_code)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = decoding_dtype(dtype, device)
+        self.lm = load_model(model_path, family=family, block_size=block_size, dtype=self.dtype, trust_remote_code=trust_remote_code)
         if device != "cpu":
             self.lm.model.to(device)
         self.peft = None
@@ -56,6 +61,10 @@ class RolloutWorker:
             self.lm.compile()  # after LoRA: the graph is of the modules that decode
         self.weights_version = 0
         self._adopted = False  # whether the parameters are a received snapshot's buffers (see load_weights)
+
+    def decoding_dtype(self) -> torch.dtype:
+        """The dtype this worker decodes in (what a sync should arrive as)."""
+        return self.dtype
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], version: int | None = None) -> int:
         """Replace the policy weights in memory (no disk): a full state dict, or only the LoRA
@@ -135,3 +144,16 @@ class RolloutWorker:
         if device is not None:
             self.lm.model.to(device)
             self._device = None
+
+
+
+def decoding_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
+    """`rollout.dtype` resolved for a worker on `device`: "auto" is bfloat16 on an accelerator
+    (as JetEngine, vLLM and the families' own inference code decode) and float32 on the CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
+    if dtype not in DTYPES:
+        raise ValueError(f"rollout dtype {dtype!r}: expected auto or one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
