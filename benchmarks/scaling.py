@@ -3,6 +3,7 @@ overlap), and in-memory weight sync vs disk.
 
     python benchmarks/scaling.py [--steps 4] [--json out.json]
     python benchmarks/scaling.py --sync-only [--json out.json]   # the weight-sync part alone
+    python benchmarks/scaling.py --sync-only --gpu --sync-layers 28   # on a GPU: ~330M params, bf16 workers
 
 Both comparisons run in one process, baseline first:
 - steps/hour of the full RL step (rollout, score, update, sync) on the quickstart's model with
@@ -75,21 +76,29 @@ def build_sync_model(path: Path, num_layers: int) -> int:
     return sum(p.numel() for p in lm.model.parameters())
 
 
-def sync_times(repeats: int, model_path: str | None = None) -> tuple[float, float]:
+def sync_times(repeats: int, model_path: str | None = None, gpu: bool = False, dtype: str = "auto") -> tuple[float, float]:
     """Median seconds of one weight sync in memory and through disk (the first of repeats + 1
-    rounds warms up). `model_path` replaces the quickstart's model."""
+    rounds warms up). `model_path` replaces the quickstart's model; `gpu` puts the learner and the
+    worker on one GPU (half each); `dtype` is the worker's rollout.dtype (auto: bf16 on a GPU)."""
     # beta=0: no frozen reference copy in the learner; it plays no part in sync and costs memory.
-    overrides = ["wandb.mode=disabled", "algorithm.beta=0"] + ([f"model.path={model_path}"] if model_path else [])
+    overrides = ["wandb.mode=disabled", "algorithm.beta=0", f"rollout.dtype={dtype}"] + ([f"model.path={model_path}"] if model_path else [])
+    overrides += ["cluster.gpus_per_bundle=0.5"] if gpu else []
     cfg = load_config(ROOT / "configs" / "quickstart.yaml", overrides)
-    learner = ray.remote(Learner).remote(cfg)
-    worker = ray.remote(RolloutWorker).remote(cfg.model.path)
+    learner = ray.remote(Learner).options(num_gpus=0.5 if gpu else 0).remote(cfg)
+    worker = ray.remote(RolloutWorker).options(num_gpus=0.5 if gpu else 0).remote(cfg.model.path, dtype=cfg.rollout.dtype)
+    cast = ray.get(worker.decoding_dtype.remote())  # what the trainer's sync casts to
+
+    def reload(self, p):  # the worker's side of the disk path: a fresh model, where and as it decodes
+        device = next(self.lm.model.parameters()).device
+        self.lm = load_model(p, dtype=self.dtype)
+        self.lm.model.to(device)
 
     def disk(d):  # the reference implementations' path: write the weights, reload them
         ray.get(learner.__ray_call__.remote(lambda self, p: self.lm.save_pretrained(p), d))
-        ray.get(worker.__ray_call__.remote(lambda self, p: setattr(self, "lm", load_model(p)), d))
+        ray.get(worker.__ray_call__.remote(reload, d))
 
     def memory():
-        ray.get(worker.load_weights.remote(learner.get_weights.remote()))
+        ray.get(worker.load_weights.remote(learner.get_weights.remote(cast)))
 
     mem, dsk = [], []
     with tempfile.TemporaryDirectory() as d:
@@ -118,23 +127,27 @@ def copy_floor(params: int, repeats: int) -> float:
     return statistics.median(times[1:])
 
 
-def sync_report(repeats: int, num_layers: int) -> dict:
+def sync_report(repeats: int, num_layers: int, gpu: bool = False, dtype: str = "auto") -> dict:
     """Weight sync at ~100M parameters (and on the 1M quickstart model): printed, and returned as
-    the JSON fields `sync_speedup_vs_disk`, `sync_params`, `sync_ms` (memory, disk, copy_floor)
-    and `sync_1m`."""
+    the JSON fields `sync_speedup_vs_disk`, `sync_params`, `sync_ms` (memory, disk, and on the
+    CPU copy_floor), `sync_1m` and `sync_device`."""
     small_params = sum(p.numel() for p in load_model(QUICKSTART_MODEL).model.parameters())
-    small_mem, small_disk = sync_times(repeats)
+    small_mem, small_disk = sync_times(repeats, gpu=gpu, dtype=dtype)
     with tempfile.TemporaryDirectory() as d:
         params = build_sync_model(Path(d), num_layers)
-        mem, disk = sync_times(repeats, d)
-    floor = copy_floor(params, repeats)
-    print(f"weight sync ({params / 1e6:.1f}M params): in memory {mem * 1e3:.0f} ms, "
+        mem, disk = sync_times(repeats, d, gpu, dtype)
+    where = f"{'GPU' if gpu else 'CPU'} learner and worker, rollout.dtype {dtype}"
+    print(f"weight sync ({params / 1e6:.1f}M params, {where}): in memory {mem * 1e3:.0f} ms, "
           f"save_pretrained + from_pretrained {disk * 1e3:.0f} ms -> {disk / mem:.1f}x")
-    print(f"  one copy of the same {params * 4 / 1e6:.0f} MB (torch copy_, the least a sync can cost): {floor * 1e3:.0f} ms; "
-          f"in-memory sync is {mem / floor:.2f}x that, disk {disk / floor:.1f}x")
+    ms = {"memory": mem * 1e3, "disk": disk * 1e3}
+    if not gpu:
+        floor = copy_floor(params, repeats)
+        ms["copy_floor"] = floor * 1e3
+        print(f"  one copy of the same {params * 4 / 1e6:.0f} MB (torch copy_, the least a sync can cost): {floor * 1e3:.0f} ms; "
+              f"in-memory sync is {mem / floor:.2f}x that, disk {disk / floor:.1f}x")
     print(f"weight sync ({small_params / 1e6:.1f}M params, fixed costs): in memory {small_mem * 1e3:.1f} ms, "
           f"save_pretrained + from_pretrained {small_disk * 1e3:.1f} ms -> {small_disk / small_mem:.1f}x")
-    return {"sync_speedup_vs_disk": disk / mem, "sync_params": params, "sync_ms": {"memory": mem * 1e3, "disk": disk * 1e3, "copy_floor": floor * 1e3},
+    return {"sync_speedup_vs_disk": disk / mem, "sync_params": params, "sync_ms": ms, "sync_device": where,
             "sync_1m": {"params": small_params, "speedup_vs_disk": small_disk / small_mem,
                         "ms": {"memory": small_mem * 1e3, "disk": small_disk * 1e3}}}
 
@@ -147,9 +160,12 @@ def main():
     ap.add_argument("--sync-only", action="store_true", help="measure weight sync only (no RL steps)")
     ap.add_argument("--sync-layers", type=int, default=SYNC_SHAPE["num_layers"],
                     help="decoder layers of the sync model (8: ~100M parameters; fewer for a smoke run)")
+    ap.add_argument("--gpu", action="store_true", help="sync between a GPU learner and a GPU worker (one GPU, half each)")
+    ap.add_argument("--sync-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                    help="the worker's rollout.dtype (auto: bfloat16 on a GPU, float32 on the CPU)")
     args = ap.parse_args()
     ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    sync = sync_report(args.repeats, args.sync_layers)
+    sync = sync_report(args.repeats, args.sync_layers, args.gpu, args.sync_dtype)
     if args.sync_only:
         if args.json:
             args.json.write_text(json.dumps(sync, indent=2))
