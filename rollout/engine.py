@@ -270,7 +270,7 @@ class _Decoder:
         blk = slice(blk_start, blk_end)
         state = _BlockState(
             x=self.x[:, blk], step_map=self.step_map[:, blk], logp=self.logp[:, blk],
-            first_step=self.steps.clone(), taken=torch.zeros(len(self.x), dtype=torch.long, device=dev),
+            first_step=self.steps, taken=torch.zeros(len(self.x), dtype=torch.long, device=dev),
         )
         state.masked = state.x == lm.mask_id
         quota = None

@@ -39,16 +39,17 @@ _Meta = tuple[str, tuple[int, ...], int, int]
 def _coalesce(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
     """Flat uint8 buffers that hold `tensors`, and where each tensor lies: (buffer index, byte offset).
 
-    Contiguous tensors over one storage travel as one buffer, the byte range they span, when they
-    tile it (no gap wider than what they cover): a model flattened by `flatten_parameters` goes as
-    one buffer per dtype, and a tied tensor is the same bytes, sent once. Anything else, a tensor
-    that is not contiguous or a small view of a big storage, goes as its own contiguous copy.
-    The buffers are views where they can be (no copy) and stay on the tensors' device.
+    Contiguous tensors of one dtype over one storage travel as one buffer, the byte range they
+    span, when they tile it (no gap wider than what they cover): a model flattened by
+    `flatten_parameters` goes as one buffer per dtype, and a tied tensor is the same bytes, sent
+    once. Anything else, a tensor that is not contiguous or a small view of a big storage, goes
+    as its own contiguous copy. So every buffer holds tensors of one dtype. The buffers are views
+    where they can be (no copy) and stay on the tensors' device.
     """
-    groups: dict[tuple, list[int]] = {}  # (device, storage address) -> indices of its tensors
+    groups: dict[tuple, list[int]] = {}  # (device, storage address, dtype) -> indices of its tensors
     for i, t in enumerate(tensors):
         if t.is_contiguous() and t.numel():
-            groups.setdefault((t.device, t.untyped_storage().data_ptr()), []).append(i)
+            groups.setdefault((t.device, t.untyped_storage().data_ptr(), t.dtype), []).append(i)
     buffers: list[torch.Tensor] = []
     where: list[tuple[int, int] | None] = [None] * len(tensors)
     for idx in groups.values():
@@ -128,24 +129,13 @@ def snapshot(state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None = No
     if dtype is None and all(t.device.type == "cpu" for t in tensors):
         return WeightsSnapshot(zip(keys, tensors))  # views of the live tensors
     buffers, where = _coalesce(tensors)
-    kinds: dict[int, set] = {}
-    for t, (b, _) in zip(tensors, where):
-        kinds.setdefault(b, set()).add(t.dtype)
-    cast = {b for b, ds in kinds.items() if dtype is not None and len(ds) == 1 and next(iter(ds)).is_floating_point and dtype not in ds}
-    host = []
-    for b, buf in enumerate(buffers):
-        if b in cast:  # one cast of the whole buffer, as its tensors' dtype, then bytes again
-            buf = buf.view(next(iter(kinds[b]))).to(dtype).view(torch.uint8)
-        host.append(buf.to("cpu"))  # no copy for a CPU buffer
-    out = WeightsSnapshot()
-    for k, t, (b, off) in zip(keys, tensors, where):
-        if b in cast:
-            out[k] = _view(host[b], off // t.element_size() * dtype.itemsize, dtype, tuple(t.shape))
-        else:
-            out[k] = _view(host[b], off, t.dtype, tuple(t.shape))
-            if dtype is not None and t.dtype.is_floating_point and t.dtype != dtype:  # a buffer of mixed dtypes
-                out[k] = out[k].to(dtype)
-    return out
+    src = {b: t.dtype for t, (b, _) in zip(tensors, where)}  # one dtype per buffer
+    dst = {b: dtype if dtype is not None and d.is_floating_point else d for b, d in src.items()}
+    # One cast of each buffer, on its device, before the one copy to host (none for a CPU buffer).
+    host = [(buf if src[b] == dst[b] else buf.view(src[b]).to(dst[b]).view(torch.uint8)).to("cpu") for b, buf in enumerate(buffers)]
+    return WeightsSnapshot(
+        (k, _view(host[b], off // t.element_size() * dst[b].itemsize, dst[b], tuple(t.shape))) for k, t, (b, off) in zip(keys, tensors, where)
+    )
 
 
 def flatten_parameters(module: torch.nn.Module) -> int:
