@@ -5,6 +5,7 @@ with a fixed seed and a warm-up, so the ratios are comparable even on a noisy ma
 
     python benchmarks/rollout.py [--gen-length 256] [--batch 8] [--json out.json] [--plot out.png]
                                  [--demo-problems 100] [--demo-batches 8,64] [--demo-pairs "1600 steps"]
+                                 [--head-vocab 151936]
 
 Prints a table (NFE, tokens per forward, tokens/s, peak memory per strategy), the host time
 per forward (wall time outside the backbone's forward, per forward) of cached static decoding
@@ -14,7 +15,8 @@ models of the same shape, data and training budget (`examples/checkpoints/demo-a
 `unmask sft configs/sft_demo.yaml --set objective=ar`) on the demos' held-out math and code
 problems (answers of up to 12 and 32 tokens), at each `--demo-batches` size: accuracy, NFE and
 answer tokens/s (tokens up to the first EOS), and `speedup_vs_ar`, the fastest decoder at AR's
-accuracy or better. Two budgets: 560 steps (the RL demos' base, stopped early on purpose) and
+accuracy or better. At a real vocabulary (`--head-vocab`, a small random Qwen3-shaped model) it
+measures what predicting only the masked positions of a block saves (`masked_head`). Two budgets: 560 steps (the RL demos' base, stopped early on purpose) and
 1600 steps (both converged).
 """
 
@@ -116,6 +118,7 @@ def main():
     ap.add_argument("--demo-pairs", default=",".join(DEMO_PAIRS), help=f"which (diffusion, AR) budgets to compare, of: {', '.join(DEMO_PAIRS)}")
     ap.add_argument("--refill-prompts", type=int, default=64, help="prompts of the skewed-length batch (demo math + code)")
     ap.add_argument("--refill-rows", type=int, default=8, help="rows decoded at once, with and without refill")
+    ap.add_argument("--head-vocab", type=int, default=151936, help="vocabulary of the LM-head figure (0: skip it)")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="measure rollout.compile (eager vs torch.compile; ~1-2 min compiling)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--plot", type=Path, default=Path("benchmarks/rollout_accuracy_vs_nfe.png"))
@@ -227,6 +230,7 @@ def main():
         pairs = {n: tuple(ROOT / "examples" / "checkpoints" / d for d in DEMO_PAIRS[n]) for n in names}
         demo = demo_vs_ar(pairs, args.demo_problems, args.demo_batches)
     refill = refill_figure(args.refill_prompts, args.refill_rows)
+    head = head_figure(args.head_vocab, args.batch, min(L, 64)) if args.head_vocab > 0 else None
     compiled = compile_figure(args.demo_problems, args.demo_batches) if args.compile and args.demo_problems > 0 else None
 
     summary = {
@@ -242,6 +246,7 @@ def main():
         "accuracy": {c["strategy"]: c["accuracy"] for c in curve},
         "demo": demo,
         "refill": refill,
+        "masked_head": head,
         "compile": compiled,
         "identical_to_naive": identical,
         "gen_length": L,
@@ -300,6 +305,52 @@ def refill_figure(n_prompts: int, rows: int) -> dict:
     print(f"\nrefill: {len(prompts)} prompts, answers of {min(lengths)}-{max(lengths)} tokens, {rows} rows at a time:"
           f" fixed batches {out['tokens_per_s_fixed']:.0f} tok/s, refill {out['tokens_per_s_refill']:.0f} tok/s"
           f" -> {out['refill_speedup']:.2f}x; identical tokens: {same}")
+    return out
+
+
+def head_figure(vocab: int, batch: int, gen: int) -> dict:
+    """The LM head at a real vocabulary: a step predicts only its block's still-masked positions
+    (`_Decoder.masked_logits`) vs every position of the block, on a small Qwen3-shaped block
+    model with random weights and `vocab` ids (Qwen3's 151936 by default), where the LM head
+    and the softmax over the vocabulary are most of a step's work. Same tokens either way;
+    HF generate() on the same model for reference."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from rollout import build_char_tokenizer
+    from rollout.engine import _Decoder
+    from rollout.models import DiffusionLM
+
+    tok = build_char_tokenizer()
+    config = Qwen3Config(vocab_size=vocab, hidden_size=256, intermediate_size=768, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=64, max_position_embeddings=1024, tie_word_embeddings=True,
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    config.mask_token_id, config.block_size = tok.mask_token_id, 4
+    torch.manual_seed(0)
+    lm = DiffusionLM(Qwen3ForCausalLM(config).eval(), tok, family="block", block_size=4)
+    low = max(tok.mask_token_id, tok.eos_token_id, tok.pad_token_id) + 1
+    prompts = torch.randint(low, len(tok), (batch, 16), generator=torch.Generator().manual_seed(0)).tolist()
+    out = {"vocab": vocab, "batch": batch, "gen": gen, "params_m": sum(p.numel() for p in lm.model.parameters()) / 1e6}
+    print(f"\nLM head at a {vocab}-id vocabulary ({out['params_m']:.0f}M params, {batch} x {gen} tokens, block 4): masked positions only vs every block position")
+    for label, kw in (("static", {}), ("static:2", {"steps_per_block": 2})):
+        params = SamplingParams(max_new_tokens=gen, temperature=0.0, stop_at_eos=False, **kw)
+        speeds, tokens = {}, {}
+        for masked_only in (False, True):
+            _Decoder.masked_logits = masked_only
+            try:
+                trajs, secs = timed(lambda params=params: generate(lm, prompts, params), repeats=2)
+            finally:
+                _Decoder.masked_logits = True
+            speeds[masked_only], tokens[masked_only] = batch * gen / secs, [t.completion_ids for t in trajs]
+        out[label] = {"tokens_per_s_every_position": speeds[False], "tokens_per_s_masked_only": speeds[True],
+                      "speedup": speeds[True] / speeds[False], "identical_tokens": tokens[True] == tokens[False]}
+        print(f"  {label:9s} every position {speeds[False]:7.0f} tok/s, masked only {speeds[True]:7.0f} tok/s -> {speeds[True] / speeds[False]:.2f}x;"
+              f" identical tokens: {tokens[True] == tokens[False]}")
+    ids = torch.tensor(prompts)
+    _, secs = timed(lambda: lm.model.generate(ids, max_new_tokens=gen, min_new_tokens=gen, do_sample=False, pad_token_id=tok.pad_token_id))
+    out["hf_generate_tokens_per_s"] = batch * gen / secs
+    out["equal_forwards_vs_ar"] = out["static"]["tokens_per_s_masked_only"] / out["hf_generate_tokens_per_s"]
+    print(f"  HF generate {out['hf_generate_tokens_per_s']:.0f} tok/s: static at one token per step is {out['equal_forwards_vs_ar']:.2f}x"
+          f" (every position: {out['static']['tokens_per_s_every_position'] / out['hf_generate_tokens_per_s']:.2f}x)")
     return out
 
 

@@ -136,7 +136,9 @@ def evaluate(
     if not checkpoints and not completions:
         typer.echo("nothing to evaluate: give checkpoints and/or --completions FILE", err=True)
         raise typer.Exit(2)
-    if chat_template not in ("auto", "none") or dtype not in ("float32", "bfloat16", "float16") or engine not in ("auto", "hf", "vllm") or samples < 1:
+    from rollout.models import DTYPES
+
+    if chat_template not in ("auto", "none") or dtype not in DTYPES or engine not in ("auto", "hf", "vllm") or samples < 1:
         typer.echo("bad option: --chat-template auto|none, --dtype float32|bfloat16|float16, --engine auto|hf|vllm, --samples >= 1", err=True)
         raise typer.Exit(2)
     if resume and output is None:
@@ -200,16 +202,33 @@ def generate(
     system_prompt: Optional[str] = typer.Option(None, help="System message (the chat template's system turn, else prepended)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run the checkpoint's own modeling code (other architectures)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone first (pays off over many prompts)."),
+    device: str = typer.Option("auto", help="auto (a CUDA GPU when there is one) | cpu | cuda | cuda:N."),
+    dtype: str = typer.Option("auto", help="auto (bfloat16 on a GPU, float32 on the CPU, as rollout.dtype) | float32 | bfloat16 | float16."),
 ) -> None:
     """Decode prompts and print each completion with its step map."""
     import torch
 
     from rl.checkpoint import resolve_model_path
     from rl.data import encode_prompt
+    from rl.evaluate import resolve_device
     from rollout.engine import generate as gen
-    from rollout.models import load_model
+    from rollout.models import DTYPES, load_model
+    from rollout.worker import decoding_dtype
 
-    lm = load_model(resolve_model_path(checkpoint), trust_remote_code=trust_remote_code)
+    try:
+        dev = resolve_device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("no CUDA GPU here")
+        torch.empty(0, device=dev)  # an unknown device or GPU index fails here, before the model loads
+    except (ValueError, RuntimeError, AssertionError) as e:
+        typer.echo(f"bad option --device {device}: {e}", err=True)
+        raise typer.Exit(2) from None
+    if dtype != "auto" and dtype not in DTYPES:
+        typer.echo(f"bad option --dtype {dtype}: expected auto, {', '.join(DTYPES)}", err=True)
+        raise typer.Exit(2)
+    dt = decoding_dtype(dtype, dev)
+    lm = load_model(resolve_model_path(checkpoint), dtype=dt, trust_remote_code=trust_remote_code)
+    lm.model.to(dev)
     if compile:
         lm.compile()
     params = _params(max_new_tokens, strategy, threshold, steps_per_block, temperature)

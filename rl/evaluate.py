@@ -448,7 +448,8 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """--device: "auto" is a CUDA GPU when there is one, else the CPU; anything else as torch spells it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -513,7 +514,7 @@ def run_eval(
                 echo(f"note: {metrics['ignored']} completions in {path} are for problems outside this {bench.label} run (ignored)")
             finish(bench, str(path), GIVEN_STRATEGY, {**metrics, "kind": "completions", "settings": settings}, records)
 
-    device = _device(opts.device)
+    device = resolve_device(opts.device)
     model_paths = [resolve_model_path(c) for c in checkpoints]  # a wrong path fails before any decoding
     engine = None  # resolved at the first AR checkpoint: a diffusion-only call never looks for vLLM
     for ckpt, model_path in zip(map(str, checkpoints), model_paths):

@@ -27,8 +27,10 @@ log-prob under the sampling distribution, so the learner can replay the exact tr
 Host work. Every tensor of the step loop lives on the model's device; what does not change
 inside a block (its attention mask, positions, schedule) is built once per block. Static
 decoding makes no device-to-host synchronisation inside a block's steps (the rows that
-finished are read once per block); the data-dependent decoders read one flag per step, the
-exit test of their loop. The canvas holds live rows only (finished samples leave it, and the
+finished are read once per block); the data-dependent decoders read one count per step (the
+most masked positions a row has left: their loop's exit test, and the step's width). A step
+predicts only the positions still masked: the LM head and the softmax over the vocabulary run
+on m <= b columns per row, gathered in front (each row's masked columns first). The canvas holds live rows only (finished samples leave it, and the
 cache, between blocks), so a step works on whole tensors: its records are views of the canvas,
 written in place, with no row index to gather or scatter. The block cache writes in place
 (rollout.cache.SlotCache).
@@ -204,6 +206,11 @@ def generate(
             raise ValueError(f"prompt {i} is empty")
     if not prompts:
         return []
+    if generator is not None and generator.device.type != lm.device.type:
+        # A CPU generator (the CLI's, eval's) with a model on a GPU: multinomial needs one on the
+        # model's device. Seed it from the caller's, so a seed gives the same samples and each
+        # call (each eval batch) draws a fresh stream.
+        generator = torch.Generator(device=lm.device).manual_seed(int(torch.randint(2**62, (), generator=generator)))
     if lm.family.attention == "block":
         trajs = _BlockDecoder(lm, prompts, params, generator).run()
     else:
@@ -258,11 +265,16 @@ class _Decoder:
     def _decode_block(self, blk_start: int, blk_end: int, forward) -> None:
         """Denoise columns [blk_start, blk_end) of every row until no mask is left.
 
-        `forward(step_in_block)` returns logits [n, blk_end - blk_start, V] for the block as the
-        canvas `self.x` now holds it. Everything below runs on the model's device; the masked
-        count of each row is known on the host (the canvas masks exactly its generated columns),
-        so the static schedule needs no look at the device. The block's records are views of the
-        canvas's: a step writes its commits in place, no row index, no copy back.
+        `forward(step_in_block, cols)` returns logits [n, m, V] for the block as the canvas
+        `self.x` now holds it, at the block-relative columns `cols` [n, m] of each row (None:
+        all b columns in order). Only still-masked positions are predicted: the LM head, the
+        log-softmax and the sampling over the vocabulary are most of a block step's work at a
+        real vocabulary (151936 ids for Qwen3), and a step needs none of them at a committed
+        position. Everything below runs on the model's device; the masked count of each row is
+        known on the host (the canvas masks exactly its generated columns, and a static schedule
+        says how many each step commits), so static decoding needs no look at the device. The
+        block's records are views of the canvas's: a step writes its commits in place, no row
+        index, no copy back.
         """
         lm, p = self.lm, self.params
         dev = lm.device
@@ -278,30 +290,58 @@ class _Decoder:
             steps = p.steps_per_block or blk_end - blk_start
             plans = [ascending_schedule(m) if p.schedule == "ascending" else transfer_schedule(m, steps) for m in masked_per_row]
             max_steps = max(len(q) for q in plans)
-            quota = torch.tensor([q + [0] * (max_steps - len(q)) for q in plans], device=dev).T.contiguous()  # [steps, n]
+            plans = [q + [0] * (max_steps - len(q)) for q in plans]
+            quota = torch.tensor(plans, device=dev).T.contiguous()  # [steps, n]
         else:
             max_steps = max(masked_per_row)  # every step commits at least one token of each live row
+        rows_left = masked_per_row
+        left = max(rows_left)  # most masked positions any row has at this step
         for k in range(max_steps):
-            # Static decoding knows its step count; the others stop when no row has a mask left.
-            if k > 0 and p.strategy != "static" and not self._any_masked(state.masked):
-                break
-            self._denoise_step(state, forward(k), None if quota is None else quota[k])
+            if k > 0:
+                if p.strategy == "static":  # the plan says how many are left, no look at the device
+                    rows_left = [m - q[k - 1] for m, q in zip(rows_left, plans)]
+                    left = max(rows_left)
+                else:  # the others stop when no row has a mask left (prophet may commit early)
+                    left = self._masked_left(state.masked)
+                    if left == 0:
+                        break
+            cols = None
+            if self.masked_logits and left < blk_end - blk_start:
+                # Each row's masked columns first, in order; a row with fewer fills its last slots
+                # with committed columns, whose predictions the commit ignores.
+                cols = (~state.masked).to(torch.int8).argsort(dim=1, stable=True)[:, :left]
+            self._denoise_step(state, forward(k, cols), None if quota is None else quota[k], cols)
         self.steps += state.taken
         self.nfe += state.taken
 
-    @staticmethod
-    def _any_masked(masked: torch.Tensor) -> bool:
-        """The one device read per step of the data-dependent decoders: is any mask left?"""
-        return bool(masked.any())
+    masked_logits = True
+    """Predict only the still-masked positions of a block (False: every position of the block,
+    the baseline benchmarks/rollout.py measures the saving against; same tokens at T=0)."""
 
-    def _denoise_step(self, state: "_BlockState", logits: torch.Tensor, quota: torch.Tensor | None) -> None:
+    @staticmethod
+    def _masked_left(masked: torch.Tensor) -> int:
+        """The one device read per step of the data-dependent decoders: the most masked
+        positions any row has left (0: the block is done)."""
+        return int(masked.sum(1).max())
+
+    def _denoise_step(self, state: "_BlockState", logits: torch.Tensor, quota: torch.Tensor | None, cols: torch.Tensor | None = None) -> None:
         """One denoising step of a block on the device: sample, score, commit, record (in place, into
-        the canvas). No host reads."""
+        the canvas). `logits` [n, m, V] predict the block columns `cols` [n, m] (None: all, in
+        order). No host reads."""
         lm, p = self.lm, self.params
-        lp = lm.sampling_logprobs(logits, p.temperature)  # [n, b, V]
+        lp = lm.sampling_logprobs(logits, p.temperature)  # [n, m, V]
         tok = self._sample(lp)
-        tok_lp = lp.gather(-1, tok[..., None]).squeeze(-1)  # [n, b]
+        tok_lp = lp.gather(-1, tok[..., None]).squeeze(-1)  # [n, m]
         conf = self._confidence(lp, tok_lp)
+        gap = None  # prophet: top-1 minus top-2 log-prob of each prediction
+        if p.strategy == "prophet":
+            top2 = lp.topk(2, dim=-1).values
+            gap = top2[..., 0] - top2[..., 1]
+        if cols is not None:  # back to block columns; the unpredicted ones are committed already
+            tok = state.x.scatter(1, cols, tok)
+            tok_lp = torch.zeros(state.x.shape, dtype=tok_lp.dtype, device=tok_lp.device).scatter(1, cols, tok_lp)
+            conf = torch.zeros(state.x.shape, dtype=conf.dtype, device=conf.device).scatter(1, cols, conf)
+            gap = None if gap is None else torch.zeros(state.x.shape, dtype=gap.dtype, device=gap.device).scatter(1, cols, gap)
         progress = None  # fraction of each row's completion decoded: only eos_guard and prophet read it
         if p.eos_guard is not None or p.strategy == "prophet":
             progress = (self.decoded.to(conf.dtype) / self.budget)[:, None]  # [n, 1]
@@ -309,7 +349,7 @@ class _Decoder:
             conf = torch.where(tok == lm.eos_id, conf * p.eos_guard ** (1 - progress), conf)
         masked = state.masked
         conf = conf.masked_fill(~masked, -1.0)
-        commit = self._commit(conf, masked, quota, lp, progress) & masked
+        commit = self._commit(conf, masked, quota, gap, progress) & masked
         state.x.copy_(torch.where(commit, tok, state.x))  # the next forward reads the canvas
         state.step_map.copy_(torch.where(commit, (state.first_step + state.taken)[:, None], state.step_map))
         state.logp.copy_(torch.where(commit, tok_lp.to(state.logp.dtype), state.logp))
@@ -318,16 +358,16 @@ class _Decoder:
         if progress is not None:
             self.decoded += commit.sum(1)
 
-    def _commit(self, conf: torch.Tensor, masked: torch.Tensor, quota: torch.Tensor | None, lp: torch.Tensor, progress) -> torch.Tensor:
-        """Which masked positions [n, b] this step commits, by the strategy's rule."""
+    def _commit(self, conf: torch.Tensor, masked: torch.Tensor, quota: torch.Tensor | None, gap: torch.Tensor | None, progress) -> torch.Tensor:
+        """Which masked positions [n, b] this step commits, by the strategy's rule (`gap`: prophet's
+        top-2 log-prob gap per position)."""
         p = self.params
         if quota is not None or p.strategy == "adaptive" or p.max_tokens_per_step is not None:
             rank = conf.argsort(dim=1, descending=True).argsort(dim=1)  # 0 = most confident
         if quota is not None:  # static, prophet
             commit = rank < quota[:, None]
             if p.strategy == "prophet":
-                top2 = lp.topk(2, dim=-1).values
-                gap = ((top2[..., 0] - top2[..., 1]) * masked).sum(1) / masked.sum(1).clamp(min=1)
+                gap = (gap * masked).sum(1) / masked.sum(1).clamp(min=1)  # mean over the masked positions
                 g = torch.tensor(p.prophet_gaps, dtype=gap.dtype, device=gap.device)
                 need = torch.where(progress[:, 0] < 1 / 3, g[0], torch.where(progress[:, 0] < 2 / 3, g[1], g[2]))
                 commit |= (gap >= need)[:, None]  # the answer has converged: commit the rest at once
@@ -426,11 +466,13 @@ class _BlockDecoder(_Decoder):
             blk_end = blk_start + bs
             inputs = {}  # (q_start, q_end) -> attention mask, positions, logit rows: built once per block
 
-            def forward(_k, blk_start=blk_start, blk_end=blk_end, inputs=inputs):
+            def forward(_k, cols, blk_start=blk_start, blk_end=blk_end, inputs=inputs):
                 q_start, q_end = (self.committed, blk_end) if cache is not None else (0, self.width)
                 if (q_start, q_end) not in inputs:
                     inputs[q_start, q_end] = self._inputs(q_start, q_end, torch.arange(blk_start - q_start, blk_end - q_start))
                 mask, pos, select = inputs[q_start, q_end]
+                if cols is not None:  # the block's still-masked columns only
+                    select = cols + (blk_start - q_start)
                 logits = lm.forward_logits(self.x[:, q_start:q_end], pos, mask, select, cache)
                 if cache is not None:
                     cache.crop(-bs)  # keep the committed prefix, drop the current block's keys
@@ -576,26 +618,27 @@ class _FullDecoder(_Decoder):
             blk_end = min(blk_start + length, self.width)
             cache = DynamicCache() if p.kv_cache else None
 
-            def forward(k, blk_start=blk_start, blk_end=blk_end, cache=cache):
-                block = torch.arange(blk_start, blk_end)
+            def forward(k, cols, blk_start=blk_start, blk_end=blk_end, cache=cache):
+                def select(base):  # indices into the query columns of the block columns to predict
+                    return torch.arange(base, base + blk_end - blk_start) if cols is None else cols + base
+
                 if cache is None:  # recompute the whole canvas
-                    return self._encode(everything, None, block)
+                    return self._encode(everything, None, select(blk_start))
                 # Shifted heads read the hidden state one column left of the block: re-encode it.
                 lo = blk_start - shift
                 if k == 0:  # refresh: encode the whole canvas, keep the reusable part of the cache
-                    logits = self._encode(everything, cache, block)
+                    logits = self._encode(everything, cache, select(blk_start))
                     if p.dual_cache:
                         _drop_columns(cache, lo, blk_end)  # keys: [prefix | suffix]
                     else:
                         cache.crop(-(self.width - lo))  # keys: [prefix]
                     return logits
-                select = torch.arange(shift, shift + blk_end - blk_start)
                 if p.dual_cache:
                     keys = torch.cat([torch.arange(lo), torch.arange(blk_end, self.width), torch.arange(lo, blk_end)])
-                    logits = self._encode(torch.arange(lo, blk_end), cache, select, keys)
+                    logits = self._encode(torch.arange(lo, blk_end), cache, select(shift), keys)
                     cache.crop(-(blk_end - lo))
                     return logits
-                logits = self._encode(torch.arange(lo, self.width), cache, select)
+                logits = self._encode(torch.arange(lo, self.width), cache, select(shift))
                 cache.crop(-(self.width - lo))
                 return logits
 
@@ -603,7 +646,8 @@ class _FullDecoder(_Decoder):
         return self._trajectories(None)
 
     def _encode(self, q_cols: torch.Tensor, cache, select: torch.Tensor, key_cols: torch.Tensor | None = None):
-        """Logits at `select` (indices into q_cols) for the columns `q_cols` of every row.
+        """Logits at `select` (indices into q_cols: [S] for every row, or [n, S] per row) for the
+        columns `q_cols` of every row.
 
         Keys are the cached columns followed by q_cols, in the order `key_cols` gives
         (default: all columns up to the last query, i.e. cache = prefix). The mask, positions
@@ -612,7 +656,7 @@ class _FullDecoder(_Decoder):
         dev = self.lm.device
         if key_cols is None:
             key_cols = torch.arange(int(q_cols[-1]) + 1) if cache is not None else q_cols
-        layout = (int(q_cols[0]), len(q_cols), int(key_cols[0]), len(key_cols), int(select[0]), len(select))
+        layout = (int(q_cols[0]), len(q_cols), int(key_cols[0]), len(key_cols))
         memo = self._layouts
         if layout not in memo:
             memo.clear()  # a new block: the previous block's layouts are not needed again
@@ -620,9 +664,14 @@ class _FullDecoder(_Decoder):
             qv = self.valid[:, q_cols.to(dev)]
             self_key = key_cols.to(dev)[None, :] == q_cols.to(dev)[:, None]  # [Q, K]
             allowed = (qv[:, :, None] & kv[:, None, :]) | (~qv[:, :, None] & self_key[None])  # padding rows see themselves
-            memo[layout] = (additive_mask(allowed, self.lm.model.dtype), self.pos[:, q_cols.to(dev)], q_cols.to(dev), select.to(dev).expand(len(self.x), -1))
-        mask, pos, cols, sel = memo[layout]
-        return self.lm.forward_logits(self.x[:, cols], pos, mask, sel, cache)
+            memo[layout] = (additive_mask(allowed, self.lm.model.dtype), self.pos[:, q_cols.to(dev)], q_cols.to(dev), {})
+        mask, pos, cols, selects = memo[layout]
+        if select.dim() == 1:  # the same columns for every row: built once per layout
+            key = (int(select[0]), len(select))
+            if key not in selects:
+                selects[key] = select.to(dev).expand(len(self.x), -1)
+            select = selects[key]
+        return self.lm.forward_logits(self.x[:, cols], pos, mask, select, cache)
 
 
 def _drop_columns(cache: DynamicCache, start: int, end: int) -> None:

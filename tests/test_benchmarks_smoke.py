@@ -91,12 +91,14 @@ def test_rollout_gpu_script_runs_on_a_tiny_shape(tmp_path):
 def test_rollout_benchmark_writes_every_figure(tmp_path):
     out = tmp_path / "rollout.json"
     _run(["benchmarks/rollout.py", "--gen-length", "8", "--batch", "2", "--heldout", "8", "--refill-prompts", "8", "--refill-rows", "2", "--demo-problems", "4",
-          "--demo-batches", "3,8", "--json", str(out), "--plot", str(tmp_path / "acc.png")], tmp_path)
+          "--demo-batches", "3,8", "--head-vocab", "600", "--json", str(out), "--plot", str(tmp_path / "acc.png")], tmp_path)
     res = json.loads(out.read_text())
     assert res["identical_to_naive"] is True and res["refill"]["identical_tokens"] is True
     for key in ("speedup_vs_naive", "equal_forwards_vs_ar", "host_cost_vs_ar"):
         assert res[key] > 0
     assert res["refill"]["prompts"] == 8 and res["refill"]["refill_speedup"] > 0
+    head = res["masked_head"]
+    assert head["vocab"] == 600 and all(head[k]["identical_tokens"] and head[k]["speedup"] > 0 for k in ("static", "static:2"))
     assert {"static schedule=ascending", "adaptive factor=1.0", "prophet "} <= set(res["accuracy"])
     assert res["tokens_per_forward"]["cached static"] == 1.0
     assert set(res["demo"]["pairs"]) == {"560 steps", "1600 steps"} and res["demo"]["batches"] == [3, 8]

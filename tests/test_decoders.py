@@ -105,6 +105,74 @@ def test_full_attention_decoders_replay(tokenizer):
             assert all(t.nfe == 1 for t in trajs)
 
 
+class _HeadRows:
+    """Counts the hidden states that go through the LM head (one per predicted position)."""
+
+    def __init__(self, lm):
+        self.rows = 0
+        self._hook = lm.model.lm_head.register_forward_pre_hook(self._count)
+
+    def _count(self, _module, args):
+        self.rows += args[0].reshape(-1, args[0].shape[-1]).shape[0]
+
+    def close(self):
+        self._hook.remove()
+
+
+@pytest.mark.parametrize("family", ["block", "llada", "dream"])
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"strategy": "threshold", "threshold": 0.3}, {"strategy": "adaptive", "factor": 2.0}, {"strategy": "prophet", "prophet_gaps": (0.5, 0.3, 0.1)},
+     {"strategy": "static", "schedule": "ascending", "eos_guard": 0.5}],
+)
+def test_a_step_predicts_only_the_masked_positions_and_decodes_the_same(tokenizer, family, kw, monkeypatch):
+    from rollout.engine import _Decoder
+    from rollout.models import build_tiny_lm
+
+    if family == "block":
+        lm = tiny_lm(tokenizer)
+    else:
+        lm = build_tiny_lm(tokenizer, family=family, hidden_size=64, num_layers=2, intermediate_size=128)
+        lm.model.double()
+    extra = {} if family == "block" else {"block_length": 4}
+    texts = TEXTS + ["1+2=", "123+4="]
+    runs = {}
+    for masked_only in (True, False):
+        monkeypatch.setattr(_Decoder, "masked_logits", masked_only)
+        head = _HeadRows(lm)
+        _, trajs = _run(lm, tokenizer, texts, max_new_tokens=12, **extra, **kw)
+        head.close()
+        runs[masked_only] = (head.rows, trajs)
+    (rows, fast), (all_rows, ref) = runs[True], runs[False]
+    for a, b in zip(fast, ref):
+        assert a.completion_ids == b.completion_ids and a.step_map == b.step_map and a.nfe == b.nfe
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-9)
+    assert rows < all_rows
+
+
+def test_static_head_rows_are_the_masked_counts(tokenizer):
+    """One token per step, block 4: a block with c generated positions predicts c, c-1, ..., 1
+    positions, against 4 at each of its c steps when every position is predicted."""
+    from rollout.engine import _Decoder
+
+    lm = tiny_lm(tokenizer)
+    for text in ("047+385=", "12+34="):  # a prompt of whole blocks, and one ending inside a block
+        head = _HeadRows(lm)
+        _, (t,) = _run(lm, tokenizer, [text], max_new_tokens=12)
+        head.close()
+        plen = len(t.prompt_ids)
+        counts = Counter((plen + i) // 4 for i in range(len(t.completion_ids))).values()
+        assert head.rows == sum(c * (c + 1) // 2 for c in counts)
+        try:
+            _Decoder.masked_logits = False
+            head = _HeadRows(lm)
+            _run(lm, tokenizer, [text], max_new_tokens=12)
+            head.close()
+        finally:
+            _Decoder.masked_logits = True
+        assert head.rows == sum(4 * c for c in counts)
+
+
 class _SyncCounter:
     """Counts calls that read a tensor on the host (item, tolist, cpu, bool, int, float, numpy,
     nonzero) made from the sampler's own code, by the function they are made from. On a GPU each
@@ -142,7 +210,7 @@ def test_static_decoding_reads_nothing_inside_a_block_and_the_same_per_block_wha
         monkeypatch.undo()
         inside = {f: n for f, n in counter.calls.items() if f in STEP_LOOP}
         assert inside == {}, f"host reads inside the step loop: {inside}"
-        assert counter.calls["_any_masked"] == 0  # static decoding knows its step count
+        assert counter.calls["_masked_left"] == 0  # static decoding knows its step count
         per_block.append(dict(counter.calls))
     # 4, 2 and 1 steps per block: the reads do not grow with the steps. What is left is host
     # bookkeeping once per block (the host-side row list and masked counts of 5 blocks) and the
@@ -163,13 +231,13 @@ def test_stop_at_eos_reads_the_device_once_per_block(tokenizer, monkeypatch):
     assert 2 * blocks <= counter.calls["run"] <= 4 * blocks
 
 
-def test_dynamic_decoding_reads_one_flag_per_step(tokenizer, monkeypatch):
+def test_dynamic_decoding_reads_one_count_per_step(tokenizer, monkeypatch):
     lm = tiny_lm(tokenizer)
     counter = _SyncCounter(monkeypatch)
     trajs = generate(lm, prompts_of(tokenizer, TEXTS), SamplingParams(max_new_tokens=16, strategy="threshold", threshold=0.5, temperature=0.0, stop_at_eos=False))
     monkeypatch.undo()
     assert {f: n for f, n in counter.calls.items() if f in STEP_LOOP} == {}
-    assert 0 < counter.calls["_any_masked"] <= max(t.nfe for t in trajs)
+    assert 0 < counter.calls["_masked_left"] <= max(t.nfe for t in trajs)
 
 
 def _refill_prompts(tokenizer):
@@ -244,3 +312,14 @@ def test_converged_demo_pair_dynamic_decoding_matches_ar_accuracy_in_a_third_of_
     acc, nfe = run(diffusion, SamplingParams(temperature=0.0, strategy="threshold", threshold=0.9))
     assert acc_ar >= 0.85 and acc >= acc_ar, (acc, acc_ar)
     assert nfe < nfe_ar / 3, (nfe, nfe_ar)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_cpu_generator_samples_a_model_on_the_gpu(tokenizer):
+    # `unmask eval --device cuda --temperature 0.7` and `unmask generate` pass a CPU generator.
+    lm = tiny_lm(tokenizer, double=False)
+    lm.model.cuda()
+    params = SamplingParams(max_new_tokens=8, temperature=1.0)
+    a = generate(lm, prompts_of(tokenizer, TEXTS), params, torch.Generator().manual_seed(0))
+    b = generate(lm, prompts_of(tokenizer, TEXTS), params, torch.Generator().manual_seed(0))
+    assert [t.completion_ids for t in a] == [t.completion_ids for t in b]

@@ -163,8 +163,11 @@ def test_two_ranks_match_one_rank(name, two_ranks, trajs):
     assert r1["weights"] == {}  # rank 0 answers get_weights, with full (gathered) CPU tensors
     want_weights = one.get_weights()
     assert set(r0["weights"]) == set(want_weights)
+    # Adam divides by sqrt(v): where a gradient is near zero, its float noise moves the update by a
+    # few % of lr (1e-3 per step here), so 1e-4 is the tolerance; a stale or misplaced shard is off
+    # by the weights' own scale (~0.1).
     for k, v in want_weights.items():
-        torch.testing.assert_close(r0["weights"][k], v, atol=1e-5, rtol=0, msg=k)
+        torch.testing.assert_close(r0["weights"][k], v, atol=1e-4, rtol=0, msg=k)
 
 
 def test_checkpoint_files_from_two_ranks_load_into_one(two_ranks):

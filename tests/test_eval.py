@@ -277,3 +277,17 @@ def test_eval_data_config_scores_each_sources_heldout_split(tmp_path):
     entry = res["sums"][str(BASE_CKPT)]["static"]
     assert entry["n"] == 8 and entry["settings"]["benchmark"]["reward"] == "arithmetic" and entry["pass@1"] > 0.2
     assert "| checkpoint | decoding | pass@1 |" in text
+
+
+# --- unmask generate ---------------------------------------------------------------------------
+
+
+def test_generate_decodes_in_the_dtype_asked_and_refuses_a_bad_device_or_dtype():
+    fp32 = runner.invoke(app, ["generate", str(BASE_CKPT), "123+456=", "--max-new-tokens", "4"])
+    assert fp32.exit_code == 0, fp32.output
+    assert "123+456=0579" in fp32.output  # the base checkpoint adds; auto is float32 on the CPU
+    bf16 = runner.invoke(app, ["generate", str(BASE_CKPT), "123+456=", "--max-new-tokens", "4", "--dtype", "bfloat16", "--device", "cpu"])
+    assert bf16.exit_code == 0 and "step map:" in bf16.output, bf16.output
+    for bad, says in ((["--dtype", "bf16"], "bf16"), (["--device", "gpu"], "gpu"), (["--device", "cuda:7"], "cuda")):
+        res = runner.invoke(app, ["generate", str(BASE_CKPT), "1+2=", *bad])
+        assert res.exit_code == 2 and "bad option" in res.output and says in res.output, res.output

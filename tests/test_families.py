@@ -95,7 +95,12 @@ class _PositionBias(torch.nn.Module):
 
 
 @pytest.mark.parametrize("family", FULL)
-def test_eos_guard_keeps_eos_from_being_committed_first(tokenizer, family):
+def test_eos_guard_keeps_eos_from_being_committed_first(tokenizer, family, monkeypatch):
+    from rollout.engine import _Decoder
+
+    # The biased head reads its slots as the block's positions in order: every position must be
+    # predicted at every step (a step otherwise predicts only the masked ones, gathered in front).
+    monkeypatch.setattr(_Decoder, "masked_logits", False)
     lm = tiny(tokenizer, family)
     five = tokenizer.convert_tokens_to_ids("5")
     bias = torch.zeros(8, lm.model.config.vocab_size, dtype=torch.float64)
