@@ -109,7 +109,7 @@ def evaluate(
     resume: bool = typer.Option(False, "--resume", help="Skip entries already in DIR/results.json with the same settings."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     engine: str = typer.Option("auto", help="Engine for AR checkpoints: auto (vLLM on a CUDA GPU when installed, else hf) | hf (transformers generate) | vllm."),
-    dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16."),
+    dtype: str = typer.Option("auto", help="auto (bfloat16 on a GPU, float32 on the CPU) | float32 | bfloat16 | float16."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="For checkpoints with their own modeling code."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile diffusion checkpoints' backbones (paid once, in the warm-up; helps small batches)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write {checkpoint: {strategy: metrics}} as JSON here (one benchmark; else the results.json schema)."),
@@ -138,8 +138,8 @@ def evaluate(
         raise typer.Exit(2)
     from rollout.models import DTYPES
 
-    if chat_template not in ("auto", "none") or dtype not in DTYPES or engine not in ("auto", "hf", "vllm") or samples < 1:
-        typer.echo("bad option: --chat-template auto|none, --dtype float32|bfloat16|float16, --engine auto|hf|vllm, --samples >= 1", err=True)
+    if chat_template not in ("auto", "none") or dtype not in ("auto", *DTYPES) or engine not in ("auto", "hf", "vllm") or samples < 1:
+        typer.echo("bad option: --chat-template auto|none, --dtype auto|float32|bfloat16|float16, --engine auto|hf|vllm, --samples >= 1", err=True)
         raise typer.Exit(2)
     if resume and output is None:
         typer.echo("--resume needs --output DIR (the results.json to resume)", err=True)

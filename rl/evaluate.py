@@ -31,6 +31,7 @@ from rl.tasks import ArithmeticTask
 from rollout.autoregressive import ENGINES, ARModel, VLLMModel, import_vllm, is_ar_checkpoint
 from rollout.engine import SamplingParams, generate
 from rollout.models import DTYPES, DiffusionLM, load_model
+from rollout.worker import decoding_dtype
 
 Policy = DiffusionLM | ARModel | VLLMModel
 
@@ -435,7 +436,8 @@ class EvalOptions:
     device: str = "auto"
     engine: str = "auto"
     """Engine for AR checkpoints: "hf", "vllm", or "auto" (vLLM on a CUDA GPU when installed, see `resolve_engine`)."""
-    dtype: str = "float32"
+    dtype: str = "auto"
+    """Weights' dtype: "auto" (bfloat16 on a GPU, float32 on the CPU, as rollout.dtype), "float32", "bfloat16" or "float16"."""
     trust_remote_code: bool = False
     compile: bool = False
     """Compile diffusion checkpoints' backbones (`DiffusionLM.compile`); the warm-up pays the compilation."""
@@ -477,7 +479,8 @@ def run_eval(
         raise ValueError(f"two benchmarks share a label ({', '.join(labels)}); give one label=NAME")
     store = Results(out_dir)
     ran: dict[str, dict[str, dict[str, dict]]] = {}
-    dtype = DTYPES[opts.dtype]
+    if opts.dtype != "auto" and opts.dtype not in DTYPES:
+        raise ValueError(f"dtype {opts.dtype!r}: expected auto, {', '.join(DTYPES)}")
     strategies = [parse_strategy(s, opts.base) for s in opts.strategies]
     if opts.samples > 1 and opts.base.temperature == 0:
         echo(f"note: --samples {opts.samples} with temperature 0 repeats one greedy completion; set --temperature for pass@k")
@@ -515,6 +518,7 @@ def run_eval(
             finish(bench, str(path), GIVEN_STRATEGY, {**metrics, "kind": "completions", "settings": settings}, records)
 
     device = resolve_device(opts.device)
+    dtype = decoding_dtype(opts.dtype, device)
     model_paths = [resolve_model_path(c) for c in checkpoints]  # a wrong path fails before any decoding
     engine = None  # resolved at the first AR checkpoint: a diffusion-only call never looks for vLLM
     for ckpt, model_path in zip(map(str, checkpoints), model_paths):
