@@ -30,7 +30,7 @@ from rl.data.prompts import encode_messages, encode_prompt  # noqa: F401 - encod
 from rl.tasks import ArithmeticTask
 from rollout.autoregressive import ENGINES, ARModel, VLLMModel, import_vllm, is_ar_checkpoint
 from rollout.engine import SamplingParams, generate
-from rollout.models import DTYPES, DiffusionLM, load_model
+from rollout.models import DiffusionLM, load_model
 from rollout.worker import decoding_dtype
 
 Policy = DiffusionLM | ARModel | VLLMModel
@@ -479,8 +479,8 @@ def run_eval(
         raise ValueError(f"two benchmarks share a label ({', '.join(labels)}); give one label=NAME")
     store = Results(out_dir)
     ran: dict[str, dict[str, dict[str, dict]]] = {}
-    if opts.dtype != "auto" and opts.dtype not in DTYPES:
-        raise ValueError(f"dtype {opts.dtype!r}: expected auto, {', '.join(DTYPES)}")
+    device = resolve_device(opts.device)
+    dtype = decoding_dtype(opts.dtype, device)  # a bad name fails here, before any scoring
     strategies = [parse_strategy(s, opts.base) for s in opts.strategies]
     if opts.samples > 1 and opts.base.temperature == 0:
         echo(f"note: --samples {opts.samples} with temperature 0 repeats one greedy completion; set --temperature for pass@k")
@@ -517,8 +517,6 @@ def run_eval(
                 echo(f"note: {metrics['ignored']} completions in {path} are for problems outside this {bench.label} run (ignored)")
             finish(bench, str(path), GIVEN_STRATEGY, {**metrics, "kind": "completions", "settings": settings}, records)
 
-    device = resolve_device(opts.device)
-    dtype = decoding_dtype(opts.dtype, device)
     model_paths = [resolve_model_path(c) for c in checkpoints]  # a wrong path fails before any decoding
     engine = None  # resolved at the first AR checkpoint: a diffusion-only call never looks for vLLM
     for ckpt, model_path in zip(map(str, checkpoints), model_paths):

@@ -30,9 +30,10 @@ decoding makes no device-to-host synchronisation inside a block's steps (the row
 finished are read once per block); the data-dependent decoders read one count per step (the
 most masked positions a row has left: their loop's exit test, and the step's width). A step
 predicts only the positions still masked: the LM head and the softmax over the vocabulary run
-on m <= b columns per row, gathered in front (each row's masked columns first). The canvas holds live rows only (finished samples leave it, and the
-cache, between blocks), so a step works on whole tensors: its records are views of the canvas,
-written in place, with no row index to gather or scatter. The block cache writes in place
+on m <= b columns per row, gathered in front (each row's masked columns first). The canvas
+holds live rows only (finished samples leave it, and the cache, between blocks), so a step
+works on whole tensors: its records are views of the canvas, written in place, with no row
+index to gather or scatter. The block cache writes in place
 (rollout.cache.SlotCache).
 
 Batching. Prompts of any lengths decode together. Each sample is left-padded by a
@@ -339,9 +340,7 @@ class _Decoder:
             gap = top2[..., 0] - top2[..., 1]
         if cols is not None:  # back to block columns; the unpredicted ones are committed already
             tok = state.x.scatter(1, cols, tok)
-            tok_lp = torch.zeros(state.x.shape, dtype=tok_lp.dtype, device=tok_lp.device).scatter(1, cols, tok_lp)
-            conf = torch.zeros(state.x.shape, dtype=conf.dtype, device=conf.device).scatter(1, cols, conf)
-            gap = None if gap is None else torch.zeros(state.x.shape, dtype=gap.dtype, device=gap.device).scatter(1, cols, gap)
+            tok_lp, conf, gap = (None if v is None else v.new_zeros(state.x.shape).scatter(1, cols, v) for v in (tok_lp, conf, gap))
         progress = None  # fraction of each row's completion decoded: only eos_guard and prophet read it
         if p.eos_guard is not None or p.strategy == "prophet":
             progress = (self.decoded.to(conf.dtype) / self.budget)[:, None]  # [n, 1]
