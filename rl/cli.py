@@ -226,8 +226,12 @@ def generate(
     if dtype != "auto" and dtype not in DTYPES:
         typer.echo(f"bad option --dtype {dtype}: expected auto, {', '.join(DTYPES)}", err=True)
         raise typer.Exit(2)
-    dt = decoding_dtype(dtype, dev)
-    lm = load_model(resolve_model_path(checkpoint), dtype=dt, trust_remote_code=trust_remote_code)
+    try:
+        path = resolve_model_path(checkpoint)
+    except FileNotFoundError as e:
+        typer.echo(f"generate failed: {e}", err=True)
+        raise typer.Exit(2) from None
+    lm = load_model(path, dtype=decoding_dtype(dtype, dev), trust_remote_code=trust_remote_code)
     lm.model.to(dev)
     if compile:
         lm.compile()

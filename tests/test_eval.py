@@ -291,5 +291,7 @@ def test_generate_decodes_in_the_dtype_asked_and_refuses_a_bad_device_or_dtype()
     for bad, says in ((["--dtype", "bf16"], "bf16"), (["--device", "gpu"], "gpu"), (["--device", "cuda:7"], "cuda")):
         res = runner.invoke(app, ["generate", str(BASE_CKPT), "1+2=", *bad])
         assert res.exit_code == 2 and "bad option" in res.output and says in res.output, res.output
+    res = runner.invoke(app, ["generate", str(ROOT / "no-such-checkpoint"), "1+2="])
+    assert res.exit_code == 2 and "no-such-checkpoint is not a model directory" in res.output, res.output
     res = runner.invoke(app, ["eval", str(BASE_CKPT), "--dtype", "bf16"])
     assert res.exit_code == 2 and "--dtype auto|float32|bfloat16|float16" in res.output, res.output
