@@ -205,6 +205,14 @@ _X86_64 = {
         68: _EPERM, 69: _EPERM, 70: _EPERM, 71: _EPERM,  # msgget, msgsnd, msgrcv, msgctl
         240: _EPERM, 241: _EPERM, 242: _EPERM, 243: _EPERM, 244: _EPERM, 245: _EPERM,  # mq_open .. mq_getsetattr
         319: _EPERM, 447: _EPERM,  # memfd_create, memfd_secret (shmem pages escape RLIMIT_AS)
+        # File metadata, which Landlock does not cover: as uid 0 (even without capabilities, as the
+        # owner) these would change host files and the bound /dev nodes, and the work directory a
+        # later sample sees.
+        90: _EPERM, 91: _EPERM, 268: _EPERM, 452: _EPERM,  # chmod, fchmod, fchmodat, fchmodat2
+        92: _EPERM, 93: _EPERM, 94: _EPERM, 260: _EPERM,  # chown, fchown, lchown, fchownat
+        132: _EPERM, 235: _EPERM, 261: _EPERM, 280: _EPERM,  # utime, utimes, futimesat, utimensat
+        188: _EPERM, 189: _EPERM, 190: _EPERM, 463: _EPERM,  # setxattr, lsetxattr, fsetxattr, setxattrat
+        197: _EPERM, 198: _EPERM, 199: _EPERM, 466: _EPERM,  # removexattr, lremovexattr, fremovexattr, removexattrat
     },
     # Without a size-capped file system (the rlimit backend): no new files, so that writing
     # stays within RLIMIT_FSIZE on the few files the program already has open.
@@ -251,6 +259,9 @@ _AARCH64 = {
         186: _EPERM, 189: _EPERM, 188: _EPERM, 187: _EPERM,
         180: _EPERM, 181: _EPERM, 182: _EPERM, 183: _EPERM, 184: _EPERM, 185: _EPERM,
         279: _EPERM, 447: _EPERM,
+        52: _EPERM, 53: _EPERM, 452: _EPERM, 54: _EPERM, 55: _EPERM,  # fchmod, fchmodat, fchmodat2, fchownat, fchown
+        88: _EPERM,  # utimensat
+        5: _EPERM, 6: _EPERM, 7: _EPERM, 463: _EPERM, 14: _EPERM, 15: _EPERM, 16: _EPERM, 466: _EPERM,  # xattrs
     },
     "create_deny": {
         34: _EACCES, 33: _EACCES, 37: _EACCES, 36: _EACCES,  # mkdirat, mknodat, linkat, symlinkat
@@ -276,6 +287,8 @@ _SECCOMP_OPTIONS = {"no_file_create": False}
 _O_CREAT, _O_TMPFILE = 0o100, 0o20000000  # same on x86_64 and aarch64 (__O_TMPFILE)
 _F_SETOWN, _F_SETSIG, _F_SETOWN_EX = 8, 10, 15
 _FIOSETOWN, _SIOCSPGRP = 0x8901, 0x8902
+# Inode flags and fs attributes (chattr): metadata too.
+_FS_IOC_SETFLAGS, _FS_IOC32_SETFLAGS, _FS_IOC_FSSETXATTR = 0x40086602, 0x40046602, 0x401C5820
 
 
 def seccomp_program(pid, no_file_create=None):
@@ -284,7 +297,8 @@ def seccomp_program(pid, no_file_create=None):
     Besides the ``deny`` table: signals (kill, tgkill, rt_(tg)sigqueueinfo) only to
     ``pid`` itself; prlimit64 only on pid 0 or ``pid``; fcntl F_SETOWN/F_SETSIG/F_SETOWN_EX
     and ioctl FIOSETOWN/SIOCSPGRP (which would make the kernel signal another process)
-    refused, every other command allowed. With ``no_file_create`` (default: the request's
+    refused, every other command allowed; file metadata (chmod, chown, utime and the xattr calls,
+    ioctl FS_IOC_SETFLAGS/FS_IOC_FSSETXATTR) refused. With ``no_file_create`` (default: the request's
     ``no_file_create``): open/openat with O_CREAT or O_TMPFILE get EACCES, and so do
     creat, mkdir, mknod, link and symlink (and their *at forms); openat2 gets ENOSYS,
     fallocate EOPNOTSUPP.
@@ -358,7 +372,7 @@ def _build_filter(table, no_file_create):
         block(nr, [(LD, arg(0)), (JEQ, 0, 1, 0), (JEQ, pid, 0, 3), (LD, arg(0, True)), (JEQ, 0, 0, 1),
                    (RET, ALLOW), (RET, errno(_EPERM))])  # fmt: skip
     refuse_values(table["fcntl"], 1, (_F_SETOWN, _F_SETSIG, _F_SETOWN_EX), _EPERM)
-    refuse_values(table["ioctl"], 1, (_FIOSETOWN, _SIOCSPGRP), _EPERM)
+    refuse_values(table["ioctl"], 1, (_FIOSETOWN, _SIOCSPGRP, _FS_IOC_SETFLAGS, _FS_IOC32_SETFLAGS, _FS_IOC_FSSETXATTR), _EPERM)
     deny = dict(table["deny"])
     if no_file_create:
         for nr, i in table["create_flags"]:
@@ -850,20 +864,24 @@ def _serve(unit, fds, limits, use_seccomp, no_file_create=None):
     os._exit(code)
 
 
-class ProgramError(Exception):
-    """The program raised something the tests cannot re-raise as a built-in exception, or went away."""
+class ProgramError(BaseException):
+    """A call to the program failed: it raised, exited, or sent something that is not plain data.
+
+    Never the exception the program named: a ``StopIteration`` re-raised in the tests would end an
+    ``all(map(candidate, ...))`` early, an ``IndexError`` an old-style iteration, a ``KeyError`` a
+    lookup with a default, and so on. A BaseException, so a test's ``except Exception`` does not
+    swallow it; and the judge fails the test for it even where the tests catch it anyway
+    (``_CALL_FAILURES``).
+    """
 
 
-def _program_exception(name, message):
-    import builtins
+# Every failed call to the program in this judge process (one test), in order: any one fails the test.
+_CALL_FAILURES = []
 
-    cls = getattr(builtins, name, None)
-    if isinstance(cls, type) and issubclass(cls, Exception) and cls.__module__ == "builtins":
-        try:
-            return cls(message)
-        except BaseException:
-            pass
-    return ProgramError("%s: %s" % (name, message))
+
+def _call_failed(message):
+    _CALL_FAILURES.append(message)
+    return ProgramError(message)
 
 
 class _Remote:
@@ -881,17 +899,18 @@ class _Remote:
         try:
             reply = _recv(resp_r)
         except ValueError as exc:
-            raise ProgramError("the program sent something that is not plain data (%s)" % exc) from None
+            raise _call_failed("the program sent something that is not plain data (%s)" % exc) from None
         if reply is None:
-            raise ProgramError("the program exited while %s() was being tested" % self._name)
+            raise _call_failed("the program exited while %s() was being tested" % self._name)
         if type(reply) is list and len(reply) == 2 and reply[0] == "ok":
             try:
                 return decode(reply[1])
             except ValueError as exc:
-                raise ProgramError("%s() returned something that is not plain data (%s)" % (self._name, exc)) from None
+                raise _call_failed("%s() returned something that is not plain data (%s)" % (self._name, exc)) from None
         if type(reply) is list and len(reply) == 3 and reply[0] == "raise" and type(reply[1]) is str and type(reply[2]) is str:
-            raise _program_exception(reply[1], reply[2])
-        raise ProgramError("the program's reply to %s() is malformed" % self._name)
+            # An error of this call, whatever the program named: never re-raised as that class.
+            raise _call_failed("%s() raised %s" % (self._name, reply[2][:1000]))
+        raise _call_failed("the program's reply to %s() is malformed" % self._name)
 
     def __repr__(self):
         return "<the program's %s>" % self._name
@@ -932,6 +951,8 @@ def _judge(spec, channel, verdict_w, limits, timeout):
                     verdict = "ok"
                 except BaseException as exc:
                     verdict = "error " + _describe(exc, "test.py", spec["code"])
+                if verdict == "ok" and _CALL_FAILURES:  # the tests caught it: the test fails all the same
+                    verdict = "error ProgramError: %s (caught by the tests)" % _CALL_FAILURES[0]
         elif type(first) is list and len(first) == 2 and first[0] == "load_error" and type(first[1]) is str:
             verdict = "error the program failed before the tests ran: " + first[1]
         else:
@@ -975,13 +996,17 @@ def _clean_zygote(sock):
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # sample zygotes are reaped by the kernel
         conn = _socket_module.socket(fileno=sock)
         while True:
-            msg, fds, _, _ = _socket_module.recv_fds(conn, 16, 1)
-            if not msg or len(fds) != 1:
+            msg, fds, _, _ = _socket_module.recv_fds(conn, 256, 1)
+            if not msg.startswith(b"fork ") or len(fds) != 1:
                 break
             pid = os.fork()
             if pid == 0:
                 conn.close()
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # this one waits for its children
+                try:
+                    os.chdir(msg[5:].decode())  # the sample's own fresh directory
+                except (OSError, ValueError):
+                    os._exit(0)
                 _sample_zygote(fds[0])
             os.close(fds[0])
             conn.sendall(b"%d\n" % pid)
@@ -1055,11 +1080,11 @@ class _CleanZygote:
         theirs.close()
         self.pid, self.conn, self.buffer = pid, ours, b""
 
-    def sample(self, request_bytes):
-        """A sample zygote holding ``request_bytes`` (one sample's marshalled programs)."""
+    def sample(self, request_bytes, directory):
+        """A sample zygote holding ``request_bytes`` (one sample's marshalled programs), in ``directory``."""
         ours, theirs = self.socket.socketpair(self.socket.AF_UNIX, self.socket.SOCK_STREAM)
         try:
-            self.socket.send_fds(self.conn, [b"fork"], [theirs.fileno()])
+            self.socket.send_fds(self.conn, [b"fork " + directory.encode()], [theirs.fileno()])
         finally:
             theirs.close()
         pid, self.buffer = _line(self.conn, self.buffer)
@@ -1333,6 +1358,22 @@ def _probe(use_seccomp, request=None):
                 raise ValueError("nothing to try")
             every(*attempts)()
 
+        def metadata():
+            # Each a no-op if allowed (the work dir's own mode, times and owner; an xattr removed at
+            # once); only the filter's EPERM counts as refused.
+            st = os.stat(".")
+
+            def xattr():
+                os.setxattr(".", "user.unmask-probe", b"1")
+                os.removexattr(".", "user.unmask-probe")
+
+            every(
+                (lambda: os.chmod(".", st.st_mode & 0o7777), (1,)),
+                (lambda: os.utime(".", ns=(st.st_atime_ns, st.st_mtime_ns)), (1,)),
+                (lambda: os.chown(".", -1, -1), (1,)),
+                (xattr, (1,)),
+            )()
+
         try:
             program = seccomp_program(os.getpid(), no_file_create=no_file_create)
             ok = bool(use_seccomp and program is not None and install_seccomp(program))
@@ -1348,6 +1389,7 @@ def _probe(use_seccomp, request=None):
             attempt("memfd_blocked", memfd)
             attempt("file_create_blocked", create)
             attempt("outside_write_blocked", outside_write)
+            attempt("metadata_change_blocked", metadata)
         except BaseException as exc:
             result.append("error=%s" % type(exc).__name__)
         os.write(w, " ".join(result).encode())
@@ -1411,15 +1453,36 @@ def _run_sample(request, judges, zygote, result_fd, devnull):
             status, code, ms, err, out = "skipped", -1, 0.0, b"", b""
         else:
             timeout = min(unit.get("timeout", remaining), remaining)
-            if unit.get("judged"):
-                status, code, ms, err, out = _run_judged(index, unit, judges[index], timeout, zygote, limits, (result_fd,))
-            else:
-                status, code, ms, err, out = _run_unit(index, unit, timeout, zygote, devnull)
+            try:
+                if unit.get("judged"):
+                    status, code, ms, err, out = _run_judged(index, unit, judges[index], timeout, zygote, limits, (result_fd,))
+                else:
+                    status, code, ms, err, out = _run_unit(index, unit, timeout, zygote, devnull)
+            except OSError as exc:  # the sample broke its directory (removed it, filled it): it costs only itself
+                status, code, ms, err, out = "error", 1, 0.0, ("sandbox: %s" % exc).encode()[:4000], b""
+                failed = True
             if stop_on_failure and not _passed(unit.get("kind", "test"), status, code):
                 failed = True
         units[index] = None  # free it
         header = "R %d %s %d %d %d %d\n" % (index, status, code, int(ms * 1e6), len(err), len(out))
         _write_all(result_fd, header.encode() + err + out)
+
+
+def _dir_state(path):
+    """What a sample must not change about the work directory: its mode, owner and extended attributes."""
+    st = os.stat(path)
+    try:
+        names = sorted(os.listxattr(path))
+    except OSError:
+        names = []
+    return (st.st_mode, st.st_uid, st.st_gid, names)
+
+
+def _fresh_dir():
+    """A new directory for one sample, in the work directory (the current one); its name."""
+    name = "sample-" + os.urandom(8).hex()
+    os.mkdir(name, 0o700)
+    return name
 
 
 def _read_frame(allow_eof=False):
@@ -1460,19 +1523,33 @@ def main():
     if config.get("probe"):
         applied.append(_probe(use_seccomp, config))
     started = ("S " + " ".join(applied) + "\n").encode()
+    # Every sample runs in a directory of its own, made for it and removed after it (with whatever it
+    # left in the work directory), so no sample sees another's files or their metadata; a work
+    # directory whose own mode, owner or xattrs changed ends the sandbox (a fresh one serves next).
+    base = os.getcwd()
+    base_state = _dir_state(base)
     clean = _CleanZygote(close_in_child=(result_fd,))
     while True:
         raw = _read_frame(allow_eof=True)
         if raw is None:
             break
-        zygote = clean.sample(raw)
+        directory = _fresh_dir()
+        zygote = clean.sample(raw, directory)
         request = marshal.loads(raw)
         del raw
         judges = marshal.loads(_read_frame())
         _write_all(result_fd, started)
-        _run_sample(request, judges, zygote, result_fd, devnull)
+        os.chdir(directory)
+        try:
+            _run_sample(request, judges, zygote, result_fd, devnull)
+        finally:
+            os.chdir(base)
         zygote.close()
-        clean_ok = _wipe(".")
+        clean_ok = _wipe(base)
+        try:
+            clean_ok = clean_ok and _dir_state(base) == base_state
+        except OSError:
+            clean_ok = False
         _write_all(result_fd, b"D\n")
         if not config.get("serve") or not clean_ok:
             break

@@ -43,6 +43,8 @@ import math
 import os
 import re
 import secrets
+import threading
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,8 +56,31 @@ from .registry import in_process, register_reward
 
 logger = logging.getLogger(__name__)
 
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
+_FENCE_LANG = re.compile(r"[ \t]*([A-Za-z0-9_+.-]*)")
 _PYTHON_TAGS = {"python", "py", "python3", "py3"}
+
+
+def _fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """(tag, body) of each fenced block, in order: a ``` fence, a tag, the rest of that line, then the
+    body up to the next ``` or the end of the text. One pass of ``str.find`` (linear: a regex search
+    retried at every backtick of a long run was quadratic in it)."""
+    blocks = []
+    pos = 0
+    while True:
+        start = text.find("```", pos)
+        if start < 0:
+            break
+        nl = text.find("\n", start + 3)
+        if nl < 0:
+            break
+        lang = _FENCE_LANG.match(text, start + 3, nl).group(1).lower()
+        end = text.find("```", nl + 1)
+        if end < 0:
+            blocks.append((lang, text[nl + 1 :]))
+            break
+        blocks.append((lang, text[nl + 1 : end]))
+        pos = end + 3
+    return blocks
 
 
 def extract_code(text: str) -> str:
@@ -70,7 +95,7 @@ def extract_code(text: str) -> str:
     >>> extract_code("x = 1")
     'x = 1'
     """
-    blocks = [(m.group(1).lower(), m.group(2)) for m in _FENCE.finditer(text)]
+    blocks = _fenced_blocks(text)
     for lang, body in reversed(blocks):
         if lang in _PYTHON_TAGS:
             return body
@@ -121,16 +146,30 @@ def outputs_match(actual: str, expected: str, rel_tol: float = 1e-6) -> bool:
 
 
 def _values_match(got: Any, want: Any, rel_tol: float = 1e-6) -> bool:
+    """Whether a call's result ``got`` (decoded from JSON) equals the expected ``want``.
+
+    Integers compare exactly (a float result passes only when exactly equal: 5.0 for 5, never
+    1000000000.0 for 1000000007); a relative/absolute tolerance of ``rel_tol`` applies only
+    where the expected value is a float; bools match only bools; lists (and tuples) and dicts
+    element by element; anything else by ==.
+    """
     if isinstance(got, tuple):
         got = list(got)
     if isinstance(want, tuple):
         want = list(want)
     if isinstance(got, bool) or isinstance(want, bool):
         return type(got) is type(want) and got == want
-    if isinstance(got, (int, float)) and isinstance(want, (int, float)):
-        if isinstance(got, int) and isinstance(want, int):
-            return got == want
-        return math.isclose(got, want, rel_tol=rel_tol, abs_tol=rel_tol)
+    if type(want) is int:
+        return type(got) in (int, float) and got == want  # int == float is exact in Python
+    if type(want) is float:
+        if type(got) not in (int, float):
+            return False
+        if got == want:
+            return True
+        try:
+            return math.isclose(float(got), want, rel_tol=rel_tol, abs_tol=rel_tol)
+        except OverflowError:  # an int too large for a float is not close to any float
+            return False
     if isinstance(got, list) and isinstance(want, list):
         return len(got) == len(want) and all(_values_match(g, w, rel_tol) for g, w in zip(got, want))
     if isinstance(got, dict) and isinstance(want, dict):
@@ -139,6 +178,25 @@ def _values_match(got: Any, want: Any, rel_tol: float = 1e-6) -> bool:
         return bool(got == want)
     except Exception:
         return False
+
+
+# Why trusted-side judging of a sample's output failed, counted over this process's life (each such
+# sample scores 0): see judge_failures().
+_JUDGE_FAILURES: Counter = Counter()
+_JUDGE_FAILURES_LOCK = threading.Lock()
+
+
+def _count_failure(reason: str) -> None:
+    with _JUDGE_FAILURES_LOCK:
+        _JUDGE_FAILURES[reason] += 1
+
+
+def judge_failures() -> dict[str, int]:
+    """How often judging a program's output failed on the trusted side, by reason (the sample scored 0):
+    ``result_missing`` (no result line), ``result_too_large`` (past the case's cap), ``result_unparsable``
+    (not JSON, nested too deeply, an int with too many digits), ``compare_failed`` (the comparison raised)."""
+    with _JUDGE_FAILURES_LOCK:
+        return dict(_JUDGE_FAILURES)
 
 
 # --- turning columns into tests ----------------------------------------------------------
@@ -152,6 +210,7 @@ class _Case:
     expected: str | None = None  # stdout cases
     call_expected: Any = None  # call cases (fn_name)
     mark: str | None = None  # call cases: the result follows the last mark
+    result_cap: int = 0  # call cases: the most characters of result parsed here
 
 
 def _maybe_json(value: Any) -> Any:
@@ -261,16 +320,22 @@ def _io_cases(spec: Any, solution: str, prefix: str) -> list[_Case]:
         if fn_name:
             args = given if isinstance(given, list) else [given]
             mark = "@@unmask-result-" + secrets.token_hex(8) + "@@"
+            # The result comes back as JSON (what the expected values are written in): parsed here in
+            # linear time and bounded memory, with no sets or non-str keys to hash (see _judge).
             driver = (
                 f"__unmask_fn = globals().get({fn_name!r})\n"
                 f"if __unmask_fn is None and 'Solution' in globals():\n"
                 f"    __unmask_fn = getattr(Solution(), {fn_name!r})\n"
                 f"__unmask_result = __unmask_fn(*{args!r})\n"
-                f"import sys as __unmask_sys\n"
-                f"__unmask_sys.stdout.write('\\n' + {mark!r} + repr(__unmask_result) + '\\n')\n"
+                f"import sys as __unmask_sys, json as __unmask_json\n"
+                f"__unmask_sys.stdout.write('\\n' + {mark!r} + __unmask_json.dumps(__unmask_result) + '\\n')\n"
             )
             prog = sandbox.Program(program + driver, kind="io", stdout="capture")
-            cases.append(_Case(prog, call_expected=want, mark=mark))
+            try:
+                cap = 2 * len(json.dumps(want)) + 4096
+            except (TypeError, ValueError):
+                cap = 4096
+            cases.append(_Case(prog, call_expected=want, mark=mark, result_cap=cap))
         else:
             want = _text_of(want)
             # Enough room for the expected output with generous whitespace differences.
@@ -286,16 +351,30 @@ def _judge(case: _Case, unit: sandbox.UnitResult) -> bool:
     if case.expected is not None:
         return outputs_match(unit.output.decode("utf-8", "replace"), case.expected)
     if case.mark is not None:
+        # Untrusted text, parsed in the trainer: bounded in size (the case's cap, from the expected
+        # value) before anything is built, then JSON (linear time, no hashing of program-chosen keys
+        # but strings, whose hashes are salted; ints past 4300 digits refused); any failure is this
+        # sample's 0, counted by reason.
         text = unit.output.decode("utf-8", "replace")
         pos = text.rfind(case.mark)
         if pos < 0:
+            _count_failure("result_missing")
+            return False
+        raw = text[pos + len(case.mark) :].strip()
+        if len(raw) > case.result_cap:
+            _count_failure("result_too_large")
             return False
         try:
-            got = ast.literal_eval(text[pos + len(case.mark) :].strip())
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            got = json.loads(raw)
+        except (ValueError, RecursionError, MemoryError):
+            _count_failure("result_unparsable")
             return False
         want = case.call_expected
-        return _values_match(got, want) or (isinstance(want, list) and len(want) == 1 and _values_match(got, want[0]))
+        try:
+            return _values_match(got, want) or (isinstance(want, list) and len(want) == 1 and _values_match(got, want[0]))
+        except (RecursionError, MemoryError, ValueError, TypeError, OverflowError):
+            _count_failure("compare_failed")
+            return False
     return True
 
 

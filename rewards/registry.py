@@ -395,7 +395,8 @@ def score(
     samples that fail again get None. A value that is not a finite float, None or
     a :class:`StepReward` is None for that sample alone. Each failure is counted
     (``num_failed``), kept (``failures``), summarised in ``errors[name]`` and
-    logged. If the first retries of a reward all fail, the rest are not tried.
+    logged. If the first retries of a reward that runs in a worker or a thread all fail, the rest
+    are not tried (an in-process reward, which bounds its own work, is retried on every sample).
     With ``fail_fast=True`` the first failure raises RuntimeError naming the reward.
 
     ``total[i]`` is the weighted sum over the rewards that scored sample i, and
@@ -556,7 +557,10 @@ def _retry_per_sample(entry: _Entry, prompts: list, completions: list, columns: 
 
     n = len(completions)
     calls = [([prompts[i]], [completions[i]], _slice(columns, i, n)) for i in range(n)]
-    stop = _breaker(workers)
+    # In-process rewards bound their own work per sample, so retrying every sample costs about one
+    # batch call: no breaker there, or a few samples that raise at the front would cost the rest
+    # of the batch its scores.
+    stop = _breaker(workers) if entry.mode != "in_process" else None
     outcomes: list[Outcome] = []
     if entry.mode == "process":
         tasks = [_pool.Task(entry.name, entry.fn_bytes, p, c, cols) for p, c, cols in calls]  # type: ignore[arg-type]

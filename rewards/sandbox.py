@@ -35,7 +35,10 @@ The layers, from the outside in:
   only to itself; fcntl F_SETOWN/F_SETSIG/F_SETOWN_EX, ioctl FIOSETOWN/SIOCSPGRP,
   pidfds refused), nothing that reads or changes another process (ptrace,
   process_vm_*, process_madvise, prlimit, priority, scheduler, affinity); no
-  mount/namespaces/bpf/io_uring/keyrings.
+  mount/namespaces/bpf/io_uring/keyrings; no file metadata changes (chmod, chown,
+  utime, xattrs, inode flags), which Landlock does not cover.
+- **a fresh directory per sample**: each sample runs in a directory made for it inside
+  the work directory, removed after it with everything it left there.
 - **rlimits** per program: CPU seconds, address space, file size, open files,
   stack, no core dumps (and processes, as uid 65534 where seccomp is unavailable); a wall-clock limit per program and
   one for the whole run, after which the process group (and the namespace) is
@@ -450,7 +453,9 @@ def _probe(backend: str, bwrap_error: str | None = None) -> dict[str, Any]:
     info["signals_to_host_blocked"] = info["kill_blocked"] and info["fcntl_signals_blocked"] and info["pidfd_blocked"]
     info["prlimit_blocked"] = probed("prlimit_blocked")
     info["memfd_blocked"] = probed("memfd_blocked")
-    info["host_writes_blocked"] = probed("outside_write_blocked")
+    info["metadata_change_blocked"] = probed("metadata_change_blocked")
+    # Writing covers metadata: Landlock does not, so a mode, owner, time or xattr change is refused by the filter.
+    info["host_writes_blocked"] = probed("outside_write_blocked") and info["metadata_change_blocked"]
     info["file_create_blocked"] = probed("file_create_blocked")
     # Everything a program writes is bounded: a size-capped tmpfs, or no new files and RLIMIT_FSIZE.
     info["writes_capped"] = bool(config.get("tmpfs_size")) or info["file_create_blocked"]
@@ -523,9 +528,11 @@ def sandbox_info(backend: str | None = None) -> dict[str, Any]:
       F_SETOWN/F_SETSIG/F_SETOWN_EX on a pipe, ioctl FIOSETOWN), ``pidfd_blocked``
       (pidfd_open on the parent, pidfd_getfd), ``signals_to_host_blocked`` (all three
       of kill, fcntl and pidfd), ``prlimit_blocked`` (prlimit on the parent),
-      ``memfd_blocked``, ``host_writes_blocked`` (opening an existing host file
-      outside the sandbox for writing; on the rlimit backend also writing and creating
-      next to a world-writable file in the host's temp dir), ``file_create_blocked``
+      ``memfd_blocked``, ``metadata_change_blocked`` (chmod, utime, chown and setxattr
+      on the work directory, each refused by the filter: Landlock does not cover
+      metadata), ``host_writes_blocked`` (opening an existing host file outside the
+      sandbox for writing, and on the rlimit backend also writing and creating next to a
+      world-writable file in the host's temp dir; and ``metadata_change_blocked``), ``file_create_blocked``
       (a new file, directory or O_TMPFILE in the work dir: on the rlimit backend,
       where there is no size-capped file system), ``writes_capped`` (everything a
       program writes is bounded);

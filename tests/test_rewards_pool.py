@@ -2,6 +2,7 @@
 
 import importlib
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -55,17 +56,29 @@ def test_fewer_workers_asked_keeps_the_warm_ones(plugin):
 
 def test_math_runs_while_a_plugin_call_holds_a_worker(plugin):
     rmath.verify_answers([("1", "1")] * 2, num_workers=2)  # two warm workers with math-verify loaded
+    warm = pids()
     task = rpool.Task("hanging_reward", rpool.function_bytes(plugin.hanging_reward), ["p"], ["hang"], {})
     out = []
     hung = threading.Thread(target=lambda: out.extend(rpool.pool().run([task], 6.0, 1)))
     hung.start()
-    time.sleep(0.5)
-    start = time.monotonic()
+    for _ in range(2000):  # until the plugin call has taken one of the two warm workers
+        if len(pids()) == 1:
+            break
+        time.sleep(0.01)
+    (free,) = pids()
+    held = (warm - {free}).pop()
     assert rmath.verify_answers([("1", "1"), ("1", "2")], timeout_s=5.0, num_workers=1) == [1.0, 0.0]
-    assert hung.is_alive(), "the math checks waited for the plugin call"
-    assert time.monotonic() - start < 6.0
+    # The math checks ran on the free worker while the plugin call still held the other: it had
+    # not returned (its 6 s limit had not passed), and no worker was started or killed for them.
+    assert hung.is_alive() and out == [], "the math checks waited for the plugin call"
+    assert pids() == {free}
+    os.kill(held, 0)  # the held worker is still running the plugin call
     hung.join(30)
     assert [o.kind for o in out] == ["timeout"]
+    # Past its limit, the plugin's worker was killed and replaced.
+    with pytest.raises(ProcessLookupError):
+        os.kill(held, 0)
+    assert free in pids() and held not in pids()
 
 
 def test_worker_prints_stay_off_the_callers_stdout(plugin, monkeypatch, capfd):

@@ -21,6 +21,7 @@ import pytest
 
 from rewards import code_reward, sandbox_info
 from rewards import sandbox as sb
+from rewards.code import run_tests
 
 BACKENDS = ["bwrap", "rlimit"]
 
@@ -42,6 +43,10 @@ def require(backend, key):
     info = _info(backend)
     if not info[key]:
         pytest.skip(f"{key} is not active for the {backend} sandbox on this machine")
+
+
+def fenced(program):
+    return f"```python\n{program}\n```"
 
 
 def reward(backend, program, tests=("assert True",), **kw):
@@ -171,11 +176,22 @@ def test_ordinary_program_runs(backend):
 
 
 def test_infinite_loop_is_killed(backend):
-    start = time.monotonic()
     assert reward(backend, "while True:\n    pass", timeout_s=1.0) == 0.0
-    assert time.monotonic() - start < 15
     r = sb.run_python("while True: pass", limits=sb.Limits(timeout_s=1.0), backend=backend)
     assert r.units[0].status == "timeout" and r.returncode is None
+    # A loop is killed at its own test's limit, so the tests after it still run, each in full
+    # (a loop that kept running would leave them "skipped": the sample's time would be gone).
+    tests = ["while True: pass", "assert f() == 1", "assert f() + 1 == 2", "while True: pass", "assert f() == 1"]
+    passed, result = run_tests(
+        "def f():\n    return 1", tests, limits=sb.Limits(timeout_s=4.0, unit_timeout_s=0.5), backend=backend
+    )
+    assert [u.status for u in result.units] == ["timeout", "ok", "ok", "timeout", "ok"]
+    assert passed == [False, True, True, False, True]
+    assert result.units[0].error == result.units[3].error == "ran past 0.5s"
+    # In a batch, the looping sample scores 0 and the samples beside it score as they should.
+    completions = [fenced("while True:\n    pass"), fenced("def f():\n    return 1"), fenced("def f():\n    return 2")]
+    got = code_reward(["q"] * 3, completions, tests=[["assert f() == 1"]] * 3, timeout_s=1.0, backend=backend, num_workers=2)
+    assert got == [0.0, 1.0, 0.0]
     assert wait_no_leftovers() == []
 
 
@@ -283,32 +299,60 @@ def test_deleting_files_in_the_home_directory_fails(backend, tmp_path):
             path.unlink(missing_ok=True)
 
 
+def warm_server_pids(backend):
+    """The supervisor pids of this process's idle warm sandboxes of ``backend``."""
+    with sb._SERVERS_LOCK:
+        return {s.proc.pid for key, idle in sb._servers()["idle"].items() if key[0] == backend for s in idle if s.alive()}
+
+
 def test_killing_its_parent_fails(backend):
     require(backend, "signals_to_host_blocked")
     me = os.getpid()
-    for program in (
-        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",
-        f"import os, signal\nos.kill({me}, signal.SIGKILL)",  # the test process itself, by pid
-        "import os, signal\nos.killpg(os.getpgid(0), signal.SIGKILL)",
-        "import os, signal\nos.kill(-1, signal.SIGKILL)",
+    good = ("def f():\n    return 1", ["assert f() == 1"])
+    assert reward(backend, *good) == 1.0
+    servers = warm_server_pids(backend)
+    assert servers
+    for call in (
+        "os.kill(os.getppid(), signal.SIGKILL)",  # the process it was forked from
+        f"os.kill({me}, signal.SIGKILL)",  # the scorer (this test process), by pid
+        "os.killpg(os.getpgid(0), signal.SIGKILL)",
+        "os.kill(-1, signal.SIGKILL)",
     ):
-        assert reward(backend, program) == 0.0
-    assert os.getpid() == me  # still here
+        # The attempt itself is refused: the program sees PermissionError (the test checks that it did) ...
+        probe = (
+            "import os, signal\n"
+            "def attempt():\n"
+            "    try:\n"
+            f"        {call}\n"
+            "    except PermissionError:\n"
+            "        return 'refused'\n"
+            "    return 'sent'\n"
+        )
+        assert reward(backend, probe, tests=["assert attempt() == 'refused'"]) == 1.0, call
+        # ... so a program that tries it at load time fails ...
+        assert reward(backend, f"import os, signal\n{call}") == 0.0, call
+        # ... and the scorer, and the warm sandbox it used, are alive and score the next sample.
+        assert reward(backend, *good) == 1.0
+        assert warm_server_pids(backend) == servers, call
+    assert os.getpid() == me
 
 
 def test_printing_100_megabytes_is_cut_off(backend):
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     program = "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(100):\n    sys.stdout.write(chunk)"
     limits = sb.Limits(output_bytes=1 << 20)
-    start = time.monotonic()
     r = sb.run_python(program, limits=limits, backend=backend)
     assert r.output_truncated and not r.passed
+    assert r.units[0].status == "output_limit"  # stopped at the cap, not run to its end
     assert len(r.stdout) <= limits.output_bytes
     # As a stdin/stdout case the output goes to a capped file instead: 0, and nothing blows up.
     assert code_reward(["q"], [program], inputs_outputs=[[["", "x"]]], backend=backend) == [0.0]
+    passed, result = run_tests(program, inputs_outputs=[["", "x"]], backend=backend)
+    # Its writes stop at the file size limit (an error in the program); what is read back stops at the case's cap.
+    assert passed == [False] and result.units[0].status == "error" and "File too large" in result.units[0].error
+    assert len(result.units[0].output) <= 2 * len("x") + 4096
     # Inside an assert test the output is discarded.
     assert reward(backend, program) == 1.0
-    assert time.monotonic() - start < 30
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 100 * 1024  # KiB
     assert wait_no_leftovers() == []
 
