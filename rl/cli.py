@@ -14,6 +14,7 @@ from rl.config import ConfigError, RunConfig, SFTConfig, config_help, load_confi
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RL post-training for diffusion language models.")
 
 SetOpt = typer.Option(None, "--set", help="Override a config key, e.g. --set algorithm.lr=5e-5 (repeatable).")
+SFTSetOpt = typer.Option(None, "--set", help="Override a config key, e.g. --set lr=5e-4 or --set steps=100 (repeatable).")
 
 
 def _load(path: Path, overrides, schema):
@@ -38,6 +39,8 @@ def train(
     cfg = _load(config, overrides, RunConfig)
     if address is not None:
         cfg.cluster.address = address  # not through --set: YAML would read some HOST:PORT spellings as numbers
+    if cfg.cluster.address is not None:
+        _ray_auth_for_joining()
     from rl.data import DataError
     from rl.trainer import LearnerDied, Trainer
 
@@ -58,10 +61,10 @@ def train(
 
 @app.command()
 def sft(
-    config: Path = typer.Argument(..., help="SFT config (YAML), e.g. configs/sft_quickstart.yaml or configs/sft_math.yaml."),
+    config: Path = typer.Argument(..., help="SFT config (YAML), e.g. configs/sft_quickstart.yaml or configs/sft_demo.yaml."),
     output_dir: Optional[Path] = typer.Option(None, help="Where to write the model (default: output_dir in the config)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint under OUTPUT_DIR/checkpoints (needs save_every)."),
-    overrides: Optional[List[str]] = SetOpt,
+    overrides: Optional[List[str]] = SFTSetOpt,
 ) -> None:
     """Supervised training on prompt/response data (block diffusion, random masking, or AR), loss on response tokens only."""
     cfg = _load(config, overrides, SFTConfig)
@@ -124,7 +127,7 @@ def evaluate(
 
     unmask eval -b humaneval:HumanEval.jsonl.gz --completions samples.jsonl
 
-    unmask eval CKPT -b gym:countdown,size=200 -b gym:gsm_symbolic,size=200 -o eval/   (pip install 'unmask[gym]')
+    unmask eval CKPT -b gym:countdown,size=200 -b gym:gsm_symbolic,size=200 -o eval/   (pip install ".\\[gym]")
 
     results.json: {benchmark: {checkpoint: {strategy: {pass@1, pass@k, avg@k, k, accuracy, n, nfe, tokens_per_forward,
     tokens_per_s, kind, settings, ...}}}}; results.md holds the tables printed at the end.
@@ -166,7 +169,8 @@ def evaluate(
         typer.echo(f"\ninterrupted: finished entries are in {output / 'results.json'}; rerun with --resume to continue" if output else "\ninterrupted", err=True)
         raise typer.Exit(130) from None
     except (FileNotFoundError, OSError, ValueError) as e:
-        typer.echo(f"eval failed: {e}", err=True)
+        hint = "; to run a checkpoint's own modeling code, pass --trust-remote-code" if "trust_remote_code" in str(e) and not trust_remote_code else ""
+        typer.echo(f"eval failed: {e}{hint}", err=True)
         raise typer.Exit(2) from None
     finally:
         if output is not None and (output / "results.json").exists():
@@ -231,7 +235,12 @@ def generate(
     except FileNotFoundError as e:
         typer.echo(f"generate failed: {e}", err=True)
         raise typer.Exit(2) from None
-    lm = load_model(path, dtype=decoding_dtype(dtype, dev), trust_remote_code=trust_remote_code)
+    try:
+        lm = load_model(path, dtype=decoding_dtype(dtype, dev), trust_remote_code=trust_remote_code)
+    except (ValueError, OSError) as e:  # e.g. a checkpoint with its own modeling code, without --trust-remote-code
+        hint = "; to run the checkpoint's own modeling code, pass --trust-remote-code" if "trust_remote_code" in str(e) and not trust_remote_code else ""
+        typer.echo(f"generate failed: {path}: {e}{hint}", err=True)
+        raise typer.Exit(2) from None
     lm.model.to(dev)
     if compile:
         lm.compile()
@@ -316,7 +325,24 @@ def plot(run_dir: Path = typer.Argument(..., help="Run directory with metrics.js
 @app.command("config-help")
 def config_help_cmd(kind: str = typer.Argument("train", help="train | sft")) -> None:
     """Every config key with its default and meaning."""
+    if kind not in ("train", "sft"):
+        typer.echo(f"unknown config kind {kind!r}: train (unmask train) or sft (unmask sft)", err=True)
+        raise typer.Exit(2)
     typer.echo(config_help(RunConfig if kind == "train" else SFTConfig))
+
+
+def _ray_auth_for_joining() -> None:
+    """Send the token of a cluster started with `ray start`. Since Ray 2.5x `ray start` turns token authentication
+    on and writes the token to ~/.ray/auth_token, but a driver sends it only under RAY_AUTH_MODE=token; without
+    it joining fails (InvalidAuthToken). A token does no harm to a cluster without authentication. A
+    RAY_AUTH_MODE the user set is left alone."""
+    import os
+
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def _data_benchmarks(path: Path, limit, max_new_tokens) -> list:

@@ -472,7 +472,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, schema: ty
     try:
         return schema.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, path, schema)) from None
+        raise ConfigError(_format_errors(e, path, schema, overrides)) from None
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
@@ -501,10 +501,14 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _format_errors(err: ValidationError, path: Path, schema: type[BaseModel]) -> str:
+def _format_errors(err: ValidationError, path: Path, schema: type[BaseModel], overrides: list[str] | None = None) -> str:
     lines = [f"{path}: invalid config ({err.error_count()} problem{'s' if err.error_count() > 1 else ''})"]
+    keys = [(tuple(item.partition("=")[0].split(".")), item) for item in overrides or []]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
+        parts = tuple(str(p) for p in e["loc"])
+        # A problem at (or above) a key that --set wrote is that override's, not the file's.
+        where = next((f"--set {item}" for key, item in reversed(keys) if parts and key[: len(parts)] == parts[: len(key)]), str(path))
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             known = _fields_at(schema, e["loc"][:-1])
@@ -512,7 +516,7 @@ def _format_errors(err: ValidationError, path: Path, schema: type[BaseModel]) ->
             msg = "unknown key" + (f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}")
         elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict):
             msg += f" (got {e['input']!r})"
-        lines.append(f"  {path}: {loc or '<top>'}: {msg}")
+        lines.append(f"  {where}: {loc or '<top>'}: {msg}")
     return "\n".join(lines)
 
 
@@ -532,19 +536,27 @@ def _fields_at(schema: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return sorted(model.model_fields)
 
 
-def config_help(schema: type[BaseModel] = RunConfig, prefix: str = "") -> str:
-    """Every config key with its type, default and description, for `--help-config`."""
+def config_help(schema: type[BaseModel] = RunConfig, prefix: str = "", defaults: BaseModel | None = None) -> str:
+    """Every config key with its default and description, for `unmask config-help`.
+
+    Defaults are the values a config that leaves the key out gets: a section's own default
+    instance wins over its class (eval.sampling's temperature is 0.0, rollout.sampling's 1.0),
+    and a default_factory is called (a list shows as [], not PydanticUndefined)."""
     out = []
     for name, f in schema.model_fields.items():
         ann = f.annotation
+        if defaults is not None:
+            required, value = False, getattr(defaults, name)
+        else:
+            required = f.is_required()
+            value = None if required else f.get_default(call_default_factory=True)
         if isinstance(ann, type) and issubclass(ann, BaseModel):
-            out.append(config_help(ann, prefix + name + "."))
+            out.append(config_help(ann, prefix + name + ".", value if isinstance(value, BaseModel) else None))
             continue
         item = getattr(ann, "__args__", (None,))[0] if getattr(ann, "__origin__", None) is list else None
         if isinstance(item, type) and issubclass(item, BaseModel) and item is not RewardSpec:
             out.append(f"{prefix}{name} = a list; each item:\n    {f.description or ''}")
             out.append(config_help(item, prefix + name + "[]."))
             continue
-        default = "required" if f.is_required() else repr(f.get_default(call_default_factory=False))
-        out.append(f"{prefix}{name} = {default}\n    {f.description or ''}")
+        out.append(f"{prefix}{name} = {'required' if required else repr(value)}\n    {f.description or ''}")
     return "\n".join(out)
