@@ -8,9 +8,8 @@ mostly in how they estimate it. Every estimator here has the same signature,
 where N = len(trajs), C = the longest completion, logp[i, c] is the (differentiable) estimate
 for completion token c of sample i (0 at padding) and mask[i, c] is True where that estimate
 carries loss. `with_entropy=True` adds a third tensor, the entropy [N, C] of the scored
-distribution (detached, a metric, 0 where mask is False). Options that only another estimator
-takes are ignored, so one options dict (the run config's) can be passed to whichever estimator
-is selected.
+distribution (detached, a metric, 0 where mask is False). An option the estimator does not
+take is an error (`EstimatorUnit.check_options`), never silently ignored.
 
 Loss stops at the first EOS (`loss_mask`), for every estimator and family: the first EOS
 carries loss (it is the decision to stop), the positions after it do not (no policy loss, KL,
@@ -45,7 +44,8 @@ and current calls alike: the learner does so at every inner epoch when
 mask seed per inner iteration), scoring the old and reference log-probs of every epoch's masks
 before the first update.
 
-Estimators (ESTIMATORS):
+Estimators (ESTIMATORS, each an `EstimatorUnit`: the function, its typed options, its pass count,
+its paper's config defaults and its traits; a plugin unit is named by import path):
   trace         TraceRL: replay the recorded step map (algorithms.trace).
   one_step      diffu-GRPO (d1): completion fully masked, prompt tokens masked with prob p.
   coupled       coupled-GRPO (DiffuCoder): complementary masks, every token scored once.
@@ -58,14 +58,17 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from functools import lru_cache
-from typing import Callable, Sequence
+import dataclasses
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from algorithms.packing import pack_noisy
 from algorithms.sft import random_block_mask
-from algorithms.trace import loss_length, trace_logprobs, trace_pass_index
+from algorithms.trace import loss_length, trace_logprobs, trace_pass_index, trace_pass_scores
 from rollout.models import DiffusionLM
 from rollout.trajectory import Trajectory
 
@@ -219,15 +222,15 @@ def _out(logp, mask, entropy, with_entropy: bool) -> Estimate:
 # -- estimators ------------------------------------------------------------------------------------
 def trace_estimate(
     lm: DiffusionLM, trajs: Sequence[Trajectory], generator: torch.Generator | None = None, *, shrink: int = 1,
-    with_entropy: bool = False, **_: object,
+    seed: int | None = None, occurrences: Sequence[int] | None = None, with_entropy: bool = False,
 ) -> Estimate:
     """TraceRL (Wang et al., 2025, arXiv:2509.06949): log pi(o_c | state where its step group began).
 
     For shrinkage s, a block's distinct steps are grouped s at a time; pass k masks every token
     decoded at or after its block's k-th group and scores the tokens of that group (all blocks
-    in one packed pass). Deterministic: `generator` is unused. mask = the real tokens up to and
-    including the first EOS, the only ones scored (each pass's LM head sees just its group's
-    loss tokens); logp is their replayed log-prob, 0 elsewhere.
+    in one packed pass). Deterministic: `generator`, `seed` and `occurrences` are unused.
+    mask = the real tokens up to and including the first EOS, the only ones scored (each pass's
+    LM head sees just its group's loss tokens); logp is their replayed log-prob, 0 elsewhere.
     """
     logp, mask, entropy = trace_logprobs(lm, trajs, shrink=shrink, with_entropy=with_entropy)
     return _out(logp, mask, entropy, with_entropy)
@@ -235,7 +238,7 @@ def trace_estimate(
 
 def one_step_estimate(
     lm: DiffusionLM, trajs: Sequence[Trajectory], generator: torch.Generator | None = None, *,
-    p_mask_prompt: float = 0.15, seed: int | None = None, occurrences: Sequence[int] | None = None, with_entropy: bool = False, **_: object,
+    p_mask_prompt: float = 0.15, seed: int | None = None, occurrences: Sequence[int] | None = None, with_entropy: bool = False,
 ) -> Estimate:
     """diffu-GRPO's one-step estimator (Zhao et al., 2025, "d1", arXiv:2504.12216).
 
@@ -263,7 +266,7 @@ def one_step_estimate(
 def coupled_estimate(
     lm: DiffusionLM, trajs: Sequence[Trajectory], generator: torch.Generator | None = None, *,
     t_min: float = 0.2, t_max: float = 0.8, weighted: bool = False, full_mask_pass: bool = False,
-    seed: int | None = None, occurrences: Sequence[int] | None = None, with_entropy: bool = False, **_: object,
+    seed: int | None = None, occurrences: Sequence[int] | None = None, with_entropy: bool = False,
 ) -> Estimate:
     """Coupled sampling of coupled-GRPO (Gong et al., 2025, "DiffuCoder", arXiv:2506.20639).
 
@@ -339,7 +342,7 @@ def elbo_schedule(n: int, quadrature: bool, generator: torch.Generator, t_min: f
 def mc_elbo_estimate(
     lm: DiffusionLM, trajs: Sequence[Trajectory], generator: torch.Generator | None = None, *,
     n: int = 4, quadrature: bool = False, t_min: float = 1e-3, seed: int | None = None,
-    occurrences: Sequence[int] | None = None, with_entropy: bool = False, **_: object,
+    occurrences: Sequence[int] | None = None, with_entropy: bool = False,
 ) -> Estimate:
     """Per-token masked-diffusion ELBO (GDPO: Rojas et al., 2025, arXiv:2510.08554).
 
@@ -400,7 +403,7 @@ def mc_elbo_estimate(
 
 def block_random_estimate(
     lm: DiffusionLM, trajs: Sequence[Trajectory], generator: torch.Generator | None = None, *,
-    seed: int | None = None, occurrences: Sequence[int] | None = None, with_entropy: bool = False, **_: object,
+    seed: int | None = None, occurrences: Sequence[int] | None = None, with_entropy: bool = False,
 ) -> Estimate:
     """Random masking per block, the objective of block-diffusion SFT (algorithms.sft).
 
@@ -425,36 +428,201 @@ def block_random_estimate(
     return _out(logp, mask, entropy, with_entropy)
 
 
-ESTIMATORS: dict[str, Callable[..., Estimate]] = {
-    "trace": trace_estimate,
-    "one_step": one_step_estimate,
-    "coupled": coupled_estimate,
-    "mc_elbo": mc_elbo_estimate,
-    "block_random": block_random_estimate,
-}
+# -- estimators as units ---------------------------------------------------------------------------
+# Keywords every estimator takes besides its own options (the learner's mask seed and pieces).
+CALL_KEYWORDS = frozenset({"seed", "occurrences", "with_entropy"})
 
 
-def get_estimator(name: str) -> Callable[..., Estimate]:
-    """`ESTIMATORS[name]`, with an error that lists the known names."""
-    if name not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {name!r}; known: {sorted(ESTIMATORS)}")
-    return ESTIMATORS[name]
+@dataclass(frozen=True)
+class EstimatorUnit:
+    """One likelihood estimator and everything the learner and the config need to know about it.
+
+    The learner and the config ask the unit; they never compare its name. A new estimator is a
+    module that builds one of these and calls `register_estimator` (or is named in a config by
+    its import path, `package.module:UNIT`).
+
+    Fields:
+        name: the registry key (`algorithm.estimator`).
+        estimate: `estimate(lm, trajs, generator=None, *, seed, occurrences, with_entropy, **options)`
+            -> (logp [N, C], mask [N, C]) (plus entropy [N, C] with with_entropy).
+        options: a dataclass of the estimator's own options, typed and with defaults; any other
+            keyword is an error that names the estimator and its keys.
+        count_passes: `count_passes(trajs, options) -> int`, the forward passes (calls of
+            `lm.forward_logprobs` over the whole batch) one estimate takes.
+        paper: where the estimator comes from (shown by `unmask config-help`).
+        config_fields: option -> `algorithm.<field>` of the run config that sets it (built-ins;
+            a plugin takes its options from `algorithm.options`).
+        config_defaults: `algorithm.<field>` -> value this estimator's paper uses, applied to the
+            fields a config leaves unset.
+        replays_trace: scores the recorded step map, deterministically (TraceRL): the rollout's
+            log-probs are its likelihoods (overlap), its passes are trace steps (`loss_norm: pass`,
+            the value model), and its masks are never redrawn.
+        multi_pass: `multi_pass(options) -> bool`, whether one estimate may take several passes
+            (the learner then takes the backward pass by pass to bound memory).
+        pass_scores: for estimators whose passes score disjoint tokens and combine by a plain
+            scatter: `pass_scores(lm, trajs, options, with_entropy)` yielding ((r, c), logp, entropy)
+            per pass, so a token-separable loss can back-propagate each pass's share directly.
+    """
+
+    name: str
+    estimate: Callable[..., Estimate]
+    options: type
+    count_passes: Callable[[Sequence[Trajectory], Any], int]
+    paper: str = ""
+    config_fields: Mapping[str, str] = field(default_factory=dict)
+    config_defaults: Mapping[str, Any] = field(default_factory=dict)
+    replays_trace: bool = False
+    multi_pass: Callable[[Any], bool] = lambda options: False
+    pass_scores: Callable | None = None
+
+    def check_options(self, options: Mapping[str, Any]) -> Any:
+        """The options as this unit's dataclass; an unknown key is an error naming the valid ones."""
+        known = {f.name for f in dataclasses.fields(self.options)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"estimator {self.name!r} has no option {', '.join(map(repr, unknown))}; its options: {sorted(known) or 'none'}")
+        return self.options(**options)
+
+    def __call__(self, lm: DiffusionLM, trajs: Sequence[Trajectory], generator: torch.Generator | None = None, **kwargs: Any) -> Estimate:
+        """Run the estimate, checking the options first (the call keywords pass through)."""
+        opts = {k: v for k, v in kwargs.items() if k not in CALL_KEYWORDS}
+        calls = {k: v for k, v in kwargs.items() if k in CALL_KEYWORDS}
+        return self.estimate(lm, trajs, generator, **calls, **dataclasses.asdict(self.check_options(opts)))
+
+    def several_passes(self, **options: Any) -> bool:
+        """Whether one estimate with these options may take more than one forward pass."""
+        return bool(self.multi_pass(self.check_options(options)))
+
+    def passes(self, trajs: Sequence[Trajectory], **options: Any) -> int:
+        """Forward passes one estimate of `trajs` takes with these options."""
+        return self.count_passes(trajs, self.check_options(options))
 
 
-def count_forward_passes(name: str, trajs: Sequence[Trajectory], **opts) -> int:
+@dataclass(frozen=True)
+class TraceOptions:
+    shrink: int = 1
+    """TraceRL shrinkage s: consecutive distinct steps of a block merged into one pass."""
+
+
+@dataclass(frozen=True)
+class OneStepOptions:
+    p_mask_prompt: float = 0.15
+    """Probability of masking each prompt token (d1: 0.15)."""
+
+
+@dataclass(frozen=True)
+class CoupledOptions:
+    t_min: float = 0.2
+    """Lower bound of the masking ratio t ~ U[t_min, t_max] (DiffuCoder: 0.2)."""
+    t_max: float = 0.8
+    """Upper bound of the masking ratio (DiffuCoder: 0.8)."""
+    weighted: bool = False
+    """Weight pass 1 by 1/t and pass 2 by 1/(1 - t) (DiffuCoder's trainer)."""
+    full_mask_pass: bool = False
+    """Add d1's fully masked pass and average it with the coupled estimate."""
+
+
+@dataclass(frozen=True)
+class ElboOptions:
+    n: int = 4
+    """Noise levels (Monte Carlo samples or quadrature nodes) of t."""
+    quadrature: bool = False
+    """Gauss-Legendre nodes instead of random t (GDPO)."""
+    t_min: float = 1e-3
+    """Smallest masking level drawn (keeps 1/t finite)."""
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    pass
+
+
+def _trace_pass_scores(lm: DiffusionLM, trajs: Sequence[Trajectory], options: TraceOptions, with_entropy: bool = False):
+    return trace_pass_scores(lm, trajs, options.shrink, with_entropy)
+
+
+def _trace_passes(trajs: Sequence[Trajectory], o: TraceOptions) -> int:
+    return max(max(trace_pass_index(t.step_map, len(t.prompt_ids), t.block_size, o.shrink), default=-1) + 1 for t in trajs)
+
+
+ESTIMATORS: dict[str, EstimatorUnit] = {}
+
+
+def register_estimator(unit: EstimatorUnit) -> EstimatorUnit:
+    """Add `unit` to the registry under its name (a second unit of the same name is an error)."""
+    if unit.name in ESTIMATORS and ESTIMATORS[unit.name] is not unit:
+        raise ValueError(f"estimator {unit.name!r} is already registered")
+    ESTIMATORS[unit.name] = unit
+    return unit
+
+
+for _unit in (
+    EstimatorUnit(
+        "trace", trace_estimate, TraceOptions, _trace_passes,
+        paper="TraceRL (Wang et al., 2025, arXiv:2509.06949; Gen-Verse/dLLM-RL)",
+        config_fields={"shrink": "shrink"},
+        # dLLM-RL's TraceRL trainers normalise group rewards by the population std (torch std(unbiased=False)).
+        config_defaults={"zscore_std": "population", "redraw_masks": False},
+        replays_trace=True, multi_pass=lambda o: True, pass_scores=_trace_pass_scores,
+    ),
+    EstimatorUnit(
+        "one_step", one_step_estimate, OneStepOptions, lambda trajs, o: 1,
+        paper="diffu-GRPO (d1: Zhao et al., 2025, arXiv:2504.12216; dllm-reasoning/d1)",
+        config_fields={"p_mask_prompt": "p_mask_prompt"},
+        # dllm-reasoning/d1 diffu-grpo/diffu_grpo_trainer.py: A = r - mean(group) (the std is only
+        # logged), and random_masking draws a new mask seed per inner iteration.
+        config_defaults={"advantage": "mean", "zscore_std": "sample", "redraw_masks": True},
+    ),
+    EstimatorUnit(
+        "coupled", coupled_estimate, CoupledOptions, lambda trajs, o: 3 if o.full_mask_pass else 2,
+        paper="coupled-GRPO (DiffuCoder: Gong et al., 2025, arXiv:2506.20639; apple/ml-diffucoder)",
+        config_fields={"t_min": "coupled_t_min", "t_max": "coupled_t_max", "weighted": "coupled_weighted", "full_mask_pass": "coupled_full_mask_pass"},
+        # apple/ml-diffucoder's coupled-GRPO trainer: a leave-one-out baseline, not scaled by a std.
+        config_defaults={"advantage": "loo", "zscore_std": "sample", "redraw_masks": False},
+        multi_pass=lambda o: True,
+    ),
+    EstimatorUnit(
+        "mc_elbo", mc_elbo_estimate, ElboOptions, lambda trajs, o: int(o.n),
+        paper="masked-diffusion ELBO, Monte Carlo or quadrature (GDPO: Rojas et al., 2025, arXiv:2510.08554)",
+        config_fields={"n": "mc_samples", "quadrature": "quadrature"},
+        config_defaults={"zscore_std": "sample", "redraw_masks": False},
+        multi_pass=lambda o: o.n > 1,
+    ),
+    EstimatorUnit(
+        "block_random", block_random_estimate, NoOptions, lambda trajs, o: 1,
+        paper="random block masking, the SFT objective (TraceRL's random-masking baseline)",
+        config_defaults={"zscore_std": "sample", "redraw_masks": False},
+    ),
+):
+    register_estimator(_unit)
+
+
+def get_estimator(name: str | EstimatorUnit) -> EstimatorUnit:
+    """The unit registered as `name`, or the EstimatorUnit at import path `package.module:NAME`
+    (importing it registers it); an unknown name is an error that lists the known ones."""
+    if isinstance(name, EstimatorUnit):
+        return name
+    if name in ESTIMATORS:
+        return ESTIMATORS[name]
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            obj: Any = importlib.import_module(module)
+        except ImportError as exc:
+            raise ValueError(f"estimator {name!r}: cannot import {module!r}: {exc}") from exc
+        for part in attr.split("."):
+            obj = getattr(obj, part, None)
+        if not isinstance(obj, EstimatorUnit):
+            raise ValueError(f"estimator {name!r} is not an algorithms.estimators.EstimatorUnit (got {type(obj).__name__})")
+        return register_estimator(obj)
+    raise ValueError(f"unknown estimator {name!r}; known: {sorted(ESTIMATORS)} (or a plugin as 'package.module:UNIT')")
+
+
+def count_forward_passes(name: str | EstimatorUnit, trajs: Sequence[Trajectory], **opts) -> int:
     """Forward passes (calls of `lm.forward_logprobs`, each over the whole batch) one estimate takes.
 
     trace: max over samples of ceil(distinct steps per block / shrink) (block models) or
     ceil(total steps / shrink) (full attention); one_step, block_random: 1; coupled: 2
     (3 with full_mask_pass); mc_elbo: n.
     """
-    if name == "trace":
-        shrink = opts.get("shrink", 1)
-        return max(max(trace_pass_index(t.step_map, len(t.prompt_ids), t.block_size, shrink), default=-1) + 1 for t in trajs)
-    if name in ("one_step", "block_random"):
-        return 1
-    if name == "coupled":
-        return 3 if opts.get("full_mask_pass", False) else 2
-    if name == "mc_elbo":
-        return int(opts.get("n", 4))
-    raise ValueError(f"unknown estimator {name!r}; known: {sorted(ESTIMATORS)}")
+    return get_estimator(name).passes(trajs, **opts)

@@ -16,9 +16,12 @@ Loss normalisations (`norm`), for a per-token loss l[i, t] with mask m[i, t]:
                                                    P_ik = the tokens of sample i scored in trace
                                                    pass k (`pass_index`): the mean within each
                                                    pass, then over every (sample, pass) with
-                                                   tokens. TraceRL's (dLLM-RL's trainers average
-                                                   each replayed pass's tokens, then the passes)
-                                                   and CJ-GRPO's objective. Passes that commit
+                                                   tokens: dLLM-RL's LLaDA/Dream/MMaDA TraceRL
+                                                   trainers (each replayed pass's tokens, then the
+                                                   passes; its SDAR/TraDo trainers divide each
+                                                   row's sum by the padded width instead, and
+                                                   CJ-GRPO reduces per step over the batch, then
+                                                   over steps). Passes that commit
                                                    few tokens (threshold decoding, an uneven last
                                                    shrink group) weigh as much as full ones.
 

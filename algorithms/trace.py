@@ -16,7 +16,7 @@ import torch
 
 from algorithms.packing import pack_noisy
 from rollout.models import DiffusionLM
-from rollout.trajectory import Trajectory
+from rollout.trajectory import Trajectory, answer_length
 
 
 def trace_pass_index(step_map: Sequence[int], prompt_len: int, block_size: int | None, shrink: int) -> list[int]:
@@ -116,10 +116,8 @@ def trace_pass_scores(lm: DiffusionLM, trajs: Sequence[Trajectory], shrink: int 
         yield (rows[ri], ci), lp, ent
 
 
-def loss_length(completion_ids: Sequence[int], eos_id: int | None) -> int:
-    """Completion tokens that carry loss: up to and including the first EOS (all without one)."""
-    ids = list(completion_ids)
-    return ids.index(eos_id) + 1 if eos_id is not None and eos_id in ids else len(ids)
+# Completion tokens that carry loss: the answer, up to and including the first EOS.
+loss_length = answer_length
 
 
 def trace_passes(lm: DiffusionLM, trajs: Sequence[Trajectory], shrink: int = 1):

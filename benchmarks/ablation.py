@@ -80,7 +80,7 @@ def forward_passes(cfg, trajs) -> tuple[int, int]:
     """(passes per estimate of the batch, all batched forwards of one learner update)."""
     algo = cfg.algorithm
     per_estimate = count_forward_passes(algo.estimator, trajs, **estimator_options(algo))
-    draws = algo.epochs if algo.redraw_masks and algo.estimator != "trace" else 1  # old/ref per mask draw
+    draws = algo.epochs if algo.redraw_masks and not algo.estimator_unit().replays_trace else 1  # old/ref per mask draw
     calls = draws * (1 + (1 if algo.beta > 0 else 0)) + algo.epochs  # old, reference, current per epoch
     total = per_estimate * calls * algo.minibatches
     if algo.value.enabled:

@@ -189,8 +189,13 @@ GSPO_DEFAULTS = {"eps_low": 3e-4, "eps_high": 4e-4, "loss_norm": "sequence"}
 
 
 class AlgorithmConfig(_Section):
-    estimator: Literal["trace", "one_step", "coupled", "mc_elbo", "block_random"] = Field(
-        "trace", description="Likelihood estimator: trace (TraceRL, replays the step map), one_step (diffu-GRPO), coupled (DiffuCoder), mc_elbo (GDPO), block_random."
+    estimator: str = Field(
+        "trace", description="Likelihood estimator: trace (TraceRL, replays the step map), one_step (diffu-GRPO), coupled (DiffuCoder), "
+        "mc_elbo (GDPO), block_random; or a plugin unit by import path, 'package.module:UNIT' (an algorithms.estimators.EstimatorUnit)."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Options of the estimator beyond the fields below (a plugin estimator's own); "
+        "an option the estimator does not take is an error that lists the ones it does."
     )
     shrink: int = Field(1, ge=1, description="TraceRL shrinkage s: consecutive decoding steps merged into one training step.")
     p_mask_prompt: float = Field(0.15, ge=0.0, le=1.0, description="one_step: probability of masking each prompt token (d1 uses 0.15).")
@@ -209,7 +214,10 @@ class AlgorithmConfig(_Section):
     coupled_t_max: float = Field(0.8, gt=0.0, lt=1.0, description="coupled: upper bound of the masking ratio t (DiffuCoder: 0.8).")
     mc_samples: int = Field(4, ge=1, description="mc_elbo: Monte Carlo samples (or quadrature nodes) of the masking level t.")
     quadrature: bool = Field(False, description="mc_elbo: Gauss-Legendre nodes instead of random t (GDPO).")
-    advantage: Literal["zscore", "mean", "loo"] = Field("zscore", description="Group advantage: GRPO z-score, mean-centred (Dr. GRPO) or leave-one-out.")
+    advantage: Literal["zscore", "mean", "loo"] = Field(
+        "zscore", description="Group advantage: GRPO z-score, mean-centred (Dr. GRPO) or leave-one-out. Default: each estimator's paper, "
+        "zscore for trace (TraceRL), mean for one_step (d1's trainer: A = r - mean, the std only logged), loo for coupled (DiffuCoder, unscaled)."
+    )
     zscore_std: Literal["sample", "population"] = Field(
         "population", description="Std of the group z-score (advantage: zscore, and value.reward: zscore): population divides by the "
         "group size G (TraceRL's dLLM-RL code), sample by G - 1 (Bessel's correction: torch's default std, as TRL's GRPO trainer, which d1 builds on). "
@@ -231,7 +239,7 @@ class AlgorithmConfig(_Section):
     loss_norm: Literal["token", "sequence", "constant", "pass"] = Field(
         "token", description="token: mean over all tokens of a minibatch (DAPO); sequence: per sequence, then over "
         "sequences (GRPO's original, GSPO's; the default with loss: gspo); constant: sum / norm_constant (Dr. GRPO); pass: per trace "
-        "pass of each sample, then over (sample, pass) pairs (TraceRL's dLLM-RL trainers, CJ-GRPO; estimator trace only)."
+        "pass of each sample, then over (sample, pass) pairs (dLLM-RL's LLaDA/Dream/MMaDA TraceRL trainers; estimator trace only)."
     )
     norm_constant: float | None = Field(None, gt=0.0, description="loss_norm=constant: the divisor (e.g. max completion length x minibatch size).")
     lr: float = Field(1e-4, gt=0.0, description="AdamW learning rate.")
@@ -241,28 +249,52 @@ class AlgorithmConfig(_Section):
     epochs: int = Field(1, ge=1, description="Passes over each rollout batch (mu); old log-probs are taken before the first.")
     value: ValueConfig = Field(default_factory=ValueConfig, description="The diffusion value model (TraceRL + value).")
 
-    def _derive(self) -> None:
+    def estimator_unit(self):
+        """The `algorithms.estimators.EstimatorUnit` named by `estimator` (imported on first use:
+        the config module itself does not need torch)."""
+        from algorithms.estimators import get_estimator
+
+        return get_estimator(self.estimator)
+
+    def estimator_options(self) -> dict[str, Any]:
+        """The estimator's keyword options: its fields of this config, then `options`."""
+        unit = self.estimator_unit()
+        opts = {option: getattr(self, name) for option, name in unit.config_fields.items()}
+        opts.update(self.options)
+        return opts
+
+    def _derive(self, unit) -> None:
         """Fill the fields this config leaves unset with the defaults that follow from `loss` and
         `estimator` (each paper's own). Written past validate_assignment: the values are the
         fields' own types, and assigning would re-enter this validator."""
-        derived = {
-            "redraw_masks": self.estimator == "one_step",
-            "zscore_std": "population" if self.estimator == "trace" else "sample",
-            **(GSPO_DEFAULTS if self.loss == "gspo" else {}),
-        }
-        for name in ("eps_low", "eps_high", "loss_norm", "redraw_masks", "zscore_std"):
+        derived = {**unit.config_defaults, **(GSPO_DEFAULTS if self.loss == "gspo" else {})}
+        for name in ("advantage", "eps_low", "eps_high", "loss_norm", "redraw_masks", "zscore_std"):
             if name not in self.model_fields_set:
                 self.__dict__[name] = derived.get(name, type(self).model_fields[name].default)
 
     @model_validator(mode="after")
     def _check(self) -> "AlgorithmConfig":
-        self._derive()
+        try:
+            unit = self.estimator_unit()
+        except ValueError as exc:
+            raise ValueError(f"algorithm.estimator: {exc}") from None
+        try:
+            unit.check_options(self.estimator_options())
+        except ValueError as exc:
+            raise ValueError(f"algorithm.options: {exc}") from None
+        self._derive(unit)
         if self.loss_norm == "constant" and self.norm_constant is None:
             raise ValueError("algorithm.loss_norm is 'constant' but algorithm.norm_constant is not set")
-        if self.loss_norm == "pass" and self.estimator != "trace":
-            raise ValueError("algorithm.loss_norm: pass averages over TraceRL's replayed passes and needs algorithm.estimator: trace")
-        if self.value.enabled and self.estimator != "trace":
-            raise ValueError("algorithm.value.enabled needs algorithm.estimator: trace (values are read on the decoding trace)")
+        if self.loss_norm == "pass" and not unit.replays_trace:
+            raise ValueError(
+                f"algorithm.loss_norm: pass averages over TraceRL's replayed passes; estimator {self.estimator!r} does not replay "
+                "the trace (use algorithm.estimator: trace)"
+            )
+        if self.value.enabled and not unit.replays_trace:
+            raise ValueError(
+                f"algorithm.value.enabled: values are read on the decoding trace, which estimator {self.estimator!r} does not "
+                "replay (use algorithm.estimator: trace)"
+            )
         if self.min_acc is not None and self.max_acc is not None and self.min_acc > self.max_acc:
             raise ValueError("algorithm.min_acc must be <= algorithm.max_acc")
         if self.coupled_t_min > self.coupled_t_max:
@@ -381,7 +413,7 @@ class RunConfig(_Section):
                 "rollout.sampling.temperature is 0 (greedy) but rollout.samples_per_prompt > 1: every sample of a "
                 "group would be identical and get zero advantage; set a temperature > 0"
             )
-        if self.rollout.overlap and (self.algorithm.estimator != "trace" or self.algorithm.shrink != 1):
+        if self.rollout.overlap and (not self.algorithm.estimator_unit().replays_trace or self.algorithm.shrink != 1):
             raise ValueError(
                 "rollout.overlap needs algorithm.estimator: trace with algorithm.shrink: 1 (the one-step-stale ratio uses the "
                 "rollout's log-probs, which are the trace estimator's likelihoods only without shrinkage)"

@@ -24,13 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from rewards import get_reward, score
+from rewards import get_reward
 from rl.data import Benchmark, BenchmarkError, read_records
 from rl.data.prompts import encode_messages, encode_prompt  # noqa: F401 - encode_prompt re-exported
+from rl.scoring import score_texts
 from rl.tasks import ArithmeticTask
 from rollout.autoregressive import ENGINES, ARModel, VLLMModel, import_vllm, is_ar_checkpoint
 from rollout.engine import SamplingParams, generate
 from rollout.models import DiffusionLM, load_model
+from rollout.trajectory import answer_length
 from rollout.worker import decoding_dtype
 
 Policy = DiffusionLM | ARModel | VLLMModel
@@ -99,7 +101,7 @@ def evaluate_task(
         prompts = [policy.tokenizer(r["prompt"])["input_ids"] for r in chunk]
         trajs += decode(policy, prompts, params, gen, columns=chunk)
     elapsed = time.perf_counter() - t0
-    correct = verifier([r["prompt"] for r in rows], [t.text for t in trajs], answer=[r["answer"] for r in rows])
+    correct, _, _ = score_texts(None, [verifier], None, [r["prompt"] for r in rows], [t.text for t in trajs], {"answer": [r["answer"] for r in rows]}, timeout_s=600.0)
     n_tok = sum(len(t.completion_ids) for t in trajs)
     return {
         "accuracy": float(np.mean([c == 1.0 for c in correct])),
@@ -166,8 +168,7 @@ def score_benchmark(bench: Benchmark, problems: list[dict], completions: list[st
     """Score one completion per problem with the benchmark's reward (after its stop strings).
     Returns (rewards, a one-line summary of reward failures, "" when none)."""
     columns = {c: [p[c] for p in problems] for c in bench.columns}
-    total, _, errors = score([bench.reward_fn()], None, [p["prompt"] for p in problems],
-                             [bench.postprocess(c) for c in completions], columns, timeout_s=timeout_s)  # fmt: skip
+    total, _, errors = score_texts(bench.template, [bench.reward_fn()], None, [p["prompt"] for p in problems], completions, columns, timeout_s=timeout_s)
     return total, "; ".join(errors.values())
 
 
@@ -217,7 +218,7 @@ def evaluate_benchmark(
             for (i, s), t, r in zip(chunk, trajs, rewards):
                 n_tok += len(t.completion_ids)
                 eos = getattr(policy, "eos_id", None)
-                n_ans += t.completion_ids.index(eos) + 1 if eos in t.completion_ids else len(t.completion_ids)
+                n_ans += answer_length(t.completion_ids, eos)
                 n_fwd += t.nfe
                 n_correct += r == 1.0
                 records.append({"id": bench.problems[i]["id"], "sample": s, "prompt": bench.problems[i]["prompt"], "completion": t.text,

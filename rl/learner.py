@@ -41,9 +41,9 @@ import torch
 from torch import nn
 
 from algorithms.advantages import group_advantages
-from algorithms.estimators import count_forward_passes, get_estimator, occurrence_index
+from algorithms.estimators import get_estimator, occurrence_index
 from algorithms.losses import LOSSES, SEPARABLE_LOSSES, LossTotals
-from algorithms.trace import trace_pass_index, trace_pass_scores, trace_step_index
+from algorithms.trace import trace_pass_index, trace_step_index
 from algorithms.value import (
     GAE_FORMS,
     ValueModel,
@@ -71,12 +71,9 @@ def _rows_tensor(rows: Sequence[Sequence[int]], width: int) -> torch.Tensor:
 
 
 def estimator_options(algo: AlgorithmConfig) -> dict:
-    """The estimator keyword options of a run config. The coupled options are renamed to the
-    estimator's own (t_min, t_max, ...) only for coupled, since mc_elbo's t_min means another thing."""
-    opts = {"shrink": algo.shrink, "p_mask_prompt": algo.p_mask_prompt, "n": algo.mc_samples, "quadrature": algo.quadrature}
-    if algo.estimator == "coupled":
-        opts.update(weighted=algo.coupled_weighted, full_mask_pass=algo.coupled_full_mask_pass, t_min=algo.coupled_t_min, t_max=algo.coupled_t_max)
-    return opts
+    """The estimator keyword options of a run config (`AlgorithmConfig.estimator_options`): the
+    unit's own option names, so coupled's `coupled_t_min` arrives as its `t_min`."""
+    return algo.estimator_options()
 
 
 class EstimatorModule(nn.Module):
@@ -195,19 +192,19 @@ class Learner:
         if algo.value.enabled:
             # The critic starts from the policy's weights, with its own copy and optimizer.
             self.value = ValueModel(copy.deepcopy(self.lm))
-        self.estimate = get_estimator(algo.estimator)
+        self.estimator = get_estimator(algo.estimator)
+        self.estimate = self.estimator
         self.estimator_opts = estimator_options(algo)
         self.loss_fn = LOSSES[algo.loss]
         # One rank only: DDP and FSDP2 need the whole estimate inside one forward of the module they wrap.
         # The value loss is per token, so the critic's passes split whatever the policy's estimator.
         self.value_backward_per_pass = lc.backward_per_pass and world_size == 1
-        multi_pass = algo.estimator == "trace" or count_forward_passes(algo.estimator, [], **self.estimator_opts) > 1
-        self.backward_per_pass = self.value_backward_per_pass and multi_pass
+        self.backward_per_pass = self.value_backward_per_pass and self.estimator.several_passes(**self.estimator_opts)
         # TraceRL with a token-separable loss takes each pass's share of the loss directly. A loss
         # that couples tokens (GSPO's sequence ratio), or an estimator that combines passes per
         # token (coupled's full-mask pass, mc_elbo's average), needs every pass's log-probs first:
         # the passes then run twice, once without a graph and once for their backward.
-        self.recompute_per_pass = self.backward_per_pass and not (algo.estimator == "trace" and algo.loss in SEPARABLE_LOSSES)
+        self.recompute_per_pass = self.backward_per_pass and not (self.estimator.pass_scores is not None and algo.loss in SEPARABLE_LOSSES)
         # What update() calls: replaced by their DDP / FSDP2 forms in setup_distributed.
         self._policy: nn.Module = EstimatorModule(self.lm, self.estimate)
         self._ref: nn.Module | None = EstimatorModule(self.ref, self.estimate) if self.ref is not None else None
@@ -370,7 +367,7 @@ class Learner:
         # Old, reference and current passes draw the same masks: same seed, per-sample RNG. With
         # redraw_masks every inner epoch e draws its own masks (d1), so the old and reference
         # log-probs of every epoch's masks are taken now, under the weights that sampled the batch.
-        draws = algo.epochs if algo.redraw_masks and algo.estimator != "trace" else 1
+        draws = algo.epochs if algo.redraw_masks and not self.estimator.replays_trace else 1
         mb_seed = lambda j, d=0: seed * 131 + j + 7_919 * d  # noqa: E731
         value_rewards = self._value_rewards(trajs, rewards) if self.value is not None else None
 
@@ -460,7 +457,7 @@ class Learner:
                 sums[j, 1] += piece.weight * float((lengths > 0).sum())
                 if s.passes is not None:
                     sums[j, 2] += piece.weight * LossTotals.of(keep, s.passes).passes
-                if algo.estimator == "trace":
+                if self.estimator.replays_trace:
                     # ~0 when rollout and learner agree on weights and replay; large = stale or misaligned.
                     rollout_lp = torch.zeros_like(old)
                     for r, t in enumerate(batch):
@@ -474,7 +471,7 @@ class Learner:
                 scored[j].append(s)
         distributed.all_reduce_sum(sums)
         totals = [LossTotals(float(t), float(n), float(k)) for t, n, k in sums[:, :3].tolist()]
-        mismatch = (sums[:, 4] / sums[:, 3].clamp(min=1)).tolist() if algo.estimator == "trace" else None
+        mismatch = (sums[:, 4] / sums[:, 3].clamp(min=1)).tolist() if self.estimator.replays_trace else None
         return scored, totals, mismatch
 
     def _optimizer_step(self, trajs, pieces: list[_Scored], totals: LossTotals, seed: int) -> dict[str, float]:
@@ -506,7 +503,8 @@ class Learner:
                     estimate = functools.partial(self._policy, batch, seed=seed, occurrences=s.piece.occurrences, with_entropy=True, **opts)
                     logp, entropy, loss, m = self._backward_through_logprobs(estimate, loss_of, w * scale)
                 elif self.backward_per_pass:
-                    scores = trace_pass_scores(self.lm, batch, algo.shrink, with_entropy=True)
+                    options = self.estimator.check_options(opts)
+                    scores = self.estimator.pass_scores(self.lm, batch, options, with_entropy=True)
                     logp, entropy = self._backward_per_pass(scores, s.old, loss_of, w * scale)
                     with torch.no_grad():
                         loss, m = loss_of(logp)

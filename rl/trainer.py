@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import ray
@@ -24,19 +24,19 @@ import yaml
 from tqdm.auto import tqdm
 
 from algorithms.advantages import filter_groups, group_advantages, truncated_rewards
-from rewards import get_reward, score
+from rewards import get_reward
 from rewards.registry import reward_name
 from rl.checkpoint import CheckpointStore
 from rl.cluster import connect, local_model_path, pack_dir, place
 from rl.config import RunConfig, SamplingConfig
 from rl.learner import Learner
 from rl.data import DataError, PromptStream, load_benchmark, load_source, parse_benchmark
-from rl.data.sources import Source
 from rl.process_rewards import token_rewards
+from rl.scoring import score_texts
 from rl.tracking import MetricsLogger, plot_run
 from rollout.engine import SamplingParams
 from rollout.models import checkpoint_family
-from rollout.trajectory import Trajectory
+from rollout.trajectory import Trajectory, answer_length
 from rollout.worker import RolloutWorker
 
 
@@ -56,11 +56,6 @@ def split_evenly(items: Sequence[Any], n: int) -> list[list[Any]]:
         out.append(list(items[i : i + size]))
         i += size
     return out
-
-
-def _response_length(t: Trajectory, eos_id: int) -> int:
-    """Tokens up to and including the first EOS (what the answer cost, not the block padding after it)."""
-    return t.completion_ids.index(eos_id) + 1 if eos_id in t.completion_ids else len(t.completion_ids)
 
 
 def _heldout_only(metrics: dict) -> dict:
@@ -184,7 +179,7 @@ class Trainer:
         ]
         if n_ranks > 1:
             addr, port = ray.get(self.learners[0].master_address.remote())  # rank 0 hosts the rendezvous
-            self._on_learners("setup_distributed", addr, port)
+            self._on_learners(lambda rank: rank.setup_distributed.remote(addr, port), stage="setup_distributed")
         lora = cfg.model.lora.model_dump(exclude={"enabled"}) if cfg.model.lora.enabled else None
         self._worker_args = (cfg.model.path, packed, cfg.model.block_size, threads, cfg.model.family, cfg.model.trust_remote_code, lora)
         self._worker_kwargs = {"compile": cfg.rollout.compile, "dtype": cfg.rollout.dtype}
@@ -243,14 +238,14 @@ class Trainer:
     def _spawn_worker(self, w: int):
         return ray.remote(_WorkerActor).options(**self.placement.rollout[w]).remote(*self._worker_args, **self._worker_kwargs)
 
-    def _on_learners(self, method: str, *args, stage: str | None = None) -> Any:
-        """Call `method` on every learner rank (collective calls must reach all ranks) and
-        return rank 0's answer. A dead rank ends the run with LearnerDied."""
-        futures = [getattr(rank, method).remote(*args) for rank in self.learners]
+    def _on_learners(self, call: Callable[[Any], Any], stage: str) -> Any:
+        """`call(rank)` on every learner rank (it starts one actor method: collective calls must
+        reach all ranks) and rank 0's answer. A dead rank ends the run with LearnerDied."""
+        futures = [call(rank) for rank in self.learners]
         try:
             return ray.get(futures)[0]
         except ray.exceptions.RayActorError as e:
-            raise self._learner_died(stage or method, e) from e
+            raise self._learner_died(stage, e) from e
 
     def _learner_died(self, stage: str, e: Exception) -> LearnerDied:
         last = self.store.latest()
@@ -373,9 +368,9 @@ class Trainer:
                 continue
             part = [trajs[i] for i in idx]
             columns = {k: [t.columns[k] for t in part] for k in part[0].columns if k != "prompt"}
-            res = score(
-                self.reward_fns[src.name], self.reward_weights[src.name], [t.columns["prompt"] for t in part], [t.text for t in part],
-                columns, fail_fast=sc.fail_fast, timeout_s=sc.timeout_s, num_workers=sc.num_workers,
+            res = score_texts(
+                src.template, self.reward_fns[src.name], self.reward_weights[src.name], [t.columns["prompt"] for t in part],
+                [t.text for t in part], columns, fail_fast=sc.fail_fast, timeout_s=sc.timeout_s, num_workers=sc.num_workers,
             )  # fmt: skip
             tot, per_fn, errors = res
             acc_fn = self.reward_fns[src.name][src.rewards.index(src.accuracy_reward())]
@@ -429,7 +424,7 @@ class Trainer:
         if colocated:
             ray.get([w.offload.remote() for w in self.workers])
         batch = ray.put(list(trajs))  # once into the object store, read by every rank
-        metrics = self._on_learners("update", batch, list(adv), list(rewards), list(loss_mask), token_rewards, stage="update")
+        metrics = self._on_learners(lambda rank: rank.update.remote(batch, list(adv), list(rewards), list(loss_mask), token_rewards), stage="update")
         if colocated:
             ray.get([w.onload.remote() for w in self.workers])
         return metrics
@@ -449,8 +444,8 @@ class Trainer:
             items = [(ex.prompt_ids, i, {"prompt": ex.prompt, **ex.columns}) for i, ex in enumerate(exs)]
             trajs = self._on_workers(items, seed=0, params=params)
             spec = src.accuracy_reward()
-            res = score([get_reward(spec.name, **spec.kwargs)], None, [ex.prompt for ex in exs], [t.text for t in trajs],
-                        {k: [ex.columns[k] for ex in exs] for k in exs[0].columns}, timeout_s=self.cfg.scoring.timeout_s)  # fmt: skip
+            res = score_texts(src.template, [get_reward(spec.name, **spec.kwargs)], None, [ex.prompt for ex in exs], [t.text for t in trajs],
+                              {k: [ex.columns[k] for ex in exs] for k in exs[0].columns}, timeout_s=self.cfg.scoring.timeout_s)  # fmt: skip
             correct = [v == 1.0 for v in res[0]]
             out[f"accuracy/{src.name}/heldout"] = float(np.mean(correct))
             correct_all += correct
@@ -485,7 +480,7 @@ class Trainer:
         start, state = 0, {}
         if self.resume_from is not None:
             files, state = self.store.read(self.resume_from)
-            start = self._on_learners("load_state_files", files, stage="resume")
+            start = self._on_learners(lambda rank: rank.load_state_files.remote(files), stage="resume")
             print(f"resumed from {self.resume_from} (step {start})")
         self.step = start
         logger = MetricsLogger(self.run_dir, cfg.wandb.mode, cfg.wandb.project, cfg.model_dump(), resume_step=start if state else None)
@@ -549,7 +544,7 @@ class Trainer:
                     "rollout/nfe_mean": float(np.mean([t.nfe for t in rollouts])),
                     "rollout/tokens_per_forward": n_tok / max(1, sum(t.nfe for t in rollouts)),
                     "rollout/frac_eos": float(np.mean([t.finish_reason == "eos" for t in rollouts])),
-                    "rollout/response_length": float(np.mean([_response_length(t, self.tokenizer.eos_token_id) for t in rollouts])),
+                    "rollout/response_length": float(np.mean([answer_length(t.completion_ids, self.tokenizer.eos_token_id) for t in rollouts])),
                     "rollout/staleness": float(np.mean(staleness)),
                     "faults/worker_restarts": float(self.worker_restarts),
                     "data/epoch": self.stream.epoch(step + 1, P),
@@ -634,7 +629,7 @@ class Trainer:
     def save(self, step: int, extra: dict[str, Any]) -> str:
         """Checkpoint: the learner's files (rank 0's, via the object store) written by the driver,
         then trainer_state.json, the marker that makes the checkpoint count as complete."""
-        files = self._on_learners("state_files", stage="checkpoint")
+        files = self._on_learners(lambda rank: rank.state_files.remote(), stage="checkpoint")
         return self.store.write(step, files, {"step": step, **extra})
 
     def shutdown(self) -> None:

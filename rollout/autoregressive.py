@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers import logging as hf_logging
 
-from rollout.trajectory import Trajectory
+from rollout.trajectory import Trajectory, answer_length
 
 AR_FAMILY = "ar"
 ENGINES = ("hf", "vllm")
@@ -68,7 +68,7 @@ class ARModel:
         trajs = []
         for i, p in enumerate(prompts):
             comp = new[i].tolist()
-            n = comp.index(self.eos_id) + 1 if self.eos_id in comp else len(comp)
+            n = answer_length(comp, self.eos_id)
             trajs.append(ar_trajectory(self.tokenizer, p, comp[:n], logp[i, :n].tolist(), temperature, i, columns))
         return trajs
 

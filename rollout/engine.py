@@ -61,7 +61,7 @@ from transformers import DynamicCache
 from rollout.attention import additive_mask, block_attention_allowed
 from rollout.cache import SlotCache
 from rollout.models import DiffusionLM
-from rollout.trajectory import Trajectory
+from rollout.trajectory import Trajectory, answer_length
 
 STRATEGIES = ("static", "threshold", "adaptive", "prophet")
 SCHEDULES = ("even", "ascending")
@@ -417,7 +417,8 @@ class _Decoder:
         for k, i in enumerate(rows):
             a, b = int(self.gen_col[i]), int(self.stop[i])
             comp = x[k, a:b].tolist()
-            text_ids = comp[: comp.index(lm.eos_id)] if lm.eos_id in comp else comp
+            ended = lm.eos_id in comp
+            text_ids = comp[: answer_length(comp, lm.eos_id) - ended]  # the text leaves the EOS out
             out.append(
                 Trajectory(
                     prompt_ids=x[k, self.off[i] : a].tolist(),
@@ -427,7 +428,7 @@ class _Decoder:
                     block_size=block_size,
                     temperature=self.params.temperature,
                     nfe=int(nfe[k]),
-                    finish_reason="eos" if lm.eos_id in comp else "length",
+                    finish_reason="eos" if ended else "length",
                     text=lm.tokenizer.decode(text_ids, skip_special_tokens=True),
                 )
             )

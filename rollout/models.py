@@ -344,7 +344,8 @@ def load_model(
         auto = AutoModelForCausalLM if "AutoModelForCausalLM" in auto_map or not auto_map else AutoModel
         model = auto.from_pretrained(path, dtype=dtype, trust_remote_code=True)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+        # trust_remote_code=False: never the interactive "run the custom code? [y/N]" prompt (a Ray actor would hang on it)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa", trust_remote_code=False)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     family = family or checkpoint_family(path)
     if family is None:

@@ -3,7 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
+
+
+def answer_length(completion_ids: Sequence[int], eos_id: int | None) -> int:
+    """Tokens of the answer: up to and including the first EOS (all of them without one).
+
+    The one definition of where an answer ends: the loss and its masks (algorithms), the
+    response length the trainer logs and the answer tokens evaluation counts all use it; the
+    tokens after the first EOS (the rest of its block, a full-attention canvas) are context.
+
+    >>> answer_length([7, 2, 9, 2], eos_id=2), answer_length([7, 9], eos_id=2), answer_length([7], None)
+    (2, 2, 1)
+    """
+    ids = list(completion_ids)
+    return ids.index(eos_id) + 1 if eos_id is not None and eos_id in ids else len(ids)
 
 
 @dataclass

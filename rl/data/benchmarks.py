@@ -86,12 +86,8 @@ class Benchmark:
         }  # fmt: skip
 
     def postprocess(self, completion: str) -> str:
-        """The completion as scored: cut at the template's first stop string."""
-        for s in self.template.stop:
-            i = completion.find(s)
-            if i >= 0:
-                completion = completion[:i]
-        return completion
+        """The completion as scored: cut at the template's first stop string (`Template.cut`)."""
+        return self.template.cut(completion)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,18 @@ class Template:
     text: str
     stop: tuple[str, ...] = ()
 
+    def cut(self, completion: str) -> str:
+        """The completion as scored: everything before the first of the stop strings.
+
+        >>> Template("{prompt}", stop=("\\ndef ", "\\nprint(")).cut("    return 1\\nprint(f())\\ndef g(): pass")
+        '    return 1'
+        """
+        for s in self.stop:
+            i = completion.find(s)
+            if i >= 0:
+                completion = completion[:i]
+        return completion
+
 
 MATH_INSTRUCTION = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 CODE_INSTRUCTION = "Reply with the complete Python solution in one ```python code block."
