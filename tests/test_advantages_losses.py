@@ -84,11 +84,70 @@ def test_sequence_loss_kl_and_registry():
     logp = torch.log(torch.tensor([[0.5, 0.25], [0.5, 1.0]]))
     ref = torch.log(torch.tensor([[0.25, 0.25], [1.0, 1.0]]))
     mask = torch.tensor([[True, True], [True, False]])
-    k3 = k3_kl(logp, ref)
+    # k3 = exp(d) - d - 1 with d = ref - logp, by hand:
+    #   [0, 0]: d = log(0.25 / 0.5) = -ln 2 -> 0.5 + ln 2 - 1 = ln 2 - 0.5 = 0.19314718
+    #   [0, 1]: d = 0 -> 0;   [1, 0]: d = log(1 / 0.5) = ln 2 -> 2 - ln 2 - 1 = 1 - ln 2 = 0.30685282
+    ln2 = math.log(2)
+    k00, k01, k10 = ln2 - 0.5, 0.0, 1 - ln2
+    assert k3_kl(logp, ref)[mask].tolist() == pytest.approx([k00, k01, k10])
     loss, m = sequence_policy_loss(logp, logp.detach(), torch.zeros(2), mask, ref_logp=ref, beta=0.1)
-    assert loss.item() == pytest.approx(0.1 * (((k3[0, 0] + k3[0, 1]) / 2 + k3[1, 0]) / 2).item())
-    assert m["kl"] == pytest.approx(((k3[0, 0] + k3[0, 1] + k3[1, 0]) / 3).item())
+    # sequence norm: 0.1 * ((k00 + k01) / 2 + k10) / 2 = 0.1 * (0.09657359 + 0.30685282) / 2 = 0.02017132
+    assert loss.item() == pytest.approx(0.02017132, rel=1e-6)
+    # the kl metric is the token mean: (ln 2 - 0.5 + 0 + 1 - ln 2) / 3 = 0.5 / 3
+    assert m["kl"] == pytest.approx(0.5 / 3, rel=1e-6)
     assert set(LOSSES) == {"grpo", "gspo"}
     for fn in LOSSES.values():  # one signature: the learner can switch with a config line
         out, metrics = fn(logp, logp.detach(), torch.ones(2), mask, 0.2, 0.2, ref_logp=ref, beta=0.0, norm="token")
         assert out.item() == pytest.approx(-1.0) and {"kl", "clipfrac", "approx_kl", "ratio/mean"} <= set(metrics)
+
+
+# -- asymmetric clip ranges (eps_low != eps_high): each side of the clip is its own ---------------
+# ratios r = 1.5, 0.5, 1.25, 0.85 against old = 0; eps_low = 0.1, eps_high = 0.3: clip to [0.9, 1.3]
+# (with the two sides exchanged the range would be [0.7, 1.2], and every number below changes).
+_R = [1.5, 0.5, 1.25, 0.85]
+
+
+def test_policy_loss_asymmetric_clip_positive_advantage_by_hand():
+    logp = torch.log(torch.tensor([_R], dtype=torch.float64))
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    loss, m = policy_loss(logp, torch.zeros_like(logp), torch.tensor([2.0], dtype=torch.float64), mask, eps_low=0.1, eps_high=0.3)
+    # A = 2: per token -2 * min(r, clip(r, 0.9, 1.3)):
+    #   1.5 -> min(1.5, 1.3) = 1.3 -> -2.6 (clipped);  0.5 -> min(0.5, 0.9) = 0.5 -> -1.0
+    #   1.25 -> 1.25 -> -2.5;                          0.85 -> min(0.85, 0.9) = 0.85 -> -1.7
+    # loss = (-2.6 - 1.0 - 2.5 - 1.7) / 4 = -7.8 / 4 = -1.95  (swapped clips: -7.5 / 4)
+    assert loss.item() == pytest.approx(-1.95, rel=1e-9)
+    assert m["loss/policy"] == pytest.approx(-1.95, rel=1e-9)
+    # clipped = the clipped term is the larger loss: only r = 1.5 (swapped: 1.5 and 1.25 -> 2/4)
+    assert m["clipfrac"] == pytest.approx(1 / 4)
+
+
+def test_policy_loss_asymmetric_clip_negative_advantage_by_hand():
+    logp = torch.log(torch.tensor([_R], dtype=torch.float64))
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    loss, m = policy_loss(logp, torch.zeros_like(logp), torch.tensor([-1.0], dtype=torch.float64), mask, eps_low=0.1, eps_high=0.3)
+    # A = -1: per token max(r, clip(r, 0.9, 1.3)):
+    #   1.5 -> 1.5;  0.5 -> 0.9 (clipped);  1.25 -> 1.25;  0.85 -> 0.9 (clipped)
+    # loss = (1.5 + 0.9 + 1.25 + 0.9) / 4 = 4.55 / 4 = 1.1375  (swapped [0.7, 1.2]: (1.5 + 0.7 + 1.25 + 0.85) / 4 = 1.075)
+    assert loss.item() == pytest.approx(1.1375, rel=1e-9)
+    assert m["clipfrac"] == pytest.approx(2 / 4)  # swapped: only 0.5 -> 1/4
+
+
+def test_sequence_loss_asymmetric_clip_by_hand():
+    # geometric-mean ratios per sequence (two tokens each, old = 0):
+    #   s0 = sqrt(1.25 * 1.25) = 1.25, A = +1    s1 = sqrt(0.85 * 0.85) = 0.85, A = -1
+    #   s2 = sqrt(1.5 * 1.5) = 1.5,    A = +1    s3 = sqrt(0.25 * 1.0) = 0.5,   A = -1
+    logp = torch.log(torch.tensor([[1.25, 1.25], [0.85, 0.85], [1.5, 1.5], [0.25, 1.0]], dtype=torch.float64))
+    mask = torch.ones(4, 2, dtype=torch.bool)
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=torch.float64)
+    loss, m = sequence_policy_loss(logp, torch.zeros_like(logp), adv, mask, eps_low=0.1, eps_high=0.3)
+    # clip to [0.9, 1.3]:  L0 = -min(1.25, 1.25) = -1.25        L1 = max(0.85, 0.9) = 0.9 (clipped)
+    #                      L2 = -min(1.5, 1.3) = -1.3 (clipped)  L3 = max(0.5, 0.9) = 0.9 (clipped)
+    # mean over sequences = (-1.25 + 0.9 - 1.3 + 0.9) / 4 = -0.75 / 4 = -0.1875
+    # (swapped [0.7, 1.2]: (-1.2 + 0.85 - 1.2 + 0.7) / 4 = -0.2125)
+    assert loss.item() == pytest.approx(-0.1875, rel=1e-9)
+    assert m["clipfrac"] == pytest.approx(3 / 4)
+    assert m["ratio/mean"] == pytest.approx((1.25 + 0.85 + 1.5 + 0.5) / 4, rel=1e-9)
+    # one sequence alone makes the side visible in clipfrac too: s0 = 1.25 is inside [0.9, 1.3]
+    # but outside the swapped [0.7, 1.2]
+    _, m0 = sequence_policy_loss(logp[:1], torch.zeros_like(logp[:1]), adv[:1], mask[:1], eps_low=0.1, eps_high=0.3)
+    assert m0["clipfrac"] == 0.0

@@ -50,13 +50,19 @@ def test_policy_loss_kl_and_sequence_norm():
     ref = torch.log(torch.tensor([[0.25, 0.25, 1.0], [1.0, 1.0, 1.0]]))
     mask = torch.tensor([[True, True, False], [True, False, False]])
     k3 = k3_kl(logp, ref)
-    assert k3[0, 0].item() == pytest.approx(0.5 - math.log(0.5) - 1)  # exp(d) - d - 1, d = log(1/2)
-    assert k3[1, 0].item() == pytest.approx(2 - math.log(2) - 1)
+    # exp(d) - d - 1 with d = ref - logp:  [0, 0] d = log(1/2): 0.5 + ln 2 - 1 = 0.19314718;  [0, 1] d = 0: 0
+    #                                      [1, 0] d = log 2:   2 - ln 2 - 1 = 0.30685282
+    assert k3[0, 0].item() == pytest.approx(0.19314718, rel=1e-6)
+    assert k3[0, 1].item() == 0.0
+    assert k3[1, 0].item() == pytest.approx(0.30685282, rel=1e-6)
     adv = torch.zeros(2)
-    tok, _ = policy_loss(logp, logp.detach(), adv, mask, ref_logp=ref, beta=0.1, norm="token")
+    tok, m = policy_loss(logp, logp.detach(), adv, mask, ref_logp=ref, beta=0.1, norm="token")
     seq, _ = policy_loss(logp, logp.detach(), adv, mask, ref_logp=ref, beta=0.1, norm="sequence")
-    assert tok.item() == pytest.approx(0.1 * (k3[0, 0] + k3[0, 1] + k3[1, 0]).item() / 3)
-    assert seq.item() == pytest.approx(0.1 * (((k3[0, 0] + k3[0, 1]) / 2 + k3[1, 0]) / 2).item())
+    # token mean: 0.1 * (0.19314718 + 0 + 0.30685282) / 3 = 0.1 * 0.5 / 3 = 0.016666667
+    assert tok.item() == pytest.approx(0.1 * 0.5 / 3, rel=1e-6)
+    assert m["kl"] == pytest.approx(0.5 / 3, rel=1e-6)
+    # sequence mean: 0.1 * ((0.19314718 + 0) / 2 + 0.30685282) / 2 = 0.1 * 0.40342641 / 2 = 0.020171320
+    assert seq.item() == pytest.approx(0.02017132, rel=1e-6)
 
 
 def test_policy_gradient_sign():
@@ -107,12 +113,64 @@ def test_block_size_one_trace_equals_sequential_likelihood(tokenizer):
     assert logp.sum().item() == pytest.approx(total, abs=1e-9)
 
 
+def _replayed_state_logprobs(lm, t, shrink):
+    """TraceRL's log-probs re-derived without the packed forward: for each loss token c, build the
+    state its pass replays by hand (earlier blocks clean; in c's block every token decoded at or
+    after the first step of c's group of `shrink` steps masked; later blocks absent), run the
+    plain model over it with a block-causal additive mask, and read c's sampling log-prob
+    (logits / temperature, mask id and ids past the tokenizer excluded). Returns a list [loss tokens]."""
+    plen, bs, comp = len(t.prompt_ids), lm.block_size, t.completion_ids
+    n_loss = comp.index(lm.eos_id) + 1 if lm.eos_id in comp else len(comp)  # up to and including the first EOS
+    out = []
+    for c in range(n_loss):
+        first = max(0, (plen + c) // bs * bs - plen)  # c's block, as completion indices [first, end)
+        end = min(((plen + c) // bs + 1) * bs - plen, len(comp))
+        steps = sorted(set(t.step_map[first:end]))
+        group_start = steps[steps.index(t.step_map[c]) // shrink * shrink]
+        noisy = [lm.mask_id if (j >= first and t.step_map[j] >= group_start) else tok for j, tok in enumerate(comp[:end])]
+        x = torch.tensor([list(t.prompt_ids) + noisy])
+        pos = torch.arange(x.shape[1])
+        allowed = (pos[None, :] // bs) <= (pos[:, None] // bs)  # block-causal: key block <= query block
+        dtype = lm.model.dtype
+        add = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+        logits = lm.model(input_ids=x, position_ids=pos[None], attention_mask=add).logits[0, plen + c] / t.temperature
+        excluded = torch.zeros_like(logits)
+        excluded[lm.mask_id] = float("-inf")
+        excluded[lm.num_tokens :] = float("-inf")
+        out.append(torch.log_softmax(logits + excluded, -1)[comp[c]])
+    return out
+
+
+@pytest.mark.parametrize("text", ["047+385=", "12+34="])  # prompt on a block boundary, and mid-block
+@pytest.mark.parametrize("shrink", [2, 3])
+def test_trace_logprobs_with_shrinkage_equal_a_plain_forward_of_each_replayed_state(tokenizer, text, shrink):
+    """With s > 1 the replay no longer reproduces the rollout's log-probs, so check each scored
+    token against the state TraceRL defines, built by hand: its own group's tokens masked too."""
+    lm = tiny_lm(tokenizer)
+    params = SamplingParams(max_new_tokens=8, temperature=0.7, stop_at_eos=False)
+    trajs = generate(lm, [tokenizer(text)["input_ids"]] * 3, params, torch.Generator().manual_seed(3))
+    assert all(len(set(t.step_map)) == len(t.step_map) for t in trajs)  # one token per step: a group of s steps scores s tokens
+    with torch.no_grad():
+        logp, mask, _ = trace_logprobs(lm, trajs, shrink=shrink)
+        for i, t in enumerate(trajs):
+            want = torch.stack(_replayed_state_logprobs(lm, t, shrink))
+            assert int(mask[i].sum()) == len(want)
+            assert torch.allclose(logp[i, : len(want)], want.to(logp.dtype), atol=1e-5), (i, logp[i, : len(want)], want)
+
+
 def test_trace_logprobs_are_differentiable(tokenizer):
     lm = tiny_lm(tokenizer, double=False)
     trajs = generate(lm, [tokenizer("1+2=")["input_ids"]], SamplingParams(max_new_tokens=4), torch.Generator().manual_seed(0))
     logp, mask, ent = trace_logprobs(lm, trajs, with_entropy=True)
-    logp.sum().backward()
-    assert lm.model.model.embed_tokens.weight.grad.abs().sum() > 0
+    params = [p for p in lm.model.parameters() if p.requires_grad]
+    got = torch.autograd.grad(logp[mask].sum(), params, allow_unused=True)
+    # the gradient is that of the hand-built replayed states' log-probs (the same tokens, the same states)
+    want = torch.autograd.grad(torch.stack(_replayed_state_logprobs(lm, trajs[0], 1)).sum(), params, allow_unused=True)
+    scale = max(w.abs().max().item() for w in want if w is not None)
+    assert scale > 0
+    for g, w in zip(got, want):
+        g = torch.zeros_like(w) if g is None else g
+        assert (g - w).abs().max().item() <= 1e-4 * scale
     assert (ent[mask] >= 0).all()
 
 

@@ -26,7 +26,31 @@ def _cfg(tmp_path, **over):
                                      "output_dir": str(tmp_path / "out"), "threads": 1, **over})  # fmt: skip
 
 
+def _masked_response_nll(lm, prompt, completion, masked):
+    """-log p of each masked completion token, re-derived with plain forwards: for each block, the
+    input is the prompt and the earlier blocks clean, then that block's completion tokens with
+    the masked ones replaced by the mask id (later blocks absent), under a block-causal additive
+    mask; read at the masked positions (an aligned family: a position predicts its own token)."""
+    bs, plen, out = lm.block_size, len(prompt), []
+    blocks = sorted({(plen + c) // bs for c in range(len(completion))})
+    for b in blocks:
+        cols = [c for c in range(len(completion)) if (plen + c) // bs == b]
+        seq = list(prompt) + [lm.mask_id if (c in cols and masked[c]) else t for c, t in enumerate(completion[: cols[-1] + 1])]
+        x = torch.tensor([seq])
+        pos = torch.arange(len(seq))
+        allowed = (pos[None, :] // bs) <= (pos[:, None] // bs)
+        add = torch.zeros(allowed.shape, dtype=lm.model.dtype).masked_fill(~allowed, torch.finfo(lm.model.dtype).min)[None, None]
+        logits = lm.model(input_ids=x, position_ids=pos[None], attention_mask=add).logits[0].double()
+        logits[:, lm.mask_id] = float("-inf")  # the sampling distribution never emits the mask id
+        logits[:, lm.num_tokens :] = float("-inf")
+        lp = torch.log_softmax(logits, -1)
+        out += [-lp[plen + c, completion[c]] for c in cols if masked[c]]
+    return out
+
+
 def test_loss_is_on_response_tokens_only(tmp_path, monkeypatch):
+    import algorithms.sft
+
     run = SFTRun(_cfg(tmp_path))
     batch = run.stream.batch(0, 8)
     seen = {}
@@ -36,11 +60,31 @@ def test_loss_is_on_response_tokens_only(tmp_path, monkeypatch):
         seen["width"] = logits.shape[1]
         return real(logits, temperature)
 
+    masks = []
+    real_mask = algorithms.sft.random_block_mask
+
+    def mask_spy(prompt_len, completion_len, block_size, generator):
+        masks.append(real_mask(prompt_len, completion_len, block_size, generator))
+        return masks[-1]
+
     monkeypatch.setattr(run.lm, "sampling_logprobs", spy)
-    _, m = run.loss(batch)
+    monkeypatch.setattr(algorithms.sft, "random_block_mask", mask_spy)
+    loss, m = run.loss(batch)
     # Only completion positions are scored: 3 digits + EOS, filled with EOS to the block boundary at position 12
     # (the prompt's 6 tokens end mid-block), never the prompt.
     assert all(len(ex.prompt_ids) == 6 for ex in batch) and seen["width"] == 12 - 6
+    # The loss is the mean NLL over the masked response tokens alone, each predicted from its
+    # block's noisy state: re-derived here with one plain forward per block.
+    tok, eos = run.lm.tokenizer, run.lm.eos_id
+    assert len(masks) == len(batch) and all(len(mk) == 6 for mk in masks)
+    nll = []
+    with torch.no_grad():
+        for ex, mk in zip(batch, masks):
+            completion = tok(ex.response, add_special_tokens=False)["input_ids"] + [eos] * 3  # "ddd" + EOS + 2 filler EOS
+            assert len(completion) == 6
+            nll += _masked_response_nll(run.lm, ex.prompt_ids, completion, mk)
+    assert 0 < len(nll) < 6 * len(batch)  # some response tokens are left clean: they carry no loss
+    assert loss.item() == pytest.approx(torch.stack(nll).mean().item(), rel=1e-5)
 
     # The AR objective: the loss equals the hand-computed next-token NLL over response tokens alone.
     ar = SFTRun(_cfg(tmp_path, objective="ar"))

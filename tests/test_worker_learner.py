@@ -3,10 +3,11 @@ import copy
 import pytest
 import torch
 
+import rl.learner
 from algorithms.estimators import loss_length
 from rl.config import RunConfig
 from rl.learner import Learner
-from rollout import SamplingParams
+from rollout import SamplingParams, Trajectory
 from rollout.worker import RolloutWorker
 
 from .conftest import BASE_CKPT
@@ -101,7 +102,41 @@ def _loss_tokens(t, eos_id):
     return loss_length(t.completion_ids, eos_id)  # up to and including the first EOS
 
 
-def test_value_model_trains_and_checkpoints(tmp_path):
+def _spy(learner, monkeypatch):
+    """Record what the learner's first optimizer step hands the losses: the policy loss's
+    advantages [n, C] and the value loss's old values and returns [n, C], rows in minibatch
+    order, and that order ("batch": the trajectories as the value model first saw them)."""
+    seen = {}
+    real_loss, real_value_loss, real_values = learner.loss_fn, rl.learner.value_loss, learner.value.values
+
+    def values(trajs, *a, **k):
+        seen.setdefault("batch", list(trajs))
+        return real_values(trajs, *a, **k)
+
+    def loss_fn(logp, old, adv, keep, *a, **k):
+        seen.setdefault("adv", adv.detach().clone())
+        seen.setdefault("keep", keep.clone())
+        return real_loss(logp, old, adv, keep, *a, **k)
+
+    def value_loss(values, old_values, returns, mask, *a, **k):
+        seen.setdefault("old_values", old_values.detach().clone())
+        seen.setdefault("returns", returns.detach().clone())
+        return real_value_loss(values, old_values, returns, mask, *a, **k)
+
+    learner.loss_fn = loss_fn
+    monkeypatch.setattr(rl.learner, "value_loss", value_loss)
+    monkeypatch.setattr(learner.value, "values", values)
+    return seen
+
+
+def _in_batch_order(seen, trajs, rows):
+    """Per-trajectory expected rows [len(trajs), C] reordered as the minibatch saw them (one minibatch)."""
+    order = [next(i for i, t in enumerate(trajs) if t is b) for b in seen["batch"]]
+    assert sorted(order) == list(range(len(trajs)))
+    return rows[order]
+
+
+def test_value_model_trains_and_checkpoints(tmp_path, monkeypatch):
     # raw rewards: each group's rewards are equal here, so their z-scores (the default) would be 0
     cfg = run_cfg(value={"enabled": True, "lr": 1e-3, "reward": "raw"}, minibatches=1)
     learner = Learner(cfg)
@@ -109,31 +144,84 @@ def test_value_model_trains_and_checkpoints(tmp_path):
     trajs = rollouts(worker, worker.lm.tokenizer, n=8)
     rewards = [1.0, 0.0] * 4
     head0 = learner.value.head.weight.clone()
+    seen = _spy(learner, monkeypatch)
     m = learner.update(trajs, [0.0] * 8, rewards=rewards)
     assert "loss/value" in m and not torch.equal(learner.value.head.weight, head0)
-    # zero-initialised head: values are 0 and with gamma = lam = 1 every token's return is its
-    # sample's reward, so the first value loss is 0.5 * (share of loss tokens in rewarded samples)
+    # zero-initialised head: values are 0, and with gamma = lam = 1 every loss token's return (the
+    # value target) and advantage is its sample's reward; 0 past the first EOS and at padding
     eos = learner.lm.eos_id
+    width = seen["returns"].shape[1]
+    want = torch.tensor([[r] * _loss_tokens(t, eos) + [0.0] * (width - _loss_tokens(t, eos)) for t, r in zip(trajs, rewards)])
+    assert (seen["old_values"] == 0).all()
+    want = _in_batch_order(seen, trajs, want)
+    assert torch.equal(seen["returns"], want)
+    assert torch.equal(seen["adv"], want)  # the policy's advantages are the GAE ones, not the [0.0] * 8 passed
+    # so the first value loss is 0.5 * (share of loss tokens in rewarded samples)
     rewarded = sum(_loss_tokens(t, eos) for t, r in zip(trajs, rewards) if r == 1.0)
     assert m["loss/value"] == pytest.approx(0.5 * rewarded / sum(_loss_tokens(t, eos) for t in trajs), rel=1e-5)
+
+    # exact resume: the value model AND its optimizer state come back, so the next update is the
+    # uninterrupted learner's
+    saved_opt = copy.deepcopy(learner.value_optimizer.state_dict())
     learner.save(tmp_path / "c")
     other = Learner(cfg)
     other.load(tmp_path / "c")
     assert torch.equal(other.value.head.weight, learner.value.head.weight)
+    restored = other.value_optimizer.state_dict()
+    assert set(restored["state"]) == set(saved_opt["state"]) and len(saved_opt["state"]) == len(list(learner.value.parameters()))
+    for k, st in saved_opt["state"].items():
+        assert float(restored["state"][k]["step"]) == float(st["step"]) == 1.0
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(restored["state"][k][name], st[name]), (k, name)
+    b2, rewards2 = trajs[:4], [0.0, 1.0, 1.0, 0.0]  # a smaller second batch, other rewards
+    learner.update(b2, [0.0] * 4, rewards=rewards2)
+    other.update(b2, [0.0] * 4, rewards=rewards2)
+    for (name, pa), (_, pb) in zip(learner.value.named_parameters(), other.value.named_parameters()):
+        assert torch.allclose(pa, pb, atol=1e-7, rtol=0), name
+    for (name, pa), (_, pb) in zip(learner.lm.model.named_parameters(), other.lm.model.named_parameters()):
+        assert torch.allclose(pa, pb, atol=1e-7, rtol=0), name
     with pytest.raises(ValueError, match="one reward per trajectory"):
         learner.update(trajs, [0.0] * 8)
 
 
-def test_value_model_uses_process_rewards_on_their_steps():
+def test_value_model_uses_process_rewards_on_their_steps(monkeypatch):
     learner = Learner(run_cfg(value={"enabled": True}, minibatches=1))
     worker = RolloutWorker(str(BASE_CKPT))
     trajs = rollouts(worker, worker.lm.tokenizer, n=8)  # static decoding: one token per step
-    # 1.0 on the token decoded at step 0: with gamma = lam = 1 and a zero critic, only that
-    # token's step has return 1, so the first value loss is 0.5 * (#samples / #tokens).
-    token_rewards = [[1.0 if s == 0 else 0.0 for s in t.step_map] for t in trajs]
+    # sample i gets (i + 1) / 8 on the token decoded at step 0: with gamma = lam = 1 and a zero
+    # critic, only that token's step has a return (no reward comes after it), (i + 1) / 8, and its
+    # advantage is the same; every other token gets 0. Distinct per sample, so a reward read
+    # from another sample's row shows.
+    token_rewards = [[(i + 1) / 8 if s == 0 else 0.0 for s in t.step_map] for i, t in enumerate(trajs)]
+    eos = learner.lm.eos_id
+    assert all(t.step_map.index(0) < _loss_tokens(t, eos) for t in trajs)  # step 0 carries loss in every sample
+    seen = _spy(learner, monkeypatch)
     m = learner.update(trajs, [0.0] * 8, rewards=[0.0] * 8, token_rewards=token_rewards)
-    tokens = sum(_loss_tokens(t, learner.lm.eos_id) for t in trajs)
-    assert m["loss/value"] == pytest.approx(0.5 * len(trajs) / tokens, rel=1e-5)
+    width = seen["returns"].shape[1]
+    want = torch.tensor([[(i + 1) / 8 if c == t.step_map.index(0) else 0.0 for c in range(width)] for i, t in enumerate(trajs)])
+    want = _in_batch_order(seen, trajs, want)
+    assert torch.equal(seen["returns"], want) and torch.equal(seen["adv"], want)
+    # first value loss: 0.5 * sum_i ((i + 1) / 8)^2 / #tokens = 0.5 * (1 + 4 + ... + 64) / 64 / #tokens = 0.5 * 204 / 64 / #tokens
+    tokens = sum(_loss_tokens(t, eos) for t in trajs)
+    assert m["loss/value"] == pytest.approx(0.5 * 204 / 64 / tokens, rel=1e-5)
+
+
+def test_default_value_form_gives_each_token_its_own_baseline(monkeypatch):
+    """TraceRL's value form is the default: with gamma = lam = 1 (the defaults) and a terminal
+    reward R, A_j = R - V_j for every token j (its own value, not its step's mean) and the value
+    target is R. shrink 2 puts two tokens in each MDP step, so the step form would differ."""
+    learner = Learner(run_cfg(shrink=2, value={"enabled": True, "reward": "raw"}, minibatches=1))
+    torch.nn.init.normal_(learner.value.head.weight, std=0.5, generator=torch.Generator().manual_seed(0))
+    tok = learner.lm.tokenizer
+    prompt = tok("12+3")["input_ids"]  # 4 tokens: the completion is exactly block 1, steps {0, 1} and {2, 3}
+    t = Trajectory(prompt, tok("0015")["input_ids"], [0, 1, 2, 3], [0.0] * 4, 4, 1.0, 4, "length")
+    seen = _spy(learner, monkeypatch)
+    learner.update([t], [0.0], rewards=[1.0])
+    v = seen["old_values"][0].tolist()
+    assert abs(v[0] - v[1]) > 1e-3 and abs(v[2] - v[3]) > 1e-3  # values differ inside each step
+    assert seen["returns"][0].tolist() == pytest.approx([1.0] * 4, abs=1e-6)
+    assert seen["adv"][0].tolist() == pytest.approx([1.0 - x for x in v], abs=1e-6)
+    # (the step form: 1 - (v0 + v1) / 2 twice, then 1 - (v2 + v3) / 2 twice)
 
 
 @pytest.mark.parametrize("overlap", [False, True])
