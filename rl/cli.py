@@ -329,6 +329,10 @@ def config_help_cmd(kind: str = typer.Argument("train", help="train | sft")) -> 
         typer.echo(f"unknown config kind {kind!r}: train (unmask train) or sft (unmask sft)", err=True)
         raise typer.Exit(2)
     typer.echo(config_help(RunConfig if kind == "train" else SFTConfig))
+    if kind == "train":
+        from rl.config import estimators_help
+
+        typer.echo("\n" + estimators_help())
 
 
 def _ray_auth_for_joining() -> None:

@@ -568,6 +568,27 @@ def _fields_at(schema: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return sorted(model.model_fields)
 
 
+def estimators_help() -> str:
+    """Every registered estimator (`algorithm.estimator`) with its paper, its options and the
+    defaults it brings to the fields a config leaves unset, for `unmask config-help`."""
+    import dataclasses
+
+    from algorithms.estimators import ESTIMATORS
+
+    out = ["algorithm.estimator: the registered estimators (a plugin: 'package.module:UNIT')"]
+    for name, unit in sorted(ESTIMATORS.items()):
+        # An option a config field sets defaults to that field's default (coupled's weighted: True).
+        fields = AlgorithmConfig.model_fields
+        options = ", ".join(
+            f"{f.name}={fields[unit.config_fields[f.name]].default if f.name in unit.config_fields else f.default!r}"
+            + (f" (algorithm.{unit.config_fields[f.name]})" if f.name in unit.config_fields else "")
+            for f in dataclasses.fields(unit.options)
+        ) or "none"
+        preset = ", ".join(f"{k}: {v}" for k, v in unit.config_defaults.items()) or "the fields' own defaults"
+        out.append(f"  {name}: {unit.paper}\n    options: {options}\n    preset: {preset}")
+    return "\n".join(out)
+
+
 def config_help(schema: type[BaseModel] = RunConfig, prefix: str = "", defaults: BaseModel | None = None) -> str:
     """Every config key with its default and description, for `unmask config-help`.
 

@@ -34,9 +34,9 @@ def test_demo_raises_heldout_accuracy(tmp_path, config, source):
     s, records = _train(config, tmp_path)
     assert s["heldout_size"] == 300 and _raised(s["accuracy_before"], s["accuracy_after"]), s
     assert 0.2 <= s["accuracy_before"] <= 0.7, s  # a base in the range RL can learn from
-    assert s["wall_seconds"] < 600, s
     steps = [r for r in records if "loss/policy" in r]
-    assert steps and {f"reward/{source}/mean", f"accuracy/{source}/train"} <= set(steps[-1])
+    assert len(steps) == s["steps"], s  # every configured step updated (speed is benchmarks/' business, not a test's)
+    assert {f"reward/{source}/mean", f"accuracy/{source}/train"} <= set(steps[-1])
 
 
 @pytest.mark.slow
@@ -44,8 +44,8 @@ def test_mixed_demo_reports_each_source(tmp_path):
     s, records = _train("mixed.yaml", tmp_path)
     assert set(s["sources"]) == {"math", "code"} and s["heldout_size"] == 600, s
     assert _raised(s["accuracy_before"], s["accuracy_after"]), s
-    assert s["wall_seconds"] < 600, s
     steps = [r for r in records if "loss/policy" in r]
+    assert len(steps) == s["steps"], s
     for name in ("math", "code"):
         assert {f"reward/{name}/mean", f"accuracy/{name}/train", f"reward/{name}/{name}_reward/mean"} <= set(steps[-1])  # its own reward
         assert s["sources"][name]["accuracy_after"] is not None

@@ -161,3 +161,14 @@ def test_each_presets_advantages_equal_its_papers_formula_by_hand(name, want):
     algo = RunConfig.model_validate({**BASE, "algorithm": {"estimator": name}}).algorithm
     adv = group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.tensor([0, 0, 0, 0]), algo.advantage, std=algo.zscore_std)
     assert adv.tolist() == pytest.approx(want, abs=1e-5)
+
+
+def test_config_help_lists_every_estimator_with_its_paper_and_preset():
+    from rl.config import estimators_help
+
+    text = estimators_help()
+    for name, unit in ESTIMATORS.items():
+        assert f"  {name}: {unit.paper}" in text
+    # coupled's options show the run config's defaults (DiffuCoder's weighted form), not the function's
+    assert "weighted=True (algorithm.coupled_weighted)" in text
+    assert "preset: advantage: mean, zscore_std: sample, redraw_masks: True" in text  # one_step: d1's

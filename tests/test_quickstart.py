@@ -21,4 +21,4 @@ def test_quickstart_raises_heldout_accuracy(tmp_path):
     halved = (1 - s["accuracy_after"]) <= 0.5 * (1 - s["accuracy_before"])
     assert s["heldout_size"] >= 500
     assert gain >= 0.10 or halved, s
-    assert s["wall_seconds"] < 600, s
+    assert s["steps"] == 60, s  # the README's 60 steps; its time is a figure in the README, not a bar here
