@@ -1,0 +1,549 @@
+"""Mutation check: one-line faults in the core modules that the suite must catch.
+
+Each `Mutant` is a deliberate one-line bug (a swapped clip, a mask off by one step, a
+checkpoint field not restored, a judge that trusts the program) and the tests expected to
+catch it. `run_mutants` applies each to a scratch copy of the repository, one at a time,
+runs those tests there, and records whether they failed. A mutant the suite does not catch
+is a claim no test guards: fix the test, not the list.
+
+    python tests/mutants.py                  # every mutant: a table, exit 1 if any survived
+    python tests/mutants.py -k eps_swap      # the mutants whose name contains eps_swap
+    python tests/mutants.py --json out.json  # the table as JSON too
+
+tests/test_mutants.py runs the same check under the `slow` marker (CI's slow stage).
+
+Adding an algorithm, a model family or a reward comes with its mutants here: the lines that
+would be wrong in a way a reader would not notice (a sign, an index, a default, a mask).
+
+Written by hand rather than with mutmut: mutmut mutates every line it can and runs the whole
+suite per mutant (hours on 2 cores), while a targeted list of the faults that matter, each run
+against the few tests that guard it, takes minutes and says which test guards which line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """One deliberate fault: replace `original` by `replacement` in `path` (repo-relative).
+
+    `original` must occur exactly once in the file, or `nth` (0-based) picks the occurrence
+    when the same text appears several times; `tests` are pytest node ids (or files) that
+    must fail with the fault in place.
+    """
+
+    name: str
+    path: str
+    original: str
+    replacement: str
+    tests: tuple[str, ...]
+    why: str = ""
+    nth: int | None = None
+
+
+@dataclass
+class Outcome:
+    """What one mutant's run gave: caught (a test failed), survived (all passed) or error."""
+
+    name: str
+    status: str  # "caught" | "survived" | "error"
+    caught_by: str  # first failing test, or why the run errored
+    seconds: float
+
+
+def M(name, path, original, replacement, tests, why="", nth=None) -> Mutant:
+    return Mutant(name, path, original, replacement, tuple(tests), why, nth)
+
+
+MUTANTS: list[Mutant] = [
+    # ---- losses (algorithms/losses.py) ----
+    M(
+        "eps_swap_policy_loss",
+        "algorithms/losses.py",
+        "torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)",
+        "torch.clamp(ratio, 1.0 - eps_high, 1.0 + eps_low)",
+        ["tests/test_advantages_losses.py"],
+        "the PPO clip range's two sides exchanged (only visible with eps_low != eps_high)",
+        nth=0,
+    ),
+    M(
+        "eps_swap_gspo",
+        "algorithms/losses.py",
+        "torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)",
+        "torch.clamp(ratio, 1.0 - eps_high, 1.0 + eps_low)",
+        ["tests/test_advantages_losses.py"],
+        "GSPO's sequence clip range's two sides exchanged",
+        nth=1,
+    ),
+    M(
+        "ppo_min_for_max",
+        "algorithms/losses.py",
+        "per_token = torch.maximum(pg_loss1, pg_loss2)",
+        "per_token = torch.minimum(pg_loss1, pg_loss2)",
+        ["tests/test_advantages_losses.py"],
+        "the pessimistic PPO bound turned optimistic",
+    ),
+    M(
+        "k3_missing_minus_one",
+        "algorithms/losses.py",
+        "return torch.exp(d) - d - 1",
+        "return torch.exp(d) - d",
+        ["tests/test_advantages_losses.py"],
+        "k3 KL without its -1 (a constant offset: the gradient is unchanged, the logged kl is not)",
+    ),
+    M(
+        "log_ratio_unclamped",
+        "algorithms/losses.py",
+        "return (a - b).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)",
+        "return a - b",
+        ["tests/test_paper_fidelity.py::test_log_ratio_is_clamped_in_the_ratio_and_in_k3"],
+        "the [-10, 10] clamp before exp dropped",
+    ),
+    M(
+        "sequence_norm_by_tokens",
+        "algorithms/losses.py",
+        "return per_seq.sum() / max(totals.sequences, 1.0)",
+        "return per_seq.sum() / max(totals.tokens, 1.0)",
+        ["tests/test_advantages_losses.py"],
+        'norm "sequence" dividing by the token count',
+    ),
+    M(
+        "pass_norm_sum_not_mean",
+        "algorithms/losses.py",
+        "per_pass = num / cnt.clamp(min=1)",
+        "per_pass = num",
+        ["tests/test_paper_fidelity.py::test_pass_norm_averages_within_each_trace_pass_then_over_passes"],
+        'norm "pass" summing each pass instead of averaging it',
+    ),
+    # ---- advantages (algorithms/advantages.py) ----
+    M(
+        "zscore_population_for_sample",
+        "algorithms/advantages.py",
+        'dof = count - 1 if std == "sample" else count',
+        "dof = count",
+        ["tests/test_advantages_losses.py", "tests/test_paper_fidelity.py::test_group_zscore_population_or_bessel_std"],
+        "the sample std (Bessel) replaced by the population std",
+    ),
+    M(
+        "loo_includes_self",
+        "algorithms/advantages.py",
+        "rewards - (total[inv] - rewards) / others",
+        "rewards - total[inv] / count[inv]",
+        ["tests/test_estimator_units.py::test_each_presets_advantages_equal_its_papers_formula_by_hand"],
+        "leave-one-out baseline including the sample itself (RLOO becomes mean-only)",
+    ),
+    # ---- value model and GAE (algorithms/value.py) ----
+    M(
+        "tracerl_value_form_is_step_form",
+        "algorithms/value.py",
+        "return _per_row_gae(token_rewards, token_values, step_map, gamma, lam, per_token=True)",
+        "return _per_row_gae(token_rewards, token_values, step_map, gamma, lam, per_token=False)",
+        ["tests/test_value.py"],
+        "TraceRL's per-token value form replaced by the step form",
+    ),
+    M(
+        "gae_drops_lambda",
+        "algorithms/value.py",
+        "next_a = r_step[j] + gamma * next_v - v_step[j] + gamma * lam * next_a",
+        "next_a = r_step[j] + gamma * next_v - v_step[j] + gamma * next_a",
+        ["tests/test_value.py"],
+        "GAE's lambda ignored",
+    ),
+    M(
+        "value_loss_unclipped",
+        "algorithms/value.py",
+        "loss = 0.5 * (torch.maximum(err, err_clip) * m).sum() / n",
+        "loss = 0.5 * (err * m).sum() / n",
+        ["tests/test_value.py"],
+        "the clipped PPO value loss losing its clip",
+    ),
+    M(
+        "terminal_reward_on_leftmost",
+        "algorithms/value.py",
+        "rightmost = torch.where(in_last, cols, -1).max(dim=1).values",
+        "rightmost = torch.where(in_last, cols, 10**9).min(dim=1).values.clamp(max=step_map.shape[1] - 1)",
+        ["tests/test_value.py"],
+        "the terminal reward placed on the last step's leftmost token",
+    ),
+    # ---- TraceRL passes and masks (algorithms/trace.py, packing.py) ----
+    M(
+        "trace_scored_token_visible",
+        "algorithms/trace.py",
+        "[[q >= k for q in passes[i]] for i in rows]",
+        "[[q > k for q in passes[i]] for i in rows]",
+        ["tests/test_logprobs.py::test_estimators_score_only_their_rows_and_keep_their_values"],
+        "a replayed pass that leaves the tokens it scores unmasked",
+    ),
+    M(
+        "trace_ignores_shrink",
+        "algorithms/trace.py",
+        "return [rank[b][s] // shrink for b, s in zip(block_of, step_map)]",
+        "return [rank[b][s] for b, s in zip(block_of, step_map)]",
+        ["tests/test_algorithms.py::test_trace_pass_index_groups_steps_within_blocks"],
+        "shrinkage ignored: one pass per step",
+    ),
+    M(
+        "loss_stops_before_eos",
+        "rollout/trajectory.py",
+        "return ids.index(eos_id) + 1 if eos_id is not None and eos_id in ids else len(ids)",
+        "return ids.index(eos_id) if eos_id is not None and eos_id in ids else len(ids)",
+        ["rollout/trajectory.py", "algorithms/estimators.py"],
+        "the first EOS itself left out of the loss",
+    ),
+    # ---- estimators and packing (algorithms/estimators.py, packing.py) ----
+    M(
+        "coupled_same_mask_twice",
+        "algorithms/estimators.py",
+        "second = [[not m for m in row] for row in first]",
+        "second = first",
+        ["tests/test_estimators.py::test_coupled_scores_every_token_exactly_once"],
+        "coupled-GRPO's second pass masking the same tokens instead of the complement",
+    ),
+    M(
+        "packing_grid_shift",
+        "algorithms/packing.py",
+        "start = (plen // block_size) * block_size  # first block with response tokens",
+        "start = plen  # first block with response tokens",
+        ["tests/test_logprobs.py::test_estimators_score_only_their_rows_and_keep_their_values"],
+        "the noisy copy starting at the prompt's end instead of its block boundary (the grid shifts)",
+    ),
+    # ---- sampling and log-probs (rollout/) ----
+    M(
+        "mask_id_sampleable",
+        "rollout/models.py",
+        'bias[self.mask_id] = float("-inf")',
+        "bias[self.mask_id] = 0.0",
+        ["tests/test_models.py::test_sampling_logprobs_exclude_mask_and_apply_temperature"],
+        "the mask id left in the sampling distribution",
+    ),
+    M(
+        "learner_logprob_ignores_temperature",
+        "rollout/logprobs.py",
+        "z = z / temperature  # division",
+        "z = z  # division",
+        ["tests/test_logprobs.py::test_chunked_logprobs_entropy_and_gradients_equal_the_full_log_softmax_fp32"],
+        "the learner's chunked head scoring under T = 1 while the rollout sampled at T",
+    ),
+    M(
+        "step_map_off_by_one",
+        "rollout/engine.py",
+        "(state.first_step + state.taken)[:, None]",
+        "(state.first_step + state.taken + 1)[:, None]",
+        ["tests/test_engine.py::test_step_map_replays_greedy_decoding"],
+        "each token recorded one step later than it was unmasked",
+    ),
+    # ---- checkpoint conversion maps (rollout/convert.py) ----
+    M(
+        "llada_gate_up_swapped",
+        "rollout/convert.py",
+        '"ff_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj"',
+        '"ff_proj": "mlp.up_proj", "up_proj": "mlp.gate_proj"',
+        ["tests/test_hub_checkpoints.py::test_hub_layout_loads_onto_the_stock_class_with_identical_logits"],
+        "LLaDA's ff_proj/up_proj mapped onto the wrong Llama projections",
+    ),
+    # ---- estimator units and the one scoring path ----
+    M(
+        "trace_unit_sample_std",
+        "algorithms/estimators.py",
+        'config_defaults={"zscore_std": "population", "redraw_masks": False},',
+        'config_defaults={"zscore_std": "sample", "redraw_masks": False},',
+        ["tests/test_estimator_units.py"],
+        "TraceRL's preset taking the sample std (its code divides by G)",
+    ),
+    M(
+        "unit_options_unchecked",
+        "algorithms/estimators.py",
+        "unknown = sorted(set(options) - known)",
+        "unknown = []",
+        ["tests/test_estimator_units.py"],
+        "a mistyped estimator option silently ignored",
+    ),
+    M(
+        "training_scores_uncut_text",
+        "rl/scoring.py",
+        "texts = list(completions) if template is None else [template.cut(c) for c in completions]",
+        "texts = list(completions)",
+        ["tests/test_scoring_path.py"],
+        "training rewards scored on the text past the template's stop strings (eval cuts it)",
+    ),
+    # ---- the code judge and the sandbox (rewards/) ----
+    M(
+        "judge_reraises_program_exception",
+        "rewards/_sandbox_child.py",
+        'raise _call_failed("%s() raised %s" % (self._name, reply[2][:1000]))',
+        'raise getattr(__import__("builtins"), reply[1], ProgramError)(reply[2])',
+        ["tests/test_rewards_redteam.py"],
+        "a program's exception re-raised in the judge as the class it named (StopIteration ends all(map(...)))",
+    ),
+    M(
+        "judge_ignores_failed_calls",
+        "rewards/_sandbox_child.py",
+        'if verdict == "ok" and _CALL_FAILURES:',
+        'if verdict == "ok" and _CALL_FAILURES and False:',
+        ["tests/test_rewards_redteam.py"],
+        "a test that caught the program's failed call passes",
+    ),
+    M(
+        "verdict_any_text_passes",
+        "rewards/_sandbox_child.py",
+        '    elif text == "ok":',
+        "    elif text:",
+        ["tests/test_rewards_redteam.py", "tests/test_rewards_sandbox.py"],
+        "the judge's verdict parse accepting any non-empty reply as a pass",
+    ),
+    M(
+        "int_compared_with_tolerance",
+        "rewards/code.py",
+        "return type(got) in (int, float) and got == want  # int == float is exact in Python",
+        "return type(got) in (int, float) and math.isclose(got, want, rel_tol=rel_tol)",
+        ["tests/test_rewards_redteam.py"],
+        "1000000000.0 passing for 1000000007",
+    ),
+    M(
+        "result_size_unbounded",
+        "rewards/code.py",
+        "if len(raw) > case.result_cap:",
+        "if False:",
+        ["tests/test_rewards_redteam.py"],
+        "program output parsed on the trusted side without a size bound",
+    ),
+    M(
+        "warm_workdir_not_wiped",
+        "rewards/_sandbox_child.py",
+        "        clean_ok = _wipe(base)",
+        "        clean_ok = True",
+        ["tests/test_rewards_redteam.py"],
+        "a warm sandbox handing one sample's files to the next",
+    ),
+    M(
+        "chmod_allowed",
+        "rewards/_sandbox_child.py",
+        "90: _EPERM, 91: _EPERM, 268: _EPERM, 452: _EPERM,  # chmod, fchmod, fchmodat, fchmodat2",
+        "268: _EPERM, 452: _EPERM,",
+        ["tests/test_rewards_redteam.py"],
+        "chmod/fchmod allowed: a uid-0 sample changes host file modes",
+    ),
+    M(
+        "retry_breaker_on_in_process_rewards",
+        "rewards/registry.py",
+        'stop = _breaker(workers) if entry.mode != "in_process" else None',
+        "stop = _breaker(workers)",
+        ["tests/test_rewards_redteam.py", "tests/test_rewards_score.py"],
+        "a few raising samples stopping the per-sample retry of the code reward",
+    ),
+    M(
+        "pool_timeout_not_killed",
+        "rewards/_pool.py",
+        "    workers[k].stop(kill=True)",
+        "    workers[k].conn.close()",
+        ["tests/test_rewards_pool.py", "tests/test_rewards.py"],
+        "a worker past its limit left running",
+    ),
+    M(
+        "math_gold_only_candidate",
+        "rewards/math.py",
+        "candidates = [gold, wrapped] if _DELIMITED.search(gold) else [wrapped, gold]",
+        "candidates = [gold]",
+        ["tests/test_rewards_math.py"],
+        "a bare gold answer not wrapped for math-verify",
+    ),
+    # ---- the learner's use of the value model and the KL (rl/learner.py, losses) ----
+    M(
+        "learner_always_step_form",
+        "rl/learner.py",
+        "gae = GAE_FORMS[algo.value.form]",
+        'gae = GAE_FORMS["step"]',
+        ["tests/test_worker_learner.py::test_default_value_form_gives_each_token_its_own_baseline"],
+        "the learner ignoring value.form (TraceRL's per-token baseline lost)",
+    ),
+    M(
+        "learner_drops_gae_advantages",
+        "rl/learner.py",
+        "s.adv, s.returns = gae(tok_r, s.old_values, steps, algo.value.gamma, algo.value.lam)",
+        "_, s.returns = gae(tok_r, s.old_values, steps, algo.value.gamma, algo.value.lam)",
+        ["tests/test_worker_learner.py::test_value_model_trains_and_checkpoints"],
+        "the policy trained on group advantages although the value model is on",
+    ),
+    M(
+        "process_rewards_misaligned",
+        "rl/learner.py",
+        "torch.tensor(token_rewards[i], dtype=torch.float32)",
+        "torch.tensor(token_rewards[r], dtype=torch.float32)",
+        ["tests/test_worker_learner.py::test_value_model_uses_process_rewards_on_their_steps"],
+        "a sample's step rewards read from another sample",
+    ),
+    M(
+        "k3_direction_reversed",
+        "algorithms/losses.py",
+        "d = clamped_log_ratio(ref_logp, logp)",
+        "d = clamped_log_ratio(logp, ref_logp)",
+        ["tests/test_advantages_losses.py::test_sequence_loss_kl_and_registry"],
+        "k3 of KL(ref || pi) instead of KL(pi || ref)",
+    ),
+    # ---- SFT (algorithms/sft.py, packing.py) ----
+    M(
+        "sft_loss_on_unmasked_tokens",
+        "algorithms/sft.py",
+        "loss_mask[i, : len(c)] = torch.tensor(m)",
+        "loss_mask[i, : len(c)] = True",
+        ["tests/test_sft_data.py::test_loss_is_on_response_tokens_only"],
+        "diffusion SFT taking loss on response tokens it left visible",
+    ),
+    M(
+        "noisy_copy_not_masked",
+        "algorithms/packing.py",
+        "noisy_c = [mask_id if mk else t for t, mk in zip(c, m)]",
+        "noisy_c = list(c)",
+        ["tests/test_sft_data.py::test_loss_is_on_response_tokens_only"],
+        "the noisy copy keeping the tokens it should mask",
+    ),
+    # ---- checkpoint save / load (rl/learner.py) ----
+    M(
+        "policy_optimizer_not_restored",
+        "rl/learner.py",
+        'self._load_optimizer_state(self.optimizer, self.lm.model, state["optimizer"])',
+        "None",
+        ["tests/test_worker_learner.py::test_checkpoint_restores_step_optimizer_and_the_next_update"],
+        "Learner.load leaving the policy's AdamW moments at zero (the next update differs from an uninterrupted run's)",
+    ),
+    M(
+        "learner_step_not_restored",
+        "rl/learner.py",
+        'self.step = state["step"]',
+        "self.step = 0",
+        ["tests/test_worker_learner.py::test_checkpoint_restores_step_optimizer_and_the_next_update"],
+        "Learner.load restarting the step count (its minibatch order and the trainer's resume step)",
+    ),
+    M(
+        "value_optimizer_not_restored",
+        "rl/learner.py",
+        "self._load_optimizer_state(self.value_optimizer",
+        "None and self._load_optimizer_state(self.value_optimizer",
+        ["tests/test_worker_learner.py::test_value_model_trains_and_checkpoints"],
+        "Learner.load skipping the value optimizer's state",
+    ),
+]
+
+
+def _apply(text: str, m: Mutant) -> str:
+    count = text.count(m.original)
+    if m.nth is None:
+        if count != 1:
+            raise ValueError(f"{m.name}: {m.original!r} occurs {count} times in {m.path} (must be exactly once, or set nth)")
+        return text.replace(m.original, m.replacement)
+    if count <= m.nth:
+        raise ValueError(f"{m.name}: {m.original!r} occurs {count} times in {m.path}, nth={m.nth}")
+    start = -1
+    for _ in range(m.nth + 1):
+        start = text.index(m.original, start + 1)
+    return text[:start] + m.replacement + text[start + len(m.original) :]
+
+
+def scratch_copy(dest: Path) -> Path:
+    """Copy the repository's sources (no venv, git, runs) to dest; return it."""
+    ignore = shutil.ignore_patterns(".venv", ".git", "runs", "wandb", "__pycache__", "*.egg-info", ".pytest_cache", "build")
+    shutil.copytree(REPO, dest, ignore=ignore, dirs_exist_ok=True)
+    return dest
+
+
+def _pytest(workdir: Path, tests: tuple[str, ...], timeout: float) -> subprocess.CompletedProcess:
+    # PYTHONPATH puts the copy ahead of the editable install for this process and every child
+    # it starts (CLI subprocesses, Ray workers); -o addopts clears the default "not slow" filter
+    # so a listed node id always runs.
+    env = {**os.environ, "PYTHONPATH": str(workdir), "PYTHONDONTWRITEBYTECODE": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-o", "addopts=--doctest-modules", *tests]
+    return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_mutant(m: Mutant, workdir: Path, timeout: float = 600) -> Outcome:
+    """Apply `m` in `workdir`, run its tests, restore the file; caught means a test failed."""
+    target = workdir / m.path
+    original = target.read_text()
+    start = time.monotonic()
+    try:
+        target.write_text(_apply(original, m))
+        try:
+            proc = _pytest(workdir, m.tests, timeout)
+        except subprocess.TimeoutExpired:
+            return Outcome(m.name, "error", f"timed out after {timeout:.0f} s", time.monotonic() - start)
+    finally:
+        target.write_text(original)
+    seconds = time.monotonic() - start
+    out = proc.stdout + proc.stderr
+    if proc.returncode == 0:
+        return Outcome(m.name, "survived", "", seconds)
+    failed = re.findall(r"^FAILED (\S+)", out, re.M)
+    if proc.returncode == 1 and failed:
+        return Outcome(m.name, "caught", failed[0], seconds)
+    tail = " | ".join(out.strip().splitlines()[-3:])
+    return Outcome(m.name, "error", f"pytest exit {proc.returncode}: {tail}", seconds)
+
+
+def check_unmutated(workdir: Path, mutants: list[Mutant], timeout: float = 1200) -> subprocess.CompletedProcess:
+    """Run every listed test once without a mutant: a mutant is only caught against a green run."""
+    tests = tuple(dict.fromkeys(t for m in mutants for t in m.tests))
+    return _pytest(workdir, tests, timeout)
+
+
+def run_mutants(mutants: list[Mutant], workdir: Path | None = None, progress=print) -> list[Outcome]:
+    """Run each mutant in a scratch copy (made in a temporary directory unless given)."""
+    with tempfile.TemporaryDirectory(prefix="unmask-mutants-") as tmp:
+        work = workdir or scratch_copy(Path(tmp) / "repo")
+        outcomes = []
+        for i, m in enumerate(mutants, 1):
+            o = run_mutant(m, work)
+            progress(f"[{i}/{len(mutants)}] {o.status:8s} {m.name} ({o.seconds:.0f} s) {o.caught_by}")
+            outcomes.append(o)
+        return outcomes
+
+
+def table(mutants: list[Mutant], outcomes: list[Outcome]) -> str:
+    """A markdown table: mutant, file, status, the test that caught it."""
+    rows = ["| mutant | file | status | caught by |", "|---|---|---|---|"]
+    for m, o in zip(mutants, outcomes):
+        rows.append(f"| {m.name} | {m.path} | {o.status} | {o.caught_by} |")
+    caught = sum(o.status == "caught" for o in outcomes)
+    rows.append(f"\n{caught}/{len(outcomes)} caught")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("-k", default="", help="only mutants whose name contains this")
+    p.add_argument("--json", type=Path, help="also write the outcomes here")
+    p.add_argument("--skip-baseline", action="store_true", help="do not first check that the listed tests pass unmutated")
+    args = p.parse_args(argv)
+    chosen = [m for m in MUTANTS if args.k in m.name]
+    with tempfile.TemporaryDirectory(prefix="unmask-mutants-") as tmp:
+        work = scratch_copy(Path(tmp) / "repo")
+        for m in chosen:  # a stale mutant (its line moved) is an error before anything runs
+            _apply((work / m.path).read_text(), m)
+        if not args.skip_baseline:
+            base = check_unmutated(work, chosen)
+            if base.returncode != 0:
+                print(base.stdout[-3000:], base.stderr[-2000:])
+                print("the listed tests fail without any mutant: fix the suite first")
+                return 2
+        outcomes = run_mutants(chosen, work)
+    print(table(chosen, outcomes))
+    if args.json:
+        args.json.write_text(json.dumps([{**asdict(m), **asdict(o)} for m, o in zip(chosen, outcomes)], indent=2))
+    return 0 if all(o.status == "caught" for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
