@@ -130,23 +130,23 @@ def run_method(name: str, run_dir: Path, args) -> dict:
         while (args.steps is None or step < args.steps) and (args.seconds is None or used() < args.seconds):
             # One RL step, stage for stage as Trainer.train runs it (minus periodic eval/checkpoints).
             t0 = time.perf_counter()
-            trajs = trainer.rollout(step)
+            batch = trainer.rollout(step)
             t1 = time.perf_counter()
             if fwd is None:
-                fwd, fwd_total = forward_passes(cfg, trajs)
-            scores, metrics = trainer.score(trajs)
-            kept, adv, rewards, loss_mask, adv_metrics = trainer.advantages(trajs, scores)
+                fwd, fwd_total = forward_passes(cfg, batch.trajs)
+            metrics = trainer.score(batch)
+            kept, adv_metrics = trainer.advantages(batch)
             metrics.update(adv_metrics)
             t2 = time.perf_counter()
-            if kept:
-                metrics.update(trainer.update(kept, adv, rewards, loss_mask))
+            if len(kept):
+                metrics.update(trainer.update(kept))
             t3 = time.perf_counter()
             trainer.sync_weights(version=step + 1)
             step += 1
             elapsed = time.perf_counter() - t_start
             stage_s["rollout"] += t1 - t0
             stage_s["update"] += t3 - t2
-            metrics.update({"reward/mean": float(np.mean(scores)), "elapsed_s": elapsed, "timing_s/rollout": t1 - t0, "timing_s/update": t3 - t2})
+            metrics.update({"reward/mean": float(np.mean(batch.rewards)), "elapsed_s": elapsed, "timing_s/rollout": t1 - t0, "timing_s/update": t3 - t2})
             logger.log(metrics, step=step)
             curve.append({"step": step, "elapsed_s": elapsed, "reward": metrics["reward/mean"], "accuracy_train": metrics["accuracy/train"]})
             print(f"[{name}] step {step:3d}  {elapsed:6.1f}s  reward {metrics['reward/mean']:.3f}  update {t3 - t2:5.2f}s", flush=True)

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from algorithms.advantages import filter_groups, group_advantages, truncated_rewards
 from rewards import get_reward
 from rewards.registry import reward_name
+from rl.batch import StepBatch
 from rl.checkpoint import CheckpointStore
 from rl.cluster import connect, local_model_path, pack_dir, place
 from rl.config import RunConfig, SamplingConfig
@@ -186,11 +187,8 @@ class Trainer:
         self._sync_dtype = None  # the workers' decoding dtype, asked once at the first sync
         self.workers = [self._spawn_worker(w) for w in range(n_workers)]
         self._weights = None  # (object ref, version) of the weights the workers hold
-        # Process rewards of the current step, per token (set by score, filtered by advantages).
-        self._token_rewards = self._kept_token_rewards = None
         self.worker_restarts = 0
         self.step = 0  # steps whose update has been applied (the learner's weights version)
-        self.examples: list = []  # the examples of the last `rollout`
 
     def _load_eval_benchmarks(self) -> list:
         """The configured eval benchmarks, loaded now so a bad path or option fails before training."""
@@ -336,25 +334,27 @@ class Trainer:
                 self._replace_worker(w, self._weights)
 
     # -- stages ----------------------------------------------------------------------------
-    def rollout(self, step: int) -> list[Trajectory]:
-        """Decode step `step`'s prompts (samples_per_prompt each) and wait for them; the step's
-        examples stay in `self.examples` for `score`."""
-        job = self.launch_rollout(step)
-        self.examples = job["examples"]
-        return self._collect(job)
+    def rollout(self, step: int) -> StepBatch:
+        """Decode step `step`'s prompts (samples_per_prompt each) and wait for them."""
+        return self.collect(self.launch_rollout(step))
 
     def launch_rollout(self, step: int) -> dict:
-        """Start decoding step `step`'s prompts; the data depend only on (seed, step)."""
+        """Start decoding step `step`'s prompts; the data depend only on (seed, step). The
+        dataset rows stay here (in the job, then the batch): the workers get prompt ids only."""
         examples = self.stream.batch(step, self.cfg.rollout.prompts_per_step)
-        items = [(ex.prompt_ids, g, {"prompt": ex.prompt, **ex.columns}) for g, ex in enumerate(examples) for _ in range(self.cfg.rollout.samples_per_prompt)]
+        items = [(ex.prompt_ids, g, {}) for g, ex in enumerate(examples) for _ in range(self.cfg.rollout.samples_per_prompt)]
         job = self._launch(items, seed=self.cfg.train.seed * 1_000_003 + step, params=self.train_params)
         job["examples"] = examples
         return job
 
-    def score(self, trajs: Sequence[Trajectory], examples: Sequence[Any] | None = None) -> tuple[list[float], dict[str, float]]:
-        """Score every sample with its source's rewards (sample t came from examples[t.group]; default:
-        the examples of the last `rollout`). Returns the total per sample, in order, and metrics."""
-        examples = self.examples if examples is None else examples
+    def collect(self, job: dict) -> StepBatch:
+        """Wait for a launched rollout: its trajectories with the examples they came from."""
+        return StepBatch(self._collect(job), job["examples"])
+
+    def score(self, batch: StepBatch) -> dict[str, float]:
+        """Score every sample with its source's rewards (sample t came from batch.example(t)):
+        fills batch.rewards (the total per sample, in order) and batch.token_rewards; returns metrics."""
+        trajs = batch.trajs
         n = len(trajs)
         total: list[float | None] = [None] * n
         outcome: list[float | None] = [None] * n
@@ -363,14 +363,14 @@ class Trainer:
         metrics: dict[str, float] = {}
         sc = self.cfg.scoring
         for src in self.sources:
-            idx = [i for i, t in enumerate(trajs) if examples[t.group].source == src.name]
+            idx = [i for i, t in enumerate(trajs) if batch.example(t).source == src.name]
             if not idx:
                 continue
-            part = [trajs[i] for i in idx]
-            columns = {k: [t.columns[k] for t in part] for k in part[0].columns if k != "prompt"}
+            exs = [batch.example(trajs[i]) for i in idx]
+            columns = {k: [ex.columns[k] for ex in exs] for k in exs[0].columns}
             res = score_texts(
-                src.template, self.reward_fns[src.name], self.reward_weights[src.name], [t.columns["prompt"] for t in part],
-                [t.text for t in part], columns, fail_fast=sc.fail_fast, timeout_s=sc.timeout_s, num_workers=sc.num_workers,
+                src.template, self.reward_fns[src.name], self.reward_weights[src.name], [ex.prompt for ex in exs],
+                [trajs[i].text for i in idx], columns, fail_fast=sc.fail_fast, timeout_s=sc.timeout_s, num_workers=sc.num_workers,
             )  # fmt: skip
             tot, per_fn, errors = res
             acc_fn = self.reward_fns[src.name][src.rewards.index(src.accuracy_reward())]
@@ -390,20 +390,21 @@ class Trainer:
         metrics["accuracy/train"] = float(np.mean(correct))
         metrics["reward/failed"] = float(sum(v is None for v in total))
         # Process rewards: per-token rewards on the steps that finished each chunk (value model).
-        self._token_rewards = None
+        batch.token_rewards = None
         if any(s is not None for s in steps):
-            self._token_rewards = [token_rewards(t, outcome[i] or 0.0, steps[i], self.tokenizer) for i, t in enumerate(trajs)]
+            batch.token_rewards = [token_rewards(t, outcome[i] or 0.0, steps[i], self.tokenizer) for i, t in enumerate(trajs)]
         # A sample no reward could score gets 0: it is kept (never misaligned), it just earns nothing.
-        return [0.0 if v is None else float(v) for v in total], metrics
+        batch.rewards = [0.0 if v is None else float(v) for v in total]
+        return metrics
 
-    def advantages(self, trajs: list[Trajectory], rewards: list[float]):
+    def advantages(self, batch: StepBatch) -> tuple[StepBatch, dict[str, float]]:
         """Truncation handling, group filters and group advantages, on the driver.
 
-        Returns the kept trajectories with their advantages, rewards and loss mask (aligned:
-        a filtered group leaves with its rewards and step maps), plus metrics.
+        Returns the kept samples (`StepBatch.select`: a filtered group leaves with its rewards,
+        step maps and process rewards) with their advantages, rewards and loss mask, and metrics.
         """
-        algo = self.cfg.algorithm
-        r, loss_mask = truncated_rewards(torch.tensor(rewards), [t.finish_reason for t in trajs], algo.truncation)
+        algo, trajs = self.cfg.algorithm, batch.trajs
+        r, loss_mask = truncated_rewards(torch.tensor(batch.rewards), [t.finish_reason for t in trajs], algo.truncation)
         groups = torch.tensor([t.group for t in trajs])
         adv = group_advantages(r, groups, algo.advantage, std=algo.zscore_std)
         keep = filter_groups(r, groups, algo.drop_zero_std, algo.min_acc, algo.max_acc)
@@ -413,18 +414,17 @@ class Trainer:
             "frac_truncated": float(np.mean([t.finish_reason == "length" for t in trajs])),
             "frac_filtered": float(1 - keep.float().mean()),
         }
-        idx = keep.nonzero().flatten().tolist()
-        tok_r = self._token_rewards
-        self._kept_token_rewards = [tok_r[i] for i in idx] if tok_r is not None else None
-        return [trajs[i] for i in idx], adv[idx].tolist(), r[idx].tolist(), loss_mask[idx].tolist(), metrics
+        scored = StepBatch(trajs, batch.examples, r.tolist(), batch.token_rewards, adv.tolist(), loss_mask.tolist())
+        return scored.select(keep.nonzero().flatten().tolist()), metrics
 
-    def update(self, trajs, adv, rewards, loss_mask, token_rewards=None) -> dict[str, float]:
+    def update(self, batch: StepBatch) -> dict[str, float]:
         """One learner update on every rank; colocated workers give up their memory meanwhile."""
         colocated = self.cfg.cluster.placement == "colocated"
         if colocated:
             ray.get([w.offload.remote() for w in self.workers])
-        batch = ray.put(list(trajs))  # once into the object store, read by every rank
-        metrics = self._on_learners(lambda rank: rank.update.remote(batch, list(adv), list(rewards), list(loss_mask), token_rewards), stage="update")
+        trajs = ray.put(list(batch.trajs))  # once into the object store, read by every rank
+        args = (list(batch.advantages), list(batch.rewards), list(batch.loss_mask), batch.token_rewards)
+        metrics = self._on_learners(lambda rank: rank.update.remote(trajs, *args), stage="update")
         if colocated:
             ray.get([w.onload.remote() for w in self.workers])
         return metrics
@@ -441,7 +441,7 @@ class Trainer:
             if not exs:
                 continue
             params = self.eval_params if self.cfg.eval.sampling.max_new_tokens else dataclasses.replace(self.eval_params, max_new_tokens=src.max_new_tokens)
-            items = [(ex.prompt_ids, i, {"prompt": ex.prompt, **ex.columns}) for i, ex in enumerate(exs)]
+            items = [(ex.prompt_ids, i, {}) for i, ex in enumerate(exs)]  # the rows stay here
             trajs = self._on_workers(items, seed=0, params=params)
             spec = src.accuracy_reward()
             res = score_texts(src.template, [get_reward(spec.name, **spec.kwargs)], None, [ex.prompt for ex in exs], [t.text for t in trajs],
@@ -464,7 +464,7 @@ class Trainer:
         from rl.evaluate import score_benchmark
 
         params = dataclasses.replace(self.eval_params, max_new_tokens=bench.max_new_tokens)
-        items = [(encode_messages(self.tokenizer, e.messages, bench.chat)[0], i, {"prompt": e.prompt}) for i, e in enumerate(bench.examples)]
+        items = [(encode_messages(self.tokenizer, e.messages, bench.chat)[0], i, {}) for i, e in enumerate(bench.examples)]
         trajs = self._on_workers(items, seed=0, params=params)
         rewards, err = score_benchmark(bench, bench.problems, [t.text for t in trajs], self.cfg.scoring.timeout_s)
         if err:
@@ -506,18 +506,18 @@ class Trainer:
             metrics: dict[str, float] = {}
             t0 = time.perf_counter()
             job = pending if overlap else self.launch_rollout(step)
-            trajs = rollouts = self._collect(job)
+            batch = self.collect(job)
+            rollouts = batch.trajs
             metrics["timing_s/rollout"] = time.perf_counter() - t0  # overlap: the wait not hidden behind the update
             t1 = time.perf_counter() - job["t0"]  # launch to last sample: tokens_per_s is per second of decoding wall time
             staleness = [self.step - t.version for t in rollouts]
 
             t0 = time.perf_counter()
-            scores, reward_metrics = self.score(trajs, job["examples"])
-            metrics.update(reward_metrics)
+            metrics.update(self.score(batch))
             metrics["timing_s/score"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
-            trajs, adv, rewards, loss_mask, adv_metrics = self.advantages(trajs, scores)
+            kept, adv_metrics = self.advantages(batch)
             metrics.update(adv_metrics)
             metrics["timing_s/advantages"] = time.perf_counter() - t0
 
@@ -525,8 +525,8 @@ class Trainer:
                 # Step k+1 decodes with the weights of step k while the learner updates on step k.
                 pending = self.launch_rollout(step + 1)
             t0 = time.perf_counter()
-            if trajs:
-                metrics.update(self.update(trajs, adv, rewards, loss_mask, self._kept_token_rewards))
+            if len(kept):
+                metrics.update(self.update(kept))
             else:
                 tqdm.write(f"step {step + 1}: every group was filtered out; no update")
             self.step = step + 1
@@ -539,7 +539,7 @@ class Trainer:
             n_tok = sum(len(t.completion_ids) for t in rollouts)
             metrics.update(
                 {
-                    "reward/mean": float(np.mean(scores)),
+                    "reward/mean": float(np.mean(batch.rewards)),
                     "tokens_per_s": n_tok / max(t1, 1e-9),
                     "rollout/nfe_mean": float(np.mean([t.nfe for t in rollouts])),
                     "rollout/tokens_per_forward": n_tok / max(1, sum(t.nfe for t in rollouts)),

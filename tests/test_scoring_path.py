@@ -10,6 +10,7 @@ from rewards import get_reward
 from rl.config import SourceConfig
 from rl.data import load_benchmark, load_source
 from rl.evaluate import score_benchmark
+from rl.batch import StepBatch
 from rl.trainer import Trainer
 from rollout.trajectory import Trajectory
 
@@ -36,8 +37,9 @@ def test_humaneval_raw_template_scores_the_same_in_training_and_in_unmask_eval(t
     examples = src.train + src.heldout
     ex = next(e for e in examples if e.columns["entry_point"] == "add")
     assert src.template.cut(CORRECT_THEN_JUNK) == "    return a + b\n"
-    traj = Trajectory([1], [2], [0], [0.0], None, 1.0, 1, "eos", text=CORRECT_THEN_JUNK, group=0, columns={"prompt": ex.prompt, **ex.columns})
-    train_scores, _ = _trainer(src).score([traj], [ex])
+    batch = StepBatch([Trajectory([1], [2], [0], [0.0], None, 1.0, 1, "eos", text=CORRECT_THEN_JUNK, group=0)], [ex])
+    _trainer(src).score(batch)
+    train_scores = batch.rewards
 
     bench = load_benchmark("humaneval", FIX, template="raw")
     problem = next(p for p in bench.problems if p["entry_point"] == "add")

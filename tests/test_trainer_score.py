@@ -5,6 +5,7 @@ from types import SimpleNamespace
 from rewards import get_reward
 from rl.config import RewardSpec, SourceConfig
 from rl.data import load_source
+from rl.batch import StepBatch
 from rl.trainer import Trainer
 from rollout.trajectory import Trajectory
 
@@ -20,8 +21,9 @@ def test_accuracy_comes_from_the_preset_reward_even_when_listed_second(tmp_path)
     trainer.reward_weights = {"gsm": [s.weight for s in src.rewards]}
     trainer.cfg = SimpleNamespace(scoring=SimpleNamespace(fail_fast=False, timeout_s=60.0, num_workers=None))
     ex = src.train
-    trajs = [Trajectory([1], [2], [0], [0.0], None, 1.0, 1, "eos", text=text, group=g, columns={"prompt": ex[g].prompt, **ex[g].columns})
-             for g, text in [(0, "\\boxed{2}"), (1, "\\boxed{5}")]]  # fmt: skip
-    scores, m = trainer.score(trajs, ex)
+    trajs = [Trajectory([1], [2], [0], [0.0], None, 1.0, 1, "eos", text=text, group=g) for g, text in [(0, "\\boxed{2}"), (1, "\\boxed{5}")]]
+    batch = StepBatch(trajs, ex)  # the rows stay on the driver: the trajectories carry no columns
+    m = trainer.score(batch)
+    scores = batch.rewards
     assert m["accuracy/gsm/train"] == 0.5 and m["accuracy/train"] == 0.5  # both boxed, one right: not the format reward's 1.0
     assert scores == [1.1, 0.1] and m["reward/gsm/boxed_format_reward/mean"] == 1.0
