@@ -63,6 +63,28 @@ def _heldout_only(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k.startswith("accuracy/")}
 
 
+def no_signal(heldout: float | None = None, rewards: Sequence[float] | None = None) -> str | None:
+    """The warning for a start with no reward signal (group advantages all 0: RL cannot begin),
+    from the held-out accuracy before RL or the first step's rewards; None when there is signal.
+
+    >>> no_signal(heldout=0.25), no_signal(rewards=[0.0, 0.5])
+    (None, None)
+    >>> no_signal(rewards=[0.0] * 4).split(":")[1]
+    ' no reward signal'
+    """
+    if heldout is not None and heldout == 0:
+        what = "held-out accuracy of the starting model is 0"
+    elif rewards is not None and len(rewards) and not any(rewards):
+        what = f"every sample of the first step ({len(rewards)}) got reward 0"
+    else:
+        return None
+    return (
+        f"warning: no reward signal: the {what}, so every advantage is 0 and RL has nothing to learn from. "
+        "A base model must sometimes answer right in the format the reward checks: run `unmask sft` on these rows "
+        "first (README: Train on your data), or check the template and max_new_tokens."
+    )
+
+
 class LearnerDied(RuntimeError):
     """A learner rank died: the run ends; checkpoints written before are intact."""
 
@@ -496,6 +518,8 @@ class Trainer:
             logger.log(before, step=0)
             if "accuracy/heldout" in before:
                 print(f"held-out accuracy before RL: {before['accuracy/heldout']:.3f} ({self._heldout_desc()})")
+                if warning := no_signal(heldout=before["accuracy/heldout"]):
+                    print(warning)
         acc_before = before.get("accuracy/heldout")
 
         overlap = cfg.rollout.overlap
@@ -514,6 +538,8 @@ class Trainer:
 
             t0 = time.perf_counter()
             metrics.update(self.score(batch))
+            if step == start and (warning := no_signal(rewards=batch.rewards)):
+                tqdm.write(warning)
             metrics["timing_s/score"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
