@@ -246,6 +246,47 @@ MUTANTS: list[Mutant] = [
         ["tests/test_engine.py::test_step_map_replays_greedy_decoding"],
         "each token recorded one step later than it was unmasked",
     ),
+    # ---- decoding, caches and rollout faults (rollout/, rl/trainer.py) ----
+    M(
+        "adaptive_rule_off_by_one",
+        "rollout/engine.py",
+        "commit = rank < ((n + 1) * (1 - c) < p.factor)",
+        "commit = rank < (n * (1 - c) < p.factor)",
+        ["tests/test_decoders.py::test_adaptive_step_sizes_follow_the_factor_rule_and_the_bound"],
+        "the adaptive decoder's (n + 1)(1 - c_n) < factor rule off by one",
+    ),
+    M(
+        "dual_cache_block_start",
+        "rollout/engine.py",
+        "logits = self._encode(everything, cache, select(blk_start))",
+        "logits = self._encode(everything, cache, select(gen))",
+        ["tests/test_families.py::test_prefix_and_dual_cache_stay_close_to_full_recompute"],
+        "a cached block's first step read from the wrong columns",
+    ),
+    M(
+        "kv_cache_stores_keys_as_values",
+        "rollout/cache.py",
+        "self._v[..., self.length : end, :] = value_states",
+        "self._v[..., self.length : end, :] = key_states",
+        ["tests/test_engine.py::test_kv_cache_drift_in_float32_is_bounded"],
+        "the KV cache writing keys where values go",
+    ),
+    M(
+        "dead_worker_redoes_too_few_prompts",
+        "rl/trainer.py",
+        'chunks[w], job["seed"], job["params"]) for w in failed',
+        'chunks[w][1:], job["seed"], job["params"]) for w in failed',
+        ["tests/test_faults.py"],
+        "a replaced rollout worker redoing only part of its dead predecessor's prompts",
+    ),
+    M(
+        "coupled_pass_count",
+        "algorithms/estimators.py",
+        "lambda trajs, o: 3 if o.full_mask_pass else 2",
+        "lambda trajs, o: 2",
+        ["tests/test_estimators.py::test_count_forward_passes_by_name"],
+        "coupled's fully masked pass not counted",
+    ),
     # ---- checkpoint conversion maps (rollout/convert.py) ----
     M(
         "llada_gate_up_swapped",

@@ -1,6 +1,7 @@
 """The decoders beyond static/threshold (adaptive, prophet, ascending steps) and the sampler's
 host work: step maps that replay, step counts by each rule, no device reads inside a block."""
 
+import math
 import sys
 from collections import Counter
 
@@ -48,7 +49,57 @@ def test_every_decoder_replays_its_step_map(tokenizer, kw):
         replay_check(lm, t, params if kw["strategy"] == "static" else SamplingParams(strategy="threshold"))
 
 
-def test_adaptive_step_sizes_follow_the_factor_rule_and_the_bound(tokenizer):
+def _crafted_confidences(lm, tokenizer, monkeypatch, conf):
+    """Make every prediction at block position j (absolute position % block size) a fixed
+    distribution: token str(j + 1) with probability conf[j], the rest split evenly between "7"
+    and "8". The real forward still runs (the cache stays in step); only its logits are replaced."""
+    bs, vocab = lm.block_size, lm.model.config.vocab_size
+    table = torch.full((bs, vocab), -1e9, dtype=torch.float64)
+    for j, c in enumerate(conf):
+        table[j, tokenizer.convert_tokens_to_ids(str(j + 1))] = math.log(c)
+        for other in "78":
+            table[j, tokenizer.convert_tokens_to_ids(other)] = math.log((1 - c) / 2)
+    forward = lm.forward_logits
+
+    def crafted(ids, pos, allowed, select, cache=None, rows=None):
+        out = forward(ids, pos, allowed, select, cache, rows)
+        return table[pos.gather(1, select) % bs].to(out.dtype)
+
+    monkeypatch.setattr(lm, "forward_logits", crafted)
+
+
+# Confidences of block positions 0..3 (then by rank 0.99 > 0.9 > 0.7 > 0.4) and the relative step
+# at which each position is committed, by hand from the rule "the largest n with
+# (n + 1)(1 - c_n) < factor, at least one, at most the bound":
+#  factor 1:   step 0: 2*.01=.02, 3*.1=.3 < 1, 4*.3=1.2 -> commit 2 (positions 1, 2)
+#              step 1: (.7, .4): 2*.3=.6 < 1, 3*.6=1.8 -> 1 (position 3)
+#              step 2: (.4): 2*.6=1.2 >= 1 -> none by the rule, one to make progress (position 0)
+#  factor 2:   step 0: 4*.3=1.2 < 2, 5*.6=3 -> 3 (positions 1, 2, 3); step 1: 2*.6=1.2 < 2 -> position 0
+#  factor 2, at most 2: step 0: 2 (positions 1, 2); step 1: (.7, .4): 3*.6=1.8 < 2 -> both (0, 3)
+#  factor 1e9: all four at step 0
+ADAPTIVE_CONF = (0.4, 0.99, 0.9, 0.7)
+ADAPTIVE_STEPS = [
+    ({"factor": 1.0}, [2, 0, 0, 1]),
+    ({"factor": 2.0}, [1, 0, 0, 0]),
+    ({"factor": 2.0, "max_tokens_per_step": 2}, [1, 0, 0, 1]),
+    ({"factor": 1e9}, [0, 0, 0, 0]),
+    ({"factor": 1e9, "max_tokens_per_step": 1}, [3, 0, 1, 2]),  # one per step, most confident first
+]
+
+
+@pytest.mark.parametrize("kw,block_steps", ADAPTIVE_STEPS)
+def test_adaptive_step_sizes_follow_the_factor_rule_and_the_bound(tokenizer, monkeypatch, kw, block_steps):
+    lm = tiny_lm(tokenizer)
+    _crafted_confidences(lm, tokenizer, monkeypatch, ADAPTIVE_CONF)
+    _, (t,) = _run(lm, tokenizer, ["047+385="], max_new_tokens=8, strategy="adaptive", **kw)  # 2 whole blocks
+    per_block = max(block_steps) + 1
+    assert t.step_map == block_steps + [s + per_block for s in block_steps]
+    assert t.nfe == 2 * per_block
+    assert t.completion_ids == tokenizer("12341234")["input_ids"]
+    assert t.logprobs == pytest.approx([math.log(c) for c in ADAPTIVE_CONF] * 2, abs=1e-12)
+
+
+def test_adaptive_extremes_on_a_real_model(tokenizer):
     lm = tiny_lm(tokenizer)
     _, slow = _run(lm, tokenizer, strategy="adaptive", factor=1e-9)  # no n passes: one token per step
     assert all(t.nfe == len(t.completion_ids) for t in slow)
@@ -57,11 +108,6 @@ def test_adaptive_step_sizes_follow_the_factor_rule_and_the_bound(tokenizer):
         counts = Counter(t.step_map)
         assert max(counts.values()) == 2 and all(v in (1, 2) for v in counts.values())
         assert _steps_per_block(t) == [(n + 1) // 2 for n in _masked_per_block(t)]
-    # The rule by hand on one step: confidences sorted 0.99, 0.9, 0.5 with factor 1:
-    # n=1: 2 * 0.01 < 1, n=2: 3 * 0.1 < 1, n=3: 4 * 0.5 = 2 >= 1 -> commit two.
-    c = torch.tensor([[0.99, 0.9, 0.5]])
-    n = torch.arange(1, 4)
-    assert int(((n + 1) * (1 - c) < 1.0).cumprod(1).sum()) == 2
 
 
 def _masked_per_block(t, bs=4):

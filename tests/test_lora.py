@@ -57,11 +57,23 @@ def test_lora_update_syncs_only_the_adapter_and_changes_rollouts(tmp_path):
     out = tmp_path / "merged"
     res = subprocess.run([sys.executable, "-m", "rl.cli", "merge", str(tmp_path / "ckpt"), str(out)], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    assert AutoModelForCausalLM.from_pretrained(out) is not None
+    # The merged checkpoint is the LoRA policy as a plain model: the same logits as the in-memory
+    # adapter model on a fixed canvas (prompt + masked block), and not the base model's.
+    worker.load_weights(learner.get_weights())
+    tok = worker.lm.tokenizer
+    x = torch.tensor([tok("123+456=")["input_ids"] + [worker.lm.mask_id] * 4])
+    every = torch.arange(x.shape[1])[None]
     merged = load_model(out)
+    assert not any("lora_" in k for k in merged.model.state_dict())
+    plain = AutoModelForCausalLM.from_pretrained(out)  # transformers alone, as a user loads it
+    with torch.no_grad():
+        lora_logits = worker.lm.sequence_logits(x, every)
+        base_logits = load_model(BASE_CKPT).sequence_logits(x, every)
+        torch.testing.assert_close(merged.sequence_logits(x, every), lora_logits, atol=1e-4, rtol=1e-4)
+        assert (lora_logits - base_logits).abs().max() > 1e-2, "the adapter changed nothing: the merge check would be vacuous"
+        torch.testing.assert_close(plain(input_ids=x).logits, worker.lm.model(input_ids=x).logits, atol=1e-4, rtol=1e-4)
     prompts = [merged.tokenizer("123+456=")["input_ids"], merged.tokenizer("99+1=")["input_ids"]]
     greedy = SamplingParams(max_new_tokens=5, temperature=0.0)
-    worker.load_weights(learner.get_weights())
     assert [t.completion_ids for t in generate(merged, prompts, greedy)] == [t.completion_ids for t in generate(worker.lm, prompts, greedy)]
 
 
