@@ -364,6 +364,9 @@ def test_config_help_prints_every_key_with_its_real_default(kind):
 
     text = ok(unmask("config-help", kind)).stdout
     assert "PydanticUndefined" not in text
+    # train ends with the estimator menu (each estimator, its paper, options and preset): keys come before it
+    text, _, estimators = text.partition("\n\nalgorithm.estimator: the registered estimators")
+    assert ("trace: TraceRL" in estimators) == (kind == "train")
     shown = dict(line.split(" = ", 1) for line in text.splitlines() if line and not line.startswith(" "))
     minimal = {"data": {"sources": [{"path": "arithmetic"}]}}
     cfg = RunConfig.model_validate({"model": {"path": "m"}, **minimal}) if kind == "train" else SFTConfig.model_validate(minimal)
