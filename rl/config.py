@@ -576,9 +576,9 @@ def estimators_help() -> str:
     from algorithms.estimators import ESTIMATORS
 
     out = ["algorithm.estimator: the registered estimators (a plugin: 'package.module:UNIT')"]
+    fields = AlgorithmConfig.model_fields
     for name, unit in sorted(ESTIMATORS.items()):
         # An option a config field sets defaults to that field's default (coupled's weighted: True).
-        fields = AlgorithmConfig.model_fields
         options = ", ".join(
             f"{f.name}={fields[unit.config_fields[f.name]].default if f.name in unit.config_fields else f.default!r}"
             + (f" (algorithm.{unit.config_fields[f.name]})" if f.name in unit.config_fields else "")

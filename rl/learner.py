@@ -193,8 +193,8 @@ class Learner:
             # The critic starts from the policy's weights, with its own copy and optimizer.
             self.value = ValueModel(copy.deepcopy(self.lm))
         self.estimator = get_estimator(algo.estimator)
-        self.estimate = self.estimator
         self.estimator_opts = estimator_options(algo)
+        self._estimator_options = self.estimator.check_options(self.estimator_opts)  # typed, for pass_scores
         self.loss_fn = LOSSES[algo.loss]
         # One rank only: DDP and FSDP2 need the whole estimate inside one forward of the module they wrap.
         # The value loss is per token, so the critic's passes split whatever the policy's estimator.
@@ -206,8 +206,8 @@ class Learner:
         # the passes then run twice, once without a graph and once for their backward.
         self.recompute_per_pass = self.backward_per_pass and not (self.estimator.pass_scores is not None and algo.loss in SEPARABLE_LOSSES)
         # What update() calls: replaced by their DDP / FSDP2 forms in setup_distributed.
-        self._policy: nn.Module = EstimatorModule(self.lm, self.estimate)
-        self._ref: nn.Module | None = EstimatorModule(self.ref, self.estimate) if self.ref is not None else None
+        self._policy: nn.Module = EstimatorModule(self.lm, self.estimator)
+        self._ref: nn.Module | None = EstimatorModule(self.ref, self.estimator) if self.ref is not None else None
         self._value: nn.Module | None = self.value
         self._ready = world_size == 1
         self.optimizer = self.value_optimizer = None
@@ -503,8 +503,7 @@ class Learner:
                     estimate = functools.partial(self._policy, batch, seed=seed, occurrences=s.piece.occurrences, with_entropy=True, **opts)
                     logp, entropy, loss, m = self._backward_through_logprobs(estimate, loss_of, w * scale)
                 elif self.backward_per_pass:
-                    options = self.estimator.check_options(opts)
-                    scores = self.estimator.pass_scores(self.lm, batch, options, with_entropy=True)
+                    scores = self.estimator.pass_scores(self.lm, batch, self._estimator_options, with_entropy=True)
                     logp, entropy = self._backward_per_pass(scores, s.old, loss_of, w * scale)
                     with torch.no_grad():
                         loss, m = loss_of(logp)

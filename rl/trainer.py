@@ -279,14 +279,15 @@ class Trainer:
         )
 
     def _launch(self, items: Sequence[Any], seed: int, params: SamplingParams) -> dict:
-        """Start decoding items split over the workers; `_collect` gathers the result."""
+        """Start decoding items, (prompt ids, group) pairs, split over the workers; `_collect`
+        gathers the result."""
         chunks = split_evenly(items, len(self.workers))
         futures = {w: self._submit(w, chunks[w], seed, params) for w, chunk in enumerate(chunks) if chunk}
         return {"chunks": chunks, "futures": futures, "seed": seed, "params": params, "weights": self._weights, "t0": time.perf_counter()}
 
     def _submit(self, w: int, chunk, seed: int, params: SamplingParams):
-        prompts, groups, cols = zip(*chunk)
-        return self.workers[w].generate.remote(list(prompts), params, seed * 7919 + w, list(groups), list(cols))
+        prompts, groups = zip(*chunk)
+        return self.workers[w].generate.remote(list(prompts), params, seed * 7919 + w, list(groups))
 
     def _replace_worker(self, w: int, weights) -> None:
         self.workers[w] = self._spawn_worker(w)
@@ -364,7 +365,7 @@ class Trainer:
         """Start decoding step `step`'s prompts; the data depend only on (seed, step). The
         dataset rows stay here (in the job, then the batch): the workers get prompt ids only."""
         examples = self.stream.batch(step, self.cfg.rollout.prompts_per_step)
-        items = [(ex.prompt_ids, g, {}) for g, ex in enumerate(examples) for _ in range(self.cfg.rollout.samples_per_prompt)]
+        items = [(ex.prompt_ids, g) for g, ex in enumerate(examples) for _ in range(self.cfg.rollout.samples_per_prompt)]
         job = self._launch(items, seed=self.cfg.train.seed * 1_000_003 + step, params=self.train_params)
         job["examples"] = examples
         return job
@@ -463,7 +464,7 @@ class Trainer:
             if not exs:
                 continue
             params = self.eval_params if self.cfg.eval.sampling.max_new_tokens else dataclasses.replace(self.eval_params, max_new_tokens=src.max_new_tokens)
-            items = [(ex.prompt_ids, i, {}) for i, ex in enumerate(exs)]  # the rows stay here
+            items = [(ex.prompt_ids, i) for i, ex in enumerate(exs)]  # the rows stay here
             trajs = self._on_workers(items, seed=0, params=params)
             spec = src.accuracy_reward()
             res = score_texts(src.template, [get_reward(spec.name, **spec.kwargs)], None, [ex.prompt for ex in exs], [t.text for t in trajs],
@@ -486,7 +487,7 @@ class Trainer:
         from rl.evaluate import score_benchmark
 
         params = dataclasses.replace(self.eval_params, max_new_tokens=bench.max_new_tokens)
-        items = [(encode_messages(self.tokenizer, e.messages, bench.chat)[0], i, {}) for i, e in enumerate(bench.examples)]
+        items = [(encode_messages(self.tokenizer, e.messages, bench.chat)[0], i) for i, e in enumerate(bench.examples)]
         trajs = self._on_workers(items, seed=0, params=params)
         rewards, err = score_benchmark(bench, bench.problems, [t.text for t in trajs], self.cfg.scoring.timeout_s)
         if err:

@@ -61,7 +61,7 @@ from transformers import DynamicCache
 from rollout.attention import additive_mask, block_attention_allowed
 from rollout.cache import SlotCache
 from rollout.models import DiffusionLM
-from rollout.trajectory import Trajectory, answer_length
+from rollout.trajectory import Trajectory
 
 STRATEGIES = ("static", "threshold", "adaptive", "prophet")
 SCHEDULES = ("even", "ascending")
@@ -418,7 +418,7 @@ class _Decoder:
             a, b = int(self.gen_col[i]), int(self.stop[i])
             comp = x[k, a:b].tolist()
             ended = lm.eos_id in comp
-            text_ids = comp[: answer_length(comp, lm.eos_id) - ended]  # the text leaves the EOS out
+            text_ids = comp[: comp.index(lm.eos_id)] if ended else comp  # the text leaves the EOS out
             out.append(
                 Trajectory(
                     prompt_ids=x[k, self.off[i] : a].tolist(),

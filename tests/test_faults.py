@@ -47,7 +47,7 @@ def test_killed_rollout_worker_is_replaced_and_its_prompts_redone(tmp_path):
         submit = trainer._submit
 
         def spy(w, chunk, seed, params):
-            submitted.append((w, [g for _, g, _ in chunk]))
+            submitted.append((w, [g for _, g in chunk]))
             return submit(w, chunk, seed, params)
 
         trainer._submit = spy
