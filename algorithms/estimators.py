@@ -55,12 +55,11 @@ its paper's config defaults and its traits; a plugin unit is named by import pat
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import Counter
-from functools import lru_cache
-import dataclasses
-import importlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -605,9 +604,13 @@ def get_estimator(name: str | EstimatorUnit) -> EstimatorUnit:
     if name in ESTIMATORS:
         return ESTIMATORS[name]
     if ":" in name:
+        # The import the reward plugins use: the directory `unmask` was started from is tried too
+        # (the console script's own directory comes first on sys.path, not the user's project).
+        from rewards.registry import import_user_module
+
         module, _, attr = name.partition(":")
         try:
-            obj: Any = importlib.import_module(module)
+            obj: Any = import_user_module(module)
         except ImportError as exc:
             raise ValueError(f"estimator {name!r}: cannot import {module!r}: {exc}") from exc
         for part in attr.split("."):

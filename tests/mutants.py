@@ -314,6 +314,14 @@ MUTANTS: list[Mutant] = [
         "a mistyped estimator option silently ignored",
     ),
     M(
+        "plugin_estimator_not_found_from_cwd",
+        "algorithms/estimators.py",
+        "obj: Any = import_user_module(module)",
+        'obj: Any = __import__("importlib").import_module(module)',
+        ["tests/test_estimator_units.py::test_a_plugin_estimator_loads_from_the_directory_unmask_runs_in"],
+        "a plugin estimator in the user's project not found by the console script (reward plugins are)",
+    ),
+    M(
         "training_scores_uncut_text",
         "rl/scoring.py",
         "texts = list(completions) if template is None else [template.cut(c) for c in completions]",

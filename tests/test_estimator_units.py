@@ -172,3 +172,24 @@ def test_config_help_lists_every_estimator_with_its_paper_and_preset():
     # coupled's options show the run config's defaults (DiffuCoder's weighted form), not the function's
     assert "weighted=True (algorithm.coupled_weighted)" in text
     assert "preset: advantage: mean, zscore_std: sample, redraw_masks: True" in text  # one_step: d1's
+
+
+def test_a_plugin_estimator_loads_from_the_directory_unmask_runs_in(tmp_path):
+    """As reward plugins do: `unmask train` started in the user's project finds `my_algos/...`,
+    although the console script puts its own directory, not the project, first on sys.path."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    (tmp_path / "toy_algos").mkdir()
+    (tmp_path / "toy_algos" / "__init__.py").write_text("")
+    (tmp_path / "toy_algos" / "first_token.py").write_text(textwrap.dedent(TOY))
+    (tmp_path / "run.yaml").write_text(
+        f"data: {{sources: [{{path: arithmetic}}]}}\nmodel: {{path: {BASE_CKPT}}}\nalgorithm: {{estimator: 'toy_algos.first_token:UNIT'}}\n"
+    )
+    script = tmp_path / "bin" / "check.py"  # sys.path[0] is bin/, as for a console script
+    script.parent.mkdir()
+    script.write_text("from rl.config import load_config\nprint(load_config('run.yaml').algorithm.estimator_unit().name)\n")
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": ""}, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "first_token", out.stderr[-2000:]
