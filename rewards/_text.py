@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+import threading
 from typing import Any
+
+# CPython before 3.11.9 and 3.12.1 keeps the AST builder's recursion depth in one global
+# (gh-106905): two threads in ast.parse at once, which the scoring threads are, fail with
+# "SystemError: AST constructor recursion depth mismatch". One lock serialises our parses.
+_PARSE_LOCK = threading.Lock()
 
 
 def as_text(item: Any) -> str:
@@ -42,3 +49,23 @@ def column(values: Any, n: int, name: str) -> list[Any]:
     if len(values) != n:
         raise ValueError(f"column {name!r} has {len(values)} entries for {n} completions")
     return values
+
+
+def parse_python(source: str, mode: str = "exec") -> ast.AST:
+    """``ast.parse`` that is safe to call from the scoring threads at once.
+
+    Raises ``SyntaxError`` for anything that does not parse, including source nested
+    too deep for the parser (``RecursionError``/``MemoryError``), so callers need one
+    ``except``.
+
+    >>> type(parse_python("1 + 2", mode="eval")).__name__
+    'Expression'
+    """
+    with _PARSE_LOCK:
+        try:
+            try:
+                return ast.parse(source, mode=mode)
+            except SystemError:  # another thread parsed outside this lock: the depth resets per parse
+                return ast.parse(source, mode=mode)
+        except (RecursionError, MemoryError) as e:
+            raise SyntaxError(f"source nested too deeply to parse: {type(e).__name__}") from None

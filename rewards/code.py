@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import sandbox
-from ._text import as_text, column
+from ._text import as_text, column, parse_python
 from .registry import in_process, register_reward
 
 logger = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ def free_names(code: str) -> tuple[str, ...]:
     ('f', 'helper')
     """
     try:
-        tree = ast.parse(code)
+        tree = parse_python(code)
     except SyntaxError:
         return ()
     loaded, bound = set(), set()
@@ -273,7 +273,7 @@ def _test_cases(tests: Any, solution: str, prefix: str, entry_point: str | None,
         return []
     names: list[str] = []
     try:
-        tree = ast.parse(tests)
+        tree = parse_python(tests)
         names = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     except SyntaxError:
         pass

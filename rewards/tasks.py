@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from ._text import as_text, column
+from ._text import as_text, column, parse_python
 from .registry import in_process, register_reward
 
 # The problem is the last "a+b=" at the end of the prompt, so a prompt may carry
@@ -172,15 +172,13 @@ def check_countdown(expression: str, nums: Sequence[int], target: int) -> bool:
     >>> check_countdown("55 + 7 + 3", [55, 7], 65)
     False
     """
-    import ast
-
     if len(expression) > 500 or not _EXPR_CHARS.fullmatch(expression):
         return False
     used = sorted(int(x) for x in re.findall(r"\d+", expression))
     if used != sorted(int(x) for x in nums):
         return False
     try:
-        return _eval_expr(ast.parse(expression, mode="eval")) == target
+        return _eval_expr(parse_python(expression, mode="eval")) == target
     except (SyntaxError, ValueError, ZeroDivisionError, RecursionError, MemoryError):
         return False
 

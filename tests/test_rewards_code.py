@@ -158,3 +158,41 @@ def test_registered_and_usable_through_score():
         ["code"], None, ["q"] * 2, [fenced(ADD), fenced(ADD_WRONG)], columns={"tests": [["assert add(2, 2) == 4"]] * 2}
     )
     assert total == [1.0, 0.0] and errors == {}
+
+
+def test_test_parsing_is_safe_from_many_scoring_threads_at_once():
+    """code_reward parses each row's tests in its scoring threads; CPython < 3.11.9 kept the AST builder's
+    depth in one global (gh-106905) and two parses at once raised SystemError (seen in CI on HumanEval)."""
+    import gc
+    import threading
+
+    from rewards.code import free_names
+
+    class Finalized:  # a finaliser run by the collector mid-parse is what lets another thread in
+        def __del__(self):
+            sum(range(50))
+
+    tests = "def check(candidate):\n" + "".join(f"    assert candidate([{i}, [{i}, ({i},)]]) == helper({i})\n" for i in range(200))
+    errors: list[BaseException] = []
+
+    def parse_many():
+        for _ in range(30):
+            cycle = [Finalized() for _ in range(3)]
+            cycle.append(cycle)
+            try:
+                assert free_names(tests + "check(f)\n") == ("f", "helper")
+            except BaseException as e:  # noqa: BLE001 - collected and reported below
+                errors.append(e)
+                return
+
+    thresholds = gc.get_threshold()
+    gc.set_threshold(5, 1, 1)
+    try:
+        threads = [threading.Thread(target=parse_many) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        gc.set_threshold(*thresholds)
+    assert not errors, errors[:1]
