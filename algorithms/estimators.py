@@ -23,10 +23,10 @@ Only the tokens a pass scores reach the LM head (`DiffusionLM.forward_logprobs`,
 chunks): those carrying loss, and of them only the ones that pass masks; an update computes one
 head row per loss token and pass that scores it, never passes x completion length.
 
-Inputs. Block models (lm.block_size set) score the packed [prompt | clean | noisy] layout of
-`algorithms.packing.pack_noisy`, so noisy block j sees the prompt and the clean blocks before
-it, exactly as the block sampler did; full-attention models (block_size None) see
-[prompt | noisy]. Log-probs are always those of `lm.sampling_logprobs(logits, temperature)` with the
+Inputs. Block-causal models (`lm.traits.block_causal`) score the packed [prompt | clean | noisy]
+layout of `algorithms.packing.pack_noisy`, so noisy block j sees the prompt and the clean blocks
+before it, exactly as the block sampler did; full-attention models (`lm.traits.full_attention`)
+see [prompt | noisy]. Log-probs are always those of `lm.sampling_logprobs(logits, temperature)` with the
 trajectory's temperature: the distribution the rollout actually sampled from.
 
 Randomness. The same call serves the old, the reference and the current policy, and their
@@ -40,8 +40,8 @@ whole would). The base seed is `opts["seed"]` if given, else `generator.initial_
 identical masks whatever the weights, and a sample's mask does not depend on which other
 samples share its minibatch. Re-drawing masks means passing a new seed to the old, reference
 and current calls alike: the learner does so at every inner epoch when
-`algorithm.redraw_masks` is on (the default for one_step, as d1's `random_masking` draws one
-mask seed per inner iteration), scoring the old and reference log-probs of every epoch's masks
+`algorithm.redraw_masks` is on (the default for one_step and coupled, as d1's and DiffuCoder's
+`random_masking` draws one mask seed per inner iteration), scoring the old and reference log-probs of every epoch's masks
 before the first update.
 
 Estimators (ESTIMATORS, each an `EstimatorUnit`: the function, its typed options, its pass count,
@@ -68,6 +68,7 @@ import torch
 from algorithms.packing import pack_noisy
 from algorithms.sft import random_block_mask
 from algorithms.trace import loss_length, trace_logprobs, trace_pass_index, trace_pass_scores
+from rollout.families import is_full_attention
 from rollout.models import DiffusionLM
 from rollout.trajectory import Trajectory
 
@@ -125,9 +126,12 @@ def _temperature(trajs: Sequence[Trajectory]) -> float:
     return temps.pop()
 
 
-def _block_spans(prompt_len: int, completion_len: int, block_size: int | None) -> list[tuple[int, int]]:
-    """[start, end) of each completion block on the absolute grid; None: the whole completion."""
-    if block_size is None:
+def _block_spans(
+    prompt_len: int, completion_len: int, block_size: int | None, *, full_attention: bool | None = None
+) -> list[tuple[int, int]]:
+    """[start, end) of each completion block on the absolute grid; full attention (the family's
+    `traits.full_attention`; None: a None block_size means it): the whole completion."""
+    if is_full_attention(block_size, full_attention):
         return [(0, completion_len)] if completion_len else []
     spans, c = [], 0
     while c < completion_len:
@@ -186,8 +190,10 @@ def _score(
     to every copy of that prompt position in the packed row (the noisy block holding the prompt's
     tail repeats those tokens), so all copies of the context agree.
     """
+    traits = lm.traits
     packed = pack_noisy(
-        [t.prompt_ids for t in trajs], [t.completion_ids for t in trajs], noisy, lm.block_size, lm.mask_id, lm.pad_id, lm.device
+        [t.prompt_ids for t in trajs], [t.completion_ids for t in trajs], noisy, traits.block_size, lm.mask_id, lm.pad_id, lm.device,
+        full_attention=traits.full_attention,
     )
     input_ids = packed.input_ids
     if prompt_noisy is not None and any(any(p) for p in prompt_noisy):
@@ -370,7 +376,7 @@ def mc_elbo_estimate(
     passes_noisy: list[list[list[bool]]] = [[] for _ in range(n)]
     passes_weight: list[list[list[float]]] = [[] for _ in range(n)]
     for t, g in zip(trajs, gens):
-        spans = _block_spans(len(t.prompt_ids), len(t.completion_ids), lm.block_size)
+        spans = _block_spans(len(t.prompt_ids), len(t.completion_ids), lm.traits.block_size, full_attention=lm.traits.full_attention)
         # one schedule per block (plain MC draws independent t per block; quadrature is fixed)
         sched = [elbo_schedule(n, quadrature, g, t_min) for _ in spans]
         for k in range(n):
@@ -417,7 +423,11 @@ def block_random_estimate(
     """
     temperature = _temperature(trajs)
     gens = sample_generators(trajs, _base_seed(generator, seed), occurrences)
-    noisy = [random_block_mask(len(t.prompt_ids), len(t.completion_ids), lm.block_size, g) for t, g in zip(trajs, gens)]
+    traits = lm.traits
+    noisy = [
+        random_block_mask(len(t.prompt_ids), len(t.completion_ids), traits.block_size, g, full_attention=traits.full_attention)
+        for t, g in zip(trajs, gens)
+    ]
     targets, until_eos = _completion_tensors(trajs, lm)
     width = until_eos.shape[1]
     mask = until_eos & _pad(noisy, width, torch.bool, lm.device)
@@ -453,6 +463,9 @@ class EstimatorUnit:
             a plugin takes its options from `algorithm.options`).
         config_defaults: `algorithm.<field>` -> value this estimator's paper uses, applied to the
             fields a config leaves unset.
+        provenance: `algorithm.<field>` -> where that default comes from, one line ("owner/repo
+            path: what the code does"), shown by `unmask config-help` and as a comment in the run's
+            config.yaml. Optional: a plugin unit may leave it empty.
         replays_trace: scores the recorded step map, deterministically (TraceRL): the rollout's
             log-probs are its likelihoods (overlap), its passes are trace steps (`loss_norm: pass`,
             the value model), and its masks are never redrawn.
@@ -470,6 +483,7 @@ class EstimatorUnit:
     paper: str = ""
     config_fields: Mapping[str, str] = field(default_factory=dict)
     config_defaults: Mapping[str, Any] = field(default_factory=dict)
+    provenance: Mapping[str, str] = field(default_factory=dict)
     replays_trace: bool = False
     multi_pass: Callable[[Any], bool] = lambda options: False
     pass_scores: Callable | None = None
@@ -555,42 +569,90 @@ def register_estimator(unit: EstimatorUnit) -> EstimatorUnit:
     return unit
 
 
+def _preset(**fields: tuple[Any, str]) -> dict[str, dict]:
+    """`field=(value, source)` pairs as an EstimatorUnit's config_defaults and provenance."""
+    return {"config_defaults": {k: v for k, (v, _) in fields.items()}, "provenance": {k: src for k, (_, src) in fields.items()}}
+
+
+# Each paper's defaults, read from its authors' code (files at Gen-Verse/dLLM-RL 10b4fd1,
+# dllm-reasoning/d1 837888f, apple/ml-diffucoder f735e01). A KL whose partner is not the initial
+# policy (unmask's `beta`: k3 to the initial policy) is recorded, not mapped: beta stays 0.
+_DLLM_RL, _D1, _DIFFUCODER = "Gen-Verse/dLLM-RL", "dllm-reasoning/d1 diffu-grpo/", "apple/ml-diffucoder"
+_TRACERL_CLIP = (0.2, f"{_DLLM_RL} configs/rl_sdar.yaml:68 (rl_trado/rl_llada/rl_dream alike): eps 0.20, clamp(ratio, 1 - eps, 1 + eps) in train/rl_sdar.py:734")
+_TRACERL_BETA = (0.0, f"{_DLLM_RL} configs/rl_sdar.yaml:69 beta 0.01 is k3 to the pre-step policy (train/rl_sdar.py:749, logp_new - logp_old), not the initial one: not mapped")
+_TRACERL_STD = ("population", f"{_DLLM_RL} reward/rl_reward.py:76: std = sqrt(sum((r - mean)^2) / G), for every training.method")
+_D1_CLIP = (0.5, f"{_D1}slurm_scripts/train.yaml:69 epsilon 0.5 (every run script), clamp(ratio, 1 - eps, 1 + eps) at diffu_grpo_trainer.py:115")
+_DIFFUCODER_CLIP = (0.5, f"{_DIFFUCODER} recipes/config_coupled_code.yaml:14 epsilon 0.5 (TRL: epsilon_high = epsilon), clamp at src/open_r1/coupled_grpo.py:216")
+_DIFFUCODER_T = f"{_DIFFUCODER} src/open_r1/coupled_grpo.py:259: mask_ratio = random.uniform(0.2, 0.8)"
+
 for _unit in (
     EstimatorUnit(
         "trace", trace_estimate, TraceOptions, _trace_passes,
         paper="TraceRL (Wang et al., 2025, arXiv:2509.06949; Gen-Verse/dLLM-RL)",
         config_fields={"shrink": "shrink"},
-        # dLLM-RL's TraceRL trainers normalise group rewards by the population std (torch std(unbiased=False)).
-        config_defaults={"zscore_std": "population", "redraw_masks": False},
+        **_preset(
+            advantage=("zscore", f"{_DLLM_RL} reward/rl_reward.py:105: rewards = z_score_normalize(correctness), (r - mean) / std per group"),
+            zscore_std=_TRACERL_STD,
+            # The LLaDA/Dream trainers' reduction: the SDAR/TraDo one (each pass row's sum / the
+            # padded width L1) is `constant` with a width x rows the config cannot know.
+            loss_norm=("pass", f"{_DLLM_RL} train/rl_llada.py:591, rl_dream.py:621: each replayed pass's token mean, then the mean over passes (rl_sdar.py:742 divides by the padded width instead)"),
+            eps_low=_TRACERL_CLIP, eps_high=_TRACERL_CLIP, beta=_TRACERL_BETA,
+            redraw_masks=(False, "the replay is deterministic: no masks to redraw"),
+            shrink=(1, f"{_DLLM_RL} configs/rl_sdar.yaml:62, rl_trado.yaml:62: shrink 1 (rl_llada.yaml/rl_dream.yaml use 8)"),
+        ),
         replays_trace=True, multi_pass=lambda o: True, pass_scores=_trace_pass_scores,
     ),
     EstimatorUnit(
         "one_step", one_step_estimate, OneStepOptions, lambda trajs, o: 1,
         paper="diffu-GRPO (d1: Zhao et al., 2025, arXiv:2504.12216; dllm-reasoning/d1)",
         config_fields={"p_mask_prompt": "p_mask_prompt"},
-        # dllm-reasoning/d1 diffu-grpo/diffu_grpo_trainer.py: A = r - mean(group) (the std is only
-        # logged), and random_masking draws a new mask seed per inner iteration.
-        config_defaults={"advantage": "mean", "zscore_std": "sample", "redraw_masks": True},
+        **_preset(
+            advantage=("mean", f"{_D1}diffu_grpo_trainer.py:539: advantages = rewards - mean (the std, :534, is only logged)"),
+            zscore_std=("sample", f"{_D1}diffu_grpo_trainer.py:534: torch .std(dim=1) (G - 1), used only with advantage: zscore"),
+            loss_norm=("token", f"{_D1}diffu_grpo_trainer.py:121: (loss * completion_mask).sum() / completion_mask.sum()"),
+            eps_low=_D1_CLIP, eps_high=_D1_CLIP,
+            beta=(0.04, f"{_D1}slurm_scripts/train.yaml:68 beta 0.04, k3 (diffu_grpo_trainer.py:104) to the base with the LoRA adapter disabled (:474): the initial policy"),
+            redraw_masks=(True, f"{_D1}diffu_grpo_trainer.py:451: random_masking (train.yaml:66) draws a mask seed per inner iteration"),
+            p_mask_prompt=(0.15, f"{_D1}slurm_scripts/train.yaml:67 p_mask_prompt 0.15 (diffu_grpo_config.py's own default is 0.3)"),
+        ),
     ),
     EstimatorUnit(
         "coupled", coupled_estimate, CoupledOptions, lambda trajs, o: 3 if o.full_mask_pass else 2,
         paper="coupled-GRPO (DiffuCoder: Gong et al., 2025, arXiv:2506.20639; apple/ml-diffucoder)",
         config_fields={"t_min": "coupled_t_min", "t_max": "coupled_t_max", "weighted": "coupled_weighted", "full_mask_pass": "coupled_full_mask_pass"},
-        # apple/ml-diffucoder's coupled-GRPO trainer: a leave-one-out baseline, not scaled by a std.
-        config_defaults={"advantage": "loo", "zscore_std": "sample", "redraw_masks": False},
+        **_preset(
+            advantage=("loo", f"{_DIFFUCODER} src/open_r1/coupled_grpo.py:545-561: leave_one_out = True, r - (sum - r) / (G - 1), unscaled (scale_rewards false)"),
+            zscore_std=("sample", f"{_DIFFUCODER} src/open_r1/coupled_grpo.py:562: torch .std (G - 1), only logged"),
+            loss_norm=("token", f"{_DIFFUCODER} src/open_r1/coupled_grpo.py:224: (loss * completion_mask).sum() / completion_mask.sum()"),
+            eps_low=_DIFFUCODER_CLIP, eps_high=_DIFFUCODER_CLIP,
+            beta=(0.0, f"{_DIFFUCODER} recipes/config_coupled_code.yaml:11-13 beta 0.01 is k3 to a reference re-synced every 64 steps (sync_ref_model), not the initial one: not mapped"),
+            redraw_masks=(True, f"{_DIFFUCODER} src/open_r1/coupled_grpo.py:458: random_masking (recipe :49) draws a mask seed per inner iteration"),
+            coupled_t_min=(0.2, _DIFFUCODER_T), coupled_t_max=(0.8, _DIFFUCODER_T),
+            coupled_weighted=(True, f"{_DIFFUCODER} src/open_r1/coupled_grpo.py:279: weights 1/t and 1/(1 - t) on the two coupled passes"),
+            coupled_full_mask_pass=(True, f"{_DIFFUCODER} src/open_r1/coupled_grpo.py:122: (fully masked pass + weighted coupled passes) / 2"),
+        ),
         multi_pass=lambda o: True,
     ),
     EstimatorUnit(
         "mc_elbo", mc_elbo_estimate, ElboOptions, lambda trajs, o: int(o.n),
         paper="masked-diffusion ELBO, Monte Carlo or quadrature (GDPO: Rojas et al., 2025, arXiv:2510.08554)",
         config_fields={"n": "mc_samples", "quadrature": "quadrature"},
-        config_defaults={"zscore_std": "sample", "redraw_masks": False},
+        # GDPO's own code was not found: these two are unmask's choices, not the paper's.
+        **_preset(
+            zscore_std=("sample", "unmask's choice (GDPO's code not found): TRL GRPO's torch .std, as d1, which GDPO's README says it builds on"),
+            redraw_masks=(False, "unmask's choice (GDPO's code not found): one mask draw per step"),
+        ),
         multi_pass=lambda o: o.n > 1,
     ),
     EstimatorUnit(
         "block_random", block_random_estimate, NoOptions, lambda trajs, o: 1,
         paper="random block masking, the SFT objective (TraceRL's random-masking baseline)",
-        config_defaults={"zscore_std": "sample", "redraw_masks": False},
+        **_preset(
+            zscore_std=_TRACERL_STD,
+            loss_norm=("sequence", f"{_DLLM_RL} train/rl_llada.py:591: random_masking rows take their token mean, then the mean over rows (rl_sdar.py:742 divides by the padded width instead)"),
+            eps_low=_TRACERL_CLIP, eps_high=_TRACERL_CLIP, beta=_TRACERL_BETA,
+            redraw_masks=(False, f"{_DLLM_RL} train/rl_sdar.py:457: masks drawn once per step, before the update"),
+        ),
     ),
 ):
     register_estimator(_unit)

@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 
 from rollout.attention import block_attention_allowed, flex_attention_mask, full_attention_allowed
+from rollout.families import is_full_attention
 
 
 @dataclass
@@ -52,6 +53,8 @@ def pack_noisy(
     mask_id: int,
     pad_id: int,
     device: torch.device | str = "cpu",
+    *,
+    full_attention: bool | None = None,
 ) -> PackedBatch:
     """Build inputs in which the completion tokens flagged in `noisy` are masked.
 
@@ -60,15 +63,19 @@ def pack_noisy(
         noisy: per completion token, True if it is masked.
         block_size: block models: tokens per block (blocks sit on absolute positions); the
             noisy copy starts at the block holding the first completion token, and prompt
-            tokens in that block stay clean in it. None: full attention, no clean copy.
+            tokens in that block stay clean in it.
+        full_attention: the family's `traits.full_attention`: [prompt | noisy response], no
+            clean copy, whatever block_size says. None: a None block_size means full attention
+            (`rollout.families.is_full_attention`).
     """
+    full = is_full_attention(block_size, full_attention)
     rows = []
     for p, c, m in zip(prompts, completions, noisy, strict=True):
         if len(m) != len(c):
             raise ValueError(f"noisy mask length {len(m)} != completion length {len(c)}")
         plen, total = len(p), len(p) + len(c)
         noisy_c = [mask_id if mk else t for t, mk in zip(c, m)]
-        if block_size is None:
+        if full:
             rows.append((list(p) + noisy_c, list(range(total)), [False] * total, list(range(plen, total))))
             continue
         start = (plen // block_size) * block_size  # first block with response tokens
@@ -92,7 +99,7 @@ def pack_noisy(
         valid[i, : len(ids)] = True
         select[i, : len(sel)] = torch.tensor(sel)
         cmask[i, : len(sel)] = True
-    block_ids = None if block_size is None else (position_ids // block_size).to(device)
+    block_ids = None if full else (position_ids // block_size).to(device)
     return PackedBatch(
         input_ids.to(device), position_ids.to(device), select.to(device), cmask.to(device), block_ids, is_noisy.to(device), valid.to(device)
     )

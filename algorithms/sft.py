@@ -7,19 +7,24 @@ from typing import Sequence
 import torch
 
 from algorithms.packing import pack_noisy
+from rollout.families import is_full_attention
 from rollout.models import DiffusionLM
 
 
-def random_block_mask(prompt_len: int, completion_len: int, block_size: int | None, generator: torch.Generator) -> list[bool]:
+def random_block_mask(
+    prompt_len: int, completion_len: int, block_size: int | None, generator: torch.Generator, *, full_attention: bool | None = None
+) -> list[bool]:
     """Mask each block's completion tokens with a per-block ratio t ~ U(0, 1], at least one per block.
 
     Every block is noised independently, as the block sampler denoises them one at a time.
-    block_size None (full attention): the completion is one block (LLaDA's SFT masking).
+    full_attention (the family's `traits.full_attention`; None: a None block_size means it):
+    the completion is one block (LLaDA's SFT masking).
     """
+    full = is_full_attention(block_size, full_attention)
     mask = []
     c = 0
     while c < completion_len:
-        if block_size is None:
+        if full:
             blk_end = completion_len
         else:
             blk_end = ((prompt_len + c) // block_size + 1) * block_size - prompt_len
@@ -45,8 +50,9 @@ def sft_loss(
     sampler decodes (whole blocks, or the full-attention canvas).
     Returns (loss, metrics) where the loss is the mean over masked tokens.
     """
-    noisy = [random_block_mask(len(p), len(c), lm.block_size, generator) for p, c in zip(prompts, completions)]
-    packed = pack_noisy(prompts, completions, noisy, lm.block_size, lm.mask_id, lm.pad_id, lm.device)
+    traits = lm.traits
+    noisy = [random_block_mask(len(p), len(c), traits.block_size, generator, full_attention=traits.full_attention) for p, c in zip(prompts, completions)]
+    packed = pack_noisy(prompts, completions, noisy, traits.block_size, lm.mask_id, lm.pad_id, lm.device, full_attention=traits.full_attention)
     logits = lm.forward_logits(packed.input_ids, packed.position_ids, packed.attention(lm.flex), packed.select)
     lp = lm.sampling_logprobs(logits, 1.0)  # [N, C, V]
     width = packed.select.shape[1]
@@ -62,13 +68,16 @@ def sft_loss(
     return loss, {"loss/sft": loss.item(), "masked_token_acc": acc.item()}
 
 
-def pad_completion(prompt_len: int, completion: list[int], block_size: int | None, canvas: int, fill_id: int) -> list[int]:
+def pad_completion(
+    prompt_len: int, completion: list[int], block_size: int | None, canvas: int, fill_id: int, *, full_attention: bool | None = None
+) -> list[int]:
     """Pad a completion with `fill_id` (EOS) to the length the sampler will decode.
 
     Block models decode whole blocks: pad until prompt + completion ends on a block boundary.
     Full-attention models decode a fixed canvas of `canvas` tokens: pad to that length.
+    full_attention: the family's `traits.full_attention` (None: a None block_size means it).
     """
-    if block_size is None:
+    if is_full_attention(block_size, full_attention):
         return completion + [fill_id] * max(0, canvas - len(completion))
     rem = (prompt_len + len(completion)) % block_size
     return completion + [fill_id] * ((block_size - rem) % block_size)

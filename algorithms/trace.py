@@ -15,14 +15,19 @@ from typing import Sequence
 import torch
 
 from algorithms.packing import pack_noisy
+from rollout.families import is_full_attention
 from rollout.models import DiffusionLM
 from rollout.trajectory import Trajectory, answer_length
 
 
-def trace_pass_index(step_map: Sequence[int], prompt_len: int, block_size: int | None, shrink: int) -> list[int]:
+def trace_pass_index(
+    step_map: Sequence[int], prompt_len: int, block_size: int | None, shrink: int, *, full_attention: bool | None = None
+) -> list[int]:
     """Pass in which each completion token is scored: its step group's rank inside its block.
 
-    block_size None (full attention): the whole completion is one block.
+    full_attention (the family's `traits.full_attention`): the whole completion is one block,
+    whatever block_size says. Left None, a None block_size (a Trajectory's record of full
+    attention) means the same (`rollout.families.is_full_attention`).
 
     >>> # block size 2, prompt of 2: blocks {0,1} and {2,3}; steps 0,1 then 2,2
     >>> trace_pass_index([1, 0, 2, 2], prompt_len=2, block_size=2, shrink=1)
@@ -30,7 +35,8 @@ def trace_pass_index(step_map: Sequence[int], prompt_len: int, block_size: int |
     """
     if shrink < 1:
         raise ValueError("shrink must be >= 1")
-    block_of = [0 if block_size is None else (prompt_len + c) // block_size for c in range(len(step_map))]
+    full = is_full_attention(block_size, full_attention)
+    block_of = [0 if full else (prompt_len + c) // block_size for c in range(len(step_map))]
     blocks: dict[int, set[int]] = {}
     for b, step in zip(block_of, step_map):
         blocks.setdefault(b, set()).add(step)
@@ -38,21 +44,25 @@ def trace_pass_index(step_map: Sequence[int], prompt_len: int, block_size: int |
     return [rank[b][s] // shrink for b, s in zip(block_of, step_map)]
 
 
-def trace_step_index(step_map: Sequence[int], prompt_len: int, block_size: int | None, shrink: int) -> list[int]:
+def trace_step_index(
+    step_map: Sequence[int], prompt_len: int, block_size: int | None, shrink: int, *, full_attention: bool | None = None
+) -> list[int]:
     """Merged training step of each completion token: the MDP step the value model and GAE walk.
 
     With shrinkage s, each group of s consecutive distinct steps of a block (the tokens one
     replayed pass scores in that block) is one state, and the groups are numbered in decoding
     order: block 0's groups, then block 1's (steps are monotone over blocks), so discounting
     and lambda count merged steps, never raw ones. With s = 1 the ranks of the distinct steps.
+    full_attention as in `trace_pass_index`.
 
     >>> trace_step_index([0, 1, 2, 3], prompt_len=4, block_size=4, shrink=2)  # one block, 2 groups
     [0, 0, 1, 1]
     >>> trace_step_index([0, 1, 2, 3], prompt_len=0, block_size=2, shrink=2)  # 2 blocks of 1 group
     [0, 0, 1, 1]
     """
-    passes = trace_pass_index(step_map, prompt_len, block_size, shrink)
-    block_of = [0 if block_size is None else (prompt_len + c) // block_size for c in range(len(step_map))]
+    passes = trace_pass_index(step_map, prompt_len, block_size, shrink, full_attention=full_attention)
+    full = is_full_attention(block_size, full_attention)
+    block_of = [0 if full else (prompt_len + c) // block_size for c in range(len(step_map))]
     groups: dict[int, int] = {}  # block -> number of groups
     for b, k in zip(block_of, passes):
         groups[b] = max(groups.get(b, 0), k + 1)
@@ -130,8 +140,8 @@ def trace_passes(lm: DiffusionLM, trajs: Sequence[Trajectory], shrink: int = 1):
     filler after the first EOS stays in the input as context and gets no score. Log-probs
     (trace_logprobs) and values (algorithms.value) both read these passes.
     """
-    device = lm.device
-    passes = [trace_pass_index(t.step_map, len(t.prompt_ids), lm.block_size, shrink) for t in trajs]
+    device, traits = lm.device, lm.traits
+    passes = [trace_pass_index(t.step_map, len(t.prompt_ids), traits.block_size, shrink, full_attention=traits.full_attention) for t in trajs]
     width = max(len(t.completion_ids) for t in trajs)
     pass_of = torch.full((len(trajs), width), -1, dtype=torch.long)  # -1: padding or no loss
     for i, (t, p) in enumerate(zip(trajs, passes)):
@@ -144,10 +154,11 @@ def trace_passes(lm: DiffusionLM, trajs: Sequence[Trajectory], shrink: int = 1):
             [trajs[i].prompt_ids for i in rows],
             [trajs[i].completion_ids for i in rows],
             [[q >= k for q in passes[i]] for i in rows],
-            lm.block_size,
+            traits.block_size,
             lm.mask_id,
             lm.pad_id,
             device,
+            full_attention=traits.full_attention,
         )
         r_idx = torch.tensor(rows, device=device)
         yield r_idx, packed, (pass_of[r_idx, : packed.select.shape[1]] == k).nonzero(as_tuple=True)

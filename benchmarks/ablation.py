@@ -146,7 +146,7 @@ def run_method(name: str, run_dir: Path, args) -> dict:
             elapsed = time.perf_counter() - t_start
             stage_s["rollout"] += t1 - t0
             stage_s["update"] += t3 - t2
-            metrics.update({"reward/mean": float(np.mean(batch.rewards)), "elapsed_s": elapsed, "timing_s/rollout": t1 - t0, "timing_s/update": t3 - t2})
+            metrics.update({"reward/mean": float(batch.rewards.mean()), "elapsed_s": elapsed, "timing_s/rollout": t1 - t0, "timing_s/update": t3 - t2})
             logger.log(metrics, step=step)
             curve.append({"step": step, "elapsed_s": elapsed, "reward": metrics["reward/mean"], "accuracy_train": metrics["accuracy/train"]})
             print(f"[{name}] step {step:3d}  {elapsed:6.1f}s  reward {metrics['reward/mean']:.3f}  update {t3 - t2:5.2f}s", flush=True)

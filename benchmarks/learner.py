@@ -53,6 +53,7 @@ from algorithms.losses import policy_loss  # noqa: E402
 from benchmarks.shape import add_shape_args, run_shape  # noqa: E402
 from rewards import get_reward  # noqa: E402
 from rl.config import load_config  # noqa: E402
+from rl.batch import learner_batch  # noqa: E402
 from rl.learner import Learner, estimator_options  # noqa: E402
 from rl.tasks import ArithmeticTask  # noqa: E402
 from rollout import SamplingParams, generate, load_model  # noqa: E402
@@ -153,7 +154,7 @@ def bench_setting(name: str, trajs, adv, args) -> dict:
         )
         learner = Learner(cfg)
         passes = count_forward_passes(est, trajs, **estimator_options(cfg.algorithm))
-        updates[label] = (passes, lambda learner=learner: learner.update(trajs, adv.tolist()))
+        updates[label] = (passes, lambda learner=learner: learner.update(learner_batch(learner.cfg.algorithm, trajs, adv.tolist())))
     for _, update in updates.values():
         update()  # warm-up (AdamW state allocation, allocator, kernels)
     # Round-robin: repeat r times every method once, so load from other processes on a shared

@@ -35,6 +35,7 @@ import torch  # noqa: E402
 from benchmarks.learner import BASE, rollout_batch  # noqa: E402
 from benchmarks.shape import add_shape_args, run_shape  # noqa: E402
 from rl.config import load_config  # noqa: E402
+from rl.batch import learner_batch  # noqa: E402
 from rl.learner import Learner  # noqa: E402
 from rl.tasks import ArithmeticTask  # noqa: E402
 from rollout import load_model  # noqa: E402
@@ -92,11 +93,11 @@ def measure(overrides: list[str], trajs, adv) -> tuple[int, float]:
     learner = Learner(cfg)
     meter = SavedBytes()
     with counting_backward(meter):
-        learner.update(trajs, adv)  # warm-up
+        learner.update(learner_batch(learner.cfg.algorithm, trajs, adv))  # warm-up
         meter.peak = 0
         t0 = time.perf_counter()
         with torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda t: t):
-            learner.update(trajs, adv)
+            learner.update(learner_batch(learner.cfg.algorithm, trajs, adv))
         return meter.peak, time.perf_counter() - t0
 
 

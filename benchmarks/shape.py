@@ -165,6 +165,7 @@ def run_shape(args, saved_bytes: bool = False) -> dict:
     during the first timed update."""
     from benchmarks.learner import ARUpdate
     from rl.config import load_config
+    from rl.batch import learner_batch
     from rl.learner import Learner
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -203,7 +204,7 @@ def run_shape(args, saved_bytes: bool = False) -> dict:
         )  # fmt: skip
         learner = Learner(cfg)
         rewards = [float(i % 2 == 0) for i in range(len(trajs))]
-        return learner, lambda: learner.update(trajs, adv, rewards=rewards), learner.device
+        return learner, lambda: learner.update(learner_batch(learner.cfg.algorithm, trajs, adv, rewards=rewards)), learner.device
 
     results: dict[str, dict] = {}
     for label in [AR, *methods]:

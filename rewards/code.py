@@ -21,7 +21,7 @@ Columns (the dataset's fields; each one entry per completion, None where absent)
 
 The program is the last fenced ```python block of the completion (else the last
 untagged fenced block, else the whole text). Each test runs in fresh processes
-forked inside one sandbox per sample (see rewards/sandbox.py). With the default
+forked inside one sandbox per sample (see rewards/sandbox/). With the default
 ``judge="isolated"``, assert tests run in a judge process with the prefix, and the
 names they take from the solution are proxies that call the program's process,
 which runs the prefix and the solution and only answers those calls in plain data:
@@ -52,7 +52,7 @@ from typing import Any
 
 from . import sandbox
 from ._text import as_text, column, parse_python
-from .registry import in_process, register_reward
+from .base import in_process, register_reward, uses_sandbox
 
 logger = logging.getLogger(__name__)
 
@@ -418,6 +418,7 @@ def default_num_workers() -> int:
 
 @register_reward("code")
 @in_process
+@uses_sandbox
 def code_reward(
     prompts: list,
     completions: list,
@@ -444,8 +445,10 @@ def code_reward(
     (default: one per core). A sample without tests scores None, and so does one
     whose sandbox could not start (logged). ``judge``: ``"isolated"`` (assert tests
     run apart from the program, which cannot forge a pass) or ``"in_process"``
-    (appended to the program; for tests that pass objects). Bind the keyword options with
-    functools.partial to change them.
+    (appended to the program; for tests that pass objects). ``backend``: the sandbox
+    (``"auto"``, ``"bwrap"``, ``"rlimit"``; None: the ``UNMASK_SANDBOX`` environment variable,
+    else auto); ``rewards.score(..., sandbox=)`` and the trainer's ``scoring.sandbox`` set it
+    where it is not set here. Bind the keyword options with functools.partial to change them.
 
     >>> code_reward(["q"] * 2, ["```python\\ndef f(x):\\n    return 2 * x\\n```", "def f(x): return x"],
     ...             tests=[["assert f(2) == 4", "assert f(0) == 0"]] * 2)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._text import as_text, column
-from .registry import register_reward
+from .base import register_reward
 
 # reasoning-gym gives a little credit to a wrong answer in the right format (0.01, 0.05);
 # an exact reward counts only full marks as correct.

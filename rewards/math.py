@@ -20,7 +20,7 @@ from typing import Any
 
 from . import _pool
 from ._text import as_text, column
-from .registry import in_process, register_reward
+from .base import in_process, register_reward
 
 logger = logging.getLogger(__name__)
 

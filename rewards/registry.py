@@ -31,41 +31,29 @@ from typing import Any
 
 from ._pool import Outcome
 from ._text import as_text
+from .base import (  # noqa: F401 - register_reward, in_process and RewardFn are this module's API too
+    _BUILTINS,
+    IN_PROCESS_ATTR,
+    SANDBOX_ATTR,
+    SANDBOX_KEYWORD,
+    RewardFn,
+    bound_keywords,
+    has_mark,
+    in_process,
+    register_reward,
+    uses_sandbox,
+)
 from .steps import StepReward, merge_steps
 
 logger = logging.getLogger(__name__)
 
-RewardFn = Callable[..., list]
 ENTRY_POINT_GROUP = "unmask.rewards"
-
-_BUILTINS: dict[str, RewardFn] = {}
-
-
-def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Decorator that registers a function as the built-in reward ``name``.
-
-    >>> @register_reward("always_one")
-    ... def always_one(prompts, completions, **columns):
-    ...     return [1.0] * len(completions)
-    >>> get_reward("always_one")(["p"], ["c"])
-    [1.0]
-    """
-
-    def decorator(fn: RewardFn) -> RewardFn:
-        old = _BUILTINS.get(name)
-        # Re-registering the same function (a module reload, a re-run doctest) is fine;
-        # two different functions under one name is a plugin clash.
-        if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
-            raise ValueError(f"reward {name!r} is already registered to {_BUILTINS[name]!r}")
-        _BUILTINS[name] = fn
-        return fn
-
-    return decorator
 
 
 def _load_builtins() -> None:
-    # Imported here, not at module top, because these modules import this one to
-    # register themselves.
+    # Imported on first use, not at module top: the reward modules register themselves (through
+    # rewards/base.py) when imported, and math-verify, reasoning-gym and the sandbox are not
+    # needed to import this module.
     from . import code as _code  # noqa: F401
     from . import gym as _gym  # noqa: F401 (reasoning-gym itself is imported on first use)
     from . import math as _math  # noqa: F401
@@ -165,27 +153,28 @@ def reward_name(fn: RewardFn | str) -> str:
 
 # --- scoring ---------------------------------------------------------------------------
 
-IN_PROCESS_ATTR = "__unmask_in_process__"
-
-
-def in_process(fn: RewardFn) -> RewardFn:
-    """Mark a reward as safe to call on the whole batch in the scoring process.
-
-    Use it for rewards that bound their own time per sample and never hang (the
-    built-ins: math checks run in killable workers, code in sandboxes) or that
-    must stay in this process (a reward model on a GPU). Other rewards run in
-    worker processes that :func:`score` can kill when a call runs too long.
-    """
-    setattr(fn, IN_PROCESS_ATTR, True)
-    return fn
-
 
 def _is_in_process(fn: Any) -> bool:
-    while isinstance(fn, functools.partial):
-        if getattr(fn, IN_PROCESS_ATTR, False):
-            return True
-        fn = fn.func
-    return bool(getattr(fn, IN_PROCESS_ATTR, False))
+    return has_mark(fn, IN_PROCESS_ATTR)
+
+
+def with_sandbox(fn: RewardFn, sandbox: str | None) -> RewardFn:
+    """``fn`` with the code-sandbox backend ``sandbox`` bound, where it runs code in the sandbox.
+
+    Only a reward marked :func:`~rewards.base.uses_sandbox` (the built-in ``code``, or a
+    ``functools.partial`` of it) gets it, and only when its own ``backend`` is not already
+    set (a reward's explicit option wins); any other reward, or ``sandbox=None``, comes back
+    unchanged. This is how the trainer's ``scoring.sandbox`` reaches the sandbox: as an
+    argument, not through the environment.
+
+    >>> with_sandbox(get_reward("code"), "rlimit").keywords
+    {'backend': 'rlimit'}
+    >>> with_sandbox(get_reward("code", backend="bwrap"), "rlimit").keywords
+    {'backend': 'bwrap'}
+    """
+    if sandbox is None or not has_mark(fn, SANDBOX_ATTR) or bound_keywords(fn).get(SANDBOX_KEYWORD) is not None:
+        return fn
+    return functools.partial(fn, **{SANDBOX_KEYWORD: sandbox})
 
 
 @dataclass
@@ -376,6 +365,7 @@ def score(
     *,
     timeout_s: float = 60.0,
     num_workers: int | None = None,
+    sandbox: str | None = None,
 ) -> ScoreResult:
     """Score a batch with several reward functions, in parallel, and combine them with weights.
 
@@ -398,6 +388,10 @@ def score(
     logged. If the first retries of a reward that runs in a worker or a thread all fail, the rest
     are not tried (an in-process reward, which bounds its own work, is retried on every sample).
     With ``fail_fast=True`` the first failure raises RuntimeError naming the reward.
+
+    ``sandbox``: the code sandbox's backend (``"auto"``, ``"bwrap"``, ``"rlimit"``), handed to
+    every reward that runs code in it and does not set its own (:func:`with_sandbox`); None
+    leaves the choice to them (``UNMASK_SANDBOX``, else ``"auto"``).
 
     ``total[i]`` is the weighted sum over the rewards that scored sample i, and
     None only when none of them did. Names are the spec strings or function names,
@@ -433,7 +427,7 @@ def score(
         entry = _Entry(name, spec, float(weight))
         entries.append(entry)
         try:
-            entry.fn = get_reward(spec)
+            entry.fn = with_sandbox(get_reward(spec), sandbox)
         except Exception as exc:
             if fail_fast:
                 raise RuntimeError(f"reward {name!r} failed: {type(exc).__name__}: {exc}") from exc

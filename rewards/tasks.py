@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._text import as_text, column, parse_python
-from .registry import in_process, register_reward
+from .base import in_process, register_reward
 
 # The problem is the last "a+b=" at the end of the prompt, so a prompt may carry
 # an instruction or few-shot examples before it. ASCII digits only: str.isdigit

@@ -10,11 +10,13 @@ from typing import List, Optional
 import typer
 
 from rl.config import ConfigError, RunConfig, SFTConfig, config_help, load_config
+from rollout.sampling import STRATEGIES, STRATEGY_SPECS, SamplingParams, parse_strategy, sampling_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RL post-training for diffusion language models.")
 
 SetOpt = typer.Option(None, "--set", help="Override a config key, e.g. --set algorithm.lr=5e-5 (repeatable).")
 SFTSetOpt = typer.Option(None, "--set", help="Override a config key, e.g. --set lr=5e-4 or --set steps=100 (repeatable).")
+STRATEGY_HELP = " | ".join(STRATEGY_SPECS[s] for s in STRATEGIES)
 
 
 def _load(path: Path, overrides, schema):
@@ -95,7 +97,7 @@ def evaluate(
     task: str = typer.Option("arithmetic", help="Synthetic task to score when neither --benchmark nor --data is given."),
     digits: int = typer.Option(3, help="Operand width of the arithmetic task."),
     limit: Optional[int] = typer.Option(None, "--limit", "--n", help="First N problems of each benchmark (synthetic tasks: N held-out problems, default 500)."),
-    strategies: List[str] = typer.Option(["static"], "--strategy", help="static[:STEPS|:ascending] | threshold[:T] | adaptive[:FACTOR[:MAX_PER_STEP]] | prophet[:STEPS|:G1,G2,G3] (repeat to compare; AR checkpoints decode left to right)."),
+    strategies: List[str] = typer.Option(["static"], "--strategy", help=f"{STRATEGY_HELP} (repeat to compare; AR checkpoints decode left to right)."),
     threshold: float = typer.Option(0.9, help="Confidence threshold for --strategy threshold."),
     steps_per_block: Optional[int] = typer.Option(None, help="Static steps per block (default block size)."),
     temperature: float = typer.Option(0.0, help="0 = greedy."),
@@ -196,7 +198,7 @@ def evaluate(
 def generate(
     checkpoint: Path = typer.Argument(..., help="Model dir, checkpoint dir or run dir."),
     prompts: List[str] = typer.Argument(..., help="Prompt strings."),
-    strategy: str = typer.Option("static", help="static[:STEPS|:ascending] | threshold[:T] | adaptive[:FACTOR[:MAX_PER_STEP]] | prophet[:STEPS|:G1,G2,G3]"),
+    strategy: str = typer.Option("static", help=STRATEGY_HELP),
     threshold: float = typer.Option(0.9),
     steps_per_block: Optional[int] = typer.Option(None),
     temperature: float = typer.Option(0.0),
@@ -372,14 +374,11 @@ def _data_benchmarks(path: Path, limit, max_new_tokens) -> list:
 
 
 def _params(max_new, strategy, threshold, steps_per_block, temperature):
-    from rl.evaluate import parse_strategy
-    from rollout.engine import SamplingParams
-
     try:
         base = SamplingParams(max_new_tokens=max_new, threshold=threshold, steps_per_block=steps_per_block, temperature=temperature)
         return parse_strategy(strategy, base)[1]
     except ValueError as e:
-        typer.echo(f"bad decoding option: {e}", err=True)
+        typer.echo(f"bad decoding option: {sampling_error(e)}", err=True)
         raise typer.Exit(2) from None
 
 

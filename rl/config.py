@@ -7,13 +7,17 @@ and range; cross-field rules live in one validator per model.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from rollout.families import FAMILIES
+from rollout.sampling import SamplingParams
 
 
 class _Section(BaseModel):
@@ -31,7 +35,7 @@ class LoraSettings(_Section):
     )
 
 
-Family = Literal["block", "llada", "dream"]
+Family = Literal[tuple(FAMILIES)]  # the registered families (rollout/families.py: traits, no torch)
 
 
 class ModelConfig(_Section):
@@ -118,24 +122,24 @@ class DataConfig(_Section):
         return self
 
 
-class SamplingConfig(_Section):
-    strategy: Literal["static", "threshold", "adaptive", "prophet"] = Field("static", description="static: fixed steps per block; threshold: dynamic confidence threshold (Fast-dLLM); adaptive: confidence-adaptive step sizes, bounded (Fast-dLLM's factor rule); prophet: static with early commit once the top-2 gap says the block has converged (Prophet). All only unmask, so TraceRL replays them.")
-    steps_per_block: int | None = Field(None, ge=1, description="Static and prophet: denoising steps per block (default block_size).")
-    schedule: Literal["even", "ascending"] = Field("even", description="Static and prophet step sizes: even, or ascending 1, 2, 4, ... tokens per step.")
-    threshold: float = Field(0.9, gt=0.0, le=1.0, description="Threshold strategy: commit tokens whose confidence exceeds this.")
-    factor: float = Field(1.0, gt=0.0, description="Adaptive strategy: commit the largest n with (n + 1) * (1 - c_n) < factor (c_n: n-th highest confidence).")
-    max_tokens_per_step: int | None = Field(None, ge=1, description="Threshold and adaptive: at most this many tokens per step and sample.")
-    prophet_gaps: tuple[float, float, float] = Field((7.5, 5.0, 2.5), description="Prophet: mean top-2 log-prob gap that commits the rest of a block, for progress < 1/3, < 2/3, and later.")
-    confidence: Literal["prob", "margin", "entropy"] = Field("prob", description="Confidence criterion: sampled-token prob, top1-top2 margin, or exp(-entropy).")
-    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature; 0 is greedy. Log-probs use logits / temperature.")
-    top_k: int | None = Field(None, ge=1, description="Sample among the k most likely tokens (log-probs stay those of the full distribution).")
-    top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    max_new_tokens: int | None = Field(None, ge=1, description="Generation budget; default: the task's answer length + EOS.")
-    kv_cache: bool = Field(True, description="Block models: exact cache of committed blocks. Full attention: approximate prefix cache.")
-    dual_cache: bool = Field(False, description="Full attention with kv_cache: also cache the suffix (Fast-dLLM dual cache).")
-    block_length: int | None = Field(None, ge=1, description="Full attention: semi-autoregressive decoding block; default: one block.")
-    eos_guard: float | None = Field(None, gt=0.0, le=1.0, description="Full attention: damp early EOS confidence by eos_guard**(1-progress).")
-    max_batch: int | None = Field(None, ge=1, description="Decode at most this many samples at once per worker; block models refill finished rows with waiting prompts (continuous batching, same tokens at T=0). None: all at once.")
+# The decoding settings are rollout.sampling.SamplingParams' fields, taken as they are (type, default,
+# range, description), so a config file and the engine accept and refuse the same values. Two differ:
+# stop_at_eos stays an engine setting (rollouts always stop at EOS), and max_new_tokens may be left
+# unset for each source's own budget.
+_SAMPLING_FIELDS: dict[str, Any] = {name: (f.annotation, copy.copy(f)) for name, f in SamplingParams.__pydantic_fields__.items()}
+del _SAMPLING_FIELDS["stop_at_eos"]
+_SAMPLING_FIELDS["max_new_tokens"] = (
+    int | None,
+    Field(None, ge=1, description=SamplingParams.__pydantic_fields__["max_new_tokens"].description + " Default: the task's answer length + EOS."),
+)
+
+
+class SamplingConfig(create_model("SamplingFields", __base__=_Section, **_SAMPLING_FIELDS)):
+    """A decoding section (rollout.sampling, eval.sampling): SamplingParams' fields, less stop_at_eos."""
+
+    def params(self, default_max_new_tokens: int) -> SamplingParams:
+        """The engine's SamplingParams for these settings; an unset max_new_tokens is `default_max_new_tokens`."""
+        return SamplingParams(**{**self.model_dump(), "max_new_tokens": self.max_new_tokens or default_max_new_tokens})
 
 
 class RolloutConfig(_Section):
@@ -186,6 +190,17 @@ class ValueConfig(_Section):
 # (AlgorithmConfig._derive): GSPO clips a sequence ratio that stays within ~1e-3 of 1 and
 # averages per sequence, so GRPO's token-scale range and token mean would not be GSPO.
 GSPO_DEFAULTS = {"eps_low": 3e-4, "eps_high": 4e-4, "loss_norm": "sequence"}
+GSPO_PROVENANCE = {
+    "eps_low": "loss gspo: GSPO (Zheng et al., 2025, arXiv:2507.18071) clips the sequence ratio at 1 - 3e-4",
+    "eps_high": "loss gspo: GSPO (arXiv:2507.18071) clips the sequence ratio at 1 + 4e-4",
+    "loss_norm": "loss gspo: GSPO (arXiv:2507.18071) averages per sequence",
+}
+# The algorithm fields an estimator's preset (EstimatorUnit.config_defaults) or loss: gspo may
+# fill when a config leaves them unset; the run's config.yaml names the source of each.
+# OPTION_FIELDS are built-in estimators' options (EstimatorUnit.config_fields): only the unit that
+# takes one gets its comment.
+OPTION_FIELDS = ("shrink", "p_mask_prompt", "coupled_t_min", "coupled_t_max", "coupled_weighted", "coupled_full_mask_pass", "mc_samples", "quadrature")
+PRESET_FIELDS = ("advantage", "zscore_std", "loss_norm", "eps_low", "eps_high", "beta", "redraw_masks", *OPTION_FIELDS)
 
 
 class AlgorithmConfig(_Section):
@@ -201,8 +216,8 @@ class AlgorithmConfig(_Section):
     p_mask_prompt: float = Field(0.15, ge=0.0, le=1.0, description="one_step: probability of masking each prompt token (d1 uses 0.15).")
     redraw_masks: bool = Field(
         False, description="Random estimators: draw new masks at every inner epoch (old and reference log-probs are then taken for every "
-        "epoch's masks before the first update) instead of reusing one draw. Default: true for one_step (d1's random_masking draws a "
-        "mask seed per inner iteration), false otherwise; trace is deterministic and ignores it."
+        "epoch's masks before the first update) instead of reusing one draw. Default: the estimator's preset, true for one_step and coupled "
+        "(d1's and DiffuCoder's random_masking draw a mask seed per inner iteration), false otherwise; trace is deterministic and ignores it."
     )
     coupled_weighted: bool = Field(
         True, description="coupled: DiffuCoder's ELBO weights, 1/t on the pass masking M and 1/(1 - t) on its complement (false: the plain per-token log-prob)."
@@ -221,7 +236,7 @@ class AlgorithmConfig(_Section):
     zscore_std: Literal["sample", "population"] = Field(
         "population", description="Std of the group z-score (advantage: zscore, and value.reward: zscore): population divides by the "
         "group size G (TraceRL's dLLM-RL code), sample by G - 1 (Bessel's correction: torch's default std, as TRL's GRPO trainer, which d1 builds on). "
-        "Default: each estimator's paper, population for trace, sample for the others."
+        "Default: each estimator's paper, population for trace and block_random (dLLM-RL), sample for the others."
     )
     drop_zero_std: bool = Field(False, description="Drop groups whose rewards are all equal (they carry no signal) before the update.")
     min_acc: float | None = Field(None, ge=0.0, le=1.0, description="Dynamic accuracy filter: drop groups whose mean reward is below this.")
@@ -231,15 +246,17 @@ class AlgorithmConfig(_Section):
         "grpo", description="grpo: token-level clipped ratio; gspo: sequence-level length-normalised ratio (pair with mc_elbo), which "
         "brings GSPO's own defaults for the fields left unset: eps_low 3e-4, eps_high 4e-4, loss_norm sequence."
     )
-    eps_low: float = Field(0.2, ge=0.0, description="Lower clip of the importance ratio (1 - eps_low); default 0.2, or 3e-4 with loss: gspo.")
+    eps_low: float = Field(0.2, ge=0.0, description="Lower clip of the importance ratio (1 - eps_low); default: the estimator's preset (0.5 for one_step and coupled, as d1 and DiffuCoder; 0.2 otherwise), or 3e-4 with loss: gspo.")
     eps_high: float = Field(
-        0.2, ge=0.0, description="Upper clip of the importance ratio (1 + eps_high); default 0.2 (DAPO raises it to 0.28), or 4e-4 with loss: gspo."
+        0.2, ge=0.0, description="Upper clip of the importance ratio (1 + eps_high); default: the estimator's preset (0.5 for one_step and coupled; 0.2 otherwise; DAPO raises it to 0.28), or 4e-4 with loss: gspo."
     )
-    beta: float = Field(0.0, ge=0.0, description="Weight of the k3 KL penalty to the initial policy; 0 skips the reference model.")
+    beta: float = Field(0.0, ge=0.0, description="Weight of the k3 KL penalty to the initial policy; 0 skips the reference model. Default: the estimator's preset, "
+        "0.04 for one_step (d1, whose reference is the initial policy), else 0 (dLLM-RL's and DiffuCoder's KL partners are not the initial policy).")
     loss_norm: Literal["token", "sequence", "constant", "pass"] = Field(
         "token", description="token: mean over all tokens of a minibatch (DAPO); sequence: per sequence, then over "
         "sequences (GRPO's original, GSPO's; the default with loss: gspo); constant: sum / norm_constant (Dr. GRPO); pass: per trace "
-        "pass of each sample, then over (sample, pass) pairs (dLLM-RL's LLaDA/Dream/MMaDA TraceRL trainers; estimator trace only)."
+        "pass of each sample, then over (sample, pass) pairs (dLLM-RL's LLaDA/Dream/MMaDA TraceRL trainers; estimator trace only). "
+        "Default: the estimator's preset, pass for trace, sequence for block_random (dLLM-RL), token for one_step and coupled (d1, DiffuCoder)."
     )
     norm_constant: float | None = Field(None, gt=0.0, description="loss_norm=constant: the divisor (e.g. max completion length x minibatch size).")
     lr: float = Field(1e-4, gt=0.0, description="AdamW learning rate.")
@@ -267,10 +284,26 @@ class AlgorithmConfig(_Section):
         """Fill the fields this config leaves unset with the defaults that follow from `loss` and
         `estimator` (each paper's own). Written past validate_assignment: the values are the
         fields' own types, and assigning would re-enter this validator."""
-        derived = {**unit.config_defaults, **(GSPO_DEFAULTS if self.loss == "gspo" else {})}
-        for name in ("advantage", "eps_low", "eps_high", "loss_norm", "redraw_masks", "zscore_std"):
+        for name, (value, _) in self.preset(unit).items():
             if name not in self.model_fields_set:
-                self.__dict__[name] = derived.get(name, type(self).model_fields[name].default)
+                self.__dict__[name] = value
+
+    def preset(self, unit=None) -> dict[str, tuple[Any, str | None]]:
+        """Each of PRESET_FIELDS -> (the value a config that leaves it unset gets, its source):
+        `loss: gspo`'s own defaults first, then the estimator unit's paper defaults (with the
+        unit's provenance line), else the field's own default (source None)."""
+        unit = unit or self.estimator_unit()
+        gspo = self.loss == "gspo"
+        out = {}
+        for name in PRESET_FIELDS:
+            if gspo and name in GSPO_DEFAULTS:
+                out[name] = (GSPO_DEFAULTS[name], GSPO_PROVENANCE[name])
+            elif name in unit.config_defaults:
+                source = unit.provenance.get(name)
+                out[name] = (unit.config_defaults[name], f"{unit.name} preset" + (f": {source}" if source else ""))
+            else:
+                out[name] = (type(self).model_fields[name].default, None)
+        return out
 
     @model_validator(mode="after")
     def _check(self) -> "AlgorithmConfig":
@@ -576,17 +609,56 @@ def estimators_help() -> str:
     from algorithms.estimators import ESTIMATORS
 
     out = ["algorithm.estimator: the registered estimators (a plugin: 'package.module:UNIT')"]
-    fields = AlgorithmConfig.model_fields
     for name, unit in sorted(ESTIMATORS.items()):
-        # An option a config field sets defaults to that field's default (coupled's weighted: True).
-        options = ", ".join(
-            f"{f.name}={fields[unit.config_fields[f.name]].default if f.name in unit.config_fields else f.default!r}"
-            + (f" (algorithm.{unit.config_fields[f.name]})" if f.name in unit.config_fields else "")
-            for f in dataclasses.fields(unit.options)
-        ) or "none"
-        preset = ", ".join(f"{k}: {v}" for k, v in unit.config_defaults.items()) or "the fields' own defaults"
-        out.append(f"  {name}: {unit.paper}\n    options: {options}\n    preset: {preset}")
+        options = ", ".join(_option_help(unit, f) for f in dataclasses.fields(unit.options)) or "none"
+        out.append(f"  {name}: {unit.paper}\n    options: {options}")
+        if not unit.config_defaults:
+            out.append("    preset: none (the fields' own defaults)")
+            continue
+        out.append("    preset (algorithm.<field> when a config leaves it unset; # where the value comes from):")
+        for key, value in unit.config_defaults.items():
+            source = unit.provenance.get(key)
+            out.append(f"      {key}: {_yaml_scalar(value)}" + (f"  # {source}" if source else ""))
     return "\n".join(out)
+
+
+def _option_help(unit, option) -> str:
+    """`name=default` of one estimator option; one a config field sets defaults to that field's
+    preset, else the field's default (coupled's weighted: True), and names the field."""
+    field_name = unit.config_fields.get(option.name)
+    if field_name is None:
+        return f"{option.name}={option.default!r}"
+    value = unit.config_defaults.get(field_name, AlgorithmConfig.model_fields[field_name].default)
+    return f"{option.name}={value!r} (algorithm.{field_name})"
+
+
+def _yaml_scalar(value: Any) -> str:
+    """`value` as YAML writes it on one line (true, 0.2, mean)."""
+    return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
+
+
+def config_yaml(data: dict, algorithm: AlgorithmConfig) -> str:
+    """The run's config as YAML (`data`: its model_dump, sources resolved), each preset field of
+    `algorithm:` with a trailing comment: where its value comes from (the estimator's paper, with
+    the authors' file, or loss: gspo), `set in your config` where the config chose another value,
+    or `unmask default` where no preset gives one (another estimator's options get none).
+    Comments only: `load_config` reads it back to the same config."""
+    unit = algorithm.estimator_unit()
+    preset = {k: v for k, v in algorithm.preset(unit).items() if k not in OPTION_FIELDS or k in unit.config_fields.values()}
+    lines, inside = [], False
+    for line in yaml.safe_dump(data, sort_keys=False).splitlines():
+        if not line.startswith(" "):
+            inside = line == "algorithm:"
+        key, sep, _ = line[2:].partition(":")
+        if inside and line.startswith("  ") and not line.startswith("   ") and sep and key in preset:
+            value, source = preset[key]
+            if getattr(algorithm, key) != value:
+                note = "set in your config" + (f" ({source.split(':')[0]}: {_yaml_scalar(value)})" if source else "")
+            else:
+                note = source or "unmask default"
+            line = f"{line}  # {note}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def config_help(schema: type[BaseModel] = RunConfig, prefix: str = "", defaults: BaseModel | None = None) -> str:

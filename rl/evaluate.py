@@ -32,6 +32,7 @@ from rl.tasks import ArithmeticTask
 from rollout.autoregressive import ENGINES, ARModel, VLLMModel, import_vllm, is_ar_checkpoint
 from rollout.engine import SamplingParams, generate
 from rollout.models import DiffusionLM, load_model
+from rollout.sampling import parse_strategy
 from rollout.trajectory import answer_length
 from rollout.worker import decoding_dtype
 
@@ -164,11 +165,14 @@ def summarize(rewards: Sequence[Sequence[float | None]], k: int) -> dict[str, An
 # --- evaluating one (benchmark, policy, strategy) -----------------------------------------------
 
 
-def score_benchmark(bench: Benchmark, problems: list[dict], completions: list[str], timeout_s: float) -> tuple[list[float | None], str]:
+def score_benchmark(bench: Benchmark, problems: list[dict], completions: list[str], timeout_s: float,
+                    sandbox: str | None = None) -> tuple[list[float | None], str]:
     """Score one completion per problem with the benchmark's reward (after its stop strings).
-    Returns (rewards, a one-line summary of reward failures, "" when none)."""
+    Returns (rewards, a one-line summary of reward failures, "" when none). sandbox: the code
+    sandbox's backend for a code reward (None: `UNMASK_SANDBOX`, else auto)."""
     columns = {c: [p[c] for p in problems] for c in bench.columns}
-    total, _, errors = score_texts(bench.template, [bench.reward_fn()], None, [p["prompt"] for p in problems], completions, columns, timeout_s=timeout_s)
+    total, _, errors = score_texts(bench.template, [bench.reward_fn()], None, [p["prompt"] for p in problems], completions, columns,
+                                   timeout_s=timeout_s, sandbox=sandbox)
     return total, "; ".join(errors.values())
 
 
@@ -284,49 +288,6 @@ def score_completions(
     metrics.update({"nfe": None, "tokens_per_forward": None, "tokens_per_s": None,
                     "ignored": sum(len(v) for i, v in completions.items() if i not in ids)})  # fmt: skip
     return metrics, records
-
-
-# --- decoding strategies ------------------------------------------------------------------------
-
-
-def parse_strategy(spec: str, base: SamplingParams) -> tuple[str, SamplingParams]:
-    """A decoder spec -> (label, params); bare names keep `base`'s settings.
-
-    ``static`` | ``static:STEPS`` (steps per block) | ``static:ascending``; ``threshold`` |
-    ``threshold:T``; ``adaptive`` | ``adaptive:FACTOR`` | ``adaptive:FACTOR:MAX_PER_STEP``;
-    ``prophet`` | ``prophet:STEPS`` | ``prophet:G1,G2,G3`` (gaps for each third of the decode).
-
-    >>> parse_strategy("threshold:0.7", SamplingParams())[1].threshold
-    0.7
-    >>> parse_strategy("adaptive:2:3", SamplingParams())[1].max_tokens_per_step
-    3
-    """
-    name, _, arg = spec.strip().partition(":")
-    args = arg.split(":") if arg else []
-    try:
-        if name in ("static", "prophet") and len(args) <= 1:
-            kw = {"strategy": name}
-            if args and args[0] == "ascending":
-                kw["schedule"] = "ascending"
-            elif args and name == "prophet" and "," in args[0]:
-                kw["prophet_gaps"] = tuple(float(g) for g in args[0].split(","))
-            elif args:
-                kw["steps_per_block"] = int(args[0])
-            return spec.strip(), replace(base, **kw)
-        if name == "threshold" and len(args) <= 1:
-            return spec.strip(), replace(base, strategy="threshold", threshold=float(args[0]) if args else base.threshold)
-        if name == "adaptive" and len(args) <= 2:
-            kw = {"strategy": "adaptive"}
-            if args:
-                kw["factor"] = float(args[0])
-            if len(args) == 2:
-                kw["max_tokens_per_step"] = int(args[1])
-            return spec.strip(), replace(base, **kw)
-    except ValueError as e:
-        raise ValueError(f"strategy {spec!r}: {e}") from None
-    raise ValueError(
-        f"unknown strategy {spec!r}: static[:STEPS|:ascending], threshold[:T], adaptive[:FACTOR[:MAX_PER_STEP]], prophet[:STEPS|:G1,G2,G3]"
-    )
 
 
 # --- results.json / results.md ------------------------------------------------------------------

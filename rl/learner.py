@@ -5,22 +5,10 @@ A plain class; the trainer runs it as Ray actors, one per data-parallel rank. On
 consumes one rollout batch: old and reference log-probs (and old values) first, then
 `epochs x minibatches` optimizer steps of the configured estimator and loss.
 
-Data parallelism (learner.ranks > 1). Every rank gets the same whole batch, draws the same
-minibatch permutation, and runs its share of each minibatch in learner.micro_batches pieces
-(rl.distributed.minibatch_pieces). Each piece's loss is its share of the whole minibatch's loss
-(numerators over the minibatch's global token / sequence counts, algorithms.losses), so the
-summed gradient of one optimizer step equals the single-rank gradient of the whole minibatch,
-whatever the split. Random estimators seed each sample's masks with its duplicate counter over
-the whole minibatch, so the split does not change the masks either.
-
-Which calls are collective (must reach every rank at once; the trainer calls every method on
-all ranks and keeps rank 0's answer, which is always right):
-  setup_distributed            always (world_size > 1)
-  update                       always
-  get_weights                  fsdp2 only (the full weights are gathered); ddp: local
-  save / state_files           fsdp2 only (weights and optimizer state are gathered); ddp: local
-  load / load_state_files      fsdp2 only; under ddp every rank must still load the same files
-Ranks other than 0 return {} from get_weights and state_files and write nothing in save.
+The batch arrives as a `rl.batch.LearnerBatch` (tensors, advantages and the value model's
+outcome rewards computed on the driver). Data parallelism, the collective calls, weights and
+checkpoints live in rl/learner_state.py (`LearnerState`, which `Learner` extends); this module
+is the update math.
 """
 
 from __future__ import annotations
@@ -28,19 +16,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import inspect
-import random
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from algorithms.advantages import group_advantages
 from algorithms.estimators import get_estimator, occurrence_index
 from algorithms.losses import LOSSES, SEPARABLE_LOSSES, LossTotals
 from algorithms.trace import trace_pass_index, trace_step_index
@@ -54,12 +38,14 @@ from algorithms.value import (
     value_loss,
 )
 from rl import distributed
+from rl.batch import LearnerBatch
 from rl.config import AlgorithmConfig, RunConfig
 from rl.distributed import Piece, minibatch_pieces
-from rollout.lora import adapter_state, apply_lora, load_adapter_state
+from rl.learner_state import LearnerState, as_float
+from rollout.lora import apply_lora
 from rollout.models import DiffusionLM, load_model
 from rollout.trajectory import Trajectory
-from rollout.weights import WeightsSnapshot, flatten_parameters, snapshot
+from rollout.weights import flatten_parameters
 
 
 def _rows_tensor(rows: Sequence[Sequence[int]], width: int) -> torch.Tensor:
@@ -125,29 +111,7 @@ def _enable_gradient_checkpointing(model: nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def _fully_shard(root: nn.Module, hf_model: nn.Module, mesh) -> None:
-    """FSDP2: one unit per decoder layer (the classes transformers lists as `_no_split_modules`),
-    then the root, which holds the rest (embeddings, final norm, head) and runs the estimate."""
-    from torch.distributed.fsdp import fully_shard
-
-    layer_classes = set(getattr(hf_model, "_no_split_modules", None) or [])
-    layers = [m for m in hf_model.modules() if type(m).__name__ in layer_classes]
-    if not layers:
-        raise ValueError(f"fsdp2: found no decoder layers in {type(hf_model).__name__} (its _no_split_modules is empty)")
-    for layer in layers:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(root, mesh=mesh)
-
-
-def _to_float(x) -> float:
-    from torch.distributed.tensor import DTensor
-
-    if isinstance(x, DTensor):
-        x = x.full_tensor()
-    return float(x)
-
-
-class Learner:
+class Learner(LearnerState):
     """Owns the trainable policy (and value model) and their AdamW states; one data-parallel rank.
 
     Args:
@@ -226,141 +190,29 @@ class Learner:
         if self.value is not None:
             self.value_optimizer = torch.optim.AdamW(self.value.parameters(), lr=algo.value.lr)
 
-    # -- distributed set-up ----------------------------------------------------------------
-    def master_address(self) -> tuple[str, int]:
-        """(this node's IP, a free port) for the group's rendezvous; ask rank 0."""
-        return distributed.master_address()
-
-    def setup_distributed(self, master_addr: str, master_port: int, timeout_s: float = 1800.0) -> None:
-        """Join the learner group and wrap the models for learner.parallel. Collective: call it
-        on every rank at once, with rank 0's `master_address()`. A no-op for one rank.
-
-        ddp: torch DistributedDataParallel around the estimator module (gradients are averaged
-        across ranks during the last micro-batch's backward). fsdp2: `fully_shard` on every
-        decoder layer and on the estimator module (the root), for policy, reference and value
-        model; the optimizers are built on the sharded parameters.
-        """
-        if self._ready:
-            return
-        backend = distributed.resolve_backend(self.cfg.learner.backend, self.device)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)  # NCCL binds each rank to its current device
-        distributed.init_group(backend, master_addr, master_port, self.rank, self.world_size, timeout_s)
-        if self.fsdp:
-            from torch.distributed.device_mesh import init_device_mesh
-
-            mesh = init_device_mesh(self.device.type, (self.world_size,))
-            _fully_shard(self._policy, self.lm.model, mesh)
-            if self._ref is not None:
-                _fully_shard(self._ref, self.ref.model, mesh)
-            if self.value is not None:
-                _fully_shard(self.value, self.value.backbone, mesh)
-            self._build_optimizers()
-        else:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            kw = {"device_ids": [self.device.index]} if self.device.type == "cuda" else {}
-            # DDP starts every rank from rank 0's parameters (LoRA's random init included); no
-            # buffer sync per forward: the only buffers are rotary tables, equal on every rank.
-            sync_kw = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters else "broadcast_buffers"
-            kw[sync_kw] = False
-            self._policy = DDP(self._policy, **kw)
-            if self.value is not None:
-                # The critic never reads the LM head: untied heads get no gradient.
-                self._value = DDP(self.value, find_unused_parameters=True, **kw)
-        self._ready = True
-
-    def shutdown_distributed(self) -> None:
-        """Leave the group (tests, clean shutdown)."""
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-
-    def _check_ready(self) -> None:
-        if not self._ready:
-            raise RuntimeError(f"learner rank {self.rank} of {self.world_size}: call setup_distributed() on every rank first")
-
-    # -- weights -----------------------------------------------------------------------------
-    def get_weights(self, dtype: torch.dtype | None = None) -> WeightsSnapshot:
-        """What rollout workers need to match the policy (CPU tensors): the full state dict, or
-        only the adapter's tensors with LoRA. Rank 0 answers; other ranks return {}.
-        Collective under fsdp2 (the shards are gathered to rank 0).
-
-        `dtype`: the workers' decoding dtype (rollout.dtype); the weights are cast to it here, on
-        the learner's device, so half the bytes cross for bf16 workers and a CPU worker adopts
-        them as they arrive. An adapter travels in its own dtype.
-
-        A `WeightsSnapshot`: it crosses Ray's object store as raw buffers (one copy in, none out).
-        On a CPU learner without a cast its tensors are views of the live parameters, so the
-        snapshot is taken when Ray stores the return value; in-process callers that keep it
-        across an `update` must clone it."""
-        self._check_ready()
-        if self.fsdp:
-            return snapshot(self._full_state(self.lm.model), dtype)
-        if self.rank != 0:
-            return WeightsSnapshot()
-        if self.peft is not None:
-            return WeightsSnapshot(adapter_state(self.peft))
-        return snapshot(self.lm.model.state_dict(), dtype)
-
-    def _full_state(self, module: nn.Module) -> dict[str, torch.Tensor]:
-        """Unsharded CPU state dict on rank 0 ({} elsewhere); collective under fsdp2."""
-        if not self.fsdp:
-            return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()} if self.rank == 0 else {}
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-    def _load_full_state(self, module: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        if not self.fsdp:
-            module.load_state_dict(state)
-            return
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-        set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True))  # every rank holds `state`
-
     # -- the update ------------------------------------------------------------------------------
     def _autocast(self):
         if not self.cfg.learner.bf16:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
-    def _no_sync(self, sync: bool):
-        """Accumulate without communicating on all but a step's last micro-batch (DDP). FSDP2
-        reduce-scatters every micro-batch, which keeps gradients sharded (its point)."""
-        stack = contextlib.ExitStack()
-        if not sync:
-            for module in (self._policy, self._value):
-                if hasattr(module, "no_sync"):
-                    stack.enter_context(module.no_sync())
-        return stack
-
-    def update(
-        self,
-        trajs: Sequence[Trajectory],
-        advantages: Sequence[float],
-        rewards: Sequence[float] | None = None,
-        loss_mask: Sequence[bool] | None = None,
-        token_rewards: Sequence[Sequence[float]] | None = None,
-    ) -> dict[str, float]:
+    def update(self, batch: LearnerBatch) -> dict[str, float]:
         """One RL update on a rollout batch; returns diagnostics averaged over optimizer steps.
-        Collective: every rank gets the same arguments and returns the same (global) metrics.
+        Collective: every rank gets the same batch and returns the same (global) metrics.
 
-        Args:
-            advantages: per sample (group advantages); ignored when the value model is on.
-            rewards: per sample, needed by the value model (group z-scored unless value.reward:
-                raw, then placed on the last trace step that carries loss).
-            loss_mask: per sample, False to keep a sample out of the loss (truncation: mask).
-            token_rewards: per completion token (process rewards placed on their trace steps,
-                rl.process_rewards); the value model uses them instead of the terminal reward.
+        `batch` (`rl.batch.LearnerBatch`) carries per sample the group advantage (ignored when
+        the value model is on), the loss mask (False keeps a sample out of the loss: truncation:
+        mask), and for the value model the outcome reward its GAE sees (`value_rewards`, placed
+        on the last trace step that carries loss) or per-token process rewards
+        (`token_rewards`, placed on their trace steps by rl.process_rewards).
         """
         self._check_ready()
         algo = self.cfg.algorithm
-        if len(trajs) != len(advantages):
-            raise ValueError(f"{len(trajs)} trajectories but {len(advantages)} advantages")
-        if self.value is not None and (rewards is None or len(rewards) != len(trajs)):
-            raise ValueError("the value model needs one reward per trajectory")
+        if not isinstance(batch, LearnerBatch):
+            raise TypeError(f"Learner.update takes a LearnerBatch (StepBatch.for_learner / LearnerBatch.pack), got {type(batch).__name__}")
+        if self.value is not None and batch.value_rewards is None and batch.token_rewards is None:
+            raise ValueError("the value model needs value_rewards (the outcome reward per sample) or token_rewards")
+        trajs = batch.trajectories()
         seed = self.cfg.train.seed * 1_000_003 + self.step
         gen = torch.Generator().manual_seed(seed)
         chunks = [c.tolist() for c in torch.randperm(len(trajs), generator=gen).chunk(algo.minibatches)]
@@ -369,12 +221,7 @@ class Learner:
         # log-probs of every epoch's masks are taken now, under the weights that sampled the batch.
         draws = algo.epochs if algo.redraw_masks and not self.estimator.replays_trace else 1
         mb_seed = lambda j, d=0: seed * 131 + j + 7_919 * d  # noqa: E731
-        value_rewards = self._value_rewards(trajs, rewards) if self.value is not None else None
-
-        per_draw = [
-            self._score_old(trajs, chunks, lambda j, d=d: mb_seed(j, d), advantages, value_rewards, loss_mask, token_rewards)
-            for d in range(draws)
-        ]
+        per_draw = [self._score_old(trajs, batch, chunks, lambda j, d=d: mb_seed(j, d)) for d in range(draws)]
         metrics: dict[str, list[float]] = defaultdict(list)
         if per_draw[0][2] is not None:
             metrics["logp_mismatch"] = per_draw[0][2]
@@ -393,29 +240,22 @@ class Learner:
         self.step += 1
         return {k: float(np.mean(v)) for k, v in metrics.items()}
 
-    def _value_rewards(self, trajs: Sequence[Trajectory], rewards: Sequence[float]) -> torch.Tensor:
-        """[N] outcome rewards the value model's GAE sees: the group z-score (value.reward:
-        zscore, TraceRL's), or the rewards as scored. The whole batch is on every rank, so the
-        group statistics are the whole groups' whatever the split."""
-        algo = self.cfg.algorithm
-        r = torch.tensor(list(rewards), dtype=torch.float32)
-        if algo.value.reward == "raw":
-            return r
-        return group_advantages(r, torch.tensor([t.group for t in trajs]), "zscore", std=algo.zscore_std)
-
     def _rows(self, batch: Sequence[Trajectory], index_fn, width: int) -> torch.Tensor:
-        """[n, width] long: `index_fn(step_map, prompt_len, block_size, shrink)` per sample, -1 after."""
-        shrink, block = self.cfg.algorithm.shrink, self.lm.block_size
-        return _rows_tensor([index_fn(t.step_map, len(t.prompt_ids), block, shrink) for t in batch], width).to(self.device)
+        """[n, width] long: `index_fn(step_map, prompt_len, block_size, shrink, full_attention=)` per
+        sample (the family's traits), -1 after."""
+        shrink, traits = self.cfg.algorithm.shrink, self.lm.traits
+        rows = [index_fn(t.step_map, len(t.prompt_ids), traits.block_size, shrink, full_attention=traits.full_attention) for t in batch]
+        return _rows_tensor(rows, width).to(self.device)
 
     @torch.no_grad()
-    def _score_old(self, trajs, chunks, mb_seed, advantages, value_rewards, loss_mask, token_rewards):
+    def _score_old(self, trajs: list[Trajectory], packed: LearnerBatch, chunks, mb_seed):
         """Old and reference log-probs (and old values, GAE) of this rank's pieces, and each
         minibatch's global totals (one all-reduce)."""
         algo, lc = self.cfg.algorithm, self.cfg.learner
         dev = self.device
-        adv_all = torch.tensor(list(advantages), dtype=torch.float32)
-        keep_all = torch.tensor(list(loss_mask) if loss_mask is not None else [True] * len(trajs))
+        adv_all = packed.advantages.float()
+        keep_all = packed.loss_mask
+        token_rewards, value_rewards = packed.token_rewards, packed.value_rewards
         opts = self.estimator_opts
         scored: list[list[_Scored]] = []
         sums = torch.zeros((len(chunks), 5), dtype=torch.float64)  # tokens, sequences, passes, real tokens, |logp mismatch|
@@ -445,11 +285,11 @@ class Learner:
                         s.old_values = self._value(batch, algo.shrink).float()
                     if token_rewards is not None:
                         tok_r = torch.zeros(steps.shape, device=dev)
-                        for r, i in enumerate(piece.idx):
-                            tok_r[r, : len(token_rewards[i])] = torch.tensor(token_rewards[i], dtype=torch.float32)
+                        w = min(steps.shape[1], token_rewards.shape[1])
+                        tok_r[:, :w] = token_rewards[piece.idx, :w].float().to(dev)
                         tok_r = fold_token_rewards(tok_r, steps)
                     else:
-                        tok_r = terminal_token_rewards(value_rewards[piece.idx].to(dev), steps)
+                        tok_r = terminal_token_rewards(value_rewards[piece.idx].float().to(dev), steps)
                     gae = GAE_FORMS[algo.value.form]
                     s.adv, s.returns = gae(tok_r, s.old_values, steps, algo.value.gamma, algo.value.lam)
                 lengths = keep.sum(1)
@@ -539,7 +379,7 @@ class Learner:
         out = dict(zip(keys, packed[: len(keys)].tolist()))
         # Gradients are already summed over ranks (DDP all-reduce / FSDP2 reduce-scatter), so the
         # norm is global: clip_grad_norm_ of FSDP2's sharded gradients reduces it across ranks.
-        out["grad_norm"] = _to_float(torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], algo.grad_clip))
+        out["grad_norm"] = as_float(torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], algo.grad_clip))
         self.optimizer.step()
         if self.value is not None:
             torch.nn.utils.clip_grad_norm_(list(self.value.parameters()), algo.grad_clip)
@@ -609,125 +449,3 @@ class Learner:
         if grads:
             raise RuntimeError("the estimator ran fewer passes the second time than the first: it must be deterministic given its seed")
         return logp.detach(), entropy, loss.detach(), metrics
-
-    # -- checkpoints -------------------------------------------------------------------------------
-    def _optimizer_state(self, optimizer: torch.optim.Optimizer, module: nn.Module) -> dict | None:
-        """ddp / one rank: optimizer.state_dict() (identical on every ddp rank). fsdp2: the full,
-        unsharded state keyed by parameter name, gathered to rank 0 (collective), or None before
-        the first step (gathering an empty state would make torch take a zero step to create it)."""
-        if not self.fsdp:
-            return optimizer.state_dict()
-        if not optimizer.state:
-            return None
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-        return get_optimizer_state_dict(module, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-    def _load_optimizer_state(self, optimizer: torch.optim.Optimizer, module: nn.Module, state: dict | None) -> None:
-        """Load either format of `_optimizer_state` under either mode (checkpoints move between
-        ddp and fsdp2 and between rank counts)."""
-        if state is None:
-            return
-        names = {id(p): n for n, p in module.named_parameters()}
-        order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
-        keys = [*state["state"], *(p for g in state["param_groups"] for p in g["params"])]
-        by_name = bool(keys) and isinstance(keys[0], str)
-        if self.fsdp:
-            if not by_name:
-                state = {
-                    "state": {order[i]: v for i, v in state["state"].items()},
-                    "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]],
-                }
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-            set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
-            return
-        if by_name:
-            index = {n: i for i, n in enumerate(order)}
-            state = {
-                "state": {index[n]: v for n, v in state["state"].items()},
-                "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]],
-            }
-        optimizer.load_state_dict(state)
-
-    def save(self, path: str | Path) -> None:
-        """Weights in transformers format under path/model (or the LoRA adapter under path/adapter);
-        optimizer, value model and RNG in path/learner.pt. Rank 0 writes; collective under fsdp2
-        (every rank must call it; the others write nothing)."""
-        path = Path(path)
-        # Gather first, on every rank in the same order (collectives under fsdp2).
-        model_state = self._full_state(self.lm.model) if self.fsdp else None
-        optimizer = self._optimizer_state(self.optimizer, self.lm.model)
-        ref = None if self.ref is None else self._full_state(self.ref.model)
-        value = None if self.value is None else self._full_state(self.value)
-        value_optimizer = None if self.value is None else self._optimizer_state(self.value_optimizer, self.value)
-        if self.rank != 0:
-            return
-        path.mkdir(parents=True, exist_ok=True)
-        if self.peft is not None:
-            self.peft.save_pretrained(path / "adapter")  # base_model_name_or_path points at the base
-            self.lm.tokenizer.save_pretrained(path / "adapter")
-        else:
-            self.lm.save_pretrained(path / "model", state_dict=model_state)  # fsdp2: the gathered weights
-        torch.save(
-            {
-                "step": self.step,
-                "optimizer": optimizer,
-                "torch_rng": torch.get_rng_state(),
-                "python_rng": random.getstate(),
-                "ref": ref,
-                "value": value,
-                "value_optimizer": value_optimizer,
-            },
-            path / "learner.pt",
-        )
-
-    def load(self, path: str | Path) -> int:
-        """Restore weights, optimizers, value model, step and RNG from a checkpoint written by `save`.
-        Every rank must load the same checkpoint; collective under fsdp2."""
-        self._check_ready()
-        path = Path(path)
-        state = torch.load(path / "learner.pt", weights_only=False, map_location="cpu")
-        if self.peft is not None:
-            from safetensors.torch import load_file
-
-            load_adapter_state(self.peft, load_file(path / "adapter" / "adapter_model.safetensors"))
-        else:
-            restored = load_model(path / "model", family=self.lm.family.name, block_size=self.lm.block_size,
-                                  trust_remote_code=self.cfg.model.trust_remote_code)
-            self._load_full_state(self.lm.model, restored.model.state_dict())
-        self._load_optimizer_state(self.optimizer, self.lm.model, state["optimizer"])
-        if self.ref is not None and state["ref"] is not None:
-            self._load_full_state(self.ref.model, state["ref"])
-        if self.value is not None:
-            if state.get("value") is None:
-                raise ValueError(f"{path} has no value model, but algorithm.value.enabled is set")
-            self._load_full_state(self.value, state["value"])
-            self._load_optimizer_state(self.value_optimizer, self.value, state["value_optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(state["python_rng"])
-        self.step = state["step"]
-        return self.step
-
-    def state_files(self) -> dict[str, bytes]:
-        """The checkpoint as {relative path: file bytes}: exactly what `save` writes (model/ or
-        adapter/ in transformers / peft format, learner.pt), so the driver can store it anywhere
-        without a shared filesystem. Rank 0 answers, other ranks return {}; collective under fsdp2."""
-        with tempfile.TemporaryDirectory(prefix="unmask-ckpt-") as tmp:
-            self.save(tmp)
-            root = Path(tmp)
-            return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-    def load_state_files(self, files: dict[str, bytes]) -> int:
-        """Inverse of `state_files`: restore from those files and return the step. Every rank
-        must get the same files; collective under fsdp2."""
-        with tempfile.TemporaryDirectory(prefix="unmask-ckpt-") as tmp:
-            root = Path(tmp)
-            for rel, data in files.items():
-                parts = PurePosixPath(rel).parts
-                if not parts or PurePosixPath(rel).is_absolute() or ".." in parts:
-                    raise ValueError(f"checkpoint file {rel!r} is not a relative path inside the checkpoint")
-                dest = root.joinpath(*parts)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(data)
-            return self.load(root)

@@ -28,12 +28,16 @@ def score_texts(
     timeout_s: float,
     fail_fast: bool = False,
     num_workers: int | None = None,
+    sandbox: str | None = None,
 ) -> ScoreResult:
     """Score `completions` (one per prompt) as their source scores them.
 
     template: the source's (or benchmark's) prompt template, whose stop strings cut each
-    completion before any reward sees it; None cuts nothing. The rest as `rewards.score`,
-    whose `ScoreResult` this returns (total, per reward, errors; outcome and steps).
+    completion before any reward sees it; None cuts nothing. sandbox: the code sandbox's backend
+    (`scoring.sandbox`: auto, bwrap, rlimit), handed to the rewards that run code (None: theirs,
+    else `UNMASK_SANDBOX`, else auto). The rest as `rewards.score`, whose `ScoreResult` this
+    returns (total, per reward, errors; outcome and steps).
     """
     texts = list(completions) if template is None else [template.cut(c) for c in completions]
-    return score(list(reward_fns), weights, list(prompts), texts, columns, fail_fast, timeout_s=timeout_s, num_workers=num_workers)
+    return score(list(reward_fns), weights, list(prompts), texts, columns, fail_fast, timeout_s=timeout_s, num_workers=num_workers,
+                 sandbox=sandbox)

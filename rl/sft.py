@@ -98,7 +98,8 @@ class SFTRun:
             missing = next((ex for ex in src.train if ex.response is None), None)
             if missing is not None:
                 raise DataError(f"{missing.loc}: source {src.name!r} has no response for this row: set response: COLUMN, a preset with an SFT target, or a final assistant message")
-        self.block_size = getattr(self.lm, "block_size", None)
+        # The family's traits (an ARModel has none: objective=ar reads no block grid).
+        self.traits = None if self.ar else self.lm.traits
         self.canvas = cfg.max_response_tokens or max(s.max_new_tokens for s in self.sources)
         self.opt = torch.optim.AdamW(self.lm.model.parameters(), lr=cfg.lr, weight_decay=0.0)
         warmup = max(1, cfg.steps // 20)
@@ -117,7 +118,7 @@ class SFTRun:
         if ex.response_ids is None:  # once per example, not once per step it is drawn
             ex.response_ids = self.lm.tokenizer(ex.response, add_special_tokens=False)["input_ids"]
         ids = ex.response_ids + [self.lm.eos_id]
-        if self.block_size is None and not self.ar and len(ids) > self.canvas:
+        if self.traits is not None and self.traits.full_attention and len(ids) > self.canvas:
             self.cut += 1
             ids = ids[: self.canvas]
         return ids
@@ -128,7 +129,10 @@ class SFTRun:
         answers = [self._response_ids(ex) for ex in examples]
         if self.ar:
             return ar_sft_loss(self.lm.model, prompts, answers, self.lm.pad_id)
-        completions = [pad_completion(len(p), a, self.block_size, self.canvas, self.lm.eos_id) for p, a in zip(prompts, answers)]
+        t = self.traits
+        completions = [
+            pad_completion(len(p), a, t.block_size, self.canvas, self.lm.eos_id, full_attention=t.full_attention) for p, a in zip(prompts, answers)
+        ]
         return sft_loss(self.lm, prompts, completions, self.gen)
 
     # -- checkpoints -------------------------------------------------------------------------

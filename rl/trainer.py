@@ -1,9 +1,9 @@
-"""The RL driver: Ray actors for rollout and learning, and the step loop.
+"""The RL driver: the step loop and the run's bookkeeping (data, rewards, checkpoints, metrics).
 
 One step reads: rollout -> score -> advantages -> update -> sync_weights, each stage
-timed as timing_s/<stage>. Light work (scoring, advantages) runs on
-the driver; decoding and learning run in actors. Weights travel learner -> object store
--> workers, never through disk.
+timed as timing_s/<stage>, handing one `rl.batch.StepBatch` along. Light work (scoring,
+advantages) runs on the driver; decoding and learning run in the Ray actors of rl/actors.py.
+Weights travel learner -> object store -> workers, never through disk.
 """
 
 from __future__ import annotations
@@ -15,48 +15,28 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import ray
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from algorithms.advantages import filter_groups, group_advantages, truncated_rewards
 from rewards import get_reward
 from rewards.registry import reward_name
-from rl.batch import StepBatch
+from rl.actors import LearnerDied, LearnerRanks, RolloutWorkers
+from rl.batch import StepBatch, padded, value_outcome_rewards
 from rl.checkpoint import CheckpointStore
-from rl.cluster import connect, local_model_path, pack_dir, place
-from rl.config import RunConfig, SamplingConfig
-from rl.learner import Learner
+from rl.cluster import connect, pack_dir, place
+from rl.config import RunConfig, config_yaml
 from rl.data import DataError, PromptStream, load_benchmark, load_source, parse_benchmark
 from rl.process_rewards import token_rewards
 from rl.scoring import score_texts
 from rl.tracking import MetricsLogger, plot_run
-from rollout.engine import SamplingParams
+from rollout.families import family_traits
 from rollout.models import checkpoint_family
-from rollout.trajectory import Trajectory, answer_length
-from rollout.worker import RolloutWorker
-
-
-def sampling_params(s: SamplingConfig, default_max_new: int) -> SamplingParams:
-    """The engine's SamplingParams from a config section (same field names)."""
-    fields = s.model_dump()
-    fields["max_new_tokens"] = s.max_new_tokens or default_max_new
-    return SamplingParams(**fields)
-
-
-def split_evenly(items: Sequence[Any], n: int) -> list[list[Any]]:
-    """Split into n contiguous, near-equal chunks (order kept)."""
-    k, r = divmod(len(items), n)
-    out, i = [], 0
-    for j in range(n):
-        size = k + (1 if j < r else 0)
-        out.append(list(items[i : i + size]))
-        i += size
-    return out
+from rollout.trajectory import answer_length
 
 
 def _heldout_only(metrics: dict) -> dict:
@@ -83,38 +63,6 @@ def no_signal(heldout: float | None = None, rewards: Sequence[float] | None = No
         "A base model must sometimes answer right in the format the reward checks: run `unmask sft` on these rows "
         "first (README: Train on your data), or check the template and max_new_tokens."
     )
-
-
-class LearnerDied(RuntimeError):
-    """A learner rank died: the run ends; checkpoints written before are intact."""
-
-
-class _LearnerActor(Learner):
-    """The learner as a Ray actor: finds the model on its own node (a shipped copy if the
-    driver's directory is not there)."""
-
-    def __init__(self, cfg: RunConfig, rank: int, world_size: int, packed: bytes | None):
-        path = local_model_path(cfg.model.path, packed)
-        if path != cfg.model.path:
-            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": path})})
-        if not cfg.train.threads:
-            # Ray pins an actor to as many threads as whole CPUs it asked for (often 1), but the
-            # stages take turns, so the update may use this node's cores (shared with the
-            # rollout workers only when they decode meanwhile, with rollout.overlap).
-            busy = world_size + (cfg.rollout.num_workers if cfg.rollout.overlap else 0)
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // busy))
-        super().__init__(cfg, rank=rank, world_size=world_size)
-
-    def alive(self) -> bool:
-        """A no-op call: its answer means every earlier call on this rank has finished."""
-        return True
-
-
-class _WorkerActor(RolloutWorker):
-    """A rollout worker as a Ray actor (model found on its own node, like _LearnerActor)."""
-
-    def __init__(self, model_path: str, packed: bytes | None, *args, **kwargs):
-        super().__init__(local_model_path(model_path, packed), *args, **kwargs)
 
 
 class _StopSignals:
@@ -154,7 +102,7 @@ class Trainer:
         from transformers import AutoTokenizer
 
         family = cfg.model.family or checkpoint_family(cfg.model.path)
-        if cfg.rollout.overlap and family in ("llada", "dream") and cfg.rollout.sampling.kv_cache:
+        if cfg.rollout.overlap and family is not None and "prefix" in family_traits(family).approximate_caches and cfg.rollout.sampling.kv_cache:
             # One-step overlap takes the importance ratio's old log-probs from the rollout; the
             # full-attention prefix cache is approximate, so they would not be the policy's own.
             raise ValueError(f"rollout.overlap with the {family} family needs rollout.sampling.kv_cache: false "
@@ -167,23 +115,28 @@ class Trainer:
                 raise DataError(f"source {src.name!r} has no rewards: list rewards under the source (or top-level rewards), or use a preset that implies one")
         self.stream = PromptStream(self.sources, self.tokenizer, cfg.train.seed, cfg.data.shuffle, cfg.data.max_prompt_tokens)
         self.heldout = {name: exs[: cfg.eval.heldout_limit] for name, exs in self.stream.heldout().items()}
-        os.environ["UNMASK_SANDBOX"] = cfg.scoring.sandbox  # read by the code reward's sandbox
-        self.reward_fns = {src.name: [get_reward(s.name, **s.kwargs) for s in src.rewards] for src in self.sources}
+        from rewards.registry import with_sandbox
+
+        # scoring.sandbox is an argument of the rewards that run code (held-out and eval.benchmarks
+        # scoring pass it too), never an environment variable.
+        self.reward_fns = {src.name: [with_sandbox(get_reward(s.name, **s.kwargs), cfg.scoring.sandbox) for s in src.rewards]
+                           for src in self.sources}  # fmt: skip
         self.reward_weights = {src.name: [s.weight for s in src.rewards] for src in self.sources}
         if any(s.name == "code" for src in self.sources for s in src.rewards):
             from rewards import sandbox_info
 
-            print(f"code sandbox: {sandbox_info()}")
+            print(f"code sandbox: {sandbox_info(cfg.scoring.sandbox)}")
         budget = max(src.max_new_tokens for src in self.sources)  # one decode serves every source's prompts
-        self.train_params = sampling_params(cfg.rollout.sampling, budget)
-        self.eval_params = sampling_params(cfg.eval.sampling, budget)
+        self.train_params = cfg.rollout.sampling.params(budget)
+        self.eval_params = cfg.eval.sampling.params(budget)
         self.eval_benchmarks = self._load_eval_benchmarks()
         self._describe_data()
         self.store = CheckpointStore(cfg.train.checkpoint_dir or self.run_dir / "checkpoints")
         self.resume_from = self.store.latest() if resume else None
         if resume and self.resume_from is None:
             raise FileNotFoundError(f"--resume: no complete checkpoint under {self.store.root}")
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self._resolved_config(), sort_keys=False))
+        # Each preset field carries a comment naming its source (the paper's file, or your config).
+        (self.run_dir / "config.yaml").write_text(config_yaml(self._resolved_config(), cfg.algorithm))
 
         connect(cfg.cluster.address)
         n_workers, n_ranks = cfg.rollout.num_workers, cfg.learner.ranks
@@ -196,20 +149,10 @@ class Trainer:
         # learner ranks too when rollout.overlap runs both at once).
         busy = n_workers + (n_ranks if cfg.rollout.overlap else 0)
         threads = cfg.train.threads or max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)) // busy)
-        self.learners = [
-            ray.remote(_LearnerActor).options(**opts).remote(cfg, rank, n_ranks, packed)
-            for rank, opts in enumerate(self.placement.learner)
-        ]
-        if n_ranks > 1:
-            addr, port = ray.get(self.learners[0].master_address.remote())  # rank 0 hosts the rendezvous
-            self._on_learners(lambda rank: rank.setup_distributed.remote(addr, port), stage="setup_distributed")
+        self.learners = LearnerRanks(cfg, self.placement.learner, packed, died=self._learner_died)
         lora = cfg.model.lora.model_dump(exclude={"enabled"}) if cfg.model.lora.enabled else None
-        self._worker_args = (cfg.model.path, packed, cfg.model.block_size, threads, cfg.model.family, cfg.model.trust_remote_code, lora)
-        self._worker_kwargs = {"compile": cfg.rollout.compile, "dtype": cfg.rollout.dtype}
-        self._sync_dtype = None  # the workers' decoding dtype, asked once at the first sync
-        self.workers = [self._spawn_worker(w) for w in range(n_workers)]
-        self._weights = None  # (object ref, version) of the weights the workers hold
-        self.worker_restarts = 0
+        worker_args = (cfg.model.path, packed, cfg.model.block_size, threads, cfg.model.family, cfg.model.trust_remote_code, lora)
+        self.workers = RolloutWorkers(self.placement.rollout, worker_args, {"compile": cfg.rollout.compile, "dtype": cfg.rollout.dtype})
         self.step = 0  # steps whose update has been applied (the learner's weights version)
 
     def _load_eval_benchmarks(self) -> list:
@@ -254,19 +197,7 @@ class Trainer:
             print("no source has a held-out split (heldout: {path: FILE} or {size: N}): accuracy before/after is not measured")
         (self.run_dir / "data.json").write_text(json.dumps(info, indent=2))
 
-    # -- Ray plumbing: the one place that fans work out to the rollout workers -------------
-    def _spawn_worker(self, w: int):
-        return ray.remote(_WorkerActor).options(**self.placement.rollout[w]).remote(*self._worker_args, **self._worker_kwargs)
-
-    def _on_learners(self, call: Callable[[Any], Any], stage: str) -> Any:
-        """`call(rank)` on every learner rank (it starts one actor method: collective calls must
-        reach all ranks) and rank 0's answer. A dead rank ends the run with LearnerDied."""
-        futures = [call(rank) for rank in self.learners]
-        try:
-            return ray.get(futures)[0]
-        except ray.exceptions.RayActorError as e:
-            raise self._learner_died(stage, e) from e
-
+    # -- Ray: rl/actors.py fans the work out; the trainer keeps the run's bookkeeping --------
     def _learner_died(self, stage: str, e: Exception) -> LearnerDied:
         last = self.store.latest()
         # A rank whose constructor raised: its own error (the last line of Ray's report) says why.
@@ -278,83 +209,12 @@ class Trainer:
                f"--output-dir {self.run_dir} --resume" if last else "No checkpoint was written yet.")
         )
 
-    def _launch(self, items: Sequence[Any], seed: int, params: SamplingParams) -> dict:
-        """Start decoding items, (prompt ids, group) pairs, split over the workers; `_collect`
-        gathers the result."""
-        chunks = split_evenly(items, len(self.workers))
-        futures = {w: self._submit(w, chunks[w], seed, params) for w, chunk in enumerate(chunks) if chunk}
-        return {"chunks": chunks, "futures": futures, "seed": seed, "params": params, "weights": self._weights, "t0": time.perf_counter()}
-
-    def _submit(self, w: int, chunk, seed: int, params: SamplingParams):
-        prompts, groups = zip(*chunk)
-        return self.workers[w].generate.remote(list(prompts), params, seed * 7919 + w, list(groups))
-
-    def _replace_worker(self, w: int, weights) -> None:
-        self.workers[w] = self._spawn_worker(w)
-        if weights is not None:
-            self.workers[w].load_weights.remote(*weights)  # queued before anything else it is asked
-        self.worker_restarts += 1
-
-    def _collect(self, job: dict, retries: int = 2) -> list[Trajectory]:
-        """Wait for a launched decode, concatenated in order.
-
-        A worker that died mid-call is replaced, given the weights the call was launched with,
-        and its share of the prompts is decoded again with the same seed, so the step completes
-        unchanged. It then gets the newest weights, if a sync happened in between.
-        """
-        chunks, futures = job["chunks"], dict(job["futures"])
-        parts: list[list[Trajectory]] = [[] for _ in chunks]
-        for attempt in range(retries + 1):
-            failed = []
-            for w, fut in futures.items():
-                try:
-                    parts[w] = ray.get(fut)
-                except ray.exceptions.RayActorError as e:
-                    if attempt == retries:
-                        raise RuntimeError(f"rollout worker {w} died {retries + 1} times in one call") from e
-                    tqdm.write(f"rollout worker {w} died ({type(e).__name__}); replacing it and redoing its {len(chunks[w])} prompts")
-                    self._replace_worker(w, job["weights"])
-                    failed.append(w)
-            if not failed:
-                break
-            futures = {w: self._submit(w, chunks[w], job["seed"], job["params"]) for w in failed}
-            if self._weights is not None and self._weights is not job["weights"]:
-                for w in failed:
-                    self.workers[w].load_weights.remote(*self._weights)
-        return [t for part in parts for t in part]
-
-    def _on_workers(self, items: Sequence[Any], seed: int, params: SamplingParams) -> list[Trajectory]:
-        """Decode items over the workers and wait (see `_collect` for faults)."""
-        return self._collect(self._launch(items, seed, params))
-
     def sync_weights(self, version: int, wait: bool = True) -> None:
         """Send the learner's weights (rank 0's) to every worker through the object store.
 
         wait=False only queues the load behind whatever the workers are decoding (overlap mode).
         """
-        if self._sync_dtype is None:
-            try:
-                self._sync_dtype = ray.get(self.workers[0].decoding_dtype.remote())
-            except ray.exceptions.RayActorError:
-                pass  # sync uncast this time; the loads below replace the dead worker
-        # Cast on the learner (a bf16 worker receives half the bytes); collective under fsdp2.
-        refs = [rank.get_weights.remote(self._sync_dtype) for rank in self.learners]
-        try:
-            # Queued behind get_weights on each rank: returns once every rank answered, and a
-            # death shows here rather than as a failed load in the workers. Nothing is fetched.
-            ray.get([rank.alive.remote() for rank in self.learners])
-        except ray.exceptions.RayActorError as e:
-            raise self._learner_died("weight sync", e) from e
-        self._weights = (refs[0], version)
-        loads = {w: worker.load_weights.remote(refs[0], version) for w, worker in enumerate(self.workers)}
-        if not wait:
-            return
-        for w, fut in loads.items():
-            try:
-                ray.get(fut)
-            except ray.exceptions.RayActorError:
-                tqdm.write(f"rollout worker {w} died; replacing it")
-                self._replace_worker(w, self._weights)
+        self.workers.sync(self.learners, version, wait=wait)
 
     # -- stages ----------------------------------------------------------------------------
     def rollout(self, step: int) -> StepBatch:
@@ -366,13 +226,13 @@ class Trainer:
         dataset rows stay here (in the job, then the batch): the workers get prompt ids only."""
         examples = self.stream.batch(step, self.cfg.rollout.prompts_per_step)
         items = [(ex.prompt_ids, g) for g, ex in enumerate(examples) for _ in range(self.cfg.rollout.samples_per_prompt)]
-        job = self._launch(items, seed=self.cfg.train.seed * 1_000_003 + step, params=self.train_params)
+        job = self.workers.launch(items, seed=self.cfg.train.seed * 1_000_003 + step, params=self.train_params)
         job["examples"] = examples
         return job
 
     def collect(self, job: dict) -> StepBatch:
         """Wait for a launched rollout: its trajectories with the examples they came from."""
-        return StepBatch(self._collect(job), job["examples"])
+        return StepBatch(self.workers.collect(job), job["examples"])
 
     def score(self, batch: StepBatch) -> dict[str, float]:
         """Score every sample with its source's rewards (sample t came from batch.example(t)):
@@ -415,9 +275,9 @@ class Trainer:
         # Process rewards: per-token rewards on the steps that finished each chunk (value model).
         batch.token_rewards = None
         if any(s is not None for s in steps):
-            batch.token_rewards = [token_rewards(t, outcome[i] or 0.0, steps[i], self.tokenizer) for i, t in enumerate(trajs)]
+            batch.token_rewards = padded([token_rewards(t, outcome[i] or 0.0, steps[i], self.tokenizer) for i, t in enumerate(trajs)])
         # A sample no reward could score gets 0: it is kept (never misaligned), it just earns nothing.
-        batch.rewards = [0.0 if v is None else float(v) for v in total]
+        batch.rewards = torch.tensor([0.0 if v is None else float(v) for v in total], dtype=torch.float64)
         return metrics
 
     def advantages(self, batch: StepBatch) -> tuple[StepBatch, dict[str, float]]:
@@ -427,9 +287,11 @@ class Trainer:
         step maps and process rewards) with their advantages, rewards and loss mask, and metrics.
         """
         algo, trajs = self.cfg.algorithm, batch.trajs
-        r, loss_mask = truncated_rewards(torch.tensor(batch.rewards), [t.finish_reason for t in trajs], algo.truncation)
-        groups = torch.tensor([t.group for t in trajs])
+        r, loss_mask = truncated_rewards(batch.rewards.float(), [t.finish_reason for t in trajs], algo.truncation)
+        groups = batch.groups
         adv = group_advantages(r, groups, algo.advantage, std=algo.zscore_std)
+        # Filters drop whole groups, so the z-scores are the kept groups' own statistics.
+        value_r = value_outcome_rewards(r, groups, algo)
         keep = filter_groups(r, groups, algo.drop_zero_std, algo.min_acc, algo.max_acc)
         grouped = r.view(-1, self.cfg.rollout.samples_per_prompt)
         metrics = {
@@ -437,19 +299,18 @@ class Trainer:
             "frac_truncated": float(np.mean([t.finish_reason == "length" for t in trajs])),
             "frac_filtered": float(1 - keep.float().mean()),
         }
-        scored = StepBatch(trajs, batch.examples, r.tolist(), batch.token_rewards, adv.tolist(), loss_mask.tolist())
-        return scored.select(keep.nonzero().flatten().tolist()), metrics
+        scored = dataclasses.replace(batch, rewards=r, advantages=adv, loss_mask=loss_mask, value_rewards=value_r)
+        return scored.select(keep.nonzero().flatten()), metrics
 
     def update(self, batch: StepBatch) -> dict[str, float]:
         """One learner update on every rank; colocated workers give up their memory meanwhile."""
         colocated = self.cfg.cluster.placement == "colocated"
         if colocated:
-            ray.get([w.offload.remote() for w in self.workers])
-        trajs = ray.put(list(batch.trajs))  # once into the object store, read by every rank
-        args = (list(batch.advantages), list(batch.rewards), list(batch.loss_mask), batch.token_rewards)
-        metrics = self._on_learners(lambda rank: rank.update.remote(trajs, *args), stage="update")
+            self.workers.offload()
+        packed = ray.put(batch.for_learner())  # tensors, once into the object store, read by every rank
+        metrics = self.learners.call(lambda rank: rank.update.remote(packed), stage="update")
         if colocated:
-            ray.get([w.onload.remote() for w in self.workers])
+            self.workers.onload()
         return metrics
 
     def evaluate(self, step: int) -> dict[str, float]:
@@ -465,10 +326,11 @@ class Trainer:
                 continue
             params = self.eval_params if self.cfg.eval.sampling.max_new_tokens else dataclasses.replace(self.eval_params, max_new_tokens=src.max_new_tokens)
             items = [(ex.prompt_ids, i) for i, ex in enumerate(exs)]  # the rows stay here
-            trajs = self._on_workers(items, seed=0, params=params)
+            trajs = self.workers.run(items, seed=0, params=params)
             spec = src.accuracy_reward()
             res = score_texts(src.template, [get_reward(spec.name, **spec.kwargs)], None, [ex.prompt for ex in exs], [t.text for t in trajs],
-                              {k: [ex.columns[k] for ex in exs] for k in exs[0].columns}, timeout_s=self.cfg.scoring.timeout_s)  # fmt: skip
+                              {k: [ex.columns[k] for ex in exs] for k in exs[0].columns}, timeout_s=self.cfg.scoring.timeout_s,
+                              sandbox=self.cfg.scoring.sandbox)  # fmt: skip
             correct = [v == 1.0 for v in res[0]]
             out[f"accuracy/{src.name}/heldout"] = float(np.mean(correct))
             correct_all += correct
@@ -488,8 +350,8 @@ class Trainer:
 
         params = dataclasses.replace(self.eval_params, max_new_tokens=bench.max_new_tokens)
         items = [(encode_messages(self.tokenizer, e.messages, bench.chat)[0], i) for i, e in enumerate(bench.examples)]
-        trajs = self._on_workers(items, seed=0, params=params)
-        rewards, err = score_benchmark(bench, bench.problems, [t.text for t in trajs], self.cfg.scoring.timeout_s)
+        trajs = self.workers.run(items, seed=0, params=params)
+        rewards, err = score_benchmark(bench, bench.problems, [t.text for t in trajs], self.cfg.scoring.timeout_s, sandbox=self.cfg.scoring.sandbox)
         if err:
             tqdm.write(f"eval {bench.label}: reward failed on some samples: {err}")
         return {
@@ -503,7 +365,7 @@ class Trainer:
         start, state = 0, {}
         if self.resume_from is not None:
             files, state = self.store.read(self.resume_from)
-            start = self._on_learners(lambda rank: rank.load_state_files.remote(files), stage="resume")
+            start = self.learners.call(lambda rank: rank.load_state_files.remote(files), stage="resume")
             print(f"resumed from {self.resume_from} (step {start})")
         self.step = start
         logger = MetricsLogger(self.run_dir, cfg.wandb.mode, cfg.wandb.project, cfg.model_dump(), resume_step=start if state else None)
@@ -539,7 +401,7 @@ class Trainer:
 
             t0 = time.perf_counter()
             metrics.update(self.score(batch))
-            if step == start and (warning := no_signal(rewards=batch.rewards)):
+            if step == start and (warning := no_signal(rewards=batch.rewards.tolist())):
                 tqdm.write(warning)
             metrics["timing_s/score"] = time.perf_counter() - t0
 
@@ -566,14 +428,14 @@ class Trainer:
             n_tok = sum(len(t.completion_ids) for t in rollouts)
             metrics.update(
                 {
-                    "reward/mean": float(np.mean(batch.rewards)),
+                    "reward/mean": float(batch.rewards.mean()),
                     "tokens_per_s": n_tok / max(t1, 1e-9),
                     "rollout/nfe_mean": float(np.mean([t.nfe for t in rollouts])),
                     "rollout/tokens_per_forward": n_tok / max(1, sum(t.nfe for t in rollouts)),
                     "rollout/frac_eos": float(np.mean([t.finish_reason == "eos" for t in rollouts])),
                     "rollout/response_length": float(np.mean([answer_length(t.completion_ids, self.tokenizer.eos_token_id) for t in rollouts])),
                     "rollout/staleness": float(np.mean(staleness)),
-                    "faults/worker_restarts": float(self.worker_restarts),
+                    "faults/worker_restarts": float(self.workers.restarts),
                     "data/epoch": self.stream.epoch(step + 1, P),
                     **{f"data/{name}/dropped": float(k) for name, k in self.stream.dropped.items()},
                 }
@@ -656,7 +518,7 @@ class Trainer:
     def save(self, step: int, extra: dict[str, Any]) -> str:
         """Checkpoint: the learner's files (rank 0's, via the object store) written by the driver,
         then trainer_state.json, the marker that makes the checkpoint count as complete."""
-        files = self._on_learners(lambda rank: rank.state_files.remote(), stage="checkpoint")
+        files = self.learners.call(lambda rank: rank.state_files.remote(), stage="checkpoint")
         return self.store.write(step, files, {"step": step, **extra})
 
     def shutdown(self) -> None:

@@ -1,18 +1,29 @@
-"""Diffusion-LM decoding that records trajectories."""
+"""Diffusion-LM decoding that records trajectories.
 
-from rollout.engine import SamplingParams, generate
-from rollout.models import DiffusionLM, build_tiny_block_lm, load_model
-from rollout.tokenizer import CHATML_TEMPLATE, build_bpe_tokenizer, build_char_tokenizer
-from rollout.trajectory import Trajectory
+The names below load on first use (PEP 562): `rollout.sampling`, which the run config and the
+command line import, then comes without torch and transformers.
+"""
 
-__all__ = [
-    "CHATML_TEMPLATE",
-    "DiffusionLM",
-    "SamplingParams",
-    "Trajectory",
-    "build_bpe_tokenizer",
-    "build_char_tokenizer",
-    "build_tiny_block_lm",
-    "generate",
-    "load_model",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "CHATML_TEMPLATE": "rollout.tokenizer",
+    "DiffusionLM": "rollout.models",
+    "SamplingParams": "rollout.sampling",
+    "Trajectory": "rollout.trajectory",
+    "build_bpe_tokenizer": "rollout.tokenizer",
+    "build_char_tokenizer": "rollout.tokenizer",
+    "build_tiny_block_lm": "rollout.models",
+    "generate": "rollout.engine",
+    "load_model": "rollout.models",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

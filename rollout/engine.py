@@ -51,7 +51,6 @@ style of LLaDA's `generate`, and gives the same tokens.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -61,103 +60,8 @@ from transformers import DynamicCache
 from rollout.attention import additive_mask, block_attention_allowed
 from rollout.cache import SlotCache
 from rollout.models import DiffusionLM
+from rollout.sampling import SamplingParams
 from rollout.trajectory import Trajectory
-
-STRATEGIES = ("static", "threshold", "adaptive", "prophet")
-SCHEDULES = ("even", "ascending")
-CONFIDENCES = ("prob", "margin", "entropy")
-
-
-@dataclass
-class SamplingParams:
-    """How to decode. Shared by rollouts, evaluation and `unmask generate`."""
-
-    max_new_tokens: int = 8
-    """Generation budget; decoding stops at the first block boundary at or past it."""
-    strategy: str = "static"
-    """"static" (fixed steps per block), "threshold" (dynamic confidence threshold), "adaptive"
-    (confidence-adaptive step sizes, bounded) or "prophet" (static with early commit); see the
-    module docstring for their papers."""
-    steps_per_block: int | None = None
-    """Static and prophet: denoising steps per block (default: block_size, one token per step)."""
-    schedule: str = "even"
-    """Static and prophet: "even" step sizes (the remainder first) or "ascending" (1, 2, 4, ...
-    tokens per step, which ignores steps_per_block)."""
-    threshold: float = 0.9
-    """Threshold strategy: commit every masked token whose confidence exceeds this."""
-    factor: float = 1.0
-    """Adaptive strategy: commit the largest n with (n + 1) * (1 - c_n) < factor, c_n being the
-    n-th highest confidence (Fast-dLLM's factor; larger commits more per step)."""
-    max_tokens_per_step: int | None = None
-    """Threshold and adaptive: at most this many tokens per step and sample (None: no bound)."""
-    prophet_gaps: tuple[float, float, float] = (7.5, 5.0, 2.5)
-    """Prophet: commit the rest of a block when the mean top-1 minus top-2 log-prob of its masked
-    positions reaches gaps[0] (progress < 1/3), gaps[1] (< 2/3) or gaps[2] (later); Prophet's
-    own values."""
-    confidence: str = "prob"
-    """Confidence of a prediction: "prob" (of the sampled token), "margin" (top-1 minus
-    top-2 probability) or "entropy" (exp(-entropy), 1 for a one-hot distribution)."""
-    temperature: float = 1.0
-    """Sampling temperature; 0 decodes greedily."""
-    top_k: int | None = None
-    """Sample only among the k most likely tokens (log-probs stay those of the full
-    temperature-scaled distribution, as the learner scores them)."""
-    top_p: float | None = None
-    """Nucleus sampling: the smallest set of tokens with cumulative probability >= top_p."""
-    stop_at_eos: bool = True
-    """Stop a sample after the block in which it decoded EOS."""
-    kv_cache: bool = True
-    """Block-causal models: cache committed blocks (exact). Full-attention models: cache the
-    prefix before the current block, refreshed once per block (approximate, Fast-dLLM).
-    False recomputes the whole sequence at every step."""
-    dual_cache: bool = False
-    """Full-attention models with kv_cache: also cache the suffix after the current block
-    (Fast-dLLM's dual cache; faster, a little more approximate)."""
-    block_length: int | None = None
-    """Full-attention models: semi-autoregressive decoding block (LLaDA's block_length);
-    None decodes the whole generation as one block. Block models use their own block size."""
-    max_batch: int | None = None
-    """Decode at most this many samples at once. Block models then keep the batch full: when a
-    sample finishes, a waiting prompt takes its row at the next block (continuous batching),
-    decoding the same tokens as alone at T=0. Full-attention models decode in chunks of this
-    size. None: every prompt at once."""
-    eos_guard: float | None = None
-    """Full-attention models: multiply the confidence of a position predicting EOS by
-    eos_guard ** (1 - progress), progress being the fraction of the completion already
-    decoded, so EOS is not committed early everywhere (after EOSER). None disables it."""
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.factor <= 0:
-            raise ValueError("factor must be > 0")
-        if self.max_tokens_per_step is not None and self.max_tokens_per_step < 1:
-            raise ValueError("max_tokens_per_step must be >= 1")
-        if len(self.prophet_gaps) != 3 or any(g < 0 for g in self.prophet_gaps):
-            raise ValueError("prophet_gaps must be three log-prob gaps >= 0")
-        self.prophet_gaps = tuple(float(g) for g in self.prophet_gaps)
-        if self.confidence not in CONFIDENCES:
-            raise ValueError(f"confidence must be one of {CONFIDENCES}, got {self.confidence!r}")
-        if self.max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be >= 1")
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError("threshold must be in (0, 1]")
-        if self.steps_per_block is not None and self.steps_per_block < 1:
-            raise ValueError("steps_per_block must be >= 1")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError("top_k must be >= 1")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise ValueError("top_p must be in (0, 1]")
-        if self.block_length is not None and self.block_length < 1:
-            raise ValueError("block_length must be >= 1")
-        if self.max_batch is not None and self.max_batch < 1:
-            raise ValueError("max_batch must be >= 1")
-        if self.eos_guard is not None and not 0.0 < self.eos_guard <= 1.0:
-            raise ValueError("eos_guard must be in (0, 1]")
 
 
 @dataclass
@@ -212,7 +116,7 @@ def generate(
         # model's device. Seed it from the caller's, so a seed gives the same samples and each
         # call (each eval batch) draws a fresh stream.
         generator = torch.Generator(device=lm.device).manual_seed(int(torch.randint(2**62, (), generator=generator)))
-    if lm.family.attention == "block":
+    if lm.traits.block_causal:
         trajs = _BlockDecoder(lm, prompts, params, generator).run()
     else:
         step = params.max_batch or len(prompts)
@@ -612,7 +516,7 @@ class _FullDecoder(_Decoder):
         lm, p = self.lm, self.params
         gen = int(self.gen_col[0])
         length = p.block_length or p.max_new_tokens
-        shift = 1 if lm.family.shift_logits else 0
+        shift = lm.traits.logit_shift
         everything = torch.arange(self.width)
         for blk_start in range(gen, self.width, length):
             blk_end = min(blk_start + length, self.width)

@@ -7,13 +7,14 @@ adapter's tensors travel from the learner to the rollout workers each step.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
-from rollout.models import DiffusionLM
+# load_merged (an adapter directory merged onto its base) lives in rollout/models.py, so that
+# load_model opens adapter checkpoints without importing this module; it is re-exported here.
+from rollout.models import DiffusionLM, load_merged  # noqa: F401
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -44,15 +45,3 @@ def load_adapter_state(peft_model: PeftModel, state: dict[str, torch.Tensor]) ->
 
 def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").exists()
-
-
-def load_merged(path: str | Path, family: str | None = None, block_size: int | None = None, dtype=torch.float32,
-                trust_remote_code: bool = False) -> DiffusionLM:
-    """Load an adapter directory onto its base model and merge it: a plain DiffusionLM."""
-    from rollout.models import load_model
-
-    path = Path(path)
-    base_path = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-    base = load_model(base_path, family=family, block_size=block_size, dtype=dtype, trust_remote_code=trust_remote_code)
-    merged = PeftModel.from_pretrained(base.model, path).merge_and_unload()
-    return DiffusionLM(merged.eval(), base.tokenizer, family=base.family.name, block_size=base.block_size)

@@ -3,11 +3,14 @@
 Everything that differs between diffusion-LM families lives here, so samplers and
 likelihood estimators are written once:
 
-- attention: "block" (block-causal; SDAR, TraDo, the project's tiny model) or
-  "full" (bidirectional; LLaDA, Dream);
+- attention: block-causal (SDAR, TraDo, the project's tiny model) or full (bidirectional;
+  LLaDA, Dream);
 - logit alignment: aligned (the logit at position p predicts the token at p; LLaDA,
   SDAR) or shifted (position p-1 predicts p; Dream, DiffuCoder);
 - mask / eos / pad ids, read from the tokenizer or config, never hard-coded.
+
+The first two, with the block size and the approximate caches, are the family's traits
+(rollout/families.py, `DiffusionLM.traits`): callers ask them, never `block_size is None`.
 
 Checkpoints in a family's original hub layout (SDAR/TraDo, Dream, LLaDA) load onto the stock
 class through rollout/convert.py, without the family's remote code.
@@ -16,9 +19,10 @@ class through rollout/convert.py, without the family's remote code.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
-from dataclasses import dataclass
+import json
 from pathlib import Path
 
 import torch
@@ -38,6 +42,7 @@ from transformers import (
 )
 
 from rollout.attention import SDPA_GQA, additive_mask, block_attention_allowed, full_attention_allowed
+from rollout.families import FAMILIES, FamilyTraits, family_traits
 from rollout.logprobs import head_logprobs
 from rollout.weights import separate_storages
 
@@ -45,24 +50,6 @@ from rollout.weights import separate_storages
 # transformers renamed `past_key_values` to `cache` in 5.x; pass whichever this version takes.
 _CACHE_KWARG = "cache" if "cache" in inspect.signature(Qwen3Model.forward).parameters else "past_key_values"
 
-
-@dataclass(frozen=True)
-class Family:
-    """What a model family looks like to the sampler and the learner."""
-
-    name: str
-    attention: str  # "block" | "full"
-    shift_logits: bool
-
-
-FAMILIES = {
-    # Block diffusion on a Qwen3 backbone with aligned logits (SDAR, TraDo, tiny CPU models).
-    "block": Family("block", attention="block", shift_logits=False),
-    # Full-attention masked diffusion with aligned logits (LLaDA; Llama architecture).
-    "llada": Family("llada", attention="full", shift_logits=False),
-    # Full-attention masked diffusion with AR-style shifted logits (Dream, DiffuCoder; Qwen2).
-    "dream": Family("dream", attention="full", shift_logits=True),
-}
 
 # config.model_type -> family, for checkpoints saved without `unmask_family`.
 MODEL_TYPES = {"qwen3": "block", "sdar": "block", "llama": "llada", "llada": "llada", "qwen2": "dream", "dream": "dream"}
@@ -74,25 +61,25 @@ class DiffusionLM:
     Args:
         model: a causal-LM class from transformers that accepts a 4D attention mask.
         tokenizer: must define a mask token (and an eos token).
-        family: key of FAMILIES.
+        family: key of FAMILIES (rollout/families.py).
         block_size: tokens per block for block-causal families.
     """
 
     def __init__(self, model: PreTrainedModel, tokenizer, family: str = "block", block_size: int | None = None):
-        if family not in FAMILIES:
-            raise ValueError(f"unknown model family {family!r}; known: {sorted(FAMILIES)}")
-        self.model, self.tokenizer, self.family = model, tokenizer, FAMILIES[family]
+        traits = family_traits(family)
+        self.model, self.tokenizer = model, tokenizer
         self.mask_id = _special_id(tokenizer, model.config, "mask_token_id")
         self.eos_id = _special_id(tokenizer, model.config, "eos_token_id")
         pad = tokenizer.pad_token_id
         self.pad_id = self.eos_id if pad is None else pad
-        if self.family.attention == "block":
-            block_size = block_size or getattr(model.config, "block_size", None)
+        if traits.block_causal:
+            block_size = block_size or getattr(model.config, "block_size", None) or traits.block_size
             if not block_size or block_size < 1:
                 raise ValueError("a block-diffusion model needs block_size >= 1 (config.block_size or argument)")
-        else:
-            block_size = None  # full attention: decoding blocks are a sampler setting, not the model's
-        self.block_size = block_size
+            traits = dataclasses.replace(traits, block_size=block_size)
+        # Full attention: the argument and config.block_size are ignored (decoding blocks are a
+        # sampler setting, not the model's).
+        self.traits: FamilyTraits = traits
         # Real checkpoints pad the embedding past the tokenizer (SDAR: ids 151670-151935 have no
         # token): sampling such an id would crash decoding, so it is excluded like the mask id.
         self.num_tokens = min(len(tokenizer), model.config.vocab_size)
@@ -100,6 +87,17 @@ class DiffusionLM:
         if getattr(model.config, "_attn_implementation", None) == "sdpa" and type(model).__module__.startswith("transformers."):
             # Stock classes only: a checkpoint's own code may read the name itself (rollout.attention).
             model.set_attn_implementation(SDPA_GQA)
+
+    @property
+    def family(self) -> FamilyTraits:
+        """The family's traits (`traits`), under the name callers used before."""
+        return self.traits
+
+    @property
+    def block_size(self) -> int | None:
+        """Tokens per block of a block-causal family (`traits.block_size`). Ask `traits.full_attention`
+        for the attention kind, not whether this is None."""
+        return self.traits.block_size
 
     @property
     def device(self) -> torch.device:
@@ -220,7 +218,7 @@ class DiffusionLM:
 
         Aligned families read the token's own position; shifted heads (Dream) read the one before.
         """
-        if self.family.shift_logits:
+        if self.traits.shift_logits:
             select = (select - 1).clamp(min=0)
         if rows is not None:
             b, s = rows.nonzero(as_tuple=True)
@@ -255,7 +253,7 @@ class DiffusionLM:
 
     def attention_allowed(self, position_ids: torch.Tensor, valid: torch.Tensor, query_start: int = 0) -> torch.Tensor:
         """This family's attention over one (unpacked) sequence per row: [B, L - query_start, L]."""
-        if self.family.attention == "full":
+        if self.traits.full_attention:
             return full_attention_allowed(valid)[:, query_start:]
         noisy = torch.zeros_like(valid)
         return block_attention_allowed(position_ids // self.block_size, noisy, valid, query_start)
@@ -270,9 +268,9 @@ class DiffusionLM:
     def save_pretrained(self, path: str | Path, state_dict: dict | None = None) -> None:
         """Save weights (safetensors) and tokenizer so transformers can load them back.
         `state_dict` replaces the module's own tensors (e.g. full weights gathered from shards)."""
-        if self.block_size is not None:
-            self.model.config.block_size = self.block_size
-        self.model.config.unmask_family = self.family.name
+        if self.traits.block_causal:
+            self.model.config.block_size = self.traits.block_size
+        self.model.config.unmask_family = self.traits.name
         # A learner's parameters are views of one buffer (flatten_parameters): unshare them, or
         # transformers would clone every one of them before writing.
         self.model.save_pretrained(path, state_dict=separate_storages(self.model.state_dict() if state_dict is None else state_dict))
@@ -328,8 +326,6 @@ def load_model(
     """
     hf_logging.disable_progress_bar()  # a per-tensor loading bar in every actor is noise
     if (Path(path) / "adapter_config.json").exists():  # a LoRA checkpoint: base + adapter, merged
-        from rollout.lora import load_merged
-
         return load_merged(path, family=family, block_size=block_size, dtype=dtype, trust_remote_code=trust_remote_code)
     from rollout.convert import hub_family, load_hub_checkpoint, read_config
 
@@ -353,6 +349,18 @@ def load_model(
             f"cannot tell the diffusion family of model_type {model.config.model_type!r}; pass family= one of {sorted(FAMILIES)}"
         )
     return DiffusionLM(model.eval(), tokenizer, family=family, block_size=block_size)
+
+
+def load_merged(path: str | Path, family: str | None = None, block_size: int | None = None, dtype=torch.float32,
+                trust_remote_code: bool = False) -> DiffusionLM:
+    """Load a LoRA adapter directory onto its base model and merge it: a plain DiffusionLM."""
+    from peft import PeftModel  # only adapter checkpoints need peft
+
+    path = Path(path)
+    base_path = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base = load_model(base_path, family=family, block_size=block_size, dtype=dtype, trust_remote_code=trust_remote_code)
+    merged = PeftModel.from_pretrained(base.model, path).merge_and_unload()
+    return DiffusionLM(merged.eval(), base.tokenizer, family=base.traits.name, block_size=base.traits.block_size)
 
 
 def checkpoint_family(path: str | Path) -> str | None:
@@ -403,10 +411,11 @@ def build_tiny_lm(
     )
     config.mask_token_id = tokenizer.mask_token_id
     config.unmask_family = family
-    if family == "block":
+    block_causal = family_traits(family).block_causal
+    if block_causal:
         config.block_size = block_size
     torch.manual_seed(seed)
-    return DiffusionLM(model_cls(config).eval(), tokenizer, family=family, block_size=block_size if family == "block" else None)
+    return DiffusionLM(model_cls(config).eval(), tokenizer, family=family, block_size=block_size if block_causal else None)
 
 
 def build_tiny_block_lm(tokenizer, block_size: int = 4, **kwargs) -> DiffusionLM:

@@ -221,6 +221,23 @@ MUTANTS: list[Mutant] = [
         ["tests/test_logprobs.py::test_estimators_score_only_their_rows_and_keep_their_values"],
         "the noisy copy starting at the prompt's end instead of its block boundary (the grid shifts)",
     ),
+    M(
+        "trace_attention_from_block_size",
+        "algorithms/trace.py",
+        "full = is_full_attention(block_size, full_attention)",
+        "full = block_size is None",
+        ["tests/test_family_traits.py::test_pure_functions_follow_full_attention_not_the_block_size"],
+        "TraceRL's pass grouping reading full attention off `block_size is None` instead of the family's traits",
+        nth=0,
+    ),
+    M(
+        "packing_attention_from_block_size",
+        "algorithms/packing.py",
+        "full = is_full_attention(block_size, full_attention)",
+        "full = block_size is None",
+        ["tests/test_family_traits.py::test_a_full_attention_family_with_a_block_size_is_treated_as_full_attention"],
+        "a full-attention family with a block size packed as block diffusion (a clean copy, a block mask)",
+    ),
     # ---- sampling and log-probs (rollout/) ----
     M(
         "mask_id_sampleable",
@@ -273,11 +290,19 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "dead_worker_redoes_too_few_prompts",
-        "rl/trainer.py",
+        "rl/actors.py",
         'chunks[w], job["seed"], job["params"]) for w in failed',
         'chunks[w][1:], job["seed"], job["params"]) for w in failed',
         ["tests/test_faults.py"],
         "a replaced rollout worker redoing only part of its dead predecessor's prompts",
+    ),
+    M(
+        "config_budget_ignored",
+        "rl/config.py",
+        '"max_new_tokens": self.max_new_tokens or default_max_new_tokens}',
+        '"max_new_tokens": default_max_new_tokens}',
+        ["tests/test_sampling.py::test_the_config_section_hands_the_engine_its_settings"],
+        "a config's sampling.max_new_tokens overridden by the task's budget on the way to the engine",
     ),
     M(
         "coupled_pass_count",
@@ -300,8 +325,8 @@ MUTANTS: list[Mutant] = [
     M(
         "trace_unit_sample_std",
         "algorithms/estimators.py",
-        'config_defaults={"zscore_std": "population", "redraw_masks": False},',
-        'config_defaults={"zscore_std": "sample", "redraw_masks": False},',
+        '_TRACERL_STD = ("population",',
+        '_TRACERL_STD = ("sample",',
         ["tests/test_estimator_units.py"],
         "TraceRL's preset taking the sample std (its code divides by G)",
     ),
@@ -332,7 +357,7 @@ MUTANTS: list[Mutant] = [
     # ---- the code judge and the sandbox (rewards/) ----
     M(
         "judge_reraises_program_exception",
-        "rewards/_sandbox_child.py",
+        "rewards/sandbox/_sandbox_child.py",
         'raise _call_failed("%s() raised %s" % (self._name, reply[2][:1000]))',
         'raise getattr(__import__("builtins"), reply[1], ProgramError)(reply[2])',
         ["tests/test_rewards_redteam.py"],
@@ -340,7 +365,7 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "judge_ignores_failed_calls",
-        "rewards/_sandbox_child.py",
+        "rewards/sandbox/_sandbox_child.py",
         'if verdict == "ok" and _CALL_FAILURES:',
         'if verdict == "ok" and _CALL_FAILURES and False:',
         ["tests/test_rewards_redteam.py"],
@@ -348,7 +373,7 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "verdict_any_text_passes",
-        "rewards/_sandbox_child.py",
+        "rewards/sandbox/_sandbox_child.py",
         '    elif text == "ok":',
         "    elif text:",
         ["tests/test_rewards_redteam.py", "tests/test_rewards_sandbox.py"],
@@ -372,7 +397,7 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "warm_workdir_not_wiped",
-        "rewards/_sandbox_child.py",
+        "rewards/sandbox/_sandbox_child.py",
         "        clean_ok = _wipe(base)",
         "        clean_ok = True",
         ["tests/test_rewards_redteam.py"],
@@ -380,7 +405,7 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "chmod_allowed",
-        "rewards/_sandbox_child.py",
+        "rewards/sandbox/_sandbox_child.py",
         "90: _EPERM, 91: _EPERM, 268: _EPERM, 452: _EPERM,  # chmod, fchmod, fchmodat, fchmodat2",
         "268: _EPERM, 452: _EPERM,",
         ["tests/test_rewards_redteam.py"],
@@ -393,6 +418,14 @@ MUTANTS: list[Mutant] = [
         "stop = _breaker(workers)",
         ["tests/test_rewards_redteam.py", "tests/test_rewards_score.py"],
         "a few raising samples stopping the per-sample retry of the code reward",
+    ),
+    M(
+        "sandbox_choice_dropped",
+        "rewards/registry.py",
+        "    return functools.partial(fn, **{SANDBOX_KEYWORD: sandbox})",
+        "    return fn",
+        ["tests/test_sandbox_choice.py"],
+        "scoring.sandbox not reaching the code reward (it falls back to UNMASK_SANDBOX or auto)",
     ),
     M(
         "pool_timeout_not_killed",
@@ -430,10 +463,26 @@ MUTANTS: list[Mutant] = [
     M(
         "process_rewards_misaligned",
         "rl/learner.py",
-        "torch.tensor(token_rewards[i], dtype=torch.float32)",
-        "torch.tensor(token_rewards[r], dtype=torch.float32)",
+        "tok_r[:, :w] = token_rewards[piece.idx, :w].float().to(dev)",
+        "tok_r[:, :w] = token_rewards[: len(piece.idx), :w].float().to(dev)",
         ["tests/test_worker_learner.py::test_value_model_uses_process_rewards_on_their_steps"],
         "a sample's step rewards read from another sample",
+    ),
+    M(
+        "value_rewards_never_zscored",
+        "rl/batch.py",
+        'if algo.value.reward == "raw":',
+        "if True:",
+        ["tests/test_step_batch.py::test_advantages_stage_gives_the_value_model_its_outcome_rewards"],
+        "the value model's GAE given raw rewards although value.reward is zscore (TraceRL's)",
+    ),
+    M(
+        "learner_batch_rows_shifted",
+        "rl/batch.py",
+        "p, c = int(self.prompt_lens[i]), int(self.completion_lens[i])",
+        "p, c = int(self.prompt_lens[i - 1]), int(self.completion_lens[i])",
+        ["tests/test_step_batch.py::test_learner_batch_is_tensors_that_give_back_the_exact_trajectories"],
+        "the learner rebuilding a row with another row's prompt length",
     ),
     M(
         "k3_direction_reversed",
@@ -460,10 +509,10 @@ MUTANTS: list[Mutant] = [
         ["tests/test_sft_data.py::test_loss_is_on_response_tokens_only"],
         "the noisy copy keeping the tokens it should mask",
     ),
-    # ---- checkpoint save / load (rl/learner.py) ----
+    # ---- checkpoint save / load (rl/learner_state.py) ----
     M(
         "policy_optimizer_not_restored",
-        "rl/learner.py",
+        "rl/learner_state.py",
         'self._load_optimizer_state(self.optimizer, self.lm.model, state["optimizer"])',
         "None",
         ["tests/test_worker_learner.py::test_checkpoint_restores_step_optimizer_and_the_next_update"],
@@ -471,7 +520,7 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "learner_step_not_restored",
-        "rl/learner.py",
+        "rl/learner_state.py",
         'self.step = state["step"]',
         "self.step = 0",
         ["tests/test_worker_learner.py::test_checkpoint_restores_step_optimizer_and_the_next_update"],
@@ -479,11 +528,28 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "value_optimizer_not_restored",
-        "rl/learner.py",
+        "rl/learner_state.py",
         "self._load_optimizer_state(self.value_optimizer",
         "None and self._load_optimizer_state(self.value_optimizer",
         ["tests/test_worker_learner.py::test_value_model_trains_and_checkpoints"],
         "Learner.load skipping the value optimizer's state",
+    ),
+    # ---- paper presets (algorithms/estimators.py units, rl/config.py) ----
+    M(
+        "one_step_preset_drops_beta",
+        "algorithms/estimators.py",
+        '            beta=(0.04, f"{_D1}slurm_scripts/train.yaml:68',
+        '            _beta=(0.04, f"{_D1}slurm_scripts/train.yaml:68',
+        ["tests/test_presets.py::test_each_unit_derives_its_papers_values_with_a_source_for_each"],
+        "d1's preset losing its KL weight (beta 0.04 to the initial policy): one_step runs without a reference",
+    ),
+    M(
+        "preset_comment_on_user_value",
+        "rl/config.py",
+        "            if getattr(algorithm, key) != value:",
+        "            if False:",
+        ["tests/test_presets.py::test_config_yaml_names_each_presets_source_and_loads_back_to_the_same_config"],
+        "config.yaml crediting a paper for a value the user set",
     ),
 ]
 

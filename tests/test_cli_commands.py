@@ -491,7 +491,7 @@ def test_train_joins_a_cluster_started_with_ray_start(tmp_path):
         ok(res)
         assert json.loads((run / "summary.json").read_text())["steps"] == 2
         assert max(p.name for p in (run / "checkpoints").iterdir()) == "step_000002"
-        actors = [p for p in glob.glob(f"{temp}/session_*/logs/worker-*") if "_LearnerActor" in Path(p).read_text(errors="replace")]
+        actors = [p for p in glob.glob(f"{temp}/session_*/logs/worker-*") if "LearnerActor" in Path(p).read_text(errors="replace")]
         assert actors, "the run's learner did not run on the cluster started with `ray start`"
     finally:
         if head.poll() is None:

@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 from algorithms.estimators import count_forward_passes, occurrence_index, one_step_estimate
 from rl.config import RunConfig
 from rl.distributed import free_port, minibatch_pieces
+from rl.batch import learner_batch
 from rl.learner import Learner
 from rollout import SamplingParams
 from rollout.worker import RolloutWorker
@@ -90,7 +91,7 @@ def run_update(learner: Learner, trajs, n: int) -> tuple[dict, dict]:
     # rewards that vary inside each group (groups alternate 0, 1): the value model sees their
     # group z-scores, which a constant group would turn into zeros
     rewards = [float(i % 3 == 0) for i in range(n)]
-    metrics = learner.update(trajs[:n], adv, rewards=rewards)
+    metrics = learner.update(learner_batch(learner.cfg.algorithm, trajs[:n], adv, rewards=rewards))
     return grads, metrics
 
 

@@ -60,6 +60,7 @@ def test_train_kill_resume_matches_uninterrupted_run(tmp_path, source):
     assert {"reward/mean", "accuracy/train", "kl", "tokens_per_s", "timing_s/update", "logp_mismatch", "rollout/response_length"} <= set(records[-2])
     assert max(r["logp_mismatch"] for r in records if "logp_mismatch" in r) < 1e-4
     assert (killed / "curves.png").stat().st_size > 10_000 and (killed / "config.yaml").exists()
+    assert "\n  loss_norm: pass  # trace preset: Gen-Verse/dLLM-RL " in (killed / "config.yaml").read_text()  # each preset with its source
     state = json.loads((killed / "checkpoints" / f"step_{STEPS:06d}" / "trainer_state.json").read_text())
     name = "arithmetic" if source == "arithmetic" else "sums"
     assert state["data_cursor"][name]["draws"] == STEPS * 4  # 4 prompts per step, all from the one source

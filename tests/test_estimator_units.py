@@ -8,6 +8,7 @@ import torch
 
 from algorithms.estimators import ESTIMATORS, EstimatorUnit, get_estimator
 from rl.config import ConfigError, RunConfig, load_config
+from rl.batch import learner_batch
 from rl.learner import Learner
 from rollout import SamplingParams
 from rollout.worker import RolloutWorker
@@ -86,7 +87,7 @@ def test_a_toy_estimator_module_trains_one_step_through_the_normal_config(toy, t
                             SamplingParams(max_new_tokens=5, temperature=1.0), seed=0, groups=[0, 1] * 4)  # fmt: skip
     start = {k: v.clone() for k, v in learner.lm.model.named_parameters()}
     adv = [0.25, 0.75] * 4
-    m = learner.update(trajs, adv)
+    m = learner.update(learner_batch(learner.cfg.algorithm, trajs, adv))
     assert mod.CALLS and set(mod.CALLS) == {0.5}  # the option reached the estimate
     # One loss token per sample (the first), ratio 1 before the step, norm "token":
     # loss = mean over the 8 tokens of -A = -(4 * 0.25 + 4 * 0.75) / 8 = -0.5.
@@ -117,7 +118,7 @@ def test_unknown_estimators_are_refused_with_the_known_names(tmp_path):
     [
         ("trace", "zscore", "population", False),  # dLLM-RL: z-score with torch std(unbiased=False)
         ("one_step", "mean", "sample", True),  # d1's trainer: A = r - mean (std only logged); a mask seed per inner iteration
-        ("coupled", "loo", "sample", False),  # DiffuCoder: leave-one-out, no std scaling
+        ("coupled", "loo", "sample", True),  # DiffuCoder: leave-one-out, no std scaling; a mask seed per inner iteration (coupled_grpo.py:458)
         ("mc_elbo", "zscore", "sample", False),
     ],
 )
@@ -171,7 +172,7 @@ def test_config_help_lists_every_estimator_with_its_paper_and_preset():
         assert f"  {name}: {unit.paper}" in text
     # coupled's options show the run config's defaults (DiffuCoder's weighted form), not the function's
     assert "weighted=True (algorithm.coupled_weighted)" in text
-    assert "preset: advantage: mean, zscore_std: sample, redraw_masks: True" in text  # one_step: d1's
+    assert "      advantage: mean  # dllm-reasoning/d1 diffu-grpo/diffu_grpo_trainer.py:539" in text  # one_step: d1's, one line per field
 
 
 def test_a_plugin_estimator_loads_from_the_directory_unmask_runs_in(tmp_path):

@@ -44,20 +44,20 @@ def test_killed_rollout_worker_is_replaced_and_its_prompts_redone(tmp_path):
         trainer.sync_weights(version=0)
         reference = trainer.rollout(step=3)
         submitted = []  # (worker, groups of the prompts it was given) of every generate call
-        submit = trainer._submit
+        submit = trainer.workers._submit
 
         def spy(w, chunk, seed, params):
             submitted.append((w, [g for _, g in chunk]))
             return submit(w, chunk, seed, params)
 
-        trainer._submit = spy
+        trainer.workers._submit = spy
         victim = trainer.workers[0]
         marker = tmp_path / "died_mid_generate"
         ray.get(victim.__ray_call__.remote(_die_at_forward(str(marker))))
         redone = trainer.rollout(step=3)
         # The worker died inside its generate call (one forward done, the second never returned) ...
         assert marker.read_text() == "1 forwards done\n"
-        assert trainer.worker_restarts == 1 and trainer.workers[0] is not victim
+        assert trainer.workers.restarts == 1 and trainer.workers[0] is not victim
         # ... and its replacement decoded exactly worker 0's share again: the first half of the
         # step's 16 samples (groups 0 and 1, 4 each), once; worker 1 was asked once for the rest.
         half = prompts_per_step * samples // 2

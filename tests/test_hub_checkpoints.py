@@ -217,6 +217,7 @@ def test_convert_and_generate_commands(tmp_path):
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_rl_steps_weight_sync_and_resume_on_a_hub_checkpoint(tmp_path, name):
     from rl.config import RunConfig
+    from rl.batch import learner_batch
     from rl.learner import Learner
     from rollout.worker import RolloutWorker
 
@@ -231,7 +232,7 @@ def test_rl_steps_weight_sync_and_resume_on_a_hub_checkpoint(tmp_path, name):
     for step in range(2):
         trajs = worker.generate(prompts, params, seed=step, groups=[0, 1] * 4)
         assert all(max(t.completion_ids) < worker.lm.num_tokens for t in trajs)
-        m = learner.update(trajs, [1.0, -1.0] * 4)
+        m = learner.update(learner_batch(learner.cfg.algorithm, trajs, [1.0, -1.0] * 4))
         assert m["logp_mismatch"] < 1e-4  # the learner replays exactly what the sampler saw
         worker.load_weights(learner.get_weights(), version=step + 1)
     learner.save(tmp_path / "ckpt")

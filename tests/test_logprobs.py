@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import rollout.models
 from algorithms.estimators import ESTIMATORS, loss_mask
 from rl.config import RunConfig
+from rl.batch import learner_batch
 from rl.learner import Learner
 from rollout import SamplingParams
 from rollout.logprobs import ROW_BLOCK, head_logprobs
@@ -137,7 +138,7 @@ def test_lm_head_rows_per_update_equal_the_loss_tokens(estimator, monkeypatch):
     real_head, real_forward = rollout.models.head_logprobs, learner.lm.forward_logprobs
     monkeypatch.setattr(rollout.models, "head_logprobs", lambda hidden, *a, **k: rows.append(hidden.shape[0]) or real_head(hidden, *a, **k))
     monkeypatch.setattr(learner.lm, "forward_logprobs", lambda *a, **k: passes.append(a[3].shape) or real_forward(*a, **k))
-    learner.update(trajs, [1.0, -1.0, 0.5, -0.5])
+    learner.update(learner_batch(learner.cfg.algorithm, trajs, [1.0, -1.0, 0.5, -0.5]))
     loss_tokens = int(loss_mask(trajs, learner.lm.eos_id).sum())
     completion_tokens = sum(len(t.completion_ids) for t in trajs)
     assert loss_tokens < completion_tokens  # the batch has filler, so the count can tell them apart

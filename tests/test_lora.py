@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rl.config import RunConfig
+from rl.batch import learner_batch
 from rl.learner import Learner
 from rollout import SamplingParams, generate, load_model
 from rollout.worker import RolloutWorker
@@ -36,7 +37,7 @@ def test_lora_update_syncs_only_the_adapter_and_changes_rollouts(tmp_path):
     base = {k: v.clone() for k, v in learner.lm.model.state_dict().items() if "lora_" not in k}
     trajs = batch(worker)
     before = [t.completion_ids for t in batch(worker, seed=5)]
-    m = learner.update(trajs, torch.linspace(-1, 1, len(trajs)).tolist())
+    m = learner.update(learner_batch(learner.cfg.algorithm, trajs, torch.linspace(-1, 1, len(trajs)).tolist()))
     assert m["kl"] == 0.0  # first update: old policy == base with adapter off (lora_B starts at 0)
     weights = learner.get_weights()
     full = sum(v.numel() for v in learner.lm.model.state_dict().values())
@@ -46,7 +47,7 @@ def test_lora_update_syncs_only_the_adapter_and_changes_rollouts(tmp_path):
             assert torch.equal(v, base[k]), k
     worker.load_weights(weights, version=1)
     assert [t.completion_ids for t in batch(worker, seed=5)] != before
-    m2 = learner.update(batch(worker, seed=7), torch.linspace(-1, 1, 16).tolist())
+    m2 = learner.update(learner_batch(learner.cfg.algorithm, batch(worker, seed=7), torch.linspace(-1, 1, 16).tolist()))
     assert m2["kl"] > 0  # the reference (adapter disabled) now differs from the policy
 
     # checkpoint -> resume restores the adapter; merge -> plain transformers model, same tokens
@@ -87,8 +88,8 @@ def test_value_model_with_lora_trains_only_its_own_adapter_and_head():
     assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
     # The head starts at zero, so the critic's adapter gets gradient from the second update on.
     # Rewards vary inside each group (groups alternate 0, 1): the critic sees their z-scores.
-    learner.update(batch(worker), [0.0] * 16, rewards=[float(i % 3 == 0) for i in range(16)])
-    learner.update(batch(worker, seed=1), [0.0] * 16, rewards=[float(i % 3 == 1) for i in range(16)])
+    learner.update(learner_batch(learner.cfg.algorithm, batch(worker), [0.0] * 16, rewards=[float(i % 3 == 0) for i in range(16)]))
+    learner.update(learner_batch(learner.cfg.algorithm, batch(worker, seed=1), [0.0] * 16, rewards=[float(i % 3 == 1) for i in range(16)]))
     after = learner.value.state_dict()
     changed = {k for k in after if not torch.equal(after[k], value_before[k])}
     assert "head.weight" in changed and any("lora_B" in k for k in changed)

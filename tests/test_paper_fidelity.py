@@ -15,6 +15,7 @@ from algorithms.losses import LossTotals, k3_kl, policy_loss, sequence_policy_lo
 from algorithms.trace import trace_pass_index, trace_step_index
 from algorithms.value import trace_gae, tracerl_gae
 from rl.config import AlgorithmConfig, RunConfig, load_config
+from rl.batch import learner_batch
 from rl.learner import Learner, estimator_options
 from rollout import Trajectory
 from rollout.models import build_tiny_lm
@@ -65,7 +66,7 @@ def test_learner_gae_uses_merged_steps():
     prompt = tok("12+3")["input_ids"]  # 4 tokens: the completion is exactly block 1
     assert len(prompt) == 4 and learner.lm.block_size == 4
     t = Trajectory(prompt, tok("0015")["input_ids"], [0, 1, 2, 3], [0.0] * 4, 4, 1.0, 4, "length")
-    m = learner.update([t], [0.0], rewards=[1.0])
+    m = learner.update(learner_batch(learner.cfg.algorithm, [t], [0.0], rewards=[1.0]))
     assert m["returns/mean"] == pytest.approx(0.75)
     assert m["loss/value"] == pytest.approx(0.3125)
 
@@ -135,7 +136,7 @@ def test_canvas_filler_gets_no_weight():
 def test_gspo_brings_its_own_clip_range_and_sequence_norm():
     g = AlgorithmConfig(loss="gspo")
     assert (g.eps_low, g.eps_high, g.loss_norm) == (3e-4, 4e-4, "sequence")
-    assert (AlgorithmConfig().eps_low, AlgorithmConfig().loss_norm) == (0.2, "token")
+    assert (AlgorithmConfig().eps_low, AlgorithmConfig().loss_norm) == (0.2, "pass")  # trace's preset: dLLM-RL train/rl_llada.py:591
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         kept = AlgorithmConfig(loss="gspo", eps_high=5e-4, loss_norm="pass")  # explicit, consistent values stay
@@ -188,7 +189,7 @@ def test_one_step_redraws_masks_every_epoch_like_d1(redraw):
         return real(lm, batch, gen, **opts)
 
     learner._policy.estimate = spy
-    learner.update(trajs, [1.0, -1.0])
+    learner.update(learner_batch(learner.cfg.algorithm, trajs, [1.0, -1.0]))
     old, current = seeds[False], seeds[True]
     assert len(current) == 3
     if redraw is None:
@@ -196,7 +197,9 @@ def test_one_step_redraws_masks_every_epoch_like_d1(redraw):
         assert old == current and len(set(current)) == 3
     else:
         assert old == current[:1] and len(set(current)) == 1
-    assert not AlgorithmConfig(estimator="coupled").redraw_masks and AlgorithmConfig(estimator="one_step").redraw_masks
+    # d1 and DiffuCoder both draw a mask seed per inner iteration (coupled_grpo.py:458); mc_elbo keeps one draw
+    assert AlgorithmConfig(estimator="coupled").redraw_masks and AlgorithmConfig(estimator="one_step").redraw_masks
+    assert not AlgorithmConfig(estimator="mc_elbo").redraw_masks
 
 
 # -- 5. TraceRL's per-token value form -------------------------------------------------------------
@@ -229,7 +232,7 @@ def test_value_model_is_fed_the_group_zscored_reward():
         learner = Learner(run_cfg(value={"enabled": True, "reward": reward}))
         tok = learner.lm.tokenizer
         trajs = [Trajectory(tok("12+34=")["input_ids"], tok(c)["input_ids"], [0, 1, 2], [0.0] * 3, 4, 1.0, 3, "length", group=0) for c in ("046", "047")]
-        m = learner.update(trajs, [0.0, 0.0], rewards=[1.0, 0.0])
+        m = learner.update(learner_batch(learner.cfg.algorithm, trajs, [0.0, 0.0], rewards=[1.0, 0.0]))
         assert m["loss/value"] == pytest.approx(want, rel=1e-5), reward  # z = +-1 / (1 + 2e-6): the eps of the z-score
 
 
@@ -308,7 +311,7 @@ def test_pass_norm_runs_in_the_learner_and_needs_trace():
     learner = Learner(run_cfg(loss_norm="pass"))
     tok = learner.lm.tokenizer
     trajs = [Trajectory(tok("12+34=")["input_ids"], tok("046")["input_ids"] + [learner.lm.eos_id], [0, 0, 1, 2], [0.0] * 4, 4, 1.0, 3, "eos")] * 2
-    m = learner.update(trajs, [1.0, -1.0])
+    m = learner.update(learner_batch(learner.cfg.algorithm, trajs, [1.0, -1.0]))
     assert math.isfinite(m["loss/policy"])
     with pytest.raises(ValueError, match="loss_norm: pass"):
         AlgorithmConfig(estimator="one_step", loss_norm="pass")

@@ -156,7 +156,7 @@ def test_correct_programs_still_pass_and_errors_say_what_failed(backend):  # noq
 
 
 def test_values_cross_as_plain_data_of_exactly_their_types():
-    from rewards._sandbox_child import decode, encode
+    from rewards.sandbox._sandbox_child import decode, encode
 
     value = {"a": [1, 2.5, float("inf")], (1, "x"): {frozenset({3}), b"\x00"}, "big": 10**400, "c": 1 - 2j, "n": None, "t": True}
     back = decode(encode(value))

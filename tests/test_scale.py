@@ -88,10 +88,10 @@ def test_two_workers_two_learner_ranks_survive_a_killed_worker(tmp_path):
     trainer.launch_rollout = launch_then_kill
     try:
         summary = trainer.train()
-        groups = {ray.get(a.__ray_call__.remote(lambda self: ray.get_runtime_context().get_placement_group_id())) for a in trainer.learners + trainer.workers}
+        groups = {ray.get(a.__ray_call__.remote(lambda self: ray.get_runtime_context().get_placement_group_id())) for a in [*trainer.learners, *trainer.workers]}
     finally:
         trainer.shutdown()
-    assert summary["steps"] == 2 and trainer.worker_restarts == 1
+    assert summary["steps"] == 2 and trainer.workers.restarts == 1
     rows = [r for r in metrics(tmp_path) if "loss/total" in r]
     assert [r["step"] for r in rows] == [1, 2] and rows[-1]["faults/worker_restarts"] == 1
     assert len(groups) == 1 and None not in groups, "every actor runs in the run's placement group"

@@ -39,7 +39,7 @@ def test_humaneval_raw_template_scores_the_same_in_training_and_in_unmask_eval(t
     assert src.template.cut(CORRECT_THEN_JUNK) == "    return a + b\n"
     batch = StepBatch([Trajectory([1], [2], [0], [0.0], None, 1.0, 1, "eos", text=CORRECT_THEN_JUNK, group=0)], [ex])
     _trainer(src).score(batch)
-    train_scores = batch.rewards
+    train_scores = batch.rewards.tolist()
 
     bench = load_benchmark("humaneval", FIX, template="raw")
     problem = next(p for p in bench.problems if p["entry_point"] == "add")

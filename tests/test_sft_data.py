@@ -63,8 +63,8 @@ def test_loss_is_on_response_tokens_only(tmp_path, monkeypatch):
     masks = []
     real_mask = algorithms.sft.random_block_mask
 
-    def mask_spy(prompt_len, completion_len, block_size, generator):
-        masks.append(real_mask(prompt_len, completion_len, block_size, generator))
+    def mask_spy(prompt_len, completion_len, block_size, generator, **traits):
+        masks.append(real_mask(prompt_len, completion_len, block_size, generator, **traits))
         return masks[-1]
 
     monkeypatch.setattr(run.lm, "sampling_logprobs", spy)

@@ -24,6 +24,6 @@ def test_accuracy_comes_from_the_preset_reward_even_when_listed_second(tmp_path)
     trajs = [Trajectory([1], [2], [0], [0.0], None, 1.0, 1, "eos", text=text, group=g) for g, text in [(0, "\\boxed{2}"), (1, "\\boxed{5}")]]
     batch = StepBatch(trajs, ex)  # the rows stay on the driver: the trajectories carry no columns
     m = trainer.score(batch)
-    scores = batch.rewards
+    scores = batch.rewards.tolist()
     assert m["accuracy/gsm/train"] == 0.5 and m["accuracy/train"] == 0.5  # both boxed, one right: not the format reward's 1.0
     assert scores == [1.1, 0.1] and m["reward/gsm/boxed_format_reward/mean"] == 1.0

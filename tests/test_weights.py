@@ -217,7 +217,7 @@ def test_bf16_rollout_workers_get_the_learners_weights_cast_by_the_trainer(tmp_p
         worker = ray.get(trainer.workers[0].__ray_call__.remote(lambda self: {k: v.clone() for k, v in self.lm.model.state_dict().items()}))
     finally:
         trainer.shutdown()
-    assert trainer._sync_dtype == torch.bfloat16
+    assert trainer.workers.sync_dtype == torch.bfloat16
     assert set(worker) == set(learner)
     assert all(learner[k].dtype == torch.float32 and v.dtype == torch.bfloat16 and torch.equal(v, learner[k].bfloat16()) for k, v in worker.items())
     row = next(json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "loss/total" in line)

@@ -6,6 +6,7 @@ import torch
 import rl.learner
 from algorithms.estimators import loss_length
 from rl.config import RunConfig
+from rl.batch import learner_batch
 from rl.learner import Learner
 from rollout import SamplingParams, Trajectory
 from rollout.worker import RolloutWorker
@@ -43,7 +44,7 @@ def test_update_moves_every_parameter_and_logp_matches_rollout():
     trajs = rollouts(worker, worker.lm.tokenizer, n=16)
     start = {k: v.clone() for k, v in learner.lm.model.named_parameters()}
     adv = torch.linspace(-1, 1, len(trajs)).tolist()
-    m = learner.update(trajs, adv)
+    m = learner.update(learner_batch(learner.cfg.algorithm, trajs, adv))
     assert m["logp_mismatch"] < 1e-4  # learner replays the rollout's own log-probs
     assert learner.step == 1
     for name, p in learner.lm.model.named_parameters():
@@ -51,7 +52,7 @@ def test_update_moves_every_parameter_and_logp_matches_rollout():
     for name, p in learner.ref.model.named_parameters():  # the reference stays the initial policy
         assert torch.equal(p, start[name])
     with pytest.raises(ValueError, match="advantages"):
-        learner.update(trajs, adv[:-1])
+        learner.update(learner_batch(learner.cfg.algorithm, trajs, adv[:-1]))
 
 
 def test_checkpoint_restores_step_optimizer_and_the_next_update(tmp_path):
@@ -60,27 +61,27 @@ def test_checkpoint_restores_step_optimizer_and_the_next_update(tmp_path):
     b2 = rollouts(worker, worker.lm.tokenizer, n=8, seed=2)
     adv1, adv2 = [1.0, -1.0] * 4, [-0.5, 0.5] * 4
     a = Learner(run_cfg(beta=0.05))
-    a.update(b1, adv1)
+    a.update(learner_batch(a.cfg.algorithm, b1, adv1))
     a.save(tmp_path / "ckpt")
     # the same checkpoint as bytes, for a driver that stores it without a shared filesystem
     files = a.state_files()
     on_disk = {p.relative_to(tmp_path / "ckpt").as_posix(): p.read_bytes() for p in (tmp_path / "ckpt").rglob("*") if p.is_file()}
     assert set(files) == set(on_disk) and {"learner.pt", "model/model.safetensors", "model/config.json"} <= set(files)
     assert files["model/model.safetensors"] == on_disk["model/model.safetensors"]
-    a.update(b2, adv2)
+    a.update(learner_batch(a.cfg.algorithm, b2, adv2))
 
     b = Learner(run_cfg(beta=0.05))
     assert b.load(tmp_path / "ckpt") == 1 and b.step == 1
     sa, sb = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
     assert sb[0]["step"] == 2 * 1  # two minibatches per update
-    b.update(b2, adv2)
+    b.update(learner_batch(b.cfg.algorithm, b2, adv2))
     for (name, pa), (_, pb) in zip(a.lm.model.named_parameters(), b.lm.model.named_parameters()):
         assert torch.allclose(pa, pb, atol=1e-6), name
     assert all(torch.allclose(sa[k]["exp_avg_sq"], b.optimizer.state_dict()["state"][k]["exp_avg_sq"], atol=1e-9) for k in sa)
 
     c = Learner(run_cfg(beta=0.05))
     assert c.load_state_files(files) == 1
-    c.update(b2, adv2)
+    c.update(learner_batch(c.cfg.algorithm, b2, adv2))
     for (name, pa), (_, pc) in zip(a.lm.model.named_parameters(), c.lm.model.named_parameters()):
         assert torch.allclose(pa, pc, atol=1e-6), name
     with pytest.raises(ValueError, match="relative path"):
@@ -93,7 +94,7 @@ def test_every_estimator_trains_through_the_learner(estimator):
     worker = RolloutWorker(str(BASE_CKPT))
     trajs = rollouts(worker, worker.lm.tokenizer, n=8)
     start = {k: v.clone() for k, v in learner.lm.model.named_parameters()}
-    m = learner.update(trajs, [1.0, -1.0] * 4)
+    m = learner.update(learner_batch(learner.cfg.algorithm, trajs, [1.0, -1.0] * 4))
     assert "logp_mismatch" not in m and m["kl"] >= 0
     assert any(not torch.equal(p, start[n]) for n, p in learner.lm.model.named_parameters())
 
@@ -105,13 +106,14 @@ def _loss_tokens(t, eos_id):
 def _spy(learner, monkeypatch):
     """Record what the learner's first optimizer step hands the losses: the policy loss's
     advantages [n, C] and the value loss's old values and returns [n, C], rows in minibatch
-    order, and that order ("batch": the trajectories as the value model first saw them)."""
+    order, and that order ("order": the batch rows of the first minibatch piece, in its order)."""
     seen = {}
-    real_loss, real_value_loss, real_values = learner.loss_fn, rl.learner.value_loss, learner.value.values
+    real_loss, real_value_loss, real_pieces = learner.loss_fn, rl.learner.value_loss, rl.learner.minibatch_pieces
 
-    def values(trajs, *a, **k):
-        seen.setdefault("batch", list(trajs))
-        return real_values(trajs, *a, **k)
+    def pieces(*a, **k):
+        out = real_pieces(*a, **k)
+        seen.setdefault("order", list(out[0].idx))
+        return out
 
     def loss_fn(logp, old, adv, keep, *a, **k):
         seen.setdefault("adv", adv.detach().clone())
@@ -125,13 +127,13 @@ def _spy(learner, monkeypatch):
 
     learner.loss_fn = loss_fn
     monkeypatch.setattr(rl.learner, "value_loss", value_loss)
-    monkeypatch.setattr(learner.value, "values", values)
+    monkeypatch.setattr(rl.learner, "minibatch_pieces", pieces)
     return seen
 
 
 def _in_batch_order(seen, trajs, rows):
     """Per-trajectory expected rows [len(trajs), C] reordered as the minibatch saw them (one minibatch)."""
-    order = [next(i for i, t in enumerate(trajs) if t is b) for b in seen["batch"]]
+    order = seen["order"]
     assert sorted(order) == list(range(len(trajs)))
     return rows[order]
 
@@ -145,7 +147,7 @@ def test_value_model_trains_and_checkpoints(tmp_path, monkeypatch):
     rewards = [1.0, 0.0] * 4
     head0 = learner.value.head.weight.clone()
     seen = _spy(learner, monkeypatch)
-    m = learner.update(trajs, [0.0] * 8, rewards=rewards)
+    m = learner.update(learner_batch(learner.cfg.algorithm, trajs, [0.0] * 8, rewards=rewards))
     assert "loss/value" in m and not torch.equal(learner.value.head.weight, head0)
     # zero-initialised head: values are 0, and with gamma = lam = 1 every loss token's return (the
     # value target) and advantage is its sample's reward; 0 past the first EOS and at padding
@@ -174,14 +176,14 @@ def test_value_model_trains_and_checkpoints(tmp_path, monkeypatch):
         for name in ("exp_avg", "exp_avg_sq"):
             assert torch.equal(restored["state"][k][name], st[name]), (k, name)
     b2, rewards2 = trajs[:4], [0.0, 1.0, 1.0, 0.0]  # a smaller second batch, other rewards
-    learner.update(b2, [0.0] * 4, rewards=rewards2)
-    other.update(b2, [0.0] * 4, rewards=rewards2)
+    learner.update(learner_batch(learner.cfg.algorithm, b2, [0.0] * 4, rewards=rewards2))
+    other.update(learner_batch(other.cfg.algorithm, b2, [0.0] * 4, rewards=rewards2))
     for (name, pa), (_, pb) in zip(learner.value.named_parameters(), other.value.named_parameters()):
         assert torch.allclose(pa, pb, atol=1e-7, rtol=0), name
     for (name, pa), (_, pb) in zip(learner.lm.model.named_parameters(), other.lm.model.named_parameters()):
         assert torch.allclose(pa, pb, atol=1e-7, rtol=0), name
-    with pytest.raises(ValueError, match="one reward per trajectory"):
-        learner.update(trajs, [0.0] * 8)
+    with pytest.raises(ValueError, match="value model needs value_rewards"):
+        learner.update(learner_batch(learner.cfg.algorithm, trajs, [0.0] * 8))
 
 
 def test_value_model_uses_process_rewards_on_their_steps(monkeypatch):
@@ -196,7 +198,7 @@ def test_value_model_uses_process_rewards_on_their_steps(monkeypatch):
     eos = learner.lm.eos_id
     assert all(t.step_map.index(0) < _loss_tokens(t, eos) for t in trajs)  # step 0 carries loss in every sample
     seen = _spy(learner, monkeypatch)
-    m = learner.update(trajs, [0.0] * 8, rewards=[0.0] * 8, token_rewards=token_rewards)
+    m = learner.update(learner_batch(learner.cfg.algorithm, trajs, [0.0] * 8, rewards=[0.0] * 8, token_rewards=token_rewards))
     width = seen["returns"].shape[1]
     want = torch.tensor([[(i + 1) / 8 if c == t.step_map.index(0) else 0.0 for c in range(width)] for i, t in enumerate(trajs)])
     want = _in_batch_order(seen, trajs, want)
@@ -216,7 +218,7 @@ def test_default_value_form_gives_each_token_its_own_baseline(monkeypatch):
     prompt = tok("12+3")["input_ids"]  # 4 tokens: the completion is exactly block 1, steps {0, 1} and {2, 3}
     t = Trajectory(prompt, tok("0015")["input_ids"], [0, 1, 2, 3], [0.0] * 4, 4, 1.0, 4, "length")
     seen = _spy(learner, monkeypatch)
-    learner.update([t], [0.0], rewards=[1.0])
+    learner.update(learner_batch(learner.cfg.algorithm, [t], [0.0], rewards=[1.0]))
     v = seen["old_values"][0].tolist()
     assert abs(v[0] - v[1]) > 1e-3 and abs(v[2] - v[3]) > 1e-3  # values differ inside each step
     assert seen["returns"][0].tolist() == pytest.approx([1.0] * 4, abs=1e-6)
@@ -236,7 +238,7 @@ def test_overlap_ratio_is_taken_against_the_rollout_log_probs(overlap):
     trajs = rollouts(worker, worker.lm.tokenizer, n=8)
     for t in trajs:
         t.logprobs = [lp - 0.1 for lp in t.logprobs]
-    m = learner.update(trajs, [1.0, -1.0] * 4)
+    m = learner.update(learner_batch(learner.cfg.algorithm, trajs, [1.0, -1.0] * 4))
     expected = torch.exp(torch.tensor(0.1)).item() if overlap else 1.0
     assert m["ratio/mean"] == pytest.approx(expected, abs=1e-4)
     assert m["logp_mismatch"] == pytest.approx(0.1, abs=1e-4)

@@ -1,7 +1,8 @@
 """The supervisor that runs inside the sandbox (stdlib only).
 
-rewards/sandbox.py passes this file's source to ``python -I -S -B -c``; it is not
-imported by the package. It reads a ``marshal``-encoded request from stdin (the
+rewards/sandbox/launch.py compiles this file from its path and hands the code to
+``python -I -S -B`` on stdin (behind a small bootstrap); the package never imports it,
+and it imports nothing from the package. It reads a ``marshal``-encoded request from stdin (the
 host wrote it, so it is trusted), locks its own process down (Landlock file-system
 and network rules, capabilities dropped, no new privileges), then runs each unit
 (one program) in a forked child that locks itself down further (rlimits, a seccomp

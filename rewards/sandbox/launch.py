@@ -1,0 +1,385 @@
+"""Starting one sandbox process and talking to it (the host side of rewards/sandbox/_sandbox_child.py).
+
+- the command line: bubblewrap's (namespaces, read-only binds, a size-capped tmpfs) or the
+  plain interpreter in a private temp dir (``_command``), always ``python -I -S -B`` running
+  a bootstrap that reads the precompiled supervisor from stdin;
+- the frames written to the supervisor: its settings (the protections to apply) and each
+  sample's programs and judges (``_settings``, ``_sample_frames``);
+- the result stream read back, parsed strictly (``_parse_records``);
+- a sandbox for one sample, started, run and gone (``_start``, ``_communicate``); the warm
+  ones that serve sample after sample are in rewards/sandbox/warm.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import marshal
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .programs import Limits, Program, SandboxError, SandboxResult, UnitResult
+
+NOBODY = 65534
+_CHILD_PATH = Path(__file__).with_name("_sandbox_child.py")
+# The supervisor arrives precompiled on stdin (compiling it in every sandbox would
+# cost more than starting the interpreter), ahead of the request: a 10-digit length,
+# the marshalled code object, then the request.
+_BOOTSTRAP = (
+    "import os, marshal\n"
+    "def _read(n):\n"
+    "    b = b''\n"
+    "    while len(b) < n:\n"
+    "        c = os.read(0, n - len(b))\n"
+    "        if not c: raise SystemExit(3)\n"
+    "        b += c\n"
+    "    return b\n"
+    "exec(marshal.loads(_read(int(_read(10)))))\n"
+)
+_CODE: bytes | None = None
+
+
+def _supervisor_code() -> bytes:
+    global _CODE
+    if _CODE is None:
+        code = compile(_CHILD_PATH.read_text(), str(_CHILD_PATH), "exec")
+        _CODE = marshal.dumps(code)
+    return _CODE
+_STARTUP_GRACE_S = 3.0  # sandbox start-up on top of the run's own time limit
+_RESULT_CAP = 64 << 20
+
+
+@functools.lru_cache(maxsize=None)
+def _python() -> str:
+    return os.path.realpath(sys.executable)
+
+
+@functools.lru_cache(maxsize=None)
+def _host_read_paths() -> tuple[str, ...]:
+    """Paths the interpreter needs to read (the interpreter, its stdlib, system libraries)."""
+    paths = []
+    exe = _python()
+    prefixes = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.base_exec_prefix)}
+    for p in sorted(prefixes):
+        paths.append(p)
+    if not any(exe.startswith(p + os.sep) for p in prefixes):
+        paths.append(os.path.dirname(exe))
+    for p in ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/etc/ld.so.cache", "/etc/localtime"):
+        if os.path.lexists(p):
+            paths.append(os.path.realpath(p))
+    out: list[str] = []
+    for p in sorted(set(paths), key=len):
+        if not any(p == q or p.startswith(q.rstrip(os.sep) + os.sep) for q in out):
+            out.append(p)
+    return tuple(out)
+
+
+def _bwrap_command(bwrap: str, tmpfs_bytes: int | None) -> list[str]:
+    cmd = [
+        bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
+        "--cap-drop", "ALL", "--hostname", "sandbox",
+        "--setenv", "LANG", "C.UTF-8", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
+    ]  # fmt: skip
+    # The writable tmpfs first, so an interpreter that lives under /tmp is bound on top of it.
+    if tmpfs_bytes:
+        cmd += ["--size", str(tmpfs_bytes)]
+    cmd += ["--tmpfs", "/tmp"]
+    bound: list[str] = []
+    for top in ("/bin", "/lib", "/lib64", "/lib32", "/sbin"):
+        if os.path.islink(top):  # merged /usr: recreate the symlink
+            cmd += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            cmd += ["--ro-bind", top, top]
+            bound.append(top)
+    for p in _host_read_paths():
+        if p in bound or not os.path.exists(p):
+            continue
+        cmd += ["--ro-bind", p, p]
+    # No /proc: Landlock would deny reading it anyway, and mounting it costs ~10% of a run.
+    cmd += ["--dev", "/dev", "--remount-ro", "/", "--chdir", "/tmp"]
+    return cmd
+
+
+def _parse_applied(line: str) -> dict[str, Any]:
+    info: dict[str, Any] = {}
+    for token in line.split():
+        key, _, value = token.partition("=")
+        info[key] = int(value) if value.lstrip("-").isdigit() else value
+    return info
+
+
+def _as_bytes(data: bytes | str | None) -> bytes | None:
+    if data is None or isinstance(data, bytes):
+        return data
+    return data.encode("utf-8", "surrogateescape")
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    try:
+        proc.kill()
+    except OSError:
+        pass
+
+
+_STATUSES = frozenset(("ok", "exit", "error", "timeout", "died", "output_limit", "skipped"))
+
+
+def _parse_records(buf: bytes, units: list[UnitResult], kinds: list[str]) -> tuple[dict[str, Any] | None, bool]:
+    """Parse the supervisor's result stream. Returns (start info or None, done).
+
+    The stream is written only by the supervisor (no program holds its descriptor), in a
+    fixed order: one ``S``, one ``R`` per unit in order, then ``D`` as the last bytes.
+    Anything else is refused (:class:`SandboxError`), never read past; a stream cut
+    short (the run was killed) just ends early.
+    """
+
+    def malformed(why: str) -> SandboxError:
+        return SandboxError(f"the sandbox's result stream is malformed ({why}); no result is trusted")
+
+    started, done, pos, expected = None, False, 0, 0
+    while pos < len(buf):
+        if done:
+            raise malformed("data after the end record")
+        nl = buf.find(b"\n", pos)
+        if nl < 0:
+            break
+        line = buf[pos:nl].decode("ascii", "replace")
+        if started is None:
+            if not line.startswith("S "):
+                raise malformed("no start record")
+            started = _parse_applied(line[2:])
+            pos = nl + 1
+        elif line == "D":
+            if expected != len(units):
+                raise malformed(f"the end record after {expected} of {len(units)} results")
+            done = True
+            pos = nl + 1
+        elif line.startswith("R "):
+            parts = line.split()
+            if len(parts) != 7 or not all(p.lstrip("-").isdigit() for p in parts[3:]) or not parts[1].isdigit():
+                raise malformed(f"bad result header {line[:80]!r}")
+            index, status, code, us, err_len, out_len = int(parts[1]), parts[2], int(parts[3]), int(parts[4]), int(parts[5]), int(parts[6])
+            if index != expected or status not in _STATUSES or err_len < 0 or out_len < 0:
+                raise malformed(f"unexpected result header {line[:80]!r}")
+            end = nl + 1 + err_len + out_len
+            if end > len(buf):
+                break
+            err = buf[nl + 1 : nl + 1 + err_len].decode("utf-8", "replace")
+            out = buf[nl + 1 + err_len : end]
+            units[index] = UnitResult(status, code, us / 1e6, err, out, kinds[index])
+            expected += 1
+            pos = end
+        else:
+            raise malformed(f"unknown record {line[:80]!r}")
+    return started, done
+
+
+def _command(config: dict[str, Any], limits: Limits, tag: str) -> tuple[list[str], dict[str, Any], str, str | None]:
+    """(command, Popen keywords, the work directory the programs see, the host temp dir to remove or None)."""
+    if config["backend"] == "bwrap":
+        cmd = _bwrap_command(config["bwrap"], (limits.tmpfs_mb << 20) if config.get("tmpfs_size") else None)
+        popen_kw: dict[str, Any] = {"env": {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}}
+        workdir, workdir_host = "/tmp", None
+    else:
+        workdir_host = tempfile.mkdtemp(prefix=f"unmask-sandbox-{os.getpid()}-")
+        workdir = workdir_host
+        cmd = []
+        popen_kw = {"env": {"LANG": "C.UTF-8", "PATH": "/usr/bin:/bin", "HOME": workdir}, "cwd": workdir}
+        if config.get("drop_uid"):
+            os.chown(workdir, NOBODY, NOBODY)
+            popen_kw.update(user=NOBODY, group=NOBODY, extra_groups=[])
+    # The tag names the process that started the sandbox (for ps, and for tests that look
+    # for leftovers); the bootstrap ignores it.
+    cmd += [_python(), "-I", "-S", "-B", "-c", _BOOTSTRAP, f"{tag}:{os.getpid()}"]
+    return cmd, popen_kw, workdir, workdir_host
+
+
+def _settings(config: dict[str, Any], workdir: str, result_w: int, limits: Limits, *, probe: bool, serve: bool) -> bytes:
+    """The supervisor's first frame: the protections to apply (the code it runs goes before it)."""
+    backend = config["backend"]
+    settings = {
+        "result_fd": result_w,
+        "timeout": float(limits.timeout_s),
+        "serve": serve,
+        "parent_death": backend != "bwrap",
+        "landlock": config.get("landlock", True),
+        "no_file_create": backend != "bwrap",  # no size-capped tmpfs: the program may not create files
+        "seccomp": True,
+        "read_paths": [*_host_read_paths(), "/dev/urandom", "/dev/random", "/dev/zero"],
+        "write_paths": [workdir, "/dev/null"],
+        "probe": probe,
+        "probe_write": config.get("probe_write") if probe else None,  # a host file outside the work dir (_probe)
+    }
+    code = _supervisor_code()
+    first = marshal.dumps(settings)
+    return b"%010d" % len(code) + code + b"%010d" % len(first) + first
+
+
+def _sample_frames(programs: list[Program], limits: Limits, stop_on_failure: bool) -> bytes:
+    """One sample: its programs, then its tests' judges. The supervisor makes the process the
+    programs come from between reading the two (rewards/sandbox/_sandbox_child.py)."""
+    unit_timeout = limits.unit_timeout_s or limits.timeout_s
+    request = {
+        "timeout": float(limits.timeout_s),
+        "limits": {
+            "memory_bytes": limits.memory_mb << 20,
+            "file_bytes": limits.file_size_mb << 20,
+            "open_files": limits.open_files,
+            "processes": limits.processes,
+        },
+        "units": [
+            {
+                "source": p.source,
+                "stdin": _as_bytes(p.stdin),
+                "kind": p.kind,
+                "stdout": p.stdout,
+                "output_limit": min(p.output_limit, limits.file_size_mb << 20),
+                "timeout": float(min(p.timeout_s or unit_timeout, unit_timeout)),
+                "judged": p.judge is not None,
+            }
+            for p in programs
+        ],
+        "stop_on_failure": stop_on_failure,
+    }
+    judges = [None if p.judge is None else {"code": p.judge.code, "prefix": p.judge.prefix, "names": list(p.judge.names),
+                                             "aliases": dict(p.judge.aliases)} for p in programs]  # fmt: skip
+    first, second = marshal.dumps(request), marshal.dumps(judges)
+    return b"%010d" % len(first) + first + b"%010d" % len(second) + second
+
+
+def _start(config: dict[str, Any], programs: list[Program], limits: Limits, *,
+           stop_on_failure: bool = False, probe: bool = False) -> SandboxResult:  # fmt: skip
+    """One sandbox for one sample: started, run, gone."""
+    backend = config["backend"]
+    workdir_host = None
+    result_r, result_w = os.pipe()
+    try:
+        cmd, popen_kw, workdir, workdir_host = _command(config, limits, "unmask-sandbox")
+        payload = _settings(config, workdir, result_w, limits, probe=probe, serve=False) + _sample_frames(programs, limits, stop_on_failure)
+        passthrough = any(p.stdout == "pass" for p in programs)
+        start = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE if passthrough else subprocess.DEVNULL,
+                stderr=subprocess.PIPE, pass_fds=(result_w,), start_new_session=True, **popen_kw,
+            )  # fmt: skip
+        except OSError as exc:
+            raise SandboxError(f"cannot start the sandbox: {exc}") from exc
+        os.close(result_w)
+        result_w = -1
+        return _communicate(proc, payload, result_r, programs, limits, backend, start)
+    finally:
+        if result_w >= 0:
+            os.close(result_w)
+        os.close(result_r)
+        if workdir_host is not None:
+            shutil.rmtree(workdir_host, ignore_errors=True)
+
+
+def _communicate(proc: subprocess.Popen, payload: bytes, result_r: int, programs: list[Program],
+                 limits: Limits, backend: str, start: float) -> SandboxResult:  # fmt: skip
+    kinds = [p.kind for p in programs]
+    units = [UnitResult("skipped", kind=k) for k in kinds]
+    bufs = {"stdout": bytearray(), "stderr": bytearray(), "result": bytearray()}
+    caps = {"stdout": limits.output_bytes, "stderr": limits.output_bytes, "result": _RESULT_CAP}
+    sel = selectors.DefaultSelector()
+    assert proc.stdin is not None
+    os.set_blocking(proc.stdin.fileno(), False)
+    sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE, "stdin")
+    if proc.stdout is not None:
+        sel.register(proc.stdout.fileno(), selectors.EVENT_READ, "stdout")
+    assert proc.stderr is not None
+    sel.register(proc.stderr.fileno(), selectors.EVENT_READ, "stderr")
+    sel.register(result_r, selectors.EVENT_READ, "result")
+    view = memoryview(payload)
+    deadline = start + limits.timeout_s + _STARTUP_GRACE_S
+    timed_out = truncated = False
+    try:
+        while sel.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            for key, _ in sel.select(remaining):
+                name = key.data
+                if name == "stdin":
+                    try:
+                        view = view[os.write(key.fd, view[:65536]):]
+                    except BrokenPipeError:
+                        view = view[:0]
+                    if not view:
+                        sel.unregister(key.fd)
+                        proc.stdin.close()
+                    continue
+                data = os.read(key.fd, 65536)
+                if not data:
+                    sel.unregister(key.fd)
+                    continue
+                buf = bufs[name]
+                room = caps[name] - len(buf)
+                buf += data[: max(room, 0)]
+                if len(data) > room:
+                    truncated = True
+                    _kill(proc)
+                    sel.unregister(key.fd)
+            if truncated:
+                break
+    finally:
+        sel.close()
+        if timed_out or truncated:
+            _kill(proc)
+        for f in (proc.stdin, proc.stdout, proc.stderr):
+            if f is not None and not f.closed:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        if not (timed_out or truncated) and proc.poll() is None:
+            # All pipes are at EOF, so the supervisor is exiting; give it a moment.
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                _kill(proc)
+        proc.wait()
+        # The supervisor's children are killed with it (parent-death signal, pid namespace);
+        # sweep the process group as well in case one is still being torn down.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+    started, done = _parse_records(bytes(bufs["result"]), units, kinds)
+    stderr = bytes(bufs["stderr"])
+    if started is None:
+        if timed_out:
+            raise SandboxError(f"the sandbox did not start within {limits.timeout_s + _STARTUP_GRACE_S:.1f}s")
+        message = stderr.decode("utf-8", "replace").strip()[-2000:]
+        raise SandboxError(f"the sandbox failed to start (exit code {proc.returncode}): {message or 'no message'}")
+    if not done:
+        # Killed at the run's limit, or stopped for printing too much: whatever has no
+        # record did not finish.
+        status = "output_limit" if truncated else "timeout" if timed_out else "died"
+        for i, u in enumerate(units):
+            if u.status == "skipped":
+                units[i] = UnitResult(status, -1, 0.0, "", b"", kinds[i])
+                break
+    return SandboxResult(
+        units=units,
+        stdout=bytes(bufs["stdout"]),
+        stderr=stderr,
+        timed_out=timed_out,
+        output_truncated=truncated,
+        duration_s=time.monotonic() - start,
+        backend=backend,
+        protections=started,
+    )
