@@ -42,3 +42,17 @@ def ar_ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("ar")
     ARModel(build_tiny_lm(tok, hidden_size=32, num_layers=1, intermediate_size=64).model, tok).save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def shared_tmp():
+    """A temp dir every uid can search (pytest's tmp_path is private to its owner): for files the
+    sandbox's uid 65534 must reach, such as a stand-in bwrap executable."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp(prefix="unmask-test-", dir="/var/tmp" if os.path.isdir("/var/tmp") else None))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -347,10 +347,10 @@ def host_state(path):
     return (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, xattrs)
 
 
-def test_metadata_of_host_files_and_dev_nodes_cannot_change(backend, tmp_path):  # noqa: F811
+def test_metadata_of_host_files_and_dev_nodes_cannot_change(backend, shared_tmp):  # noqa: F811
     info = sandbox_info(backend)
     assert info["metadata_change_blocked"] and info["host_writes_blocked"]
-    host_file = tmp_path / "host.txt"
+    host_file = shared_tmp / "host.txt"  # where the sandbox's uid can reach it
     host_file.write_text("keep")
     host_file.chmod(0o644)
     paths = ["/dev/null", "/dev/zero", "/dev/urandom"]

@@ -109,11 +109,11 @@ def test_sandbox_info_reports_protections(backend):
     assert {"cpu", "address_space", "file_size"} <= set(info["rlimits"])
 
 
-def test_auto_falls_back_when_user_namespaces_are_disabled(tmp_path, monkeypatch):
+def test_auto_falls_back_when_user_namespaces_are_disabled(shared_tmp, monkeypatch):
     # A bwrap that fails the way it does where unprivileged user namespaces are off.
-    fake = tmp_path / "bwrap"
+    fake = shared_tmp / "bwrap"
     fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    fake.chmod(0o755)  # uid 65534 starts it where the tests run as root
     monkeypatch.setattr(sb.shutil, "which", lambda name: str(fake) if name == "bwrap" else None)
     monkeypatch.delenv("UNMASK_SANDBOX", raising=False)
     sb.clear_probe_cache()
@@ -128,17 +128,17 @@ def test_auto_falls_back_when_user_namespaces_are_disabled(tmp_path, monkeypatch
         sb.clear_probe_cache()
 
 
-def test_old_bubblewrap_without_size_option_still_works(tmp_path, monkeypatch):
+def test_old_bubblewrap_without_size_option_still_works(shared_tmp, monkeypatch):
     real = sb.shutil.which("bwrap")
     if real is None:
         pytest.skip("bubblewrap is not installed")
     _info("bwrap")
-    fake = tmp_path / "bwrap"  # bubblewrap < 0.8 has no --size for its tmpfs
+    fake = shared_tmp / "bwrap"  # bubblewrap < 0.8 has no --size for its tmpfs
     fake.write_text(
         "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = --size ] && { echo 'bwrap: Unknown option --size' >&2; exit 1; }; done\n"
         f"exec {real} \"$@\"\n"
     )
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    fake.chmod(0o755)  # uid 65534 starts it where the tests run as root
     monkeypatch.setattr(sb.shutil, "which", lambda name: str(fake) if name == "bwrap" else None)
     sb.clear_probe_cache()
     try:

@@ -9,7 +9,9 @@ after another (rewards/sandbox/warm.py); ``warm=False`` starts one per call.
 The package, one job per module: this module chooses the backend, probes what it
 protects (:func:`sandbox_info`) and runs programs (:func:`run_programs`);
 ``programs.py`` holds the records (:class:`Program`, :class:`Limits`,
-:class:`SandboxResult`, ...); ``launch.py`` starts one sandbox process and speaks its
+:class:`SandboxResult`, ...); ``interpreter.py`` picks the uid and the interpreter a sandbox runs
+(uid 65534 when this process is root, with a staged copy of the interpreter where that uid cannot
+read it) and the host paths programs may read; ``launch.py`` starts one sandbox process and speaks its
 protocol; ``warm.py`` keeps warm ones; ``_sandbox_child.py`` is the supervisor itself, a
 standalone stdlib-only program compiled from its path and run in the sandbox (it imports
 nothing from this package, and the package never imports it).
@@ -17,23 +19,26 @@ nothing from this package, and the package never imports it).
 The layers, from the outside in:
 
 - **bubblewrap** (``bwrap``), where it works: new user, pid, network, ipc, uts,
-  cgroup and mount namespaces; the file system is the interpreter and ``/usr``
-  mounted read-only plus a size-capped tmpfs at ``/tmp`` (the working directory,
+  cgroup and mount namespaces; the file system is the interpreter, its standard library
+  and the system's shared libraries mounted read-only (nothing else of the host) plus a
+  size-capped tmpfs at ``/tmp`` (the working directory,
   the only writable place); an empty environment; all capabilities dropped; the
   whole sandbox dies with its parent. Probed once per process; where user
   namespaces are disabled (many containers and GPU hosts) the sandbox falls back
   to the layers below alone, which still hold on their own.
 - **without bubblewrap**: the program runs in its own session in a fresh temp dir,
-  with an empty environment; when this process is root and the interpreter can be
-  read by ``nobody``, it runs as uid/gid 65534. There is no size-capped file system
+  with an empty environment. There is no size-capped file system
   here, so the program may not create files at all (seccomp: O_CREAT/O_TMPFILE,
   mkdir, mknod, link, symlink get EACCES, fallocate EOPNOTSUPP): what it writes goes
   to the files it already has open (its captured output), each capped by RLIMIT_FSIZE.
   This backend is refused (:class:`SandboxError`, saying how to fix it) where it
-  would be weak: the programs would run as uid 0 (uid 65534 cannot read the
-  interpreter) without Landlock, neither bubblewrap nor Landlock works, or there is
-  no seccomp; ``UNMASK_SANDBOX_ALLOW_WEAK=1`` runs it anyway, with a warning that
+  would be weak: neither bubblewrap nor Landlock works, or there is no seccomp; ``UNMASK_SANDBOX_ALLOW_WEAK=1`` runs it anyway, with a warning that
   names what is missing (``sandbox_info()["weak"]``).
+- **never root**: when this process is root, both backends start the sandbox as uid/gid
+  65534 (bubblewrap as an unprivileged user, its namespace mapping only that uid), so the
+  kernel refuses a mode, owner, time or xattr change of any host file or device node whatever
+  the filter below misses. Where uid 65534 can run neither the interpreter nor a staged copy,
+  the backend is refused, saying how to fix it (or runs as root in the weak mode).
 - **always** (where the kernel supports them): Landlock (read-only access to the
   interpreter and system libraries, full access only to the working directory, no
   TCP, no signals out of the sandbox), every capability dropped, no new
@@ -77,13 +82,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
 from typing import Any
 
-from .launch import NOBODY, _python, _start
+from .interpreter import NOBODY, STAGE_DIR_ENV, choose_interpreter, nobody_can_run_python, root_interpreter
+from .launch import _python, _start
 from .programs import Judge, Limits, Program, SandboxError, SandboxResult, UnitResult
 from .warm import _run_warm, shutdown_servers
 
@@ -108,17 +113,8 @@ _PROBES: dict[tuple, dict[str, Any]] = {}
 
 
 def _nobody_can_run_python() -> bool:
-    if os.geteuid() != 0:
-        return False
-    try:
-        out = subprocess.run(
-            [_python(), "-I", "-S", "-B", "-c", "import ctypes, resource, select, struct"],
-            user=NOBODY, group=NOBODY, extra_groups=[], env={}, cwd="/",
-            capture_output=True, timeout=30,
-        )  # fmt: skip
-        return out.returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
+    """Whether uid 65534 can run the interpreter where it is (else it runs a staged copy)."""
+    return nobody_can_run_python()
 
 
 ALLOW_WEAK_ENV = "UNMASK_SANDBOX_ALLOW_WEAK"
@@ -145,39 +141,38 @@ def _bwrap_unavailable(bwrap_error: str | None) -> str | None:
         return str(exc)
 
 
-def _weak_reasons(info: dict[str, Any], bwrap_error: str | None) -> tuple[list[str], list[str]]:
-    """What the rlimit backend lacks to be safe here, and how to fix it (empty: nothing lacks)."""
+def _weak_reasons(info: dict[str, Any], bwrap_error: str | None, stage_error: str | None = None) -> tuple[list[str], list[str]]:
+    """What a backend lacks to be safe here, and how to fix it (empty: nothing lacks).
+
+    stage_error: why the programs cannot run as uid 65534 (this process is root and uid 65534
+    can run neither the interpreter nor a staged copy of it); None when they do.
+    """
     missing: list[str] = []
     fixes: list[str] = []
-    if not info["landlock_abi"]:
-        why_not_bwrap = _bwrap_unavailable(bwrap_error)
-        chmod = (
-            f"make the interpreter readable by uid {NOBODY} (`chmod -R o+rX {os.path.realpath(sys.base_prefix)}` and "
-            f"`chmod o+x` on each directory above it) so that the programs run as uid {NOBODY}"
+    if info["uid"] == 0:
+        missing.append(
+            f"the programs would run as root (uid 0): uid {NOBODY} cannot run {_python()} and no copy of it could "
+            f"be staged ({stage_error or 'not tried'}), so a root-owned host file's mode, owner, times or extended "
+            "attributes would be theirs to change wherever the seccomp filter misses a route"
         )
-        if info["uid"] == 0:
-            missing.append(
-                f"the programs would run as root (uid 0), because uid {NOBODY} cannot run {_python()}, and without "
-                "Landlock every root-owned host file (the project, the virtualenv, the home directory) would be "
-                "writable by them"
-            )
+        fixes.append(
+            f"make the interpreter readable by uid {NOBODY} (`chmod -R o+rX {os.path.realpath(sys.base_prefix)}` and "
+            f"`chmod o+x` on each directory above it), or set {STAGE_DIR_ENV} to a directory every user can search "
+            "where unmask may stage a copy of the interpreter"
+        )
+    if info["backend"] != "bwrap" and not info["landlock_abi"]:
+        why_not_bwrap = _bwrap_unavailable(bwrap_error)
         if why_not_bwrap is not None:
             missing.append(
                 f"neither bubblewrap ({why_not_bwrap}) nor Landlock is available, so nothing confines the programs' "
                 f"file access beyond the permissions of their uid"
             )
-        if missing:
-            if why_not_bwrap is not None:
-                fixes.append("install bubblewrap and enable unprivileged user namespaces (sysctl "
-                             "kernel.unprivileged_userns_clone=1; on Ubuntu also "
-                             "kernel.apparmor_restrict_unprivileged_userns=0)")  # fmt: skip
-                fixes.append("use a kernel with Landlock (Linux 5.13 or later with landlock in its lsm= list)")
-                if info["uid"] == 0:  # helps, but without bubblewrap or Landlock it is not enough on its own
-                    fixes.append(f"(together with one of those) {chmod}")
-            else:
-                fixes.append("use the bubblewrap backend, which works here (UNMASK_SANDBOX=auto or bwrap)")
-                fixes.append(chmod)
-                fixes.append("use a kernel with Landlock (Linux 5.13 or later with landlock in its lsm= list)")
+            fixes.append("install bubblewrap and enable unprivileged user namespaces (sysctl "
+                         "kernel.unprivileged_userns_clone=1; on Ubuntu also "
+                         "kernel.apparmor_restrict_unprivileged_userns=0)")  # fmt: skip
+            fixes.append("use a kernel with Landlock (Linux 5.13 or later with landlock in its lsm= list)")
+        elif info["uid"] == 0:
+            fixes.append("use the bubblewrap backend, which works here (UNMASK_SANDBOX=auto or bwrap)")
     if not info["seccomp"]:
         missing.append(
             "no seccomp filter on this machine (x86_64 or aarch64 Linux only), so nothing stops forks, exec, "
@@ -198,6 +193,14 @@ def _probe(backend: str, bwrap_error: str | None = None) -> dict[str, Any]:
     """
     info: dict[str, Any] = {"backend": backend, "python": _python()}
     config: dict[str, Any] = {"backend": backend, "landlock": _USE_LANDLOCK}
+    stage_error = None
+    try:  # as uid 65534 when this process is root (rewards/sandbox/interpreter.py)
+        config["interp"] = choose_interpreter(backend == "bwrap")
+    except OSError as exc:
+        stage_error = str(exc)
+        config["interp"] = root_interpreter()
+    if config["interp"].staged:
+        info["staged_interpreter"] = config["interp"].source
     if backend == "bwrap":
         bwrap = shutil.which("bwrap")
         if bwrap is None:
@@ -214,9 +217,10 @@ def _probe(backend: str, bwrap_error: str | None = None) -> dict[str, Any]:
                     raise
         info["bwrap"] = bwrap
         info["namespaces"] = ["user", "pid", "network", "ipc", "uts", "cgroup", "mount"]
-        info["filesystem"] = "read-only interpreter and /usr, tmpfs /tmp" + (" (size-capped)" if config["tmpfs_size"] else "")
+        info["filesystem"] = "read-only interpreter, standard library and system libraries only, tmpfs /tmp" + (
+            " (size-capped)" if config["tmpfs_size"] else ""
+        )
     else:
-        config["drop_uid"] = _nobody_can_run_python()
         # A host file outside the work dir that any uid could write but for the sandbox.
         fd, target = tempfile.mkstemp(prefix=f"unmask-probe-{os.getpid()}-")
         os.close(fd)
@@ -271,20 +275,17 @@ def _probe(backend: str, bwrap_error: str | None = None) -> dict[str, Any]:
     if "error" in applied:
         info["probe_error"] = applied["error"]
     info["weak"] = False
-    if backend != "bwrap":
-        missing, fixes = _weak_reasons(info, bwrap_error)
-        if missing:
-            if not _allow_weak():
-                raise SandboxError(
-                    "refusing the rlimit sandbox, its protection would be weak here: " + "; ".join(missing)
-                    + ". To fix it: " + "; or ".join(fixes)
-                    + f". Or set {ALLOW_WEAK_ENV}=1 to run with these protections missing."
-                )  # fmt: skip
-            logger.warning(
-                "code sandbox running in WEAK mode (%s=1), protections missing: %s", ALLOW_WEAK_ENV, "; ".join(missing)
-            )
-            info["weak"] = True
-            info["weak_reasons"] = missing
+    missing, fixes = _weak_reasons(info, bwrap_error, stage_error)
+    if missing:
+        if not _allow_weak():
+            raise SandboxError(
+                f"refusing the {backend} sandbox, its protection would be weak here: " + "; ".join(missing)
+                + ". To fix it: " + "; or ".join(fixes)
+                + f". Or set {ALLOW_WEAK_ENV}=1 to run with these protections missing."
+            )  # fmt: skip
+        logger.warning("code sandbox running in WEAK mode (%s=1), protections missing: %s", ALLOW_WEAK_ENV, "; ".join(missing))
+        info["weak"] = True
+        info["weak_reasons"] = missing
     info["_config"] = config
     return info
 

@@ -12,22 +12,20 @@
 
 from __future__ import annotations
 
-import functools
 import marshal
 import os
 import selectors
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from .interpreter import Interpreter, host_python, interpreter_paths, read_paths, root_interpreter, system_paths
 from .programs import Limits, Program, SandboxError, SandboxResult, UnitResult
 
-NOBODY = 65534
 _CHILD_PATH = Path(__file__).with_name("_sandbox_child.py")
 # The supervisor arrives precompiled on stdin (compiling it in every sandbox would
 # cost more than starting the interpreter), ahead of the request: a 10-digit length,
@@ -56,52 +54,36 @@ _STARTUP_GRACE_S = 3.0  # sandbox start-up on top of the run's own time limit
 _RESULT_CAP = 64 << 20
 
 
-@functools.lru_cache(maxsize=None)
 def _python() -> str:
-    return os.path.realpath(sys.executable)
+    return host_python()
 
 
-@functools.lru_cache(maxsize=None)
-def _host_read_paths() -> tuple[str, ...]:
-    """Paths the interpreter needs to read (the interpreter, its stdlib, system libraries)."""
-    paths = []
-    exe = _python()
-    prefixes = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.base_exec_prefix)}
-    for p in sorted(prefixes):
-        paths.append(p)
-    if not any(exe.startswith(p + os.sep) for p in prefixes):
-        paths.append(os.path.dirname(exe))
-    for p in ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/etc/ld.so.cache", "/etc/localtime"):
-        if os.path.lexists(p):
-            paths.append(os.path.realpath(p))
-    out: list[str] = []
-    for p in sorted(set(paths), key=len):
-        if not any(p == q or p.startswith(q.rstrip(os.sep) + os.sep) for q in out):
-            out.append(p)
-    return tuple(out)
+def _interp(config: dict[str, Any]) -> Interpreter:
+    """The interpreter the probe chose for this config (as it is, for the weak mode, when none)."""
+    return config.get("interp") or root_interpreter()
 
 
-def _bwrap_command(bwrap: str, tmpfs_bytes: int | None) -> list[str]:
+def _bwrap_command(bwrap: str, tmpfs_bytes: int | None, interp: Interpreter) -> list[str]:
+    """bubblewrap's command line: only the interpreter and the system libraries, read-only."""
     cmd = [
         bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
         "--cap-drop", "ALL", "--hostname", "sandbox",
-        "--setenv", "LANG", "C.UTF-8", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
+        "--setenv", "LANG", "C.UTF-8", "--setenv", "HOME", "/tmp",
     ]  # fmt: skip
     # The writable tmpfs first, so an interpreter that lives under /tmp is bound on top of it.
     if tmpfs_bytes:
         cmd += ["--size", str(tmpfs_bytes)]
     cmd += ["--tmpfs", "/tmp"]
     bound: list[str] = []
-    for top in ("/bin", "/lib", "/lib64", "/lib32", "/sbin"):
-        if os.path.islink(top):  # merged /usr: recreate the symlink
-            cmd += ["--symlink", os.readlink(top), top]
-        elif os.path.isdir(top):
-            cmd += ["--ro-bind", top, top]
-            bound.append(top)
-    for p in _host_read_paths():
-        if p in bound or not os.path.exists(p):
-            continue
-        cmd += ["--ro-bind", p, p]
+    for p in system_paths():
+        if os.path.islink(p):  # merged /usr (/lib -> usr/lib), /etc/localtime: the link, and what it names
+            cmd += ["--symlink", os.readlink(p), p]
+        real = os.path.realpath(p)
+        if os.path.exists(real) and not any(real == q or real.startswith(q + os.sep) for q in bound):
+            cmd += ["--ro-bind", real, real]
+            bound.append(real)
+    for host, inside in interpreter_paths(interp):
+        cmd += ["--ro-bind", host, inside]
     # No /proc: Landlock would deny reading it anyway, and mounting it costs ~10% of a run.
     cmd += ["--dev", "/dev", "--remount-ro", "/", "--chdir", "/tmp"]
     return cmd
@@ -187,21 +169,24 @@ def _parse_records(buf: bytes, units: list[UnitResult], kinds: list[str]) -> tup
 
 def _command(config: dict[str, Any], limits: Limits, tag: str) -> tuple[list[str], dict[str, Any], str, str | None]:
     """(command, Popen keywords, the work directory the programs see, the host temp dir to remove or None)."""
+    interp = _interp(config)
+    popen_kw: dict[str, Any] = {}
+    if interp.uid != os.geteuid():  # root here: the sandbox starts as uid 65534 (rewards/sandbox/interpreter.py)
+        popen_kw.update(user=interp.uid, group=interp.uid, extra_groups=[])
     if config["backend"] == "bwrap":
-        cmd = _bwrap_command(config["bwrap"], (limits.tmpfs_mb << 20) if config.get("tmpfs_size") else None)
-        popen_kw: dict[str, Any] = {"env": {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}}
+        cmd = _bwrap_command(config["bwrap"], (limits.tmpfs_mb << 20) if config.get("tmpfs_size") else None, interp)
+        popen_kw["env"] = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         workdir, workdir_host = "/tmp", None
     else:
         workdir_host = tempfile.mkdtemp(prefix=f"unmask-sandbox-{os.getpid()}-")
         workdir = workdir_host
         cmd = []
-        popen_kw = {"env": {"LANG": "C.UTF-8", "PATH": "/usr/bin:/bin", "HOME": workdir}, "cwd": workdir}
-        if config.get("drop_uid"):
-            os.chown(workdir, NOBODY, NOBODY)
-            popen_kw.update(user=NOBODY, group=NOBODY, extra_groups=[])
+        popen_kw.update(env={"LANG": "C.UTF-8", "PATH": "/usr/bin:/bin", "HOME": workdir, **interp.env}, cwd=workdir)
+        if interp.uid != os.geteuid():
+            os.chown(workdir, interp.uid, interp.uid)
     # The tag names the process that started the sandbox (for ps, and for tests that look
     # for leftovers); the bootstrap ignores it.
-    cmd += [_python(), "-I", "-S", "-B", "-c", _BOOTSTRAP, f"{tag}:{os.getpid()}"]
+    cmd += [interp.python, "-I", "-S", "-B", "-c", _BOOTSTRAP, f"{tag}:{os.getpid()}"]
     return cmd, popen_kw, workdir, workdir_host
 
 
@@ -215,8 +200,8 @@ def _settings(config: dict[str, Any], workdir: str, result_w: int, limits: Limit
         "parent_death": backend != "bwrap",
         "landlock": config.get("landlock", True),
         "no_file_create": backend != "bwrap",  # no size-capped tmpfs: the program may not create files
-        "seccomp": True,
-        "read_paths": [*_host_read_paths(), "/dev/urandom", "/dev/random", "/dev/zero"],
+        "seccomp": config.get("seccomp", True),  # False only in tests: to see the layers under the filter hold alone
+        "read_paths": [*read_paths(_interp(config)), "/dev/urandom", "/dev/random", "/dev/zero"],
         "write_paths": [workdir, "/dev/null"],
         "probe": probe,
         "probe_write": config.get("probe_write") if probe else None,  # a host file outside the work dir (_probe)
