@@ -5,8 +5,10 @@ from algorithms.estimators import ESTIMATORS, count_forward_passes, get_estimato
 from algorithms.losses import LOSSES, k3_kl, policy_loss, sequence_policy_loss
 from algorithms.packing import pack_noisy
 from algorithms.sft import sft_loss
+from algorithms.spg import spg_estimate, spg_loss, spg_weights  # registers the spg estimator unit
 from algorithms.trace import trace_logprobs, trace_pass_index, trace_step_index
 from algorithms.value import GAE_FORMS, ValueModel, terminal_token_rewards, trace_gae, tracerl_gae, value_loss
+from algorithms.wd1 import wd1_loss, wd1_weights  # registers the wd1 estimator unit
 
 __all__ = [
     "ESTIMATORS",
@@ -23,6 +25,9 @@ __all__ = [
     "policy_loss",
     "sequence_policy_loss",
     "sft_loss",
+    "spg_estimate",
+    "spg_loss",
+    "spg_weights",
     "terminal_token_rewards",
     "trace_gae",
     "trace_logprobs",
@@ -31,4 +36,6 @@ __all__ = [
     "tracerl_gae",
     "truncated_rewards",
     "value_loss",
+    "wd1_loss",
+    "wd1_weights",
 ]

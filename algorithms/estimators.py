@@ -438,8 +438,9 @@ def block_random_estimate(
 
 
 # -- estimators as units ---------------------------------------------------------------------------
-# Keywords every estimator takes besides its own options (the learner's mask seed and pieces).
-CALL_KEYWORDS = frozenset({"seed", "occurrences", "with_entropy"})
+# Keywords every estimator takes besides its own options (the learner's mask seed and pieces;
+# `advantages` only where the unit says estimate_takes_advantages).
+CALL_KEYWORDS = frozenset({"seed", "occurrences", "with_entropy", "advantages"})
 
 
 @dataclass(frozen=True)
@@ -474,6 +475,21 @@ class EstimatorUnit:
         pass_scores: for estimators whose passes score disjoint tokens and combine by a plain
             scatter: `pass_scores(lm, trajs, options, with_entropy)` yielding ((r, c), logp, entropy)
             per pass, so a token-separable loss can back-propagate each pass's share directly.
+        objective: the unit's own policy objective, used instead of `algorithm.loss` (wd1's
+            weighted likelihood, SPG's sandwiched bounds): called as the `algorithms.losses.LOSSES`
+            functions are, `objective(logp, old_logp, advantages, mask, eps_low, eps_high, *,
+            ref_logp, beta, norm, norm_constant, totals, pass_index) -> (loss, metrics)`, with
+            `advantages` as `advantage_weights` made them. None: the config's `algorithm.loss`.
+        needs_old_logp: False for a ratio-free objective: the learner takes no old-policy pass
+            (old_logp is None) and the tokens carrying loss are `loss_mask`'s.
+        advantage_weights: `advantage_weights(advantages [B], groups [B], lengths [B]) -> [B]`
+            (lengths: each sample's loss tokens, up to and including its first EOS), what the
+            objective gets as `advantages`, computed once over the whole rollout batch (so a group
+            split across minibatches, ranks or micro-batches keeps its statistics). None: as they are.
+        attention: the attention kinds the unit's masks are defined for ("full", "block_causal");
+            the learner refuses a model of another kind.
+        estimate_takes_advantages: the estimate is also called with `advantages=` [n] (the piece's,
+            after advantage_weights): for estimators whose likelihood depends on the sign (SPG).
     """
 
     name: str
@@ -487,6 +503,11 @@ class EstimatorUnit:
     replays_trace: bool = False
     multi_pass: Callable[[Any], bool] = lambda options: False
     pass_scores: Callable | None = None
+    objective: Callable[..., tuple[torch.Tensor, dict[str, float]]] | None = None
+    needs_old_logp: bool = True
+    advantage_weights: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    attention: frozenset[str] = frozenset({"full", "block_causal"})
+    estimate_takes_advantages: bool = False
 
     def check_options(self, options: Mapping[str, Any]) -> Any:
         """The options as this unit's dataclass; an unknown key is an error naming the valid ones."""

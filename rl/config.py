@@ -206,7 +206,8 @@ PRESET_FIELDS = ("advantage", "zscore_std", "loss_norm", "eps_low", "eps_high", 
 class AlgorithmConfig(_Section):
     estimator: str = Field(
         "trace", description="Likelihood estimator: trace (TraceRL, replays the step map), one_step (diffu-GRPO), coupled (DiffuCoder), "
-        "mc_elbo (GDPO), block_random; or a plugin unit by import path, 'package.module:UNIT' (an algorithms.estimators.EstimatorUnit)."
+        "mc_elbo (GDPO), block_random; wd1 and spg (ratio-free, each with its own objective); or a plugin unit by import path, "
+        "'package.module:UNIT' (an algorithms.estimators.EstimatorUnit)."
     )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Options of the estimator beyond the fields below (a plugin estimator's own); "
@@ -316,6 +317,12 @@ class AlgorithmConfig(_Section):
         except ValueError as exc:
             raise ValueError(f"algorithm.options: {exc}") from None
         self._derive(unit)
+        if unit.objective is not None and (self.loss != "grpo" or self.beta > 0):
+            raise ValueError(
+                f"algorithm.{'loss' if self.loss != 'grpo' else 'beta'}: estimator {self.estimator!r} brings its own objective "
+                f"({unit.objective.__module__}.{unit.objective.__name__}), which takes no algorithm.loss and no KL term; "
+                "remove algorithm.loss and set algorithm.beta: 0"
+            )
         if self.loss_norm == "constant" and self.norm_constant is None:
             raise ValueError("algorithm.loss_norm is 'constant' but algorithm.norm_constant is not set")
         if self.loss_norm == "pass" and not unit.replays_trace:
@@ -612,6 +619,8 @@ def estimators_help() -> str:
     for name, unit in sorted(ESTIMATORS.items()):
         options = ", ".join(_option_help(unit, f) for f in dataclasses.fields(unit.options)) or "none"
         out.append(f"  {name}: {unit.paper}\n    options: {options}")
+        if unit.objective is not None:  # replaces algorithm.loss
+            out.append(f"    objective: {unit.objective.__module__}.{unit.objective.__name__}" + ("" if unit.needs_old_logp else " (ratio-free: no old-policy pass)"))
         if not unit.config_defaults:
             out.append("    preset: none (the fields' own defaults)")
             continue

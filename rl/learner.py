@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from algorithms.estimators import get_estimator, occurrence_index
+from algorithms.estimators import get_estimator, loss_mask, occurrence_index
 from algorithms.losses import LOSSES, SEPARABLE_LOSSES, LossTotals
 from algorithms.trace import trace_pass_index, trace_step_index
 from algorithms.value import (
@@ -85,7 +85,7 @@ class _Scored:
     """What the no-grad passes computed for one piece, reused by every epoch's optimizer steps."""
 
     piece: Piece
-    old: torch.Tensor  # [n, C] old log-probs
+    old: torch.Tensor | None  # [n, C] old log-probs (None: the unit's objective is ratio-free)
     keep: torch.Tensor  # [n, C] tokens carrying loss (estimator mask & loss_mask)
     adv: torch.Tensor  # [n] or [n, C]
     ref: torch.Tensor | None = None
@@ -157,9 +157,15 @@ class Learner(LearnerState):
             # The critic starts from the policy's weights, with its own copy and optimizer.
             self.value = ValueModel(copy.deepcopy(self.lm))
         self.estimator = get_estimator(algo.estimator)
+        kind = "full" if self.lm.traits.full_attention else "block_causal"
+        if kind not in self.estimator.attention:
+            raise ValueError(
+                f"algorithm.estimator: {self.estimator.name!r} is defined for {' and '.join(sorted(self.estimator.attention))} attention "
+                f"only; model family {self.lm.traits.name!r} has {kind} attention (choose another estimator or family)"
+            )
         self.estimator_opts = estimator_options(algo)
         self._estimator_options = self.estimator.check_options(self.estimator_opts)  # typed, for pass_scores
-        self.loss_fn = LOSSES[algo.loss]
+        self.loss_fn = self.estimator.objective or LOSSES[algo.loss]  # a unit's own objective (wd1, SPG) wins
         # One rank only: DDP and FSDP2 need the whole estimate inside one forward of the module they wrap.
         # The value loss is per token, so the critic's passes split whatever the policy's estimator.
         self.value_backward_per_pass = lc.backward_per_pass and world_size == 1
@@ -168,7 +174,8 @@ class Learner(LearnerState):
         # that couples tokens (GSPO's sequence ratio), or an estimator that combines passes per
         # token (coupled's full-mask pass, mc_elbo's average), needs every pass's log-probs first:
         # the passes then run twice, once without a graph and once for their backward.
-        self.recompute_per_pass = self.backward_per_pass and not (self.estimator.pass_scores is not None and algo.loss in SEPARABLE_LOSSES)
+        separable = self.estimator.objective is None and algo.loss in SEPARABLE_LOSSES
+        self.recompute_per_pass = self.backward_per_pass and not (self.estimator.pass_scores is not None and separable)
         # What update() calls: replaced by their DDP / FSDP2 forms in setup_distributed.
         self._policy: nn.Module = EstimatorModule(self.lm, self.estimator)
         self._ref: nn.Module | None = EstimatorModule(self.ref, self.estimator) if self.ref is not None else None
@@ -240,6 +247,10 @@ class Learner(LearnerState):
         self.step += 1
         return {k: float(np.mean(v)) for k, v in metrics.items()}
 
+    def _adv_kw(self, advantages: torch.Tensor) -> dict:
+        """`advantages=` (a piece's [n]) for an estimate whose unit takes them (SPG's bound per sign), else nothing."""
+        return {"advantages": advantages} if self.estimator.estimate_takes_advantages else {}
+
     def _rows(self, batch: Sequence[Trajectory], index_fn, width: int) -> torch.Tensor:
         """[n, width] long: `index_fn(step_map, prompt_len, block_size, shrink, full_attention=)` per
         sample (the family's traits), -1 after."""
@@ -254,6 +265,8 @@ class Learner(LearnerState):
         algo, lc = self.cfg.algorithm, self.cfg.learner
         dev = self.device
         adv_all = packed.advantages.float()
+        if self.estimator.advantage_weights is not None:  # over the whole batch, before any split (wd1's group softmax)
+            adv_all = self.estimator.advantage_weights(adv_all, packed.group, loss_mask(trajs, self.lm.eos_id).sum(1))
         keep_all = packed.loss_mask
         token_rewards, value_rewards = packed.token_rewards, packed.value_rewards
         opts = self.estimator_opts
@@ -265,14 +278,17 @@ class Learner(LearnerState):
             for piece in minibatch_pieces(idx, occ, self.rank, self.world_size, lc.micro_batches):
                 batch = [trajs[i] for i in piece.idx]
                 with self._autocast():
-                    old, mask = self._policy(batch, seed=mb_seed(j), occurrences=piece.occurrences, **opts)
+                    if self.estimator.needs_old_logp:
+                        old, mask = self._policy(batch, seed=mb_seed(j), occurrences=piece.occurrences, **self._adv_kw(adv_all[piece.idx]), **opts)
+                    else:  # a ratio-free objective: no old-policy pass
+                        old, mask = None, loss_mask(batch, self.lm.eos_id, dev)
                     ref = None
                     if algo.beta > 0:
                         if self.peft is not None:
                             with self.peft.disable_adapter():
-                                ref = self._policy(batch, seed=mb_seed(j), occurrences=piece.occurrences, **opts)[0]
+                                ref = self._policy(batch, seed=mb_seed(j), occurrences=piece.occurrences, **self._adv_kw(adv_all[piece.idx]), **opts)[0]
                         else:
-                            ref = self._ref(batch, seed=mb_seed(j), occurrences=piece.occurrences, **opts)[0]
+                            ref = self._ref(batch, seed=mb_seed(j), occurrences=piece.occurrences, **self._adv_kw(adv_all[piece.idx]), **opts)[0]
                 keep = mask & keep_all[piece.idx].to(dev)[:, None]
                 s = _Scored(piece, old, keep, adv_all[piece.idx].to(dev), ref)
                 if algo.loss_norm == "pass":
@@ -340,7 +356,7 @@ class Learner(LearnerState):
 
             with self._no_sync(sync=p == len(pieces) - 1):
                 if self.recompute_per_pass:
-                    estimate = functools.partial(self._policy, batch, seed=seed, occurrences=s.piece.occurrences, with_entropy=True, **opts)
+                    estimate = functools.partial(self._policy, batch, seed=seed, occurrences=s.piece.occurrences, with_entropy=True, **self._adv_kw(s.adv), **opts)
                     logp, entropy, loss, m = self._backward_through_logprobs(estimate, loss_of, w * scale)
                 elif self.backward_per_pass:
                     scores = self.estimator.pass_scores(self.lm, batch, self._estimator_options, with_entropy=True)
@@ -349,7 +365,7 @@ class Learner(LearnerState):
                         loss, m = loss_of(logp)
                 else:
                     with self._autocast():
-                        logp, _, entropy = self._policy(batch, seed=seed, occurrences=s.piece.occurrences, with_entropy=True, **opts)
+                        logp, _, entropy = self._policy(batch, seed=seed, occurrences=s.piece.occurrences, with_entropy=True, **self._adv_kw(s.adv), **opts)
                     loss, m = loss_of(logp)
                     (loss * (w * scale)).backward()
                 m["loss/total"] = loss.item()
