@@ -2,7 +2,8 @@
 
 SDAR and TraDo (model_type ``sdar``) are Qwen3 with a block-causal mask; Dream and DiffuCoder
 (``Dream``) are Qwen2 with shifted logits; LLaDA (``llada``) is a Llama whose tensors and config
-fields carry other names. Their own modeling code targets transformers 4.4x-4.52; mapped onto
+fields carry other names; LLaDA2.0/2.1 (``llada2_moe``) are Glm4Moe with a block-causal mask
+(rollout/convert_llada2.py). Their own modeling code targets transformers 4.4x-4.52; mapped onto
 Qwen3ForCausalLM / Qwen2ForCausalLM / LlamaForCausalLM they run on the transformers this project
 requires, under unmask's own masks and caches. A config flag the stock class cannot reproduce (a
 bias, another activation or norm, scaled logits, ...) is refused with an error naming it: a
@@ -32,8 +33,8 @@ class UnsupportedCheckpoint(ValueError):
 
 
 # model_type (lower case) or architecture prefix -> unmask family of a hub-layout checkpoint.
-HUB_MODEL_TYPES = {"sdar": "block", "dream": "dream", "llada": "llada"}
-_ARCH_PREFIXES = {"sdar": "block", "trado": "block", "dream": "dream", "llada": "llada"}
+HUB_MODEL_TYPES = {"sdar": "block", "dream": "dream", "llada": "llada", "llada2_moe": "llada2"}
+_ARCH_PREFIXES = {"sdar": "block", "trado": "block", "dream": "dream", "llada2": "llada2", "llada": "llada"}  # llada2 before llada
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -43,7 +44,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
 
 
 def hub_family(config: dict[str, Any]) -> str | None:
-    """The family of a checkpoint in its original hub layout (SDAR/TraDo, Dream, LLaDA), read
+    """The family of a checkpoint in its original hub layout (SDAR/TraDo, Dream, LLaDA, LLaDA2), read
     case-insensitively from model_type, else from architectures; None for anything else.
 
     >>> hub_family({"model_type": "Dream"}), hub_family({"model_type": "x", "architectures": ["LLaDAModelLM"]}), hub_family({"model_type": "qwen3"})
@@ -89,6 +90,16 @@ def _qwen_config(cfg: dict, family: str, config_cls):
 
 def _llada_config(cfg: dict) -> LlamaConfig:
     f = "llada"
+    archs = [str(a) for a in cfg.get("architectures") or []]
+    if any("moe" in a.lower() for a in archs) or cfg.get("num_experts"):
+        # LLaDA-MoE-7B-A1B says model_type llada, but is an OLMoE-like mixture of experts, not LLaDA's Llama.
+        raise UnsupportedCheckpoint(
+            f"architecture {', '.join(archs) or '(none)'} with model_type 'llada' is LLaDA-MoE, a mixture-of-experts model "
+            f"(OLMoE-like: {cfg.get('num_experts')} experts), not LLaDA's Llama; unmask has no stock-class conversion for it"
+        )
+    missing = [k for k in ("d_model", "n_heads", "n_layers") if k not in cfg]
+    if missing:
+        raise UnsupportedCheckpoint(f"llada config lacks {missing}: not the LLaDA (OLMo-style) config.json this conversion maps")
     _require(cfg, "activation_type", lambda v: v in ("swiglu", "silu"), "only the SwiGLU MLP is converted", f)
     _require(cfg, "block_type", lambda v: v == "llama", "only LLaDA's llama block is converted", f)
     _require(cfg, "layer_norm_type", lambda v: v == "rms", "only RMSNorm is converted", f)
@@ -125,8 +136,16 @@ def stock_config(cfg: dict[str, Any]):
         out, cls = _qwen_config(cfg, "dream", Qwen2Config), Qwen2ForCausalLM
     elif family == "llada":
         out, cls = _llada_config(cfg), LlamaForCausalLM
+    elif family == "llada2":
+        from transformers import Glm4MoeForCausalLM
+
+        from rollout.convert_llada2 import LLADA2_BLOCK_SIZE, LLADA2_MASK_ID, llada2_config
+
+        out, cls = llada2_config(cfg), Glm4MoeForCausalLM
+        out.block_size = cfg.get("block_size") or LLADA2_BLOCK_SIZE
+        out.mask_token_id = cfg.get("mask_token_id", LLADA2_MASK_ID)  # the tokenizer's mask token wins where it names one
     else:
-        raise UnsupportedCheckpoint(f"model_type {cfg.get('model_type')!r} is not a hub-layout diffusion checkpoint (sdar, Dream, llada)")
+        raise UnsupportedCheckpoint(f"model_type {cfg.get('model_type')!r} is not a hub-layout diffusion checkpoint (sdar, Dream, llada, llada2_moe)")
     for key in ("mask_token_id", "block_size"):
         if cfg.get(key) is not None:
             setattr(out, key, cfg[key])
@@ -188,8 +207,13 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def stock_state_dict(family: str, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors under the stock class's names (SDAR and Dream already use them)."""
+def stock_state_dict(family: str, weights: dict[str, torch.Tensor], config=None) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors under the stock class's names (SDAR and Dream already use them);
+    `config` is the stock config (LLaDA2's fused tensors split by its head counts)."""
+    if family == "llada2":
+        from rollout.convert_llada2 import llada2_to_stock
+
+        return llada2_to_stock(weights, config)
     if family != "llada":
         return dict(weights)
     return {rename_llada(k): v for k, v in weights.items()}
@@ -205,7 +229,7 @@ def load_hub_checkpoint(path: str | Path, dtype=torch.float32):
     model.to_empty(device="cpu")
     # Buffers computed at construction (rotary inverse frequencies) are empty now: build them again.
     model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
-    state = stock_state_dict(family, read_weights(path))
+    state = stock_state_dict(family, read_weights(path), config)
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)  # tied: the embedding is the head
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -220,11 +244,11 @@ def load_hub_checkpoint(path: str | Path, dtype=torch.float32):
 def convert_checkpoint(src: str | Path, dst: str | Path, dtype=torch.float32) -> str:
     """Write a hub-layout checkpoint as a plain transformers checkpoint of its stock class (with its
     tokenizer, family and block size), loadable with AutoModelForCausalLM. Returns the family."""
-    from transformers import AutoTokenizer
+    from rollout.hub_tokenizer import load_tokenizer
 
     family, model = load_hub_checkpoint(src, dtype)
     model.save_pretrained(dst)
-    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    load_tokenizer(src).save_pretrained(dst)
     return family
 
 
@@ -254,7 +278,8 @@ def export_original(src: str | Path, dst: str | Path, code_from: str | Path | No
     import shutil
 
     from safetensors.torch import save_file
-    from transformers import AutoTokenizer
+
+    from rollout.hub_tokenizer import load_tokenizer
 
     src, dst = Path(src), Path(dst)
     cfg = read_config(src)
@@ -267,10 +292,14 @@ def export_original(src: str | Path, dst: str | Path, code_from: str | Path | No
         weights.pop("lm_head.weight", None)
     if family == "llada":
         weights = {original_name_llada(k): v for k, v in weights.items()}
+    elif family == "llada2":
+        from rollout.convert_llada2 import llada2_to_hub
+
+        weights = llada2_to_hub(weights, hub)
     dst.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in weights.items()}, str(dst / "model.safetensors"), metadata={"format": "pt"})
     (dst / "config.json").write_text(json.dumps(hub, indent=2))
-    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    load_tokenizer(src).save_pretrained(dst)
     if code_from is not None:
         for f in Path(code_from).glob("*.py"):
             shutil.copy2(f, dst / f.name)

@@ -68,6 +68,9 @@ FAMILIES: dict[str, FamilyTraits] = {
     "llada": FamilyTraits("llada", Attention.FULL, shift_logits=False, approximate_caches=_FULL_ATTENTION_CACHES),
     # Full-attention masked diffusion with AR-style shifted logits (Dream, DiffuCoder; Qwen2).
     "dream": FamilyTraits("dream", Attention.FULL, shift_logits=True, approximate_caches=_FULL_ATTENTION_CACHES),
+    # Block diffusion on a Glm4Moe backbone with aligned logits (LLaDA2.0/2.1-mini: their own generate()
+    # uses blocks of 32 from position 0; 2.1's token editing is not used, see README).
+    "llada2": FamilyTraits("llada2", Attention.BLOCK_CAUSAL, shift_logits=False, block_size=32),
 }
 
 

@@ -30,7 +30,6 @@ from transformers import logging as hf_logging
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
-    AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
@@ -52,7 +51,8 @@ _CACHE_KWARG = "cache" if "cache" in inspect.signature(Qwen3Model.forward).param
 
 
 # config.model_type -> family, for checkpoints saved without `unmask_family`.
-MODEL_TYPES = {"qwen3": "block", "sdar": "block", "llama": "llada", "llada": "llada", "qwen2": "dream", "dream": "dream"}
+MODEL_TYPES = {"qwen3": "block", "sdar": "block", "llama": "llada", "llada": "llada", "qwen2": "dream", "dream": "dream",
+               "llada2_moe": "llada2", "glm4_moe": "llada2"}
 
 
 class DiffusionLM:
@@ -281,18 +281,6 @@ class DiffusionLM:
 _MASK_TOKENS = ("<|MASK|>", "<MASK>", "<|mask|>", "<|mdm_mask|>", "<mask>", "[MASK]")
 
 
-def _local(path: str | Path) -> str | Path:
-    """A local directory as is; a hub id downloaded (where there is network) to a local snapshot."""
-    if Path(path).exists():
-        return path
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(str(path))
-    except Exception as e:  # noqa: BLE001 - offline, no such repo, gated
-        raise FileNotFoundError(f"{path}: not a local directory, and the hub could not provide it ({type(e).__name__}: {e})") from None
-
-
 def _special_id(tokenizer, config, attr: str) -> int:
     value = getattr(tokenizer, attr, None)
     if value is None:
@@ -319,18 +307,24 @@ def load_model(
     """Load a diffusion LM from a local directory (or the hub when the user has network).
 
     The family is `family`, else `config.unmask_family` (written by save_pretrained), else
-    inferred from `config.model_type` (MODEL_TYPES). Checkpoints with their own modeling code
-    (LLaDA, Dream on the hub) need `trust_remote_code=True` and a model class that accepts a
-    4D attention mask; converted Llama/Qwen2 checkpoints load with the stock classes. A LoRA
-    adapter directory loads onto its base model, merged.
+    inferred from `config.model_type` (MODEL_TYPES). Hub-layout checkpoints of the known families
+    (SDAR/TraDo, Dream/DiffuCoder, LLaDA, LLaDA2) load onto their stock classes without remote code,
+    tokenizer included (rollout.hub_tokenizer); other checkpoints with their own modeling code need
+    `trust_remote_code=True` and a model class that accepts a 4D attention mask. A LoRA adapter
+    directory loads onto its base model, merged. What cannot load is refused first, by name
+    (rollout.checkpoint_checks): a file, a missing path, a directory without a model, remote code
+    that cannot run, an unconvertible architecture or flag.
     """
-    hf_logging.disable_progress_bar()  # a per-tensor loading bar in every actor is noise
-    if (Path(path) / "adapter_config.json").exists():  # a LoRA checkpoint: base + adapter, merged
-        return load_merged(path, family=family, block_size=block_size, dtype=dtype, trust_remote_code=trust_remote_code)
+    from rollout.checkpoint_checks import check_loadable, resolve_model_dir
     from rollout.convert import hub_family, load_hub_checkpoint, read_config
+    from rollout.hub_tokenizer import load_tokenizer
 
-    path = _local(path)
+    hf_logging.disable_progress_bar()  # a per-tensor loading bar in every actor is noise
+    path = resolve_model_dir(path)
+    if (path / "adapter_config.json").exists():  # a LoRA checkpoint: base + adapter, merged
+        return load_merged(path, family=family, block_size=block_size, dtype=dtype, trust_remote_code=trust_remote_code)
     config = read_config(path)
+    check_loadable(path, config, trust_remote_code)
     if hub_family(config) is not None and not trust_remote_code:
         # SDAR/TraDo, Dream, LLaDA in their hub layout: the stock class, weights renamed exactly.
         _, model = load_hub_checkpoint(path, dtype)
@@ -342,7 +336,7 @@ def load_model(
     else:
         # trust_remote_code=False: never the interactive "run the custom code? [y/N]" prompt (a Ray actor would hang on it)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa", trust_remote_code=False)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     family = family or checkpoint_family(path)
     if family is None:
         raise ValueError(

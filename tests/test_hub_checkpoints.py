@@ -24,6 +24,7 @@ from rollout.engine import SamplingParams, generate
 from rollout.models import load_model
 
 from .conftest import ROOT
+from .test_dream_tokenizer import write_dream_tokenizer
 
 CHARS = "0123456789+=? abcdefghijklmnopqrstuvwxyz"
 SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
@@ -35,6 +36,8 @@ FACTS = {
               "<|endoftext|>", "<|mask|>"),
     "llada": (126349, 126464, {"<|startoftext|>": 126080, "<|endoftext|>": 126081, "<|mdm_mask|>": 126336, "<|eot_id|>": 126348},
               "<|endoftext|>", "<|mdm_mask|>"),
+    # LLaDA2.0/2.1-mini: eos = pad 156892 and mask 156895 as its own generate() uses them (tests/test_moe_family.py)
+    "llada2": (156896, 157184, {"<|endoftext|>": 156892, "<|mask|>": 156895}, "<|endoftext|>", "<|mask|>"),
 }  # fmt: skip
 
 
@@ -56,7 +59,8 @@ def _save(path, config: dict, tensors: dict, tok):
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(config, indent=2))
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "model.safetensors"))
-    tok.save_pretrained(path)
+    if tok is not None:
+        tok.save_pretrained(path)
 
 
 def sdar_checkpoint(path, **over):
@@ -79,7 +83,8 @@ def sdar_checkpoint(path, **over):
 
 
 def dream_checkpoint(path, **over):
-    """Dream: Qwen2 tensors (q/k/v biases), model_type spelled 'Dream', auto_map AutoModel only."""
+    """Dream: Qwen2 tensors (q/k/v biases), model_type spelled 'Dream', auto_map AutoModel only, and its own
+    tokenizer class's files (vocab.json, merges.txt, tokenizer_config.json naming DreamTokenizer)."""
     torch.manual_seed(1)
     ref = Qwen2ForCausalLM(Qwen2Config(vocab_size=152064, rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=False, **SMALL))
     config = {
@@ -90,7 +95,8 @@ def dream_checkpoint(path, **over):
         "rope_scaling": None, "rope_theta": 1000000.0, "sliding_window": None, "tie_word_embeddings": False, "torch_dtype": "float32",
         "use_cache": True, "use_sliding_window": False, "vocab_size": 152064, **SMALL, **over,
     }  # fmt: skip
-    _save(path, config, ref.state_dict(), hub_tokenizer("dream"))
+    _save(path, config, ref.state_dict(), None)
+    write_dream_tokenizer(path)  # as published: tokenizer_class DreamTokenizer, auto_map to tokenization_dream.py
     return ref
 
 
