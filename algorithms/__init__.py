@@ -1,6 +1,8 @@
 """Likelihood estimators, advantages, the value model and policy/value losses as plain tensor functions."""
 
 from algorithms.advantages import filter_groups, group_advantages, truncated_rewards
+from algorithms.cj_grpo import cj_grpo_loss, cj_step_weights  # registers the cj_grpo estimator unit
+from algorithms.espo import espo_estimate, espo_loss  # registers the espo estimator unit
 from algorithms.estimators import ESTIMATORS, count_forward_passes, get_estimator, loss_mask
 from algorithms.losses import LOSSES, k3_kl, policy_loss, sequence_policy_loss
 from algorithms.packing import pack_noisy
@@ -11,11 +13,15 @@ from algorithms.value import GAE_FORMS, ValueModel, terminal_token_rewards, trac
 from algorithms.wd1 import wd1_loss, wd1_weights  # registers the wd1 estimator unit
 
 __all__ = [
+    "cj_grpo_loss",
+    "cj_step_weights",
     "ESTIMATORS",
     "GAE_FORMS",
     "LOSSES",
     "ValueModel",
     "count_forward_passes",
+    "espo_estimate",
+    "espo_loss",
     "filter_groups",
     "get_estimator",
     "group_advantages",

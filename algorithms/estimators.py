@@ -87,6 +87,21 @@ def occurrence_index(trajs: Sequence[Trajectory]) -> list[int]:
     return out
 
 
+def group_positions(groups: Sequence[int]) -> tuple[list[int], list[int]]:
+    """(rank of each sample within its group, in order; that group's size), for
+    `EstimatorUnit.estimate_takes_group_ranks`.
+
+    >>> group_positions([4, 9, 4, 4])
+    ([0, 0, 1, 2], [3, 1, 3, 3])
+    """
+    seen: Counter = Counter()
+    ranks = []
+    for g in groups:
+        ranks.append(seen[g])
+        seen[g] += 1
+    return ranks, [seen[g] for g in groups]
+
+
 def sample_generators(
     trajs: Sequence[Trajectory], seed: int, occurrences: Sequence[int] | None = None
 ) -> list[torch.Generator]:
@@ -439,8 +454,9 @@ def block_random_estimate(
 
 # -- estimators as units ---------------------------------------------------------------------------
 # Keywords every estimator takes besides its own options (the learner's mask seed and pieces;
-# `advantages` only where the unit says estimate_takes_advantages).
-CALL_KEYWORDS = frozenset({"seed", "occurrences", "with_entropy", "advantages"})
+# `advantages` only where the unit says estimate_takes_advantages, `group_rank` and `group_size`
+# where it says estimate_takes_group_ranks).
+CALL_KEYWORDS = frozenset({"seed", "occurrences", "with_entropy", "advantages", "group_rank", "group_size"})
 
 
 @dataclass(frozen=True)
@@ -490,6 +506,16 @@ class EstimatorUnit:
             the learner refuses a model of another kind.
         estimate_takes_advantages: the estimate is also called with `advantages=` [n] (the piece's,
             after advantage_weights): for estimators whose likelihood depends on the sign (SPG).
+        objective_kl: the objective takes `algorithm.beta` with its own KL form (ESPO's k2 on the
+            sequence ELBO): the learner then scores the reference and passes `ref_logp` and `beta`.
+        estimate_takes_group_ranks: the estimate is also called with `group_rank=` and `group_size=`
+            ([n] each: a sample's rank within its group over the whole rollout batch, in rollout
+            order, and the group's size), so the masks can couple a group's samples however the batch
+            is split into minibatches, ranks and micro-batches (ESPO's stratified counts).
+        loss_weights: `loss_weights(trajs, keep_rows [n], options, eos_id) -> [n, C]` per-token weights
+            of the objective, computed once per minibatch over all its samples (`keep_rows`: the
+            batch's loss mask per sample) before it is split over ranks and micro-batches; the
+            objective is also called with `weights=` (the piece's rows): CJ-GRPO's per-step means.
     """
 
     name: str
@@ -508,6 +534,9 @@ class EstimatorUnit:
     advantage_weights: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     attention: frozenset[str] = frozenset({"full", "block_causal"})
     estimate_takes_advantages: bool = False
+    objective_kl: bool = False
+    estimate_takes_group_ranks: bool = False
+    loss_weights: Callable[..., torch.Tensor] | None = None
 
     def check_options(self, options: Mapping[str, Any]) -> Any:
         """The options as this unit's dataclass; an unknown key is an error naming the valid ones."""

@@ -91,9 +91,13 @@ def spg_masks(
     o, bl = options, options.block_length
     blocks = -(-width // bl)  # canvas blocks
     real_blocks = (length - 1) // bl + 1
+    perm = torch.randperm(blocks, generator=generator)
     if o.num_t > blocks:
-        raise ValueError(f"spg: num_t {o.num_t} is more than the {blocks} blocks of a {width}-token canvas (block_length {bl})")
-    picks = (torch.randperm(blocks, generator=generator) % real_blocks)[: o.num_t].tolist()
+        # A canvas with fewer blocks than passes (the authors' is gen_length / block_length = 8 >= num_t;
+        # unmask's stops at the block after the first EOS): the permutation repeats, each pass still
+        # drawing its own count and tokens.
+        perm = perm.repeat(-(-o.num_t // blocks))
+    picks = (perm % real_blocks)[: o.num_t].tolist()
     out = []
     for k in picks:
         start = k * bl

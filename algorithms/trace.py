@@ -74,13 +74,14 @@ def trace_step_index(
 
 
 def trace_logprobs(
-    lm: DiffusionLM, trajs: Sequence[Trajectory], shrink: int = 1, with_entropy: bool = False
+    lm: DiffusionLM, trajs: Sequence[Trajectory], shrink: int = 1, with_entropy: bool = False, canvas: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs of sampled completions on the trajectory the sampler took.
 
     Only tokens that carry loss are scored (`trace_passes`): the completion up to and including
     its first EOS. Each pass sends just the tokens of its step group through the LM head, so
     an update computes as many head rows as it has loss tokens, whatever the number of passes.
+    canvas=True scores every completion token, the filler after the first EOS too (CJ-GRPO's loss).
 
     Returns:
         logp: [N, C] log-prob of each scored token (0 elsewhere: padding, filler after the first EOS), differentiable.
@@ -90,18 +91,18 @@ def trace_logprobs(
     n, width = len(trajs), max(len(t.completion_ids) for t in trajs)
     mask = torch.zeros((n, width), dtype=torch.bool, device=lm.device)
     for i, t in enumerate(trajs):
-        mask[i, : loss_length(t.completion_ids, lm.eos_id)] = True
+        mask[i, : len(t.completion_ids) if canvas else loss_length(t.completion_ids, lm.eos_id)] = True
     dtype = torch.promote_types(lm.model.dtype, torch.float32)
     logp = torch.zeros((n, width), device=lm.device, dtype=dtype)
     entropy = torch.zeros((n, width), device=lm.device, dtype=dtype) if with_entropy else None
-    for index, lp, ent in trace_pass_scores(lm, trajs, shrink, with_entropy):
+    for index, lp, ent in trace_pass_scores(lm, trajs, shrink, with_entropy, canvas):
         logp = logp.index_put(index, lp.to(dtype))
         if entropy is not None:
             entropy[index] = ent.to(dtype)
     return logp, mask, entropy
 
 
-def trace_pass_scores(lm: DiffusionLM, trajs: Sequence[Trajectory], shrink: int = 1, with_entropy: bool = False):
+def trace_pass_scores(lm: DiffusionLM, trajs: Sequence[Trajectory], shrink: int = 1, with_entropy: bool = False, canvas: bool = False):
     """The scores of `trace_logprobs`, one replayed pass at a time.
 
     Yields ((r, c), logp [n_k], entropy [n_k] or None) per pass: (r, c) index the [N, C]
@@ -117,7 +118,7 @@ def trace_pass_scores(lm: DiffusionLM, trajs: Sequence[Trajectory], shrink: int 
     for i, t in enumerate(trajs):
         targets[i, : len(t.completion_ids)] = torch.tensor(t.completion_ids)
     targets = targets.to(device)
-    for rows, packed, (ri, ci) in trace_passes(lm, trajs, shrink):
+    for rows, packed, (ri, ci) in trace_passes(lm, trajs, shrink, canvas):
         scored = torch.zeros(packed.select.shape, dtype=torch.bool, device=device)
         scored[ri, ci] = True  # this pass's step group: (ri, ci) is row-major, as forward_logprobs orders its output
         lp, ent = lm.forward_logprobs(
@@ -130,14 +131,15 @@ def trace_pass_scores(lm: DiffusionLM, trajs: Sequence[Trajectory], shrink: int 
 loss_length = answer_length
 
 
-def trace_passes(lm: DiffusionLM, trajs: Sequence[Trajectory], shrink: int = 1):
+def trace_passes(lm: DiffusionLM, trajs: Sequence[Trajectory], shrink: int = 1, canvas: bool = False):
     """The replayed TraceRL passes of a batch, in order.
 
     Yields (rows, packed, (ri, ci)) per pass k: `rows` [r] indexes the samples that have a step
     group k, `packed` is their input with every token of group >= k masked (pack_noisy), and
     (ri, ci) index, within the pass's [r, Cr] outputs, the tokens decoded in group k that carry
-    loss (up to and including the first EOS), which this pass scores; in row-major order. The
-    filler after the first EOS stays in the input as context and gets no score. Log-probs
+    loss (up to and including the first EOS; every completion token with canvas=True), which this
+    pass scores; in row-major order. The filler after the first EOS stays in the input as context
+    and gets no score (unless canvas). Log-probs
     (trace_logprobs) and values (algorithms.value) both read these passes.
     """
     device, traits = lm.device, lm.traits
@@ -145,7 +147,7 @@ def trace_passes(lm: DiffusionLM, trajs: Sequence[Trajectory], shrink: int = 1):
     width = max(len(t.completion_ids) for t in trajs)
     pass_of = torch.full((len(trajs), width), -1, dtype=torch.long)  # -1: padding or no loss
     for i, (t, p) in enumerate(zip(trajs, passes)):
-        keep = loss_length(t.completion_ids, lm.eos_id)
+        keep = len(t.completion_ids) if canvas else loss_length(t.completion_ids, lm.eos_id)
         pass_of[i, :keep] = torch.tensor(p[:keep])
     pass_of = pass_of.to(device)
     for k in range(max(max(p) for p in passes) + 1):

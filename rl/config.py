@@ -206,7 +206,7 @@ PRESET_FIELDS = ("advantage", "zscore_std", "loss_norm", "eps_low", "eps_high", 
 class AlgorithmConfig(_Section):
     estimator: str = Field(
         "trace", description="Likelihood estimator: trace (TraceRL, replays the step map), one_step (diffu-GRPO), coupled (DiffuCoder), "
-        "mc_elbo (GDPO), block_random; wd1 and spg (ratio-free, each with its own objective); or a plugin unit by import path, "
+        "mc_elbo (GDPO), block_random; wd1 and spg (ratio-free, each with its own objective); espo (sequence ELBO ratio, its own objective and KL); or a plugin unit by import path, "
         "'package.module:UNIT' (an algorithms.estimators.EstimatorUnit)."
     )
     options: dict[str, Any] = Field(
@@ -260,7 +260,16 @@ class AlgorithmConfig(_Section):
         "Default: the estimator's preset, pass for trace, sequence for block_random (dLLM-RL), token for one_step and coupled (d1, DiffuCoder)."
     )
     norm_constant: float | None = Field(None, gt=0.0, description="loss_norm=constant: the divisor (e.g. max completion length x minibatch size).")
-    lr: float = Field(1e-4, gt=0.0, description="AdamW learning rate.")
+    lr: float = Field(1e-4, gt=0.0, description="AdamW learning rate (the peak, with a schedule).")
+    adam_betas: tuple[float, float] = Field(
+        (0.9, 0.999), description="AdamW (beta1, beta2); d1 and DiffuCoder train with (0.9, 0.99), dLLM-RL with torch's (0.9, 0.999)."
+    )
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="Learning-rate schedule over the run's optimizer steps (train.steps x epochs x minibatches), after "
+        "the warm-up: constant, or cosine down to min_lr_ratio x lr (transformers' cosine-with-min-lr schedule, as TRL runs it)."
+    )
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="lr_schedule cosine: the final lr as a fraction of lr (DiffuCoder: 0.1).")
+    warmup_steps: int = Field(0, ge=0, description="Optimizer steps of linear warm-up from 0 to lr (transformers' form: 0 at the first step).")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, gt=0.0, description="Max global gradient norm.")
     minibatches: int = Field(1, ge=1, description="Optimizer steps per rollout batch (the batch is split this many ways).")
@@ -317,11 +326,12 @@ class AlgorithmConfig(_Section):
         except ValueError as exc:
             raise ValueError(f"algorithm.options: {exc}") from None
         self._derive(unit)
-        if unit.objective is not None and (self.loss != "grpo" or self.beta > 0):
+        if unit.objective is not None and (self.loss != "grpo" or (self.beta > 0 and not unit.objective_kl)):
             raise ValueError(
                 f"algorithm.{'loss' if self.loss != 'grpo' else 'beta'}: estimator {self.estimator!r} brings its own objective "
-                f"({unit.objective.__module__}.{unit.objective.__name__}), which takes no algorithm.loss and no KL term; "
-                "remove algorithm.loss and set algorithm.beta: 0"
+                f"({unit.objective.__module__}.{unit.objective.__name__}), which takes no algorithm.loss"
+                + ("" if unit.objective_kl else " and no KL term") + "; remove algorithm.loss"
+                + ("" if unit.objective_kl else " and set algorithm.beta: 0")
             )
         if self.loss_norm == "constant" and self.norm_constant is None:
             raise ValueError("algorithm.loss_norm is 'constant' but algorithm.norm_constant is not set")
@@ -620,7 +630,7 @@ def estimators_help() -> str:
         options = ", ".join(_option_help(unit, f) for f in dataclasses.fields(unit.options)) or "none"
         out.append(f"  {name}: {unit.paper}\n    options: {options}")
         if unit.objective is not None:  # replaces algorithm.loss
-            out.append(f"    objective: {unit.objective.__module__}.{unit.objective.__name__}" + ("" if unit.needs_old_logp else " (ratio-free: no old-policy pass)"))
+            out.append(f"    objective: {unit.objective.__module__}.{unit.objective.__name__}" + ("" if unit.needs_old_logp else " (ratio-free: no old-policy pass)") + (" (its own KL form: algorithm.beta)" if unit.objective_kl else ""))
         if not unit.config_defaults:
             out.append("    preset: none (the fields' own defaults)")
             continue

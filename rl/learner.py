@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from algorithms.estimators import get_estimator, loss_mask, occurrence_index
+from algorithms.estimators import get_estimator, group_positions, loss_mask, occurrence_index
 from algorithms.losses import LOSSES, SEPARABLE_LOSSES, LossTotals
 from algorithms.trace import trace_pass_index, trace_step_index
 from algorithms.value import (
@@ -90,6 +90,7 @@ class _Scored:
     adv: torch.Tensor  # [n] or [n, C]
     ref: torch.Tensor | None = None
     passes: torch.Tensor | None = None  # [n, C] trace pass of each token, -1 = none (loss_norm: pass)
+    weights: torch.Tensor | None = None  # [n, C] the unit's loss_weights, taken over the whole minibatch
     old_values: torch.Tensor | None = None
     returns: torch.Tensor | None = None
 
@@ -189,11 +190,12 @@ class Learner(LearnerState):
         if not self.fsdp:  # FSDP2 replaces the parameters with sharded ones: optimizers come after
             self._build_optimizers()
         self.step = 0
+        self._lr_factor = None  # the lr schedule's factor function (lr_at), built on first use
 
     def _build_optimizers(self) -> None:
         algo = self.cfg.algorithm
         trainable = [p for p in self.lm.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=algo.lr, weight_decay=algo.weight_decay)
+        self.optimizer = torch.optim.AdamW(trainable, lr=algo.lr, betas=tuple(algo.adam_betas), weight_decay=algo.weight_decay)
         if self.value is not None:
             self.value_optimizer = torch.optim.AdamW(self.value.parameters(), lr=algo.value.lr)
 
@@ -220,6 +222,7 @@ class Learner(LearnerState):
         if self.value is not None and batch.value_rewards is None and batch.token_rewards is None:
             raise ValueError("the value model needs value_rewards (the outcome reward per sample) or token_rewards")
         trajs = batch.trajectories()
+        self._group_rank, self._group_size = group_positions(batch.group.tolist())  # over the whole batch, before any split
         seed = self.cfg.train.seed * 1_000_003 + self.step
         gen = torch.Generator().manual_seed(seed)
         chunks = [c.tolist() for c in torch.randperm(len(trajs), generator=gen).chunk(algo.minibatches)]
@@ -239,17 +242,50 @@ class Learner(LearnerState):
             d = epoch % draws
             scored, totals, _ = per_draw[d]
             for j in range(len(chunks)):
+                lr = self._set_lr((self.step * algo.epochs + epoch) * algo.minibatches + j)
                 for k, v in self._optimizer_step(trajs, scored[j], totals[j], mb_seed(j, d)).items():
                     metrics[k].append(v)
+                metrics["lr"].append(lr)
         self.lm.model.eval()
         if self.value is not None:
             self.value.eval()
         self.step += 1
         return {k: float(np.mean(v)) for k, v in metrics.items()}
 
-    def _adv_kw(self, advantages: torch.Tensor) -> dict:
-        """`advantages=` (a piece's [n]) for an estimate whose unit takes them (SPG's bound per sign), else nothing."""
-        return {"advantages": advantages} if self.estimator.estimate_takes_advantages else {}
+    def lr_at(self, opt_step: int) -> float:
+        """The policy's learning rate at optimizer step `opt_step` (0-based over the run): `algorithm.lr`
+        times transformers' schedule factor (warm-up, then constant or cosine to min_lr_ratio). Derived
+        from the step alone, so a resumed run continues the schedule where it stopped."""
+        algo = self.cfg.algorithm
+        if algo.lr_schedule == "constant" and not algo.warmup_steps:
+            return algo.lr
+        if self._lr_factor is None:
+            from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
+
+            total = self.cfg.train.steps * algo.epochs * algo.minibatches
+            probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)  # the schedule's factor, no state
+            if algo.lr_schedule == "cosine":
+                sched = get_cosine_with_min_lr_schedule_with_warmup(probe, algo.warmup_steps, total, min_lr_rate=algo.min_lr_ratio)
+            else:
+                sched = get_constant_schedule_with_warmup(probe, algo.warmup_steps)
+            self._lr_factor = sched.lr_lambdas[0]
+        return algo.lr * float(self._lr_factor(opt_step))
+
+    def _set_lr(self, opt_step: int) -> float:
+        lr = self.lr_at(opt_step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _adv_kw(self, advantages: torch.Tensor, idx: Sequence[int] = ()) -> dict:
+        """The estimate's extra keywords its unit asks for: `advantages=` (a piece's [n]; SPG's bound
+        per sign) and `group_rank=`, `group_size=` of the piece's samples `idx` over the whole batch
+        (ESPO's stratified masks)."""
+        kw = {"advantages": advantages} if self.estimator.estimate_takes_advantages else {}
+        if self.estimator.estimate_takes_group_ranks:
+            kw["group_rank"] = [self._group_rank[i] for i in idx]
+            kw["group_size"] = [self._group_size[i] for i in idx]
+        return kw
 
     def _rows(self, batch: Sequence[Trajectory], index_fn, width: int) -> torch.Tensor:
         """[n, width] long: `index_fn(step_map, prompt_len, block_size, shrink, full_attention=)` per
@@ -275,22 +311,28 @@ class Learner(LearnerState):
         for j, idx in enumerate(chunks):
             occ = occurrence_index([trajs[i] for i in idx])
             scored.append([])
+            weights = None
+            if self.estimator.loss_weights is not None:  # over the whole minibatch, before any split (CJ-GRPO's per-step means)
+                weights = self.estimator.loss_weights([trajs[i] for i in idx], keep_all[idx], self._estimator_options, self.lm.eos_id)
+                row_of = {i: r for r, i in enumerate(idx)}
             for piece in minibatch_pieces(idx, occ, self.rank, self.world_size, lc.micro_batches):
                 batch = [trajs[i] for i in piece.idx]
                 with self._autocast():
                     if self.estimator.needs_old_logp:
-                        old, mask = self._policy(batch, seed=mb_seed(j), occurrences=piece.occurrences, **self._adv_kw(adv_all[piece.idx]), **opts)
+                        old, mask = self._policy(batch, seed=mb_seed(j), occurrences=piece.occurrences, **self._adv_kw(adv_all[piece.idx], piece.idx), **opts)
                     else:  # a ratio-free objective: no old-policy pass
                         old, mask = None, loss_mask(batch, self.lm.eos_id, dev)
                     ref = None
                     if algo.beta > 0:
                         if self.peft is not None:
                             with self.peft.disable_adapter():
-                                ref = self._policy(batch, seed=mb_seed(j), occurrences=piece.occurrences, **self._adv_kw(adv_all[piece.idx]), **opts)[0]
+                                ref = self._policy(batch, seed=mb_seed(j), occurrences=piece.occurrences, **self._adv_kw(adv_all[piece.idx], piece.idx), **opts)[0]
                         else:
-                            ref = self._ref(batch, seed=mb_seed(j), occurrences=piece.occurrences, **self._adv_kw(adv_all[piece.idx]), **opts)[0]
+                            ref = self._ref(batch, seed=mb_seed(j), occurrences=piece.occurrences, **self._adv_kw(adv_all[piece.idx], piece.idx), **opts)[0]
                 keep = mask & keep_all[piece.idx].to(dev)[:, None]
                 s = _Scored(piece, old, keep, adv_all[piece.idx].to(dev), ref)
+                if weights is not None:
+                    s.weights = weights[[row_of[i] for i in piece.idx], : keep.shape[1]].to(dev)
                 if algo.loss_norm == "pass":
                     s.passes = self._rows(batch, trace_pass_index, mask.shape[1])
                 if self.value is not None:
@@ -351,12 +393,12 @@ class Learner(LearnerState):
                 return self.loss_fn(
                     logp, s.old, s.adv, s.keep, algo.eps_low, algo.eps_high,
                     ref_logp=s.ref, beta=algo.beta, norm=algo.loss_norm, norm_constant=algo.norm_constant, totals=totals,
-                    pass_index=s.passes,
+                    pass_index=s.passes, **({"weights": s.weights} if s.weights is not None else {}),
                 )
 
             with self._no_sync(sync=p == len(pieces) - 1):
                 if self.recompute_per_pass:
-                    estimate = functools.partial(self._policy, batch, seed=seed, occurrences=s.piece.occurrences, with_entropy=True, **self._adv_kw(s.adv), **opts)
+                    estimate = functools.partial(self._policy, batch, seed=seed, occurrences=s.piece.occurrences, with_entropy=True, **self._adv_kw(s.adv, s.piece.idx), **opts)
                     logp, entropy, loss, m = self._backward_through_logprobs(estimate, loss_of, w * scale)
                 elif self.backward_per_pass:
                     scores = self.estimator.pass_scores(self.lm, batch, self._estimator_options, with_entropy=True)
@@ -365,7 +407,7 @@ class Learner(LearnerState):
                         loss, m = loss_of(logp)
                 else:
                     with self._autocast():
-                        logp, _, entropy = self._policy(batch, seed=seed, occurrences=s.piece.occurrences, with_entropy=True, **self._adv_kw(s.adv), **opts)
+                        logp, _, entropy = self._policy(batch, seed=seed, occurrences=s.piece.occurrences, with_entropy=True, **self._adv_kw(s.adv, s.piece.idx), **opts)
                     loss, m = loss_of(logp)
                     (loss * (w * scale)).backward()
                 m["loss/total"] = loss.item()

@@ -107,7 +107,7 @@ def test_an_option_the_estimator_does_not_take_is_an_error_naming_it(toy, tmp_pa
 
 
 def test_unknown_estimators_are_refused_with_the_known_names(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown estimator 'tracer'; known: \['block_random', 'coupled', 'mc_elbo', 'one_step', 'spg', 'trace', 'wd1'"):
+    with pytest.raises(ConfigError, match=r"unknown estimator 'tracer'; known: \['block_random', 'cj_grpo', 'coupled', 'espo', 'mc_elbo', 'one_step', 'spg', 'trace', 'wd1'"):
         _cfg(tmp_path, "estimator: tracer")
     with pytest.raises(ConfigError, match="cannot import 'no_such_pkg.mod': No module named 'no_such_pkg'"):
         _cfg(tmp_path, "estimator: 'no_such_pkg.mod:UNIT'")

@@ -3,6 +3,7 @@
 The numbers are the issue's, computed by hand in the comments.
 """
 
+import dataclasses
 import math
 import warnings
 
@@ -99,8 +100,17 @@ def test_every_estimator_stops_the_loss_at_the_first_eos(tokenizer, family, name
         return real(ids, pos, allowed, select, rows, *args, **kwargs)
 
     monkeypatch.setattr(lm, "forward_logprobs", forward_logprobs)
+    unit = ESTIMATORS[name]
+    if not set(unit.attention) & {lm.traits.attention.value}:
+        pytest.skip(f"{name} refuses {family}'s attention")
     opts = {"n": 2} if name == "mc_elbo" else {}  # an option the estimator does not take is an error
-    logp, mask, entropy = ESTIMATORS[name](lm, [t], None, seed=0, with_entropy=True, **opts)
+    if "canvas" in {f.name for f in dataclasses.fields(unit.options)}:
+        # ESPO and CJ-GRPO score the whole canvas, filler included, as their authors' code does (their
+        # `canvas: true` preset, tested in tests/test_espo.py / test_cj_grpo.py); `canvas: false` keeps the rule.
+        opts["canvas"] = False
+    if unit.estimate_takes_advantages:
+        opts["advantages"] = torch.tensor([1.0])
+    logp, mask, entropy = unit(lm, [t], None, seed=0, with_entropy=True, **opts)
     assert not mask[0, 3:].any() and (entropy[0, 3:] == 0).all()  # nothing after the first EOS
     if name == "block_random":
         assert mask[0, :3].any()  # the masked tokens up to the EOS

@@ -79,8 +79,11 @@ def test_block_masks_follow_spgs_rules():
             assert not any(comp[: k * 4])  # nothing before it is masked
             assert all(comp[(k + 1) * 4 :]) and all(comp[length:])  # every later position and the filler after the EOS
             assert any(comp[k * 4 : min((k + 1) * 4, length)])  # at least one real token of the block
-    with pytest.raises(ValueError, match="num_t 4 is more than the 3 blocks"):
-        spg_masks(5, 12, 12, SpgOptions(num_t=4, block_length=4), torch.Generator())
+    # A canvas with fewer blocks than passes (unmask's stops after the EOS block; the authors' never does):
+    # the block permutation repeats, so 5 passes over 2 blocks pick each block, then again, each pass its own mask.
+    masks = spg_masks(5, 8, 8, SpgOptions(num_t=5, block_length=4, p_mask_prompt=0.0), torch.Generator().manual_seed(0))
+    blocks = [comp.index(True) // 4 for _, comp in masks]
+    assert len(masks) == 5 and sorted(blocks[:2]) == [0, 1] and blocks[2:4] == blocks[:2] and blocks[4] == blocks[0]
 
 
 def _config(tmp_path, algorithm: str, model: str = str(BASE_CKPT)):
