@@ -99,3 +99,28 @@ def resolve_model_path(path: str | Path) -> Path:
     if ckpt is not None:
         return resolve_model_path(ckpt)
     raise FileNotFoundError(f"{path} is not a model directory, a checkpoint, or a run directory with checkpoints")
+
+
+def resolve_model_ref(ref: str | Path) -> str:
+    """`resolve_model_path` for a config's model reference (`model.path`, SFT's `init`): a local
+    directory becomes its model directory (a run's latest checkpoint, `step_N/model`); anything
+    that is not a local directory (a hub id) is handed on unchanged for the loader to fetch."""
+    return str(resolve_model_path(ref)) if Path(ref).is_dir() else str(ref)
+
+
+def run_config_of(path: str | Path) -> Path | None:
+    """The config a checkpoint was trained with, for a run directory, one of its `checkpoints/step_N`
+    directories or their `model/`: RUN/config.yaml (`unmask train`) or RUN/sft_summary.json
+    (`unmask sft`); None for a bare model directory."""
+    p = Path(path).resolve()
+    places = [p]
+    if p.name in ("model", "adapter"):
+        p = p.parent
+        places.append(p)
+    if _STEP_DIR.match(p.name) and p.parent.name == "checkpoints":
+        places.append(p.parent.parent)
+    for place in places:
+        for name in ("config.yaml", "sft_summary.json"):
+            if (place / name).is_file():
+                return place / name
+    return None

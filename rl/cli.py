@@ -35,10 +35,21 @@ def train(
     address: Optional[str] = typer.Option(
         None, "--address", help="Join an existing Ray cluster: auto (started here with `ray start`), HOST:6379 or ray://HOST:10001 (sets cluster.address)."
     ),
+    smoke: bool = typer.Option(
+        False, "--smoke", help="Run the config shrunk to two CPU steps: a tiny model of its family, a few local rows in its data "
+        "format, everything that defines the method kept (rl/smoke.py). Checks a recipe end to end before a real run."
+    ),
     overrides: Optional[List[str]] = SetOpt,
 ) -> None:
     """RL-train a diffusion LM (rollout workers + learner ranks on Ray)."""
     cfg = _load(config, overrides, RunConfig)
+    if smoke:
+        from rl.smoke import smoke_config
+
+        workdir = Path(output_dir or cfg.train.output_dir) / "smoke"
+        cfg = smoke_config(cfg, workdir)
+        output_dir = workdir / "run"
+        typer.echo(f"smoke run of {config}: tiny model and rows under {workdir}, run directory {output_dir}")
     if address is not None:
         cfg.cluster.address = address  # not through --set: YAML would read some HOST:PORT spellings as numbers
     if cfg.cluster.address is not None:
@@ -51,7 +62,7 @@ def train(
     except DataError as e:
         typer.echo(f"{config}: data: {e}", err=True)
         raise typer.Exit(2) from None
-    except ValueError as e:  # a setting the checkpoint cannot run with
+    except (ValueError, FileNotFoundError) as e:  # a setting the checkpoint cannot run with; no model or checkpoint there
         typer.echo(f"{config}: {e}", err=True)
         raise typer.Exit(2) from None
     try:
@@ -59,6 +70,27 @@ def train(
     except LearnerDied as e:
         typer.echo(f"\nrun stopped: {e}", err=True)
         raise typer.Exit(1) from None
+
+
+@app.command()
+def plan(
+    config: Path = typer.Argument(..., help="Run config (YAML), e.g. configs/recipes/trado_8b_tracerl.yaml."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs: learner ranks and rollout workers both become this (default: the config's)."),
+    gpu_memory: float = typer.Option(80.0, "--gpu-memory", help="Memory of one GPU in GB (GiB)."),
+    overrides: Optional[List[str]] = SetOpt,
+) -> None:
+    """Memory per GPU (learner and rollout worker), whether it fits, the largest micro-batch and rollout batch that do,
+    and FLOPs per RL step, from the config alone (no weights loaded; rl/plan.py)."""
+    cfg = _load(config, overrides, RunConfig)
+    from rl.plan import format_plan
+    from rl.plan import plan as make_plan
+
+    try:
+        report = make_plan(cfg, gpus=gpus, gpu_memory_gb=gpu_memory)
+    except ValueError as e:
+        typer.echo(f"{config}: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(format_plan(report))
 
 
 @app.command()
@@ -153,6 +185,8 @@ def evaluate(
         benches = _data_benchmarks(data_config, limit, max_new_tokens) if data_config else []
         default = [] if benches else [parse_benchmark(f"{task},digits={digits}")]
         requests = [parse_benchmark(b) for b in benchmarks] if benchmarks else default
+        for r in requests:
+            typer.echo(f"loading benchmark {r.name}" + (f" from {r.path}" if r.path else "") + " ...", err=True)
         benches += [load_benchmark(r, limit=limit, max_new_tokens=max_new_tokens, **({"digits": digits} if r.name in PRESETS and PRESETS[r.name].infinite else {})) for r in requests]
         if completions and len(benches) != 1:
             raise BenchmarkError("--completions needs exactly one --benchmark (the completions' problems)")
@@ -196,22 +230,29 @@ def evaluate(
 
 @app.command()
 def generate(
-    checkpoint: Path = typer.Argument(..., help="Model dir, checkpoint dir or run dir."),
-    prompts: List[str] = typer.Argument(..., help="Prompt strings."),
+    checkpoint: Path = typer.Argument(..., help="Model dir, checkpoint dir (RUN/checkpoints/step_N) or run dir (its latest checkpoint)."),
+    prompts: List[str] = typer.Argument(..., help="Prompt strings; from a run, each fills the run's template (its first {placeholder})."),
     strategy: str = typer.Option("static", help=STRATEGY_HELP),
     threshold: float = typer.Option(0.9),
     steps_per_block: Optional[int] = typer.Option(None),
     temperature: float = typer.Option(0.0),
-    max_new_tokens: int = typer.Option(8),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Generation budget (default: the run's, else 8)."),
     seed: int = typer.Option(0),
-    chat_template: str = typer.Option("auto", help="auto: wrap each prompt in the tokenizer's chat template when it has one; none: raw text."),
-    system_prompt: Optional[str] = typer.Option(None, help="System message (the chat template's system turn, else prepended)."),
+    template: Optional[str] = typer.Option(None, help="Prompt template with one {placeholder} the prompt fills, e.g. 'Question: {q}\nAnswer:' (default: the run's, else the prompt as is)."),
+    source: Optional[str] = typer.Option(None, help="Which source of the run's data section to prompt as (default: its first)."),
+    chat_template: Optional[str] = typer.Option(None, help="auto: wrap each prompt in the tokenizer's chat template when it has one; none: raw text (default: the run's, else auto)."),
+    system_prompt: Optional[str] = typer.Option(None, help="System message (the chat template's system turn, else prepended; default: the run's; '' for none)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run the checkpoint's own modeling code (other architectures)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone first (pays off over many prompts)."),
     device: str = typer.Option("auto", help="auto (a CUDA GPU when there is one) | cpu | cuda | cuda:N."),
     dtype: str = typer.Option("auto", help="auto (bfloat16 on a GPU, float32 on the CPU, as rollout.dtype) | float32 | bfloat16 | float16."),
 ) -> None:
-    """Decode prompts and print each completion with its step map."""
+    """Decode prompts and print each completion with its step map.
+
+    Given a run (its directory or one of its checkpoints), each prompt is prompted as the run's training prompts
+    were: its template, system prompt, chat template and generation budget, read from RUN/config.yaml (unmask
+    train) or RUN/sft_summary.json (unmask sft); the options above override them.
+    """
     import torch
 
     from rl.checkpoint import resolve_model_path
@@ -232,10 +273,29 @@ def generate(
     if dtype != "auto" and dtype not in DTYPES:
         typer.echo(f"bad option --dtype {dtype}: expected auto, {', '.join(DTYPES)}", err=True)
         raise typer.Exit(2)
+    if chat_template not in (None, "auto", "none"):
+        typer.echo(f"bad option --chat-template {chat_template}: expected auto or none", err=True)
+        raise typer.Exit(2)
     try:
         path = resolve_model_path(checkpoint)
     except FileNotFoundError as e:
         typer.echo(f"generate failed: {e}", err=True)
+        raise typer.Exit(2) from None
+    run = _run_prompting(checkpoint, source)
+    if run is not None:
+        overridden = [o for o, v in (("--template", template), ("--system-prompt", system_prompt), ("--chat-template", chat_template),
+                                     ("--max-new-tokens", max_new_tokens)) if v is not None]  # fmt: skip
+        typer.echo(f"prompting as {run['where']} (source {run['source']!r}): template {run['template']!r}, system prompt {run['system_prompt']!r}, "
+                   f"chat template {run['chat_template']}, max_new_tokens {run['max_new_tokens']}"
+                   + (f"; overridden: {', '.join(overridden)}" if overridden else ""), err=True)  # fmt: skip
+        template = run["template"] if template is None else template
+        system_prompt = run["system_prompt"] if system_prompt is None else system_prompt
+        chat_template = run["chat_template"] if chat_template is None else chat_template
+        max_new_tokens = run["max_new_tokens"] if max_new_tokens is None else max_new_tokens
+    try:
+        texts = [_fill(template, p) for p in prompts] if template else list(prompts)
+    except ValueError as e:
+        typer.echo(f"bad option --template: {e}", err=True)
         raise typer.Exit(2) from None
     try:
         lm = load_model(path, dtype=decoding_dtype(dtype, dev), trust_remote_code=trust_remote_code)
@@ -246,12 +306,59 @@ def generate(
     lm.model.to(dev)
     if compile:
         lm.compile()
-    params = _params(max_new_tokens, strategy, threshold, steps_per_block, temperature)
-    ids = [encode_prompt(lm.tokenizer, p, chat_template == "auto", system_prompt)[0] for p in prompts]
-    for p, t in zip(prompts, gen(lm, ids, params, torch.Generator().manual_seed(seed))):
+    params = _params(max_new_tokens or 8, strategy, threshold, steps_per_block, temperature)
+    ids = [encode_prompt(lm.tokenizer, t, (chat_template or "auto") == "auto", system_prompt or None)[0] for t in texts]
+    for p, t in zip(texts, gen(lm, ids, params, torch.Generator().manual_seed(seed))):
         toks = lm.tokenizer.convert_ids_to_tokens(t.completion_ids)
         typer.echo(f"{p}{t.text}    [{t.finish_reason}, nfe={t.nfe}]")
         typer.echo("  step map: " + " ".join(f"{tok}@{s}" for tok, s in zip(toks, t.step_map)))
+
+
+def _fill(template: str, prompt: str) -> str:
+    """The template with its first {placeholder} filled by the prompt (any others left empty)."""
+    from rl.data import DataError, render
+    from rl.data.prompts import placeholders
+
+    names = placeholders(template)
+    if not names:
+        raise ValueError(f"{template!r} has no {{placeholder}} for the prompt")
+    try:
+        return render(template, {n: prompt if n == names[0] else "" for n in names})
+    except DataError as e:
+        raise ValueError(str(e)) from None
+
+
+def _run_prompting(checkpoint: Path, source: Optional[str]) -> Optional[dict]:
+    """How the run a checkpoint belongs to prompted its source (template, system prompt, chat template,
+    budget), from its config.yaml or sft_summary.json; None for a bare model (or a summary without data)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from rl.checkpoint import run_config_of
+    from rl.config import DataConfig
+    from rl.data import DataError
+    from rl.data.names import source_name
+    from rl.data.sources import prompting
+
+    where = run_config_of(checkpoint)
+    if where is None:
+        return None
+    try:
+        raw = yaml.safe_load(where.read_text()) if where.suffix == ".yaml" else json.loads(where.read_text()).get("config", {})
+        if not isinstance(raw, dict) or "data" not in raw:
+            return None  # an SFT summary from before the data layer: nothing to prompt as
+        data = DataConfig.model_validate(raw["data"])
+        names = [source_name(s) for s in data.sources]
+        if source is not None and source not in names:
+            typer.echo(f"bad option --source {source}: {where} has sources {', '.join(names)}", err=True)
+            raise typer.Exit(2)
+        cfg = data.sources[names.index(source) if source is not None else 0]
+        _, tmpl, budget, chat = prompting(cfg)
+    except (yaml.YAMLError, json.JSONDecodeError, ValidationError, DataError, OSError) as e:
+        typer.echo(f"warning: cannot read the run's prompt settings from {where} ({str(e).splitlines()[0]}); prompting with the options given", err=True)
+        return None
+    return {"where": where, "source": source_name(cfg), "template": tmpl.text, "system_prompt": cfg.system_prompt or "",
+            "chat_template": "auto" if chat else "none", "max_new_tokens": budget}
 
 
 @app.command()
@@ -369,6 +476,7 @@ def _data_benchmarks(path: Path, limit, max_new_tokens) -> list:
     for cfg in data.sources:
         if max_new_tokens:
             cfg = cfg.model_copy(update={"max_new_tokens": max_new_tokens})
+        typer.echo(f"loading the held-out split of {cfg.name or cfg.path} ({path}) ...", err=True)
         out.append(Benchmark.from_source(load_source(cfg)).head(limit))
     return out
 
@@ -383,6 +491,8 @@ def _params(max_new, strategy, threshold, steps_per_block, temperature):
 
 
 def main() -> None:
+    # Progress lines reach a pipe or a log file as they are printed, not when a buffer fills.
+    sys.stdout.reconfigure(line_buffering=True)
     app()
 
 

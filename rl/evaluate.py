@@ -498,6 +498,7 @@ def run_eval(
                     plan.append((bench, label, params, settings))
         if not plan:
             continue
+        echo(f"loading {ckpt} ({model_path}) ...")
         policy = load_policy(model_path, dtype=dtype, trust_remote_code=opts.trust_remote_code, engine=engine if ar else "hf")
         if not isinstance(policy, VLLMModel):  # vLLM places its own weights
             policy.model.to(device)

@@ -18,8 +18,10 @@ import torch
 from tqdm.auto import tqdm
 
 from algorithms.sft import ar_sft_loss, pad_completion, sft_loss
+from rl.checkpoint import resolve_model_ref
 from rl.config import SFTConfig
 from rl.data import Benchmark, DataError, PromptStream, load_source
+from rl.data.names import source_name
 from rl.data.sources import Example, Source
 from rl.evaluate import evaluate_benchmark, load_policy
 from rollout.autoregressive import ARModel
@@ -70,17 +72,23 @@ class SFTRun:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        self.sources = [load_source(s) for s in cfg.data.sources]
+        self.sources = []
+        for s in cfg.data.sources:  # reading and checking every row of a large file takes a while: say so first
+            print(f"SFT data {source_name(s)}: reading and checking {s.path} ...")
+            self.sources.append(load_source(s))
         ckpt = self._latest() if resume else None
         if resume and ckpt is None:
             raise FileNotFoundError(f"--resume: no SFT checkpoint under {self.out / 'checkpoints'}")
         self.ar = cfg.objective == "ar"
         if ckpt is not None:
             self.lm = load_policy(ckpt / "model", trust_remote_code=cfg.trust_remote_code)
-        elif cfg.init:
-            self.lm = load_policy(cfg.init, trust_remote_code=cfg.trust_remote_code)
+        elif cfg.init:  # a model, step_N or run directory (its latest checkpoint), or a hub id
+            print(f"SFT: loading {cfg.init} ...")
+            self.lm = load_policy(resolve_model_ref(cfg.init), trust_remote_code=cfg.trust_remote_code)
         else:
             a = cfg.arch
+            print(f"SFT: building a fresh {a.family} model ({cfg.tokenizer.kind} tokenizer"
+                  + (", trained on the data" if cfg.tokenizer.kind == "bpe" and not cfg.tokenizer.path else "") + ") ...")
             tok = build_tokenizer(cfg, self.sources)
             if cfg.tokenizer.kind == "char" and not cfg.tokenizer.path:
                 _check_chars(tok, self.sources)
@@ -109,6 +117,8 @@ class SFTRun:
         if ckpt is not None:
             self._load_state(ckpt)
         self.evals = [self._heldout_benchmark(s) for s in self.sources if s.heldout and s.rewards]
+        print(f"SFT: {cfg.steps} steps of {cfg.batch_size} examples"
+              + (f"; held-out greedy accuracy every {cfg.eval_every} steps on {sum(len(b.problems) for b in self.evals)} problems" if self.evals else ""))
 
     # -- data --------------------------------------------------------------------------------
     def _heldout_benchmark(self, src: Source) -> Benchmark:
@@ -191,6 +201,7 @@ class SFTRun:
             record = {"step": done, **m}
             if done % cfg.eval_every == 0 or done == cfg.steps:
                 self.lm.model.eval()
+                bar.set_postfix_str(f"step {done}: decoding the held-out problems ...")
                 acc = self.evaluate()
                 record.update(acc)
                 self.history.append({"step": done, "loss": m["loss/sft"], "heldout_accuracy": acc.get("accuracy/heldout"), **acc})

@@ -27,10 +27,11 @@ from rewards import get_reward
 from rewards.registry import reward_name
 from rl.actors import LearnerDied, LearnerRanks, RolloutWorkers
 from rl.batch import StepBatch, padded, value_outcome_rewards
-from rl.checkpoint import CheckpointStore
+from rl.checkpoint import CheckpointStore, resolve_model_ref
 from rl.cluster import connect, pack_dir, place
 from rl.config import RunConfig, config_yaml
 from rl.data import DataError, PromptStream, load_benchmark, load_source, parse_benchmark
+from rl.data.names import source_name
 from rl.process_rewards import token_rewards
 from rl.scoring import score_texts
 from rl.tracking import MetricsLogger, plot_run
@@ -96,6 +97,9 @@ class Trainer:
     """Runs `unmask train`. Construct, then call `train()`."""
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = False):
+        # model.path may be any checkpoint form the README names (a model, step_N or run directory);
+        # the workers, the learner and the run's config.yaml all get the model directory itself.
+        cfg.model.path = resolve_model_ref(cfg.model.path)
         self.cfg = cfg
         self.run_dir = Path(run_dir or cfg.train.output_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -109,10 +113,14 @@ class Trainer:
                              "(its prefix cache is approximate, and overlap uses the rollout's log-probs in the ratio)")
         # The data first: a bad file, row, column or template stops the run before Ray starts.
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
-        self.sources = [load_source(s, cfg.rewards) for s in cfg.data.sources]
+        self.sources = []
+        for s in cfg.data.sources:  # reading and checking every row of a large file takes a while: say so first
+            print(f"data {source_name(s)}: reading and checking {s.path} ...")
+            self.sources.append(load_source(s, cfg.rewards))
         for src in self.sources:
             if not src.rewards:
                 raise DataError(f"source {src.name!r} has no rewards: list rewards under the source (or top-level rewards), or use a preset that implies one")
+        print(f"data: encoding {sum(len(src.train) + len(src.heldout) for src in self.sources)} prompts with the model's tokenizer ...")
         self.stream = PromptStream(self.sources, self.tokenizer, cfg.train.seed, cfg.data.shuffle, cfg.data.max_prompt_tokens)
         self.heldout = {name: exs[: cfg.eval.heldout_limit] for name, exs in self.stream.heldout().items()}
         from rewards.registry import with_sandbox
@@ -138,8 +146,9 @@ class Trainer:
         # Each preset field carries a comment naming its source (the paper's file, or your config).
         (self.run_dir / "config.yaml").write_text(config_yaml(self._resolved_config(), cfg.algorithm))
 
-        connect(cfg.cluster.address)
         n_workers, n_ranks = cfg.rollout.num_workers, cfg.learner.ranks
+        print(f"starting Ray, {n_workers} rollout worker(s) and {n_ranks} learner rank(s) ...")
+        connect(cfg.cluster.address)
         self.placement = place(cfg.cluster, n_workers, n_ranks)
         # A local model directory travels to other nodes through the object store (no shared disk).
         packed = None
@@ -377,6 +386,8 @@ class Trainer:
         if "accuracy_before" in state:
             before = state.get("heldout_before") or {"accuracy/heldout": state["accuracy_before"]}
         else:
+            if self.heldout:
+                print(f"held-out accuracy before RL: decoding {self._heldout_desc()} ...")
             before = self.evaluate(step=0)
             logger.log(before, step=0)
             if "accuracy/heldout" in before:
@@ -391,6 +402,9 @@ class Trainer:
         pending = self.launch_rollout(start) if overlap else None
         for step in bar:
             metrics: dict[str, float] = {}
+            if step == start:  # the first rollout is the slowest (workers warm up) and the bar says nothing until it ends
+                tqdm.write(f"step {step + 1}: rolling out {P} prompts x {cfg.rollout.samples_per_prompt} samples "
+                           f"(up to {self.train_params.max_new_tokens} new tokens each) on {cfg.rollout.num_workers} worker(s) ...")
             t0 = time.perf_counter()
             job = pending if overlap else self.launch_rollout(step)
             batch = self.collect(job)

@@ -236,7 +236,8 @@ def test_export_command_writes_the_hub_layout_with_the_trained_weights(interrupt
     assert refused.returncode == 2 and "not converted from a hub-layout checkpoint" in refused.stderr, refused.stderr[-2000:]
 
     # The exported copy decodes exactly like the run it came from (loaded again through the hub-layout path).
-    assert decoded(unmask("generate", out, *PROMPTS)) == decoded(unmask("generate", run, *PROMPTS))
+    # (the run prompts with its own budget unless told otherwise: the same budget for both)
+    assert decoded(unmask("generate", out, *PROMPTS, "--max-new-tokens", "8")) == decoded(unmask("generate", run, *PROMPTS, "--max-new-tokens", "8"))
 
 
 def test_plot_command_redraws_a_runs_curves(interrupted, tmp_path):

@@ -9,7 +9,6 @@ import os
 import pwd
 import resource
 import socket
-import stat
 import subprocess
 import sys
 import tempfile

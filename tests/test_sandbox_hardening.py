@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import signal
-import stat
 import tempfile
 import threading
 import time

@@ -207,6 +207,18 @@ def _check_options(preset: Preset, options: dict) -> None:
             raise DataError(f"preset {preset.name!r}: unknown option {key!r}; options: {', '.join(preset.options) or 'none'}")
 
 
+def prompting(cfg: Any) -> tuple[str, Template, int, bool]:
+    """How a SourceConfig prompts, read without its rows: (template name, template, generation
+    budget, whether a chat template may wrap the prompt). `unmask generate RUN` prompts as the run did
+    from this and the run's config."""
+    name = source_name(cfg)
+    preset = get_preset(cfg.preset or infer_preset(cfg.path))
+    tname, template = _template(preset, cfg, name)
+    options = dict(cfg.options)
+    budget = cfg.max_new_tokens or (preset.max_new_tokens(**options) if callable(preset.max_new_tokens) else preset.max_new_tokens)
+    return tname, template, budget, cfg.chat_template == "auto" and preset.chat
+
+
 def load_source(cfg: Any, default_rewards: list[Any] | None = None) -> Source:
     """Load a SourceConfig: read (or generate) its rows, carve or read its held-out split, and
     build every example now, so any problem with the data stops the run before it starts."""
@@ -214,12 +226,10 @@ def load_source(cfg: Any, default_rewards: list[Any] | None = None) -> Source:
     preset = get_preset(cfg.preset or infer_preset(cfg.path))
     options = dict(cfg.options)
     _check_options(preset, options)
-    tname, template = _template(preset, cfg, name)
+    tname, template, budget, chat = prompting(cfg)
     if preset.name == "none" and cfg.template is None and cfg.prompt is None:
         raise DataError(f"source {name!r}: set prompt: COLUMN or template:, or a preset")
     rewards = list(cfg.rewards) or _preset_rewards(preset) or list(default_rewards or [])
-    budget = cfg.max_new_tokens or (preset.max_new_tokens(**options) if callable(preset.max_new_tokens) else preset.max_new_tokens)
-    chat = cfg.chat_template == "auto" and preset.chat
     src = Source(name=name, cfg=cfg, preset=preset, template_name=tname, template=template, rewards=rewards,
                  column_map=_column_map(preset, cfg), max_new_tokens=budget, chat=chat, origin=cfg.path)  # fmt: skip
     ho = cfg.heldout
