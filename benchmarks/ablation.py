@@ -16,6 +16,7 @@ Methods (`--methods`, comma-separated; default all):
     trace_value  TraceRL + value model (GAE)  configs/tracerl_value.yaml
     one_step     diffu-GRPO (d1)              configs/diffu_grpo.yaml
     coupled      coupled-GRPO (DiffuCoder)    configs/coupled_grpo.yaml
+    wd1          wd1 (ratio-free)             configs/quickstart.yaml + algorithm.estimator=wd1, beta=0
 
 How the budget is enforced. The script drives the trainer's own stages in its own loop,
 `Trainer.rollout -> score -> advantages -> Learner.update -> sync_weights`, i.e. one RL step
@@ -73,6 +74,9 @@ METHODS: dict[str, tuple[str, str, list[str]]] = {
     "trace_value": ("TraceRL+value", "tracerl_value.yaml", []),
     "one_step": ("diffu-GRPO", "diffu_grpo.yaml", []),
     "coupled": ("coupled-GRPO", "coupled_grpo.yaml", []),
+    # wd1's preset on the quickstart's task (its objective has no KL term). SPG, ESPO and CJ-GRPO are
+    # defined for full-attention models only, and the committed base is block-causal.
+    "wd1": ("wd1", "quickstart.yaml", ["algorithm.estimator=wd1", "algorithm.beta=0"]),
 }
 
 
@@ -81,7 +85,9 @@ def forward_passes(cfg, trajs) -> tuple[int, int]:
     algo = cfg.algorithm
     per_estimate = count_forward_passes(algo.estimator, trajs, **estimator_options(algo))
     draws = algo.epochs if algo.redraw_masks and not algo.estimator_unit().replays_trace else 1  # old/ref per mask draw
-    calls = draws * (1 + (1 if algo.beta > 0 else 0)) + algo.epochs  # old, reference, current per epoch
+    unit = algo.estimator_unit()
+    old = 1 if unit.needs_old_logp else 0  # a ratio-free objective (wd1) takes no old pass
+    calls = draws * (old + (1 if algo.beta > 0 else 0)) + algo.epochs  # old, reference, current per epoch
     total = per_estimate * calls * algo.minibatches
     if algo.value.enabled:
         total += count_forward_passes("trace", trajs, shrink=algo.shrink) * (1 + algo.epochs) * algo.minibatches

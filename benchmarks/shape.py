@@ -237,7 +237,8 @@ def run_shape(args, saved_bytes: bool = False) -> dict:
     for r in results.values():
         r["tokens_per_s"] = tokens / r["seconds"]
         r["time_vs_ar"] = r["seconds"] / base["seconds"]
-        r["peak_vs_ar"] = r["peak_bytes"] / base["peak_bytes"]
+        # Resident memory can rise by nothing at a tiny shape (freed heap pages reused): no ratio then.
+        r["peak_vs_ar"] = r["peak_bytes"] / base["peak_bytes"] if base["peak_bytes"] else float("nan")
         if "saved_bytes" in r:
             r["saved_vs_ar"] = r["saved_bytes"] / base["saved_bytes"]
     head = f"{'method':20s} {'s/update':>9s} {'tokens/s':>9s} {'time vs AR':>10s} {'peak MiB':>9s} {'peak vs AR':>10s}"

@@ -19,17 +19,15 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
+from rollout.conversion_rules import UnsupportedCheckpoint  # noqa: F401  (raised here, imported from here by callers)
+from rollout.conversion_rules import require as _require
 
 SDAR_BLOCK_SIZE = 4  # SDAR's and TraDo's own decoders use blocks of 4 (their hub configs do not say)
-
-
-class UnsupportedCheckpoint(ValueError):
-    """A checkpoint whose computation the stock class would not reproduce exactly."""
 
 
 # model_type (lower case) or architecture prefix -> unmask family of a hub-layout checkpoint.
@@ -61,11 +59,6 @@ def hub_family(config: dict[str, Any]) -> str | None:
 
 
 # --- config mapping ----------------------------------------------------------------------------
-
-def _require(cfg: dict, key: str, allowed: Callable[[Any], bool], what: str, family: str) -> None:
-    if key in cfg and not allowed(cfg[key]):
-        raise UnsupportedCheckpoint(f"{family} config {key}={cfg[key]!r}: {what}; unmask converts this family only without it")
-
 
 # Fields of the Qwen-style configs that carry over one to one.
 _QWEN_FIELDS = (

@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from rollout.convert import UnsupportedCheckpoint, _require
+from rollout.conversion_rules import UnsupportedCheckpoint
+from rollout.conversion_rules import require as _require
 
 LLADA2_BLOCK_SIZE = 32  # its own generate(): blocks of 32 on absolute positions, from position 0
 LLADA2_MASK_ID = 156895  # its own generate(): mask_id default (the tokenizer's <|mask|>)

@@ -1,0 +1,109 @@
+"""`unmask plan` (rl/plan.py): memory and FLOPs from a config alone, checked against the real thing."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from benchmarks.plan_check import ActivationBytes
+from rl.batch import learner_batch
+from rl.config import load_config
+from rl.learner import Learner
+from rl.plan import HEADROOM, activation_bytes, model_shape, packed_length, parameter_count, plan, update_peak
+from rollout import Trajectory
+
+from .conftest import BASE_CKPT, ROOT
+
+
+def test_parameter_count_and_shape_come_from_the_config_alone():
+    shape = model_shape(str(BASE_CKPT))
+    real = sum(p.numel() for p in Learner(load_config(ROOT / "configs" / "quickstart.yaml", ["wandb.mode=disabled"])).lm.model.parameters())
+    assert parameter_count(shape) == real
+    assert shape.family == "block" and shape.block_size == 4
+    # A hub id with a published shape needs no download: SDAR-8B is Qwen3-8B's 8.19B.
+    assert abs(parameter_count(model_shape("JetLM/SDAR-8B-Chat")) - 8.19e9) < 0.01e9
+    with pytest.raises(ValueError, match="no config.json there and not a known hub id"):
+        model_shape("someone/unknown-model")
+
+
+def _trajs(prompt_len, gen, n, vocab, block):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(n):
+        steps, step, c = [], 0, 0
+        while c < gen:
+            end = min(((prompt_len + c) // block + 1) * block - prompt_len, gen)
+            steps += [step + o for o in torch.randperm(end - c, generator=g).tolist()]
+            step, c = step + end - c, end
+        ids = torch.randint(4, vocab, (prompt_len + gen,), generator=g).tolist()
+        out.append(Trajectory(ids[:prompt_len], ids[prompt_len:], steps, [0.0] * gen, block, 1.0, step, "length", group=0))
+    return out
+
+
+@pytest.mark.parametrize("estimator, gen", [("one_step", 96), ("trace", 24)])
+def test_predicted_activations_match_a_real_update(estimator, gen):
+    # The learner's real update on the quickstart model, bytes saved for backward counted by autograd's
+    # hooks (parameters excluded): the plan's meta-device count of the same shape is within 15%.
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml",
+                      ["wandb.mode=disabled", "algorithm.beta=0", "algorithm.minibatches=1", f"algorithm.estimator={estimator}"])  # fmt: skip
+    learner = Learner(cfg)
+    prompt, rows = 12, 4  # one_step's long rows: attention's L x L terms would show
+    trajs = _trajs(prompt, gen, rows, learner.lm.num_tokens, learner.lm.block_size)
+    batch = learner_batch(cfg.algorithm, trajs, [1.0, -1.0, 1.0, -1.0], rewards=[1.0, 0.0, 1.0, 0.0])
+    meter = ActivationBytes(learner.lm.model.parameters())
+    from benchmarks.memory import counting_backward
+
+    with counting_backward(meter), torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda t: t):
+        learner.update(batch)
+    shape = model_shape(str(BASE_CKPT))
+    predicted, _ = update_peak(shape, parameter_count(shape), rows, prompt, gen)
+    assert 0.85 < predicted / meter.peak < 1.15, (predicted, meter.peak)
+
+
+def test_activations_scale_with_rows_and_length_and_shrink_with_checkpointing():
+    shape = model_shape(str(BASE_CKPT))
+    one = activation_bytes(shape, 1, 64, bf16=False, checkpointing=False)
+    assert activation_bytes(shape, 3, 64, bf16=False, checkpointing=False) == 3 * one
+    assert activation_bytes(shape, 1, 128, bf16=False, checkpointing=False) > 1.9 * one
+    assert activation_bytes(shape, 1, 64, bf16=False, checkpointing=True) < one / 3
+    assert activation_bytes(shape, 1, 64, bf16=True, checkpointing=False) < 0.7 * one
+    assert packed_length("block", 10, 20) == 50 and packed_length("llada", 10, 20) == 30
+
+
+def test_plan_adds_up_and_answers_what_fits():
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml")
+    n = parameter_count(model_shape(str(BASE_CKPT)))
+    r = plan(cfg, gpus=1, gpu_memory_gb=80)
+    assert r.learner["weights (fp32)"] == 4 * n and r.learner["gradients (fp32)"] == 4 * n and r.learner["AdamW state (fp32)"] == 8 * n
+    assert r.fits and r.learner_peak < r.gpu_memory
+    # The largest micro-batch is the one whose peak still fits the usable memory (activations are linear in rows).
+    small = plan(cfg, gpus=1, gpu_memory_gb=0.05)
+    budget = small.gpu_memory * (1 - HEADROOM)
+    acts = small.learner["activations of the largest pass"]
+    per_row, fixed = acts / small.micro_batch_rows, small.learner_peak - acts
+    k = small.max_micro_batch_rows
+    assert k >= 1 and fixed + k * per_row <= budget < fixed + (k + 1) * per_row
+    assert small.fits == (small.learner_peak <= budget and small.rollout_peak <= budget)
+    # FSDP2 shards the fp32 state over the ranks; LoRA trains only the adapter.
+    sharded = plan(load_config(ROOT / "configs" / "quickstart.yaml", ["learner.parallel=fsdp2"]), gpus=4)
+    assert sharded.learner["AdamW state (fp32)"] == 8 * n // 4
+    lora = plan(load_config(ROOT / "configs" / "quickstart.yaml", ["model.lora.enabled=true"]), gpus=1)
+    assert lora.learner["AdamW state (fp32)"] < r.learner["AdamW state (fp32)"] / 4
+    # The reference model only with beta > 0 and no LoRA; the value model when enabled.
+    assert "reference model (fp32)" in r.learner
+    assert "reference model (fp32)" not in plan(load_config(ROOT / "configs" / "quickstart.yaml", ["algorithm.beta=0"])).learner
+    assert "value model: weights, gradients, AdamW" in plan(load_config(ROOT / "configs" / "tracerl_value.yaml")).learner
+
+
+def test_plan_command_on_a_recipe_at_its_hardware():
+    out = subprocess.run([sys.executable, "-m", "rl.cli", "plan", str(ROOT / "configs" / "recipes" / "trado_8b_tracerl.yaml"),
+                          "--gpus", "8", "--gpu-memory", "80"], capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "8.19B parameters" in text and "largest micro-batch that fits" in text and "largest rollout batch that fits" in text
+    assert "FLOPs per RL step" in text and "Warning" not in out.stderr
+    bad = subprocess.run([sys.executable, "-m", "rl.cli", "plan", str(ROOT / "configs" / "quickstart.yaml"), "--set", "model.path=nobody/nothing"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
+    assert bad.returncode == 2 and "not a known hub id" in bad.stderr
+
