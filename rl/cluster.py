@@ -14,6 +14,7 @@ two-core machine and the tests exercise the same code as a GPU cluster.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import tarfile
@@ -53,6 +54,67 @@ def connect(address: str | None) -> None:
     finally:
         if blocked:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+# A local Ray instance's processes, recorded in the run directory (`record_local_session`), so the
+# next run there can end them when this driver was killed: after kill -9 nothing stops Ray's GCS,
+# raylet and workers, which otherwise stay (with their memory and cores) until a reboot.
+SESSION_FILE = "ray_local.json"
+
+
+def _alive(pid: int, started: float):
+    """The process `pid` if it is still the one that started at `started` (pids are reused), else None."""
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        return p if abs(p.create_time() - started) < 0.01 else None
+    except psutil.Error:
+        return None
+
+
+def record_local_session(run_dir: str | Path) -> None:
+    """Write this driver's pid and every process it has started (Ray's, once `connect` made a local
+    instance), each with its start time, to RUN_DIR/ray_local.json."""
+    import psutil
+
+    me = psutil.Process()
+    procs = me.children(recursive=True)
+    data = {"driver": [me.pid, me.create_time()], "processes": [[p.pid, p.create_time()] for p in procs]}
+    (Path(run_dir) / SESSION_FILE).write_text(json.dumps(data))
+
+
+def reap_stale_session(run_dir: str | Path) -> int:
+    """End the Ray processes a killed run left in RUN_DIR (its ray_local.json, when its driver is gone),
+    with every process they started since; returns how many were ended. A live driver's are left alone."""
+    import psutil
+
+    f = Path(run_dir) / SESSION_FILE
+    try:
+        data = json.loads(f.read_text())
+        driver, recorded = data["driver"], data["processes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    if _alive(*driver) is not None:
+        return 0
+    victims: dict[int, Any] = {}
+    for pid, started in recorded:
+        p = _alive(pid, started)
+        if p is None:
+            continue
+        try:
+            for q in [p, *p.children(recursive=True)]:
+                victims[q.pid] = q
+        except psutil.Error:
+            victims[p.pid] = p
+    for p in victims.values():
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(list(victims.values()), timeout=10)
+    f.unlink(missing_ok=True)
+    return len(victims)
 
 
 @dataclass

@@ -28,7 +28,7 @@ from rewards.registry import reward_name
 from rl.actors import LearnerDied, LearnerRanks, RolloutWorkers
 from rl.batch import StepBatch, padded, value_outcome_rewards
 from rl.checkpoint import CheckpointStore, resolve_model_ref
-from rl.cluster import connect, pack_dir, place
+from rl.cluster import connect, pack_dir, place, reap_stale_session, record_local_session
 from rl.config import RunConfig, config_yaml
 from rl.data import DataError, PromptStream, load_benchmark, load_source, parse_benchmark
 from rl.data.names import source_name
@@ -147,8 +147,14 @@ class Trainer:
         (self.run_dir / "config.yaml").write_text(config_yaml(self._resolved_config(), cfg.algorithm))
 
         n_workers, n_ranks = cfg.rollout.num_workers, cfg.learner.ranks
+        if cfg.cluster.address is None:  # a run killed here before left its local Ray running: end it first
+            ended = reap_stale_session(self.run_dir)
+            if ended:
+                print(f"ended {ended} Ray process(es) left by a killed run in {self.run_dir}")
         print(f"starting Ray, {n_workers} rollout worker(s) and {n_ranks} learner rank(s) ...")
         connect(cfg.cluster.address)
+        if cfg.cluster.address is None:
+            record_local_session(self.run_dir)
         self.placement = place(cfg.cluster, n_workers, n_ranks)
         # A local model directory travels to other nodes through the object store (no shared disk).
         packed = None

@@ -428,6 +428,14 @@ MUTANTS: list[Mutant] = [
         ["tests/test_lr_schedule.py"],
         "a recipe's AdamW betas (d1, DiffuCoder: 0.99) silently torch's 0.999",
     ),
+    M(
+        "killed_runs_ray_not_reaped",
+        "rl/trainer.py",
+        "            ended = reap_stale_session(self.run_dir)",
+        "            ended = 0",
+        ["tests/test_e2e.py::test_a_driver_killed_alone_leaves_no_ray_processes_once_its_successor_starts"],
+        "a kill -9'd run's Ray processes left running (with their memory and cores) under its successor",
+    ),
     # ---- unmask plan (rl/plan.py) ----
     M(
         "plan_counts_parameters_as_activations",

@@ -98,3 +98,40 @@ def test_sigterm_finishes_the_step_and_checkpoints(tmp_path):
     ckpts = sorted((run / "checkpoints").iterdir())
     assert len(ckpts) == 1 and (ckpts[0] / "trainer_state.json").exists()
     assert "stopped by signal" in out and "--resume" in out
+
+
+def test_a_driver_killed_alone_leaves_no_ray_processes_once_its_successor_starts(tmp_path):
+    # kill -9 of the driver alone (not its process group, as a scheduler or an OOM killer does it):
+    # Ray's GCS, raylet and workers outlive it. The next run in the same directory ends them first.
+    from rl.cluster import SESSION_FILE, _alive
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = tmp_path / "run"
+    small = ["--set", "rollout.prompts_per_step=2", "--set", "rollout.samples_per_prompt=2", "--set", "eval.heldout_limit=4",
+             "--set", "wandb.mode=disabled", "--set", "eval.every=0"]  # fmt: skip
+    cmd = [sys.executable, "-m", "rl.cli", "train", "configs/quickstart.yaml", "--output-dir", str(run), *small]
+    proc = subprocess.Popen([*cmd, "--set", "train.steps=50"], cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    recorded = []
+    try:
+        deadline = time.time() + 300
+        while not (run / "metrics.jsonl").exists():  # Ray up, its processes recorded, the run under way
+            assert proc.poll() is None and time.time() < deadline, "the run did not start"
+            time.sleep(0.2)
+        recorded = json.loads((run / SESSION_FILE).read_text())["processes"]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        time.sleep(2)
+        left = [pid for pid, started in recorded if _alive(pid, started)]
+        assert left, "Ray ended its own processes: nothing for the successor to do"
+        res = subprocess.run([*cmd, "--set", "train.steps=1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert "Ray process(es) left by a killed run" in res.stdout
+        assert [pid for pid, started in recorded if _alive(pid, started)] == []
+    finally:
+        for pid, started in recorded:
+            p = _alive(pid, started)
+            if p is not None:
+                p.kill()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
