@@ -149,12 +149,12 @@ class _SavedBytes:
 
     def __init__(self, params) -> None:
         self.total = 0
-        self._seen: list[torch.Tensor] = list(params)
+        self._seen: dict[int, torch.Tensor] = {id(p): p for p in params}  # kept alive, so no id is reused
 
     def pack(self, t: torch.Tensor):
         base = t._base if t._base is not None else t
-        if not any(base is s for s in self._seen):
-            self._seen.append(base)
+        if id(base) not in self._seen:
+            self._seen[id(base)] = base
             self.total += base.numel() * base.element_size()
         return t
 
@@ -289,13 +289,14 @@ def plan(cfg: RunConfig, gpus: int | None = None, gpu_memory_gb: float = 80.0) -
     passes_alive = 1 if (lc.backward_per_pass or passes == 1) else passes
     trainable_shard = trainable // shard
     kw = dict(bf16=lc.bf16, checkpointing=lc.gradient_checkpointing, passes=passes, passes_alive=passes_alive, trainable=trainable_shard)
-    acts, peak = update_peak(shape, n_params, rows, prompt, gen, **kw)
+    # Activations are linear in the rows (each row its own mask and states): one row's, counted once.
+    one, peak_one = update_peak(shape, n_params, 1, prompt, gen, **kw)
+    acts = one * rows
     report.learner["activations of the largest pass"] = acts
     static = sum(v for k, v in report.learner.items() if not k.startswith("activations"))
     # Gradients are counted in `static` already; the update's own peak adds what update_peak found.
-    report.learner_peak = static - report.learner["gradients (fp32)"] + peak
+    report.learner_peak = static - report.learner["gradients (fp32)"] + acts + (peak_one - one)
     budget = report.gpu_memory * (1 - HEADROOM)
-    one, _ = update_peak(shape, n_params, 1, prompt, gen, **kw)
     report.max_micro_batch_rows = max(0, int((budget - report.learner_peak + acts) // max(one, 1)))
     if shard > 1:
         report.notes.append(f"FSDP2 over {shard} ranks: weights, gradients and AdamW state sharded; one layer is gathered at a time")

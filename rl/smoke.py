@@ -109,10 +109,8 @@ def _shrink_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
     steps = sampling.get("steps_per_block")
     if old_block is not None:
         out["block_length"] = min(old_block, SMOKE_NEW_TOKENS)
-    if steps is not None:
-        span = old_block if old_block is not None else None
-        if span is None and steps > SMOKE_NEW_TOKENS:  # one block over the whole budget (DiffuCoder: 256 steps for 256 tokens)
-            out["steps_per_block"] = SMOKE_NEW_TOKENS
-        elif span is not None:
-            out["steps_per_block"] = max(1, round(steps * out["block_length"] / span))
+    if steps is not None and old_block is not None:  # the same tokens per step on the smaller block
+        out["steps_per_block"] = max(1, round(steps * out["block_length"] / old_block))
+    elif steps is not None and steps > SMOKE_NEW_TOKENS:  # one block over the whole budget (DiffuCoder: 256 steps for 256 tokens)
+        out["steps_per_block"] = SMOKE_NEW_TOKENS
     return out

@@ -589,7 +589,6 @@ ALL_BLOCKED = {
 @pytest.mark.parametrize("which", ["bwrap", "rlimit"])
 def test_probe_report_says_only_what_the_probes_saw(monkeypatch, which):
     monkeypatch.setattr(sb.shutil, "which", lambda name: "/bin/true")
-    monkeypatch.setattr(sb, "_nobody_can_run_python", lambda: True)
     monkeypatch.setattr(sb, "_start", fake_start(ALL_BLOCKED))
     info = sb._probe(which)
     assert info["signals_to_host_blocked"] and info["host_writes_blocked"] and info["network_blocked"]

@@ -87,7 +87,7 @@ import tempfile
 import threading
 from typing import Any
 
-from .interpreter import NOBODY, STAGE_DIR_ENV, choose_interpreter, nobody_can_run_python, root_interpreter
+from .interpreter import NOBODY, STAGE_DIR_ENV, choose_interpreter, root_interpreter
 from .launch import _python, _start
 from .programs import Judge, Limits, Program, SandboxError, SandboxResult, UnitResult
 from .warm import _run_warm, shutdown_servers
@@ -110,11 +110,6 @@ BACKENDS = ("bwrap", "rlimit")
 
 _PROBE_LOCK = threading.Lock()
 _PROBES: dict[tuple, dict[str, Any]] = {}
-
-
-def _nobody_can_run_python() -> bool:
-    """Whether uid 65534 can run the interpreter where it is (else it runs a staged copy)."""
-    return nobody_can_run_python()
 
 
 ALLOW_WEAK_ENV = "UNMASK_SANDBOX_ALLOW_WEAK"

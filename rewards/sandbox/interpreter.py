@@ -29,7 +29,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 NOBODY = 65534
 STAGE_DIR_ENV = "UNMASK_SANDBOX_STAGE_DIR"
@@ -52,14 +52,16 @@ def _prefix() -> str:
     return os.path.realpath(sys.base_prefix)
 
 
+@functools.lru_cache(maxsize=None)
 def _stdlib() -> str:
     """The standard library directory (``<prefix>/lib/pythonX.Y``)."""
     return os.path.realpath(sysconfig.get_paths(vars={"installed_base": sys.base_prefix, "base": sys.base_prefix})["stdlib"])
 
 
-def _libpython(prefix: str) -> list[str]:
+@functools.lru_cache(maxsize=None)
+def _libpython(prefix: str) -> tuple[str, ...]:
     """The shared libpython files of an interpreter built with --enable-shared (none otherwise)."""
-    return sorted(p for p in glob.glob(os.path.join(prefix, "lib", "libpython*.so*")) if os.path.isfile(p))
+    return tuple(sorted(p for p in glob.glob(os.path.join(prefix, "lib", "libpython*.so*")) if os.path.isfile(p)))
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,8 @@ class Interpreter:
         uid: the uid the sandbox runs as (65534 when this process is root, else this process's).
         source: host directory holding the interpreter's files: the real prefix, or its staged copy.
         prefix: where the sandbox sees them (the real prefix under bubblewrap; ``source`` without it).
-        env: extra environment (the staged copy's library path, for the rlimit backend).
+        env: extra environment as (name, value) pairs (the staged copy's library path, for the
+            rlimit backend); a tuple, so the record is hashable (a warm sandbox's key, caches).
         staged: whether ``source`` is a staged copy.
     """
 
@@ -79,7 +82,7 @@ class Interpreter:
     uid: int
     source: str
     prefix: str
-    env: dict[str, str] = field(default_factory=dict)
+    env: tuple[tuple[str, str], ...] = ()
     staged: bool = False
 
 
@@ -92,11 +95,6 @@ def _runs_as_nobody(python: str, env: dict[str, str]) -> bool:
         return out.returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
-
-
-def nobody_can_run_python() -> bool:
-    """Whether uid 65534 can run this process's interpreter where it is (root only)."""
-    return os.geteuid() == 0 and _runs_as_nobody(host_python(), {})
 
 
 def _untrusted(path: str) -> str | None:
@@ -183,8 +181,8 @@ def choose_interpreter(bwrap: bool) -> Interpreter:
     else:
         stage = stage_interpreter()
         rel = os.path.relpath(exe, prefix)
-        env = {"LD_LIBRARY_PATH": os.path.join(stage, "lib")} if _libpython(prefix) else {}
-        if not _runs_as_nobody(os.path.join(stage, rel), env):
+        env = (("LD_LIBRARY_PATH", os.path.join(stage, "lib")),) if _libpython(prefix) else ()
+        if not _runs_as_nobody(os.path.join(stage, rel), dict(env)):
             raise OSError(f"uid {NOBODY} cannot run the staged copy {os.path.join(stage, rel)} (is {os.path.dirname(stage)} searchable by all?)")
         if bwrap:  # bound at the real prefix: the sandbox sees the real paths
             interp = Interpreter(exe, NOBODY, stage, prefix, staged=True)
@@ -199,7 +197,8 @@ def root_interpreter() -> Interpreter:
     return Interpreter(host_python(), os.geteuid(), _prefix(), _prefix())
 
 
-def interpreter_paths(interp: Interpreter) -> list[tuple[str, str]]:
+@functools.lru_cache(maxsize=None)
+def interpreter_paths(interp: Interpreter) -> tuple[tuple[str, str], ...]:
     """(host path, sandbox path) of each interpreter file or directory a program reads: the
     executable, the standard library and libpython, taken from ``interp.source``, seen under ``interp.prefix``."""
     prefix = _prefix()
@@ -210,7 +209,7 @@ def interpreter_paths(interp: Interpreter) -> list[tuple[str, str]]:
             out.append((os.path.join(interp.source, rel), os.path.join(interp.prefix, rel)))
         else:
             out.append((p, p))
-    return out
+    return tuple(out)
 
 
 def system_paths() -> list[str]:
@@ -218,7 +217,8 @@ def system_paths() -> list[str]:
     return [p for p in _SYSTEM_PATHS if os.path.lexists(p)]
 
 
-def read_paths(interp: Interpreter) -> list[str]:
+@functools.lru_cache(maxsize=None)
+def read_paths(interp: Interpreter) -> tuple[str, ...]:
     """Everything a program may read, as the sandbox sees the paths (for Landlock)."""
     out = [inside for _, inside in interpreter_paths(interp)]
     for p in system_paths():
@@ -228,4 +228,4 @@ def read_paths(interp: Interpreter) -> list[str]:
     for p in sorted(set(out), key=len):
         if not any(p == q or p.startswith(q.rstrip(os.sep) + os.sep) for q in seen):
             seen.append(p)
-    return seen
+    return tuple(seen)

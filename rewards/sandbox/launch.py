@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import marshal
 import os
 import selectors
@@ -63,8 +64,10 @@ def _interp(config: dict[str, Any]) -> Interpreter:
     return config.get("interp") or root_interpreter()
 
 
-def _bwrap_command(bwrap: str, tmpfs_bytes: int | None, interp: Interpreter) -> list[str]:
-    """bubblewrap's command line: only the interpreter and the system libraries, read-only."""
+@functools.lru_cache(maxsize=None)
+def _bwrap_command(bwrap: str, tmpfs_bytes: int | None, interp: Interpreter) -> tuple[str, ...]:
+    """bubblewrap's command line: only the interpreter and the system libraries, read-only (built once
+    per backend setting: a cold sandbox per sample would otherwise stat the same paths every time)."""
     cmd = [
         bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
         "--cap-drop", "ALL", "--hostname", "sandbox",
@@ -86,7 +89,7 @@ def _bwrap_command(bwrap: str, tmpfs_bytes: int | None, interp: Interpreter) -> 
         cmd += ["--ro-bind", host, inside]
     # No /proc: Landlock would deny reading it anyway, and mounting it costs ~10% of a run.
     cmd += ["--dev", "/dev", "--remount-ro", "/", "--chdir", "/tmp"]
-    return cmd
+    return tuple(cmd)
 
 
 def _parse_applied(line: str) -> dict[str, Any]:
@@ -174,14 +177,14 @@ def _command(config: dict[str, Any], limits: Limits, tag: str) -> tuple[list[str
     if interp.uid != os.geteuid():  # root here: the sandbox starts as uid 65534 (rewards/sandbox/interpreter.py)
         popen_kw.update(user=interp.uid, group=interp.uid, extra_groups=[])
     if config["backend"] == "bwrap":
-        cmd = _bwrap_command(config["bwrap"], (limits.tmpfs_mb << 20) if config.get("tmpfs_size") else None, interp)
+        cmd = list(_bwrap_command(config["bwrap"], (limits.tmpfs_mb << 20) if config.get("tmpfs_size") else None, interp))
         popen_kw["env"] = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         workdir, workdir_host = "/tmp", None
     else:
         workdir_host = tempfile.mkdtemp(prefix=f"unmask-sandbox-{os.getpid()}-")
         workdir = workdir_host
         cmd = []
-        popen_kw.update(env={"LANG": "C.UTF-8", "PATH": "/usr/bin:/bin", "HOME": workdir, **interp.env}, cwd=workdir)
+        popen_kw.update(env={"LANG": "C.UTF-8", "PATH": "/usr/bin:/bin", "HOME": workdir, **dict(interp.env)}, cwd=workdir)
         if interp.uid != os.geteuid():
             os.chown(workdir, interp.uid, interp.uid)
     # The tag names the process that started the sandbox (for ps, and for tests that look

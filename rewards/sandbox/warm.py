@@ -184,7 +184,7 @@ _MAX_IDLE = 32  # per kind of sandbox: enough for every scoring thread of a big 
 
 
 def _server_key(config: dict[str, Any], limits: Limits) -> tuple:
-    return (config["backend"], config.get("bwrap"), bool(config.get("tmpfs_size")), repr(config.get("interp")),
+    return (config["backend"], config.get("bwrap"), bool(config.get("tmpfs_size")), config.get("interp"),
             config.get("landlock", True), limits.tmpfs_mb, _python())  # fmt: skip
 
 
