@@ -180,6 +180,11 @@ def activation_bytes(shape: Shape, rows: int, length: int, *, bf16: bool, checkp
     try:
         with _quiet(), torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda t: t):
             model.model(input_ids=ids, position_ids=pos, attention_mask=mask)
+    except (RuntimeError, NotImplementedError) as exc:  # e.g. a mixture-of-experts router's data-dependent gather
+        raise ValueError(
+            f"unmask plan cannot count the activations of {type(model).__name__} on the meta device "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); mixture-of-experts models are not planned yet"
+        ) from None
     finally:
         torch.nn.functional.scaled_dot_product_attention = patch
     hidden = shape.config.hidden_size

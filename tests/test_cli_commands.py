@@ -28,7 +28,7 @@ from .conftest import BASE_CKPT, ROOT
 
 UNMASK = str(Path(sys.executable).parent / "unmask")  # the console script a user runs
 RAY = str(Path(sys.executable).parent / "ray")
-COMMANDS = ["train", "sft", "eval", "generate", "merge", "convert", "export", "plot", "config-help"]
+COMMANDS = ["train", "plan", "sft", "eval", "generate", "merge", "convert", "export", "plot", "config-help"]
 PROMPTS = ["047+385=", "123+456="]
 
 

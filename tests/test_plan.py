@@ -107,3 +107,14 @@ def test_plan_command_on_a_recipe_at_its_hardware():
                          capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
     assert bad.returncode == 2 and "not a known hub id" in bad.stderr
 
+
+
+def test_a_model_the_plan_cannot_count_is_refused_by_name(tmp_path):
+    # LLaDA2's experts (Glm4Moe) route tokens with data-dependent kernels the meta device cannot run:
+    # a clear error, not a kernel's traceback.
+    from .test_moe_family import llada2_checkpoint
+
+    llada2_checkpoint(tmp_path / "ck")
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml", [f"model.path={tmp_path / 'ck'}", "model.block_size=null"])
+    with pytest.raises(ValueError, match="cannot count the activations of Glm4MoeForCausalLM.*mixture-of-experts models are not planned yet"):
+        plan(cfg, gpus=1)
