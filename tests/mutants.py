@@ -440,8 +440,8 @@ MUTANTS: list[Mutant] = [
     M(
         "plan_counts_parameters_as_activations",
         "rl/plan.py",
-        "        self._seen: list[torch.Tensor] = list(params)",
-        "        self._seen: list[torch.Tensor] = []",
+        "        self._seen: dict[int, torch.Tensor] = {id(p): p for p in params}  # kept alive, so no id is reused",
+        "        self._seen: dict[int, torch.Tensor] = {}",
         ["tests/test_plan.py"],
         "weights the backward reads counted again as activations, once per row",
     ),
@@ -994,8 +994,8 @@ MUTANTS: list[Mutant] = [
     M(
         "smoke_tokens_per_step_changed",
         "rl/smoke.py",
-        '            out["steps_per_block"] = max(1, round(steps * out["block_length"] / span))',
-        '            out["steps_per_block"] = steps',
+        '        out["steps_per_block"] = max(1, round(steps * out["block_length"] / old_block))',
+        '        out["steps_per_block"] = steps',
         ["tests/test_recipes.py::test_smoke_config_keeps_the_recipe_and_shrinks_the_rest"],
         "a shrunk full-attention block keeps the recipe's step count: d1's 2 tokens per step becomes fewer than one",
     ),
