@@ -157,6 +157,7 @@ CJ_GRPO = register_estimator(
             eps_low=_CJ_EPS, eps_high=_CJ_EPS,
             beta=(0.04, f"{_CJ}slurm_scripts/train.yaml:70 beta 0.04, k3 (cj_grpo_trainer_semiar.py:114) to the base with the adapter disabled (:523): the initial policy"),
             redraw_masks=(False, "the replay is deterministic: no masks to redraw"),
+            epochs=(12, f"{_CJ}slurm_scripts/gsm_run.sh:29 NUM_ITER=12 (math_run.sh 12; countdown_run.sh and run.sh 8)"),
         ),
         replays_trace=True, multi_pass=lambda o: True,
         objective=cj_grpo_loss, objective_kl=True, attention=frozenset({"full"}),

@@ -263,6 +263,7 @@ ESPO = register_estimator(
             eps_low=_ESPO_EPS, eps_high=_ESPO_EPS,
             beta=(1e-3, f"{_ESPO}recipes/run_gsm8k_llada.sh:28 --beta 1e-3 (math 1e-3, countdown 3e-3, sudoku 1e-2), k2 on the ELBO at espo/espo_trainer.py:199; use_peft true: the reference is the base with the adapter off (the initial policy; TRL syncs only a separate ref_model)"),
             redraw_masks=(True, f"{_ESPO}espo/espo_trainer.py:177-178: mask seed of the inner iteration this_itr_idx (num_iterations 8); old ELBOs for every iteration at :621"),
+            epochs=(8, f"{_ESPO}recipes/run_gsm8k_llada.sh:3 NUM_ITER=8 (every run_*.sh; recipes/train.yaml:24's 2 is overridden)"),
         ),
         multi_pass=lambda o: True,
         objective=espo_loss, objective_kl=True, estimate_takes_group_ranks=True,

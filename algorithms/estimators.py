@@ -49,7 +49,7 @@ its paper's config defaults and its traits; a plugin unit is named by import pat
   trace         TraceRL: replay the recorded step map (algorithms.trace).
   one_step      diffu-GRPO (d1): completion fully masked, prompt tokens masked with prob p.
   coupled       coupled-GRPO (DiffuCoder): complementary masks, every token scored once.
-  mc_elbo       Monte Carlo / quadrature ELBO of masked diffusion (GDPO-style), per token.
+  mc_elbo       Monte Carlo / quadrature ELBO of masked diffusion, per token (GDPO itself: algorithms.gdpo).
   block_random  one random mask per block (SFT-style masking), loss on the masked tokens.
 """
 
@@ -208,7 +208,7 @@ def _score(
     traits = lm.traits
     packed = pack_noisy(
         [t.prompt_ids for t in trajs], [t.completion_ids for t in trajs], noisy, traits.block_size, lm.mask_id, lm.pad_id, lm.device,
-        full_attention=traits.full_attention,
+        full_attention=traits.full_attention, logit_shift=traits.logit_shift,
     )
     input_ids = packed.input_ids
     if prompt_noisy is not None and any(any(p) for p in prompt_noisy):
@@ -217,9 +217,7 @@ def _score(
         for i, p in enumerate(prompt_noisy):
             hit[i, : len(p)] = torch.tensor(list(p), dtype=torch.bool)
         hit = hit.to(input_ids.device)
-        # The last real token of a packed row is its last (noisy) completion token: padding starts after it.
-        last = packed.select.gather(1, (packed.completion_mask.sum(1, keepdim=True) - 1).clamp(min=0))
-        real = torch.arange(input_ids.shape[1], device=input_ids.device)[None] <= last
+        real = packed.valid  # padding is never a prompt token (select may point into the clean copy: pack_noisy's logit_shift)
         plens = torch.tensor([len(t.prompt_ids) for t in trajs], device=input_ids.device)
         is_prompt = real & (packed.position_ids < plens[:, None])
         masked = is_prompt & hit.gather(1, packed.position_ids.clamp(max=plen))
@@ -364,7 +362,7 @@ def mc_elbo_estimate(
     n: int = 4, quadrature: bool = False, t_min: float = 1e-3, seed: int | None = None,
     occurrences: Sequence[int] | None = None, with_entropy: bool = False,
 ) -> Estimate:
-    """Per-token masked-diffusion ELBO (GDPO: Rojas et al., 2025, arXiv:2510.08554).
+    """Per-token masked-diffusion ELBO (unmask's; GDPO's own sequence-level form is `algorithms.gdpo`).
 
     The ELBO of masked diffusion (LLaDA / MDLM) bounds the sequence log-likelihood,
 
@@ -516,6 +514,20 @@ class EstimatorUnit:
             of the objective, computed once per minibatch over all its samples (`keep_rows`: the
             batch's loss mask per sample) before it is split over ranks and micro-batches; the
             objective is also called with `weights=` (the piece's rows): CJ-GRPO's per-step means.
+        offline_pairs: the unit learns from preference pairs (prompt, chosen, rejected) of the data,
+            with no rollouts and no rewards (VRPO): `unmask train` runs `rl.preference`'s pair loop,
+            which scores each response with `estimate` (policy and reference on the same seed: the
+            same masks) and calls `objective(policy_chosen [B], policy_rejected [B], ref_chosen [B],
+            ref_rejected [B], beta, pairs)` on the sequence sums instead of the RL signature above.
+        needs_step_predictions: the rollout records every step's predicted canvas (the trainer turns on
+            `SamplingParams.record_steps`) and the trainer scores the intermediate answers of the steps
+            `scored_steps(num_steps, options) -> [step]` names, through the one scoring path (MDPO).
+        scored_steps: see needs_step_predictions.
+        step_batch: `step_batch(trajs, step_rewards [B, T], scored, options) -> (rows, advantages [n],
+            owner)`: the learner rows the samples and their step rewards become (`owner[r]`: the sample
+            of row r), with one advantage per row, in place of the group advantages (MDPO's step rows).
+        rollout_sampling: `rollout.sampling` settings the unit's paper decodes with, filled in where a
+            run config leaves them unset (`rl.config.RunConfig`): JustGRPO's left-to-right block_length 1.
     """
 
     name: str
@@ -537,6 +549,11 @@ class EstimatorUnit:
     objective_kl: bool = False
     estimate_takes_group_ranks: bool = False
     loss_weights: Callable[..., torch.Tensor] | None = None
+    needs_step_predictions: bool = False
+    scored_steps: Callable[[int, Any], list[int]] | None = None
+    step_batch: Callable[..., tuple[list[Trajectory], torch.Tensor, list[int]]] | None = None
+    offline_pairs: bool = False
+    rollout_sampling: Mapping[str, Any] = field(default_factory=dict)
 
     def check_options(self, options: Mapping[str, Any]) -> Any:
         """The options as this unit's dataclass; an unknown key is an error naming the valid ones."""
@@ -634,6 +651,7 @@ _TRACERL_STD = ("population", f"{_DLLM_RL} reward/rl_reward.py:76: std = sqrt(su
 _D1_CLIP = (0.5, f"{_D1}slurm_scripts/train.yaml:69 epsilon 0.5 (every run script), clamp(ratio, 1 - eps, 1 + eps) at diffu_grpo_trainer.py:115")
 _DIFFUCODER_CLIP = (0.5, f"{_DIFFUCODER} recipes/config_coupled_code.yaml:14 epsilon 0.5 (TRL: epsilon_high = epsilon), clamp at src/open_r1/coupled_grpo.py:216")
 _DIFFUCODER_T = f"{_DIFFUCODER} src/open_r1/coupled_grpo.py:259: mask_ratio = random.uniform(0.2, 0.8)"
+_TRACERL_EPOCHS = (1, f"{_DLLM_RL} configs/rl_sdar.yaml:58 num_train_epochs 1 (rl_trado/rl_llada/rl_dream alike): one pass over each rollout batch, train/rl_sdar.py:769")
 
 for _unit in (
     EstimatorUnit(
@@ -649,6 +667,7 @@ for _unit in (
             eps_low=_TRACERL_CLIP, eps_high=_TRACERL_CLIP, beta=_TRACERL_BETA,
             redraw_masks=(False, "the replay is deterministic: no masks to redraw"),
             shrink=(1, f"{_DLLM_RL} configs/rl_sdar.yaml:62, rl_trado.yaml:62: shrink 1 (rl_llada.yaml/rl_dream.yaml use 8)"),
+            epochs=_TRACERL_EPOCHS,
         ),
         replays_trace=True, multi_pass=lambda o: True, pass_scores=_trace_pass_scores,
     ),
@@ -664,6 +683,7 @@ for _unit in (
             beta=(0.04, f"{_D1}slurm_scripts/train.yaml:68 beta 0.04, k3 (diffu_grpo_trainer.py:104) to the base with the LoRA adapter disabled (:474): the initial policy"),
             redraw_masks=(True, f"{_D1}diffu_grpo_trainer.py:451: random_masking (train.yaml:66) draws a mask seed per inner iteration"),
             p_mask_prompt=(0.15, f"{_D1}slurm_scripts/train.yaml:67 p_mask_prompt 0.15 (diffu_grpo_config.py's own default is 0.3)"),
+            epochs=(12, f"{_D1}slurm_scripts/train.yaml:70 num_iterations 12 (gsm_base.sbatch:24 and math_*.sbatch NUM_ITER=12; countdown and sudoku 8)"),
         ),
     ),
     EstimatorUnit(
@@ -680,17 +700,18 @@ for _unit in (
             coupled_t_min=(0.2, _DIFFUCODER_T), coupled_t_max=(0.8, _DIFFUCODER_T),
             coupled_weighted=(True, f"{_DIFFUCODER} src/open_r1/coupled_grpo.py:279: weights 1/t and 1/(1 - t) on the two coupled passes"),
             coupled_full_mask_pass=(True, f"{_DIFFUCODER} src/open_r1/coupled_grpo.py:122: (fully masked pass + weighted coupled passes) / 2"),
+            epochs=(2, f"{_DIFFUCODER} recipes/config_coupled_code.yaml:20 num_iterations 2"),
         ),
         multi_pass=lambda o: True,
     ),
     EstimatorUnit(
         "mc_elbo", mc_elbo_estimate, ElboOptions, lambda trajs, o: int(o.n),
-        paper="masked-diffusion ELBO, Monte Carlo or quadrature (GDPO: Rojas et al., 2025, arXiv:2510.08554)",
+        paper="masked-diffusion ELBO per token, Monte Carlo or Gauss-Legendre quadrature (unmask's own; GDPO's sequence-level form is the gdpo unit)",
         config_fields={"n": "mc_samples", "quadrature": "quadrature"},
-        # GDPO's own code was not found: these two are unmask's choices, not the paper's.
+        # unmask's own estimator (no paper code; GDPO's is the gdpo unit): these two are unmask's choices.
         **_preset(
-            zscore_std=("sample", "unmask's choice (GDPO's code not found): TRL GRPO's torch .std, as d1, which GDPO's README says it builds on"),
-            redraw_masks=(False, "unmask's choice (GDPO's code not found): one mask draw per step"),
+            zscore_std=("sample", "unmask's choice (no paper code): TRL GRPO's torch .std, as d1"),
+            redraw_masks=(False, "unmask's choice (no paper code): one mask draw per step"),
         ),
         multi_pass=lambda o: o.n > 1,
     ),
@@ -702,6 +723,7 @@ for _unit in (
             loss_norm=("sequence", f"{_DLLM_RL} train/rl_llada.py:591: random_masking rows take their token mean, then the mean over rows (rl_sdar.py:742 divides by the padded width instead)"),
             eps_low=_TRACERL_CLIP, eps_high=_TRACERL_CLIP, beta=_TRACERL_BETA,
             redraw_masks=(False, f"{_DLLM_RL} train/rl_sdar.py:457: masks drawn once per step, before the update"),
+            epochs=_TRACERL_EPOCHS,
         ),
     ),
 ):

@@ -55,6 +55,7 @@ def pack_noisy(
     device: torch.device | str = "cpu",
     *,
     full_attention: bool | None = None,
+    logit_shift: int = 0,
 ) -> PackedBatch:
     """Build inputs in which the completion tokens flagged in `noisy` are masked.
 
@@ -67,6 +68,12 @@ def pack_noisy(
         full_attention: the family's `traits.full_attention`: [prompt | noisy response], no
             clean copy, whatever block_size says. None: a None block_size means full attention
             (`rollout.families.is_full_attention`).
+        logit_shift: the family's `traits.logit_shift`. With 1 (shifted heads: the hidden state at
+            p-1 predicts p, `DiffusionLM.predicting_rows` reads select - 1) under block-causal
+            attention, a token at a block boundary is predicted by the clean column before its
+            block, as in decoding (the sampler re-encodes that committed column), never by the end
+            of the previous noisy block: its `select` is its clean copy's index, so select - 1 is
+            the clean p-1.
     """
     full = is_full_attention(block_size, full_attention)
     rows = []
@@ -83,7 +90,9 @@ def pack_noisy(
         ids = x0 + x0[start:plen] + noisy_c
         pos = list(range(total)) + list(range(start, total))
         is_noisy = [False] * total + [True] * (total - start)
-        rows.append((ids, pos, is_noisy, [total + (plen - start) + j for j in range(len(c))]))
+        # Noisy copy index of completion token j; a shifted head's block-boundary token reads the clean p-1.
+        sel = [plen + j if logit_shift and (plen + j) % block_size == 0 else total + (plen - start) + j for j in range(len(c))]
+        rows.append((ids, pos, is_noisy, sel))
 
     n, length, width = len(rows), max(len(r[0]) for r in rows), max(len(r[3]) for r in rows)
     input_ids = torch.full((n, length), pad_id, dtype=torch.long)

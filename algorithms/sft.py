@@ -52,7 +52,9 @@ def sft_loss(
     """
     traits = lm.traits
     noisy = [random_block_mask(len(p), len(c), traits.block_size, generator, full_attention=traits.full_attention) for p, c in zip(prompts, completions)]
-    packed = pack_noisy(prompts, completions, noisy, traits.block_size, lm.mask_id, lm.pad_id, lm.device, full_attention=traits.full_attention)
+    packed = pack_noisy(
+        prompts, completions, noisy, traits.block_size, lm.mask_id, lm.pad_id, lm.device, full_attention=traits.full_attention, logit_shift=traits.logit_shift
+    )
     logits = lm.forward_logits(packed.input_ids, packed.position_ids, packed.attention(lm.flex), packed.select)
     lp = lm.sampling_logprobs(logits, 1.0)  # [N, C, V]
     width = packed.select.shape[1]

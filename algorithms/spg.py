@@ -229,6 +229,7 @@ SPG = register_estimator(
             beta=(0.0, f"{_SPG}slurm_scripts/spg_mix/*.sbatch --beta 0.0; spg_trainer.py:124 raises NotImplementedError for beta != 0"),
             redraw_masks=(True, f"{_SPG}spg_trainer.py:655: random_masking (slurm_scripts/train.yaml:66) draws a mask seed per inner iteration"),
             p_mask_prompt=(0.15, f"{_SPG}slurm_scripts/train.yaml:67 p_mask_prompt 0.15 with use_mask_prompt true (:73)"),
+            epochs=(4, f"{_SPG}slurm_scripts/spg_mix/gsm_base_spg_mix_beta1.5_weight0.5.sbatch:28 NUM_ITER=4 (every spg_mix and spg_eubo script; train.yaml:70's 12 is overridden)"),
         ),
         multi_pass=lambda o: o.num_t > 1,
         objective=spg_loss, needs_old_logp=False, advantage_weights=spg_weights, estimate_takes_advantages=True,

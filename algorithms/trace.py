@@ -161,6 +161,7 @@ def trace_passes(lm: DiffusionLM, trajs: Sequence[Trajectory], shrink: int = 1, 
             lm.pad_id,
             device,
             full_attention=traits.full_attention,
+            logit_shift=traits.logit_shift,
         )
         r_idx = torch.tensor(rows, device=device)
         yield r_idx, packed, (pass_of[r_idx, : packed.select.shape[1]] == k).nonzero(as_tuple=True)

@@ -121,6 +121,7 @@ WD1 = register_estimator(
             beta=(0.0, f"{_WD1}wd1/trainers/rev_grpo_trainer.py:160: loss = ce_loss + min_likeli_loss, no KL (train.yaml:70 beta 0.04 is unused by this trainer)"),
             redraw_masks=(True, f"{_WD1}wd1/trainers/rev_grpo_trainer.py:550: random_masking (train.yaml:68) draws a mask seed per inner iteration"),
             p_mask_prompt=(0.15, f"{_WD1}wd1/train.yaml:69 p_mask_prompt 0.15 (diffu_grpo_config.py's own default is 0.3)"),
+            epochs=(12, f"{_WD1}run/wll_NP_gsm8k.sh:22 NUM_ITER=12 (countdown and math 12, sudoku 8)"),
         ),
         objective=wd1_loss, needs_old_logp=False, advantage_weights=wd1_weights,
     )

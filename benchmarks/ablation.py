@@ -17,6 +17,8 @@ Methods (`--methods`, comma-separated; default all):
     one_step     diffu-GRPO (d1)              configs/diffu_grpo.yaml
     coupled      coupled-GRPO (DiffuCoder)    configs/coupled_grpo.yaml
     wd1          wd1 (ratio-free)             configs/quickstart.yaml + algorithm.estimator=wd1, beta=0
+    full_NAME    NAME on a full-attention base configs/quickstart_full.yaml + algorithm.estimator=NAME, for
+                 NAME in trace, one_step, spg, espo, cj_grpo, gdpo, just_grpo, mdpo (paper presets)
 
 How the budget is enforced. The script drives the trainer's own stages in its own loop,
 `Trainer.rollout -> score -> advantages -> Learner.update -> sync_weights`, i.e. one RL step
@@ -74,9 +76,19 @@ METHODS: dict[str, tuple[str, str, list[str]]] = {
     "trace_value": ("TraceRL+value", "tracerl_value.yaml", []),
     "one_step": ("diffu-GRPO", "diffu_grpo.yaml", []),
     "coupled": ("coupled-GRPO", "coupled_grpo.yaml", []),
-    # wd1's preset on the quickstart's task (its objective has no KL term). SPG, ESPO and CJ-GRPO are
-    # defined for full-attention models only, and the committed base is block-causal.
+    # wd1's preset on the quickstart's task (its objective has no KL term).
     "wd1": ("wd1", "quickstart.yaml", ["algorithm.estimator=wd1", "algorithm.beta=0"]),
+    # Full attention: the methods defined for full-attention models only, on the LLaDA-style base of
+    # configs/sft_quickstart_full.yaml, each with its paper preset (the config sets lr and minibatches
+    # only); TraceRL and diffu-GRPO on the same base are the reference rows.
+    "full_trace": ("TraceRL s=1 (full)", "quickstart_full.yaml", ["algorithm.estimator=trace"]),
+    "full_one_step": ("diffu-GRPO (full)", "quickstart_full.yaml", ["algorithm.estimator=one_step"]),
+    "full_spg": ("SPG (full)", "quickstart_full.yaml", ["algorithm.estimator=spg"]),
+    "full_espo": ("ESPO (full)", "quickstart_full.yaml", ["algorithm.estimator=espo"]),
+    "full_cj_grpo": ("CJ-GRPO (full)", "quickstart_full.yaml", ["algorithm.estimator=cj_grpo"]),
+    "full_gdpo": ("GDPO (full)", "quickstart_full.yaml", ["algorithm.estimator=gdpo"]),
+    "full_just_grpo": ("JustGRPO (full)", "quickstart_full.yaml", ["algorithm.estimator=just_grpo"]),
+    "full_mdpo": ("MDPO (full)", "quickstart_full.yaml", ["algorithm.estimator=mdpo"]),
 }
 
 
@@ -249,12 +261,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         results[name] = run_method(name, run_dir, args)
 
     print(f"\nablation on 3-digit addition, budget {budget} per method, held-out {args.heldout} problems (greedy static decoding)")
-    head = f"{'method':14s} {'acc before':>10s} {'acc after':>9s} {'delta':>7s} {'wall s':>7s} {'cpu s':>6s} {'steps':>6s} {'s/step':>7s} {'update s':>9s} {'fwd/est':>8s} {'fwd/update':>10s} {'reward(last5)':>13s}"
+    head = f"{'method':20s} {'acc before':>10s} {'acc after':>9s} {'delta':>7s} {'wall s':>7s} {'cpu s':>6s} {'steps':>6s} {'s/step':>7s} {'update s':>9s} {'fwd/est':>8s} {'fwd/update':>10s} {'reward(last5)':>13s}"
     print(head)
     print("-" * len(head))
     for name, r in results.items():
         print(
-            f"{r['label']:14s} {r['accuracy_before']:10.3f} {r['accuracy_after']:9.3f} {r['accuracy_after'] - r['accuracy_before']:+7.3f} "
+            f"{r['label']:20s} {r['accuracy_before']:10.3f} {r['accuracy_after']:9.3f} {r['accuracy_after'] - r['accuracy_before']:+7.3f} "
             f"{r['wall_seconds']:7.1f} {r['cpu_seconds']:6.0f} {r['steps']:6d} {r['wall_seconds'] / max(1, r['steps']):7.2f} {r['update_seconds_per_step']:9.2f} "
             f"{r['forward_passes_per_update'] if r['forward_passes_per_update'] is not None else '-':>8} "
             f"{r['forward_passes_per_update_total'] if r['forward_passes_per_update_total'] is not None else '-':>10} "

@@ -28,7 +28,7 @@ import torch
 from algorithms.advantages import group_advantages
 from rollout.trajectory import Trajectory
 
-_PER_SAMPLE = ("rewards", "token_rewards", "advantages", "loss_mask", "value_rewards")
+_PER_SAMPLE = ("rewards", "token_rewards", "advantages", "loss_mask", "value_rewards", "step_rewards", "scored_steps")
 
 
 def _vector(values: Any, dtype: torch.dtype) -> torch.Tensor | None:
@@ -75,6 +75,11 @@ class StepBatch:
     value_rewards: torch.Tensor | None = None
     """[B] float64 outcome reward the value model's GAE sees (group z-score, or raw with
     value.reward: raw); set by advantages when the value model is on."""
+    step_rewards: torch.Tensor | None = None
+    """[B, T] float64 reward of each sample's intermediate answer at its scored steps (units that
+    `needs_step_predictions`, MDPO; set by score; 0 after a sample's steps)."""
+    scored_steps: torch.Tensor | None = None
+    """[B, T] long the recorded step of each step_rewards column, -1 after a sample's steps."""
 
     def __post_init__(self) -> None:
         self.rewards = _vector(self.rewards, torch.float64)
@@ -163,6 +168,13 @@ class LearnerBatch:
     """[B] float64 outcome reward for the value model's GAE (None without a value model)."""
     token_rewards: torch.Tensor | None = None
     """[B, C'] float64 per-token process rewards (None: the outcome reward at the last step)."""
+    step_predictions: torch.Tensor | None = None
+    """[B, S, C] long predicted canvas of each sample at each denoising step (`Trajectory.step_predictions`,
+    rollouts with record_steps only, else [B, 0, 0]; rows past a sample's steps and columns past its completion are 0)."""
+    step_confidences: torch.Tensor | None = None
+    """[B, S, C] float32 probability of each prediction (`Trajectory.step_confidences`), 0-padded alike."""
+    num_steps: torch.Tensor | None = None
+    """[B] long recorded steps of each sample (with step_predictions)."""
 
     def __post_init__(self) -> None:
         n = len(self.prompt_ids)
@@ -191,6 +203,21 @@ class LearnerBatch:
         if len(sizes) > 1:
             raise ValueError(f"one batch must come from one model, got block sizes {sorted(sizes, key=str)}")
         long = torch.long
+        recorded = [t.step_predictions is not None for t in trajs]
+        steps = {}
+        if trajs and all(recorded):
+            shape = (n, max(len(t.step_predictions) for t in trajs), max(len(t.completion_ids) for t in trajs))
+            preds, conf = torch.zeros(shape, dtype=long), torch.zeros(shape, dtype=torch.float32)
+            for i, t in enumerate(trajs):
+                s, c = t.step_predictions.shape
+                preds[i, :s, :c], conf[i, :s, :c] = t.step_predictions, t.step_confidences
+            steps = {"step_predictions": preds, "step_confidences": conf,
+                     "num_steps": torch.tensor([len(t.step_predictions) for t in trajs], dtype=long)}
+        elif any(recorded):
+            raise ValueError("some trajectories recorded their steps (record_steps) and some did not: one batch, one rollout setting")
+        else:  # tensors only cross to the learner: no steps recorded is zero steps
+            steps = {"step_predictions": torch.zeros((n, 0, 0), dtype=long), "step_confidences": torch.zeros((n, 0, 0)),
+                     "num_steps": torch.zeros(n, dtype=long)}
         return cls(
             prompt_ids=padded([t.prompt_ids for t in trajs], long),
             prompt_lens=torch.tensor([len(t.prompt_ids) for t in trajs], dtype=long),
@@ -206,6 +233,7 @@ class LearnerBatch:
             block_size=next(iter(sizes)) if sizes else None,
             value_rewards=_vector(value_rewards, torch.float64),
             token_rewards=padded(token_rewards),
+            **steps,
         )
 
     def __len__(self) -> int:
@@ -216,11 +244,15 @@ class LearnerBatch:
         out = []
         for i in range(len(self)):
             p, c = int(self.prompt_lens[i]), int(self.completion_lens[i])
+            steps = {}
+            if self.step_predictions is not None and self.step_predictions.shape[1]:
+                s = int(self.num_steps[i])
+                steps = {"step_predictions": self.step_predictions[i, :s, :c], "step_confidences": self.step_confidences[i, :s, :c]}
             out.append(Trajectory(
                 prompt_ids=self.prompt_ids[i, :p].tolist(), completion_ids=self.completion_ids[i, :c].tolist(),
                 step_map=self.step_map[i, :c].tolist(), logprobs=self.logprobs[i, :c].tolist(), block_size=self.block_size,
                 temperature=float(self.temperature[i]), nfe=0, finish_reason="eos" if self.finished[i] else "length",
-                group=int(self.group[i]),
+                group=int(self.group[i]), **steps,
             ))  # fmt: skip
         return out
 

@@ -55,10 +55,10 @@ def train(
     if cfg.cluster.address is not None:
         _ray_auth_for_joining()
     from rl.data import DataError
-    from rl.trainer import LearnerDied, Trainer
+    from rl.trainer import LearnerDied, trainer_class
 
     try:
-        trainer = Trainer(cfg, output_dir, resume=resume)
+        trainer = trainer_class(cfg)(cfg, output_dir, resume=resume)  # the unit says: rollouts (Trainer) or offline pairs
     except DataError as e:
         typer.echo(f"{config}: data: {e}", err=True)
         raise typer.Exit(2) from None
@@ -126,14 +126,23 @@ def evaluate(
         None, "--data", help="A train or SFT config: score the held-out split of every source of its data section, with the "
         "prompts, templates and rewards the run used (repeat -b to add benchmarks).",
     ),
+    eval_config: Optional[Path] = typer.Option(
+        None, "--config", help="A run config (e.g. a recipe): run its eval.table (else eval.benchmarks with eval.sampling): benchmarks, "
+        "strategies, samples, decoding and lengths from the file; -b, --strategy, --threshold, --steps-per-block, --temperature, -k and "
+        "--max-new-tokens given here win.",
+    ),
     task: str = typer.Option("arithmetic", help="Synthetic task to score when neither --benchmark nor --data is given."),
     digits: int = typer.Option(3, help="Operand width of the arithmetic task."),
     limit: Optional[int] = typer.Option(None, "--limit", "--n", help="First N problems of each benchmark (synthetic tasks: N held-out problems, default 500)."),
-    strategies: List[str] = typer.Option(["static"], "--strategy", help=f"{STRATEGY_HELP} (repeat to compare; AR checkpoints decode left to right)."),
-    threshold: float = typer.Option(0.9, help="Confidence threshold for --strategy threshold."),
+    strategies: Optional[List[str]] = typer.Option(
+        None, "--strategy", help=f"{STRATEGY_HELP} (repeat to compare; AR checkpoints decode left to right). Default: static."
+    ),
+    threshold: Optional[float] = typer.Option(None, help="Confidence threshold for --strategy threshold. Default: 0.9."),
     steps_per_block: Optional[int] = typer.Option(None, help="Static steps per block (default block size)."),
-    temperature: float = typer.Option(0.0, help="0 = greedy."),
-    samples: int = typer.Option(1, "--samples", "-k", help="Samples per problem: pass@k and avg@k with k = samples (use a temperature > 0)."),
+    temperature: Optional[float] = typer.Option(None, help="0 = greedy. Default: 0."),
+    samples: Optional[int] = typer.Option(
+        None, "--samples", "-k", help="Samples per problem: pass@k and avg@k with k = samples (use a temperature > 0). Default: 1."
+    ),
     max_new_tokens: Optional[int] = typer.Option(None, help="Generation budget for every benchmark (default: per benchmark)."),
     batch_size: int = typer.Option(64, help="Samples decoded together."),
     seed: int = typer.Option(0, help="Sampling seed."),
@@ -175,6 +184,15 @@ def evaluate(
         raise typer.Exit(2)
     from rollout.models import DTYPES
 
+    file_base, file_strategies, file_samples, file_benchmarks, file_max_new = None, None, None, None, None
+    if eval_config is not None:
+        table = _load(eval_config, [], RunConfig).eval.table_settings()
+        file_base, file_strategies, file_samples = table.sampling.params(8), table.strategies or [table.sampling.strategy], table.samples
+        file_benchmarks, file_max_new = table.benchmarks or None, table.sampling.max_new_tokens
+    benchmarks = benchmarks or file_benchmarks
+    strategies = strategies or file_strategies or ["static"]
+    samples = samples if samples is not None else (file_samples or 1)
+    max_new_tokens = max_new_tokens or file_max_new
     if chat_template not in ("auto", "none") or dtype not in ("auto", *DTYPES) or engine not in ("auto", "hf", "vllm") or samples < 1:
         typer.echo("bad option: --chat-template auto|none, --dtype auto|float32|bfloat16|float16, --engine auto|hf|vllm, --samples >= 1", err=True)
         raise typer.Exit(2)
@@ -193,7 +211,7 @@ def evaluate(
     except (BenchmarkError, ValueError) as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(2) from None
-    base = _params(8, "static", threshold, steps_per_block, temperature)
+    base = _params(8, "static", threshold, steps_per_block, temperature, file_base)
     opts = EvalOptions(
         strategies=list(strategies), base=base, samples=samples, batch_size=batch_size, seed=seed, chat_template=chat_template,
         device=device, engine=engine, dtype=dtype, trust_remote_code=trust_remote_code, resume=resume, compile=compile,
@@ -481,9 +499,15 @@ def _data_benchmarks(path: Path, limit, max_new_tokens) -> list:
     return out
 
 
-def _params(max_new, strategy, threshold, steps_per_block, temperature):
+def _params(max_new, strategy, threshold, steps_per_block, temperature, file_base: SamplingParams | None = None):
+    """The decoding the strategies start from: `file_base` (a config's eval settings) or the defaults, with the flags given on top."""
+    from dataclasses import replace
+
+    given = {k: v for k, v in {"threshold": threshold, "steps_per_block": steps_per_block, "temperature": temperature}.items() if v is not None}
     try:
-        base = SamplingParams(max_new_tokens=max_new, threshold=threshold, steps_per_block=steps_per_block, temperature=temperature)
+        if file_base is not None:
+            return replace(file_base, max_new_tokens=max_new, **given)
+        base = SamplingParams(max_new_tokens=max_new, **{"threshold": 0.9, "temperature": 0.0, **given})
         return parse_strategy(strategy, base)[1]
     except ValueError as e:
         typer.echo(f"bad decoding option: {sampling_error(e)}", err=True)

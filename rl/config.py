@@ -96,6 +96,11 @@ class SourceConfig(_Section):
         default_factory=list, description="Extra dataset columns handed to the rewards as keyword arguments: names, or {kwarg: column}."
     )
     response: str | None = Field(None, description="SFT: the column holding the target response (default: the preset's, or the last assistant message).")
+    chosen: str | None = Field(
+        None, description="Preference pairs (algorithm.estimator: vrpo): the column holding the preferred response, text or chat turns "
+        "ending in the assistant's answer (default with preset: preference: chosen)."
+    )
+    rejected: str | None = Field(None, description="Preference pairs: the column holding the dispreferred response (default with preset: preference: rejected).")
     rewards: list[RewardSpec] = Field(default_factory=list, description="Rewards of this source (default: the preset's, else the top-level rewards).")
     weight: float = Field(1.0, gt=0.0, description="This source's share of each step's prompts when several sources mix (normalised over sources).")
     heldout: HeldoutConfig = Field(default_factory=HeldoutConfig, description="Held-out split: a separate file, or a size/fraction carved from this source.")
@@ -144,7 +149,7 @@ class SamplingConfig(create_model("SamplingFields", __base__=_Section, **_SAMPLI
 
 class RolloutConfig(_Section):
     num_workers: int = Field(1, ge=1, description="RolloutWorker Ray actors; prompts are split evenly across them.")
-    prompts_per_step: int = Field(16, ge=1, description="Distinct prompts per RL step.")
+    prompts_per_step: int = Field(16, ge=1, description="Distinct prompts per RL step (offline preference units such as vrpo: preference pairs per step).")
     samples_per_prompt: int = Field(8, ge=1, description="Completions per prompt (the GRPO group size).")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Decoding used for training rollouts.")
     compile: bool = Field(
@@ -200,13 +205,13 @@ GSPO_PROVENANCE = {
 # OPTION_FIELDS are built-in estimators' options (EstimatorUnit.config_fields): only the unit that
 # takes one gets its comment.
 OPTION_FIELDS = ("shrink", "p_mask_prompt", "coupled_t_min", "coupled_t_max", "coupled_weighted", "coupled_full_mask_pass", "mc_samples", "quadrature")
-PRESET_FIELDS = ("advantage", "zscore_std", "loss_norm", "eps_low", "eps_high", "beta", "redraw_masks", *OPTION_FIELDS)
+PRESET_FIELDS = ("advantage", "zscore_std", "loss_norm", "eps_low", "eps_high", "beta", "redraw_masks", "epochs", *OPTION_FIELDS)
 
 
 class AlgorithmConfig(_Section):
     estimator: str = Field(
         "trace", description="Likelihood estimator: trace (TraceRL, replays the step map), one_step (diffu-GRPO), coupled (DiffuCoder), "
-        "mc_elbo (GDPO), block_random; wd1 and spg (ratio-free, each with its own objective); espo (sequence ELBO ratio, its own objective and KL); or a plugin unit by import path, "
+        "mc_elbo (quadrature ELBO per token), gdpo (GDPO: quadrature ELBO, sequence ratio, its own objective), block_random; wd1 and spg (ratio-free, each with its own objective); espo (sequence ELBO ratio, its own objective and KL); vrpo (LLaDA 1.5: DPO on ELBOs, offline from preference pairs, no rollouts or rewards); or a plugin unit by import path, "
         "'package.module:UNIT' (an algorithms.estimators.EstimatorUnit)."
     )
     options: dict[str, Any] = Field(
@@ -228,10 +233,11 @@ class AlgorithmConfig(_Section):
     )
     coupled_t_min: float = Field(0.2, gt=0.0, lt=1.0, description="coupled: lower bound of the masking ratio t ~ U[t_min, t_max] (DiffuCoder: 0.2).")
     coupled_t_max: float = Field(0.8, gt=0.0, lt=1.0, description="coupled: upper bound of the masking ratio t (DiffuCoder: 0.8).")
-    mc_samples: int = Field(4, ge=1, description="mc_elbo: Monte Carlo samples (or quadrature nodes) of the masking level t.")
+    mc_samples: int = Field(4, ge=1, description="mc_elbo: Monte Carlo samples (or quadrature nodes) of the masking level t; vrpo: the ELBO budget n per response (n timesteps, one mask each; 8 in LLaDA 1.5).")
     quadrature: bool = Field(False, description="mc_elbo: Gauss-Legendre nodes instead of random t (GDPO).")
-    advantage: Literal["zscore", "mean", "loo"] = Field(
-        "zscore", description="Group advantage: GRPO z-score, mean-centred (Dr. GRPO) or leave-one-out. Default: each estimator's paper, "
+    advantage: Literal["zscore", "mean", "loo", "ebpo"] = Field(
+        "zscore", description="Group advantage: GRPO z-score, mean-centred (Dr. GRPO), leave-one-out, or ebpo (EBPO, arXiv:2602.05165: the group "
+        "mean shrunk toward a global prior kept over the run, then standardised over the batch; the prior is saved in checkpoints). Default: each estimator's paper, "
         "zscore for trace (TraceRL), mean for one_step (d1's trainer: A = r - mean, the std only logged), loo for coupled (DiffuCoder, unscaled)."
     )
     zscore_std: Literal["sample", "population"] = Field(
@@ -273,7 +279,8 @@ class AlgorithmConfig(_Section):
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, gt=0.0, description="Max global gradient norm.")
     minibatches: int = Field(1, ge=1, description="Optimizer steps per rollout batch (the batch is split this many ways).")
-    epochs: int = Field(1, ge=1, description="Passes over each rollout batch (mu); old log-probs are taken before the first.")
+    epochs: int = Field(1, ge=1, description="Passes over each rollout batch (mu, d1's num_iterations); old log-probs are taken before the first. "
+        "Default: the estimator's preset where the authors' config states it (12 for one_step and gdpo, 2 for coupled), else 1.")
     value: ValueConfig = Field(default_factory=ValueConfig, description="The diffusion value model (TraceRL + value).")
 
     def estimator_unit(self):
@@ -412,6 +419,45 @@ class ClusterConfig(_Section):
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field("PACK", description="Ray placement-group strategy across nodes.")
 
 
+class EvalTableConfig(_Section):
+    """A paper's evaluation table, as `unmask eval CKPT --config FILE` runs it (flags on the command line win)."""
+
+    benchmarks: list[str] = Field(
+        default_factory=list, description="Benchmarks of the table, in the `unmask eval -b` syntax (NAME[:PATH][,KEY=VALUE...]); empty: eval.benchmarks."
+    )
+    strategies: list[str] = Field(
+        default_factory=list, description="Decoding strategies, one column each, in the --strategy syntax (e.g. 'threshold:0.9', 'static'); "
+        "empty: sampling.strategy. Each starts from `sampling`'s settings."
+    )
+    samples: int = Field(1, ge=1, description="Samples per problem (pass@k and avg@k with k = samples); > 1 needs sampling.temperature > 0.")
+    sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(temperature=0.0),
+        description="Decoding the strategies start from (temperature, top_k, block_length, steps_per_block...); its max_new_tokens is every benchmark's budget.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvalTableConfig":
+        from rollout.sampling import parse_strategy
+
+        base = self.sampling.params(8)
+        for spec in self.strategies:
+            parse_strategy(spec, base)  # ValueError: names the spec and the allowed forms
+        for b in self.benchmarks:
+            _check_benchmark_spec(b)
+        if self.samples > 1 and self.sampling.temperature == 0:
+            raise ValueError(f"samples {self.samples} with temperature 0 gives {self.samples} identical samples; set sampling.temperature > 0")
+        return self
+
+
+def _check_benchmark_spec(spec: str) -> None:
+    from rl.data import parse_benchmark
+    from rl.data.presets import PRESETS
+
+    name = parse_benchmark(spec).name
+    if name not in PRESETS or name == "none":
+        raise ValueError(f"benchmark {spec!r}: unknown name {name!r}; known: {', '.join(sorted(k for k in PRESETS if k != 'none'))}")
+
+
 class EvalConfig(_Section):
     every: int = Field(0, ge=0, description="Score the held-out splits every N RL steps (0: only before and after training).")
     heldout_limit: int | None = Field(None, ge=1, description="Score at most the first N held-out problems of each source (faster evals; the summary says how many).")
@@ -422,6 +468,18 @@ class EvalConfig(_Section):
     sampling: SamplingConfig = Field(
         default_factory=lambda: SamplingConfig(temperature=0.0), description="Decoding for held-out evaluation (greedy by default)."
     )
+    table: EvalTableConfig | None = Field(
+        None, description="The paper's evaluation table (benchmarks, strategies, samples, decoding) for `unmask eval CKPT --config FILE`; "
+        "not run during training. None: `unmask eval --config` uses benchmarks and sampling above."
+    )
+
+    def table_settings(self) -> EvalTableConfig:
+        """What `unmask eval --config` runs: `table`, or the in-training benchmarks and decoding."""
+        if self.table is None:
+            return EvalTableConfig(benchmarks=list(self.benchmarks), sampling=self.sampling)
+        if not self.table.benchmarks:
+            return self.table.model_copy(update={"benchmarks": list(self.benchmarks)})
+        return self.table
 
 
 class WandbConfig(_Section):
@@ -474,6 +532,11 @@ class RunConfig(_Section):
             raise ValueError("learner.attention: flex needs a GPU learner (cluster.gpus_per_bundle > 0): torch has no flex attention backward on CPU; use sdpa")
         if self.rollout.overlap and self.cluster.placement == "colocated":
             raise ValueError("rollout.overlap needs cluster.placement: separate (colocated rollout workers give their memory to the learner during the update)")
+        # The decoding the estimator's paper trains on (JustGRPO: one token per step, left to right),
+        # where the config leaves it unset; written past validate_assignment, as AlgorithmConfig._derive.
+        for name, value in self.algorithm.estimator_unit().rollout_sampling.items():
+            if name not in self.rollout.sampling.model_fields_set:
+                self.rollout.sampling.__dict__[name] = value
         return self
 
 
@@ -631,6 +694,8 @@ def estimators_help() -> str:
         out.append(f"  {name}: {unit.paper}\n    options: {options}")
         if unit.objective is not None:  # replaces algorithm.loss
             out.append(f"    objective: {unit.objective.__module__}.{unit.objective.__name__}" + ("" if unit.needs_old_logp else " (ratio-free: no old-policy pass)") + (" (its own KL form: algorithm.beta)" if unit.objective_kl else ""))
+        if unit.rollout_sampling:
+            out.append("    rollout.sampling (when a config leaves it unset): " + ", ".join(f"{k}={_yaml_scalar(v)}" for k, v in unit.rollout_sampling.items()))
         if not unit.config_defaults:
             out.append("    preset: none (the fields' own defaults)")
             continue

@@ -12,15 +12,19 @@ sets, no memory, no FLOPs. Per GPU:
   length (block-causal: prompt + clean + noisy copy; full attention: prompt + noisy), under bf16
   autocast and gradient checkpointing as configured. A backward allocates the gradients while
   the pass's activations are still alive, so the update's peak is activations + gradients.
-- rollout worker: weights in the rollout dtype and the KV cache of its share of the batch at the
-  full prompt + generation length, plus one step's logits.
+- rollout worker: weights in the rollout dtype, the KV cache of its share of the batch at the full
+  prompt + generation length, and the decode's largest transient (`rollout_memory`).
+
+Mixture-of-experts models count every expert's weights (all resident); their expert loop runs on
+meta tensors with the routing replaced by its size (`_expert_loop`), so the routed experts'
+activations (tokens x top_k rows through gate/up/down) and the router's are counted as saved.
 
 It answers "does it fit, and with what micro-batch / rollout batch": the largest of each whose
 peak fits `--gpu-memory` with `HEADROOM` left for the CUDA context and fragmentation. FLOPs per
 RL step are 2 x parameters per token forward (x3 with backward) over the tokens each stage
 processes, plus attention's 4 x length^2 x width per layer and row.
 
-benchmarks/plan_check.py compares the predicted update peak with a measured one on this CPU.
+benchmarks/plan_check.py compares the predicted update activations and rollout peaks with measured ones on this CPU.
 """
 
 from __future__ import annotations
@@ -159,6 +163,43 @@ class _SavedBytes:
         return t
 
 
+def _expert_loop(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
+    """transformers' eager expert loop (Glm4MoeExperts, Qwen3MoeExperts, OlmoeExperts: `gate_up_proj`
+    [E, 2I, H], `down_proj` [E, H, I]) with the routing replaced by its size: which tokens an expert gets
+    is data the meta device does not have, but every layer sends tokens x top_k assignments to its
+    experts, so they are split evenly. The same ops run on each expert's share (the gather, gate/up,
+    activation, down, the routing weight, the scatter back), so autograd saves what the real loop saves
+    (per assignment: its input and output rows, gate/up, the activation and its product, two indices;
+    under autocast, each hit expert's weight cast too)."""
+    n, k = top_k_index.shape
+    total, experts = n * k, self.num_experts
+    out = torch.zeros_like(hidden_states)
+    for e in range(experts):
+        share = total // experts + (1 if e < total % experts else 0)
+        if share == 0:
+            continue
+        token_idx = torch.zeros(share, dtype=torch.long, device=hidden_states.device)
+        top_k_pos = torch.zeros(share, dtype=torch.long, device=hidden_states.device)
+        gate, up = torch.nn.functional.linear(hidden_states[token_idx], self.gate_up_proj[e]).chunk(2, dim=-1)
+        h = torch.nn.functional.linear(self.act_fn(gate) * up, self.down_proj[e])
+        h = h * top_k_weights[token_idx, top_k_pos, None]
+        out.index_add_(0, token_idx, h.to(out.dtype))
+    return out
+
+
+def _shape_only_experts(model) -> int:
+    """Give every mixture-of-experts block of `model` the shape-only expert loop; returns how many."""
+    import types
+
+    count = 0
+    for module in model.modules():
+        params = dict(module.named_parameters(recurse=False))
+        if params.get("gate_up_proj") is not None and params["gate_up_proj"].dim() == 3 and "down_proj" in params:
+            module.forward = types.MethodType(_expert_loop, module)
+            count += 1
+    return count
+
+
 def activation_bytes(shape: Shape, rows: int, length: int, *, bf16: bool, checkpointing: bool, scored_tokens: int = 0) -> int:
     """Bytes saved for backward by one forward of the backbone over [rows, length] tokens (plus the
     LM head over `scored_tokens` rows, chunked: their hidden states), counted on meta tensors."""
@@ -175,15 +216,16 @@ def activation_bytes(shape: Shape, rows: int, length: int, *, bf16: bool, checkp
     pos = torch.zeros((rows, length), dtype=torch.long, device="meta")
     mask = torch.zeros((rows, 1, length, length), dtype=dtype, device="meta")  # the packed pattern, additive
     meter = _SavedBytes(model.parameters())
+    _shape_only_experts(model)
     patch = torch.nn.functional.scaled_dot_product_attention
     torch.nn.functional.scaled_dot_product_attention = _fused_sdpa
     try:
         with _quiet(), torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda t: t):
             model.model(input_ids=ids, position_ids=pos, attention_mask=mask)
-    except (RuntimeError, NotImplementedError) as exc:  # e.g. a mixture-of-experts router's data-dependent gather
+    except (RuntimeError, NotImplementedError) as exc:  # a data-dependent kernel the meta device cannot run
         raise ValueError(
             f"unmask plan cannot count the activations of {type(model).__name__} on the meta device "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); mixture-of-experts models are not planned yet"
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
         ) from None
     finally:
         torch.nn.functional.scaled_dot_product_attention = patch
@@ -204,6 +246,74 @@ def update_peak(shape: Shape, n_params: int, rows: int, prompt: int, gen: int, *
     trainable = n_params if trainable is None else trainable
     head = 4 * shape.config.vocab_size * shape.config.hidden_size if trainable == n_params else 0
     return acts, acts + (4 * trainable if passes > 1 else head)
+
+
+def rollout_memory(shape: Shape, rows: int, prompt: int, gen: int, *, dtype_bytes: int, kv_cache: bool = True,
+                   block_length: int | None = None, n_params: int | None = None) -> dict[str, int]:
+    """Bytes of one rollout worker decoding `rows` sequences of `prompt` + `gen` tokens with unmask's
+    sampler (rollout/engine.py), by part; their sum is the decode's peak.
+
+    - weights, in the rollout dtype;
+    - KV cache: block-causal decoding preallocates every layer's keys and values for the whole canvas
+      (prompt + generation, rounded up to the block grid; rollout.cache.SlotCache); full attention
+      with kv_cache fills a cache over the whole canvas at each block's first step and crops it to a
+      view of the same storage, so it too holds the canvas; without kv_cache there is none;
+    - the largest forward's working set, which lives beside the cache: block-causal, the prompt's
+      prefill (all rows' full prompt blocks in one forward); full attention, every step's forward over
+      the whole canvas. Per token, the MLP's three [tokens, intermediate] tensors (gate, up, their
+      product) and four hidden-width ones (residual, norm, attention and MLP outputs), or the
+      attention stage's q/k/v and output when wider, plus the additive mask [rows, 1, q, k];
+    - one step's logits and the sampler's float32 copies of them (log-softmax, the sampling
+      probabilities, the temperature-scaled logits), at the positions a step predicts: a block's,
+      or full attention's block_length (default: the whole generation). This replaces the working
+      set when larger, as the forward's tensors are freed before the LM head runs.
+    """
+    c = shape.config
+    L, h = c.num_hidden_layers, c.hidden_size
+    heads = c.num_attention_heads
+    kv_heads = getattr(c, "num_key_value_heads", None) or heads
+    head_dim = getattr(c, "head_dim", None) or h // heads
+    inter = _dense_intermediate(c)
+    block_causal = _block_causal(shape.family)
+    if block_causal:
+        bs = shape.block_size or 1
+        width = -(-(prompt + gen) // bs) * bs  # SlotCache capacity: the canvas
+        q = k = prompt // bs * bs  # the prefill: full prompt blocks
+        m = bs
+    else:
+        width = prompt + gen
+        q = k = width
+        m = min(block_length or gen, gen)
+    per_token = max(3 * inter + 4 * h, 2 * heads * head_dim + 4 * kv_heads * head_dim + 2 * h)
+    out: dict[str, int] = {}
+    if n_params is not None:
+        out[f"weights ({'bf16' if dtype_bytes == 2 else 'fp32'})"] = dtype_bytes * n_params
+    out["KV cache"] = rows * 2 * L * kv_heads * head_dim * width * dtype_bytes if (kv_cache or block_causal) else 0
+    forward = rows * (q * per_token + q * k) * dtype_bytes
+    logits = rows * m * c.vocab_size * (dtype_bytes + 3 * 4)
+    key = "forward working set (prefill)" if block_causal else "forward working set (whole canvas)"
+    if forward >= logits:
+        out[key] = forward
+    else:
+        out["one step's logits and sampler copies (fp32)"] = logits
+    return out
+
+
+def _block_causal(family: str) -> bool:
+    from rollout.families import family_traits
+
+    return family_traits(family).block_causal
+
+
+def _dense_intermediate(c) -> int:
+    """The MLP width a token goes through: a dense model's intermediate size; a mixture of experts'
+    routed experts (top_k of them) and shared experts side by side."""
+    experts_k = getattr(c, "num_experts_per_tok", None)
+    moe = getattr(c, "moe_intermediate_size", None)
+    if experts_k and moe:
+        shared = getattr(c, "n_shared_experts", None) or 0
+        return max(c.intermediate_size, (experts_k + shared) * moe)
+    return c.intermediate_size
 
 
 @dataclass
@@ -306,24 +416,21 @@ def plan(cfg: RunConfig, gpus: int | None = None, gpu_memory_gb: float = 80.0) -
     if shard > 1:
         report.notes.append(f"FSDP2 over {shard} ranks: weights, gradients and AdamW state sharded; one layer is gathered at a time")
 
-    # Rollout worker: weights in its dtype, KV cache over prompt + generation, one step's logits.
+    # Rollout worker: weights, KV cache and the largest transient of its decode (rollout_memory).
     # A worker decodes its share of the step's samples, at most sampling.max_batch at a time.
     rollout_rows = max(1, math.ceil(samples / cfg.rollout.num_workers))
     if cfg.rollout.sampling.max_batch:
         rollout_rows = min(rollout_rows, cfg.rollout.sampling.max_batch)
     wbytes = 2 if cfg.rollout.dtype in ("bfloat16", "float16", "auto") else 4
-    c = shape.config
-    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    kv_per_row = 2 * c.num_hidden_layers * kv_heads * head_dim * (prompt + gen) * wbytes
-    block = shape.block_size or gen
-    logits_per_row = block * c.vocab_size * 4
+    s = cfg.rollout.sampling
     report.rollout_rows = rollout_rows
-    report.rollout[f"weights ({'bf16' if wbytes == 2 else 'fp32'})"] = wbytes * n_params
-    report.rollout["KV cache"] = kv_per_row * rollout_rows
-    report.rollout["one step's logits (fp32)"] = logits_per_row * rollout_rows
+    report.rollout = rollout_memory(shape, rollout_rows, prompt, gen, dtype_bytes=wbytes, kv_cache=s.kv_cache,
+                                    block_length=s.block_length, n_params=n_params)  # fmt: skip
     report.rollout_peak = sum(report.rollout.values())
-    report.max_rollout_rows = max(0, int((budget - wbytes * n_params) // (kv_per_row + logits_per_row)))
+    per_row = (report.rollout_peak - wbytes * n_params) / rollout_rows
+    report.max_rollout_rows = max(0, int((budget - wbytes * n_params) // per_row))
+    c = shape.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
 
     # FLOPs per RL step.
     attn = 4 * c.num_hidden_layers * c.num_attention_heads * head_dim  # per (query, key) pair, fwd

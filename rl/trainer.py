@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from algorithms.advantages import filter_groups, group_advantages, truncated_rewards
+from algorithms.ebpo import EbpoPrior
 from rewards import get_reward
 from rewards.registry import reward_name
 from rl.actors import LearnerDied, LearnerRanks, RolloutWorkers
@@ -33,7 +34,7 @@ from rl.config import RunConfig, config_yaml
 from rl.data import DataError, PromptStream, load_benchmark, load_source, parse_benchmark
 from rl.data.names import source_name
 from rl.process_rewards import token_rewards
-from rl.scoring import score_texts
+from rl.scoring import score_steps, score_texts
 from rl.tracking import MetricsLogger, plot_run
 from rollout.families import family_traits
 from rollout.models import checkpoint_family
@@ -136,6 +137,8 @@ class Trainer:
             print(f"code sandbox: {sandbox_info(cfg.scoring.sandbox)}")
         budget = max(src.max_new_tokens for src in self.sources)  # one decode serves every source's prompts
         self.train_params = cfg.rollout.sampling.params(budget)
+        if self.unit.needs_step_predictions:  # the unit scores intermediate answers (MDPO): the rollout records them
+            self.train_params = dataclasses.replace(self.train_params, record_steps=True)
         self.eval_params = cfg.eval.sampling.params(budget)
         self.eval_benchmarks = self._load_eval_benchmarks()
         self._describe_data()
@@ -143,6 +146,8 @@ class Trainer:
         self.resume_from = self.store.latest() if resume else None
         if resume and self.resume_from is None:
             raise FileNotFoundError(f"--resume: no complete checkpoint under {self.store.root}")
+        # EBPO's global prior (algorithms.ebpo) lives for the whole run: saved with every checkpoint, restored on resume.
+        self.ebpo_prior = EbpoPrior() if cfg.algorithm.advantage == "ebpo" else None
         # Each preset field carries a comment naming its source (the paper's file, or your config).
         (self.run_dir / "config.yaml").write_text(config_yaml(self._resolved_config(), cfg.algorithm))
 
@@ -231,6 +236,16 @@ class Trainer:
         """
         self.workers.sync(self.learners, version, wait=wait)
 
+    @property
+    def unit(self):
+        """The run's estimator unit (`algorithm.estimator`): the stages ask it, never its name."""
+        return self.cfg.algorithm.estimator_unit()
+
+    @property
+    def unit_options(self):
+        """The unit's typed options (`algorithm.options` and its config fields)."""
+        return self.unit.check_options(self.cfg.algorithm.estimator_options())
+
     # -- stages ----------------------------------------------------------------------------
     def rollout(self, step: int) -> StepBatch:
         """Decode step `step`'s prompts (samples_per_prompt each) and wait for them."""
@@ -258,6 +273,10 @@ class Trainer:
         outcome: list[float | None] = [None] * n
         steps: list[Any] = [None] * n
         correct = [False] * n
+        # A unit that scores intermediate answers (MDPO), when the rollout recorded them.
+        step_unit = self.unit if trajs and trajs[0].step_predictions is not None and self.unit.needs_step_predictions else None
+        step_scored: list[list[int]] = [[] for _ in range(n)]
+        step_values: list[list[float]] = [[] for _ in range(n)]
         metrics: dict[str, float] = {}
         sc = self.cfg.scoring
         for src in self.sources:
@@ -285,6 +304,13 @@ class Trainer:
                 metrics[f"reward/{src.name}/{name}/failed"] = float(k)
             for name, err in errors.items():
                 tqdm.write(f"reward {name} ({src.name}) failed this step: {err}")
+            if step_unit is not None:  # each sample's intermediate answers, the same scoring path
+                scored = [step_unit.scored_steps(len(trajs[i].step_predictions), self.unit_options) for i in idx]
+                values = score_steps(src.template, self.reward_fns[src.name], self.reward_weights[src.name], [ex.prompt for ex in exs],
+                                     [trajs[i] for i in idx], scored, self.tokenizer, columns, fail_fast=sc.fail_fast,
+                                     timeout_s=sc.timeout_s, num_workers=sc.num_workers)  # fmt: skip
+                for k, i in enumerate(idx):
+                    step_scored[i], step_values[i] = scored[k], values[k]
         metrics["accuracy/train"] = float(np.mean(correct))
         metrics["reward/failed"] = float(sum(v is None for v in total))
         # Process rewards: per-token rewards on the steps that finished each chunk (value model).
@@ -293,6 +319,10 @@ class Trainer:
             batch.token_rewards = padded([token_rewards(t, outcome[i] or 0.0, steps[i], self.tokenizer) for i, t in enumerate(trajs)])
         # A sample no reward could score gets 0: it is kept (never misaligned), it just earns nothing.
         batch.rewards = torch.tensor([0.0 if v is None else float(v) for v in total], dtype=torch.float64)
+        if step_unit is not None:
+            batch.step_rewards = padded(step_values)
+            batch.scored_steps = padded([[s + 1 for s in row] for row in step_scored], torch.long) - 1  # -1 after a sample's steps
+            metrics["reward/steps_scored"] = float(sum(len(s) for s in step_scored))
         return metrics
 
     def advantages(self, batch: StepBatch) -> tuple[StepBatch, dict[str, float]]:
@@ -304,7 +334,10 @@ class Trainer:
         algo, trajs = self.cfg.algorithm, batch.trajs
         r, loss_mask = truncated_rewards(batch.rewards.float(), [t.finish_reason for t in trajs], algo.truncation)
         groups = batch.groups
-        adv = group_advantages(r, groups, algo.advantage, std=algo.zscore_std)
+        if algo.advantage == "ebpo":  # the group baseline shrunk toward the run's prior, which this batch updates
+            adv, prior_metrics = self.ebpo_prior.advantages(r, groups)
+        else:
+            adv, prior_metrics = group_advantages(r, groups, algo.advantage, std=algo.zscore_std), {}
         # Filters drop whole groups, so the z-scores are the kept groups' own statistics.
         value_r = value_outcome_rewards(r, groups, algo)
         keep = filter_groups(r, groups, algo.drop_zero_std, algo.min_acc, algo.max_acc)
@@ -313,9 +346,19 @@ class Trainer:
             "frac_reward_zero_std": float((grouped.std(dim=1) == 0).float().mean()),
             "frac_truncated": float(np.mean([t.finish_reason == "length" for t in trajs])),
             "frac_filtered": float(1 - keep.float().mean()),
+            **prior_metrics,
         }
         scored = dataclasses.replace(batch, rewards=r, advantages=adv, loss_mask=loss_mask, value_rewards=value_r)
-        return scored.select(keep.nonzero().flatten()), metrics
+        kept = scored.select(keep.nonzero().flatten())
+        if kept.step_rewards is not None and self.unit.step_batch is not None and len(kept):
+            # The unit's own rows and advantages (MDPO: one row per sample and trained step, its step advantage).
+            steps = [[s for s in row if s >= 0] for row in kept.scored_steps.tolist()]
+            rows, row_adv, owner = self.unit.step_batch(kept.trajs, kept.step_rewards, steps, self.unit_options)
+            own = torch.tensor(owner, dtype=torch.long)
+            kept = dataclasses.replace(kept, trajs=rows, rewards=kept.rewards[own], advantages=row_adv, loss_mask=kept.loss_mask[own],
+                                       value_rewards=None, token_rewards=None, step_rewards=None, scored_steps=None)  # fmt: skip
+            metrics["step_rows"] = float(len(rows))
+        return kept, metrics
 
     def update(self, batch: StepBatch) -> dict[str, float]:
         """One learner update on every rank; colocated workers give up their memory meanwhile."""
@@ -382,6 +425,7 @@ class Trainer:
             files, state = self.store.read(self.resume_from)
             start = self.learners.call(lambda rank: rank.load_state_files.remote(files), stage="resume")
             print(f"resumed from {self.resume_from} (step {start})")
+            self._restore_advantage_state(state)
         self.step = start
         logger = MetricsLogger(self.run_dir, cfg.wandb.mode, cfg.wandb.project, cfg.model_dump(), resume_step=start if state else None)
         self.sync_weights(version=start)
@@ -472,7 +516,7 @@ class Trainer:
             if done % cfg.train.save_every == 0 or done == cfg.train.steps or stop.signum:
                 wall = state.get("wall_seconds", 0.0) + time.perf_counter() - t_start
                 ckpt = self.save(done, {"accuracy_before": acc_before, "heldout_before": _heldout_only(before), "wall_seconds": wall,
-                                        "data_cursor": self.stream.cursor(done, P)})
+                                        "data_cursor": self.stream.cursor(done, P), **self._advantage_state()})
             if stop.signum:
                 bar.close()
                 logger.close()
@@ -526,6 +570,19 @@ class Trainer:
     def _heldout_desc(self) -> str:
         return f"{sum(len(v) for v in self.heldout.values())} problems" + (f" over {len(self.heldout)} sources" if len(self.heldout) > 1 else "")
 
+    def _advantage_state(self) -> dict[str, Any]:
+        """What the advantages stage carries across steps, for trainer_state.json: EBPO's prior."""
+        return {"ebpo_prior": self.ebpo_prior.state_dict()} if getattr(self, "ebpo_prior", None) is not None else {}
+
+    def _restore_advantage_state(self, state: dict) -> None:
+        """Restore `_advantage_state` from a checkpoint's trainer_state.json (resume)."""
+        if getattr(self, "ebpo_prior", None) is None:
+            return
+        if "ebpo_prior" not in state:
+            raise ValueError("--resume with algorithm.advantage: ebpo, but the checkpoint has no EBPO prior (it was written by a run "
+                             "with another advantage); resume with that run's advantage, or start a new run")
+        self.ebpo_prior.load_state_dict(state["ebpo_prior"])
+
     def _check_cursor(self, saved: dict | None, start: int) -> None:
         """On resume the stream must stand where the checkpoint says; otherwise the data changed under the run."""
         if saved is None:
@@ -545,3 +602,14 @@ class Trainer:
         for actor in [*self.learners, *self.workers]:
             ray.kill(actor)
         self.placement.remove()
+
+
+def trainer_class(cfg: RunConfig) -> type:
+    """The driver the run's algorithm asks for: `rl.preference.PreferenceTrainer` for a unit that
+    learns offline from preference pairs (`EstimatorUnit.offline_pairs`: VRPO; no rollouts, rewards
+    or Ray), else `Trainer`. Both take (cfg, run_dir, resume) and run with `train()`."""
+    if cfg.algorithm.estimator_unit().offline_pairs:
+        from rl.preference import PreferenceTrainer
+
+        return PreferenceTrainer
+    return Trainer

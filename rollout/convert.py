@@ -3,7 +3,8 @@
 SDAR and TraDo (model_type ``sdar``) are Qwen3 with a block-causal mask; Dream and DiffuCoder
 (``Dream``) are Qwen2 with shifted logits; LLaDA (``llada``) is a Llama whose tensors and config
 fields carry other names; LLaDA2.0/2.1 (``llada2_moe``) are Glm4Moe with a block-causal mask
-(rollout/convert_llada2.py). Their own modeling code targets transformers 4.4x-4.52; mapped onto
+(rollout/convert_llada2.py); SDAR-30B-A3B (``sdar_moe``) is Qwen3-MoE with a block-causal mask
+(rollout/convert_sdar_moe.py). Their own modeling code targets transformers 4.4x-4.52; mapped onto
 Qwen3ForCausalLM / Qwen2ForCausalLM / LlamaForCausalLM they run on the transformers this project
 requires, under unmask's own masks and caches. A config flag the stock class cannot reproduce (a
 bias, another activation or norm, scaled logits, ...) is refused with an error naming it: a
@@ -31,8 +32,12 @@ SDAR_BLOCK_SIZE = 4  # SDAR's and TraDo's own decoders use blocks of 4 (their hu
 
 
 # model_type (lower case) or architecture prefix -> unmask family of a hub-layout checkpoint.
-HUB_MODEL_TYPES = {"sdar": "block", "dream": "dream", "llada": "llada", "llada2_moe": "llada2"}
-_ARCH_PREFIXES = {"sdar": "block", "trado": "block", "dream": "dream", "llada2": "llada2", "llada": "llada"}  # llada2 before llada
+HUB_MODEL_TYPES = {"sdar": "block", "dream": "dream", "llada": "llada", "llada2_moe": "llada2", "fast_dllm_qwen": "fast_dllm_v2",
+                   "sdar_moe": "sdar_moe"}
+_ARCH_PREFIXES = {"sdarmoe": "sdar_moe", "sdar": "block",  # sdarmoe before sdar
+                  "trado": "block", "dream": "dream", "llada2": "llada2", "llada": "llada",  # llada2 before llada
+                  "fast_dllm_qwen": "fast_dllm_v2"}  # fmt: skip
+FAST_DLLM_V2_BLOCK_SIZE = 32  # config.json `bd_size`; its generate() defaults to blocks of 32 too
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -127,6 +132,9 @@ def stock_config(cfg: dict[str, Any]):
         out, cls = _qwen_config(cfg, "sdar", Qwen3Config), Qwen3ForCausalLM
     elif family == "dream":
         out, cls = _qwen_config(cfg, "dream", Qwen2Config), Qwen2ForCausalLM
+    elif family == "fast_dllm_v2":  # Qwen2.5 tensor for tensor; the mask token |<MASK>| (151665) is the tokenizer's, not the config's
+        out, cls = _qwen_config(cfg, "fast_dllm_v2", Qwen2Config), Qwen2ForCausalLM
+        out.block_size = cfg.get("bd_size") or FAST_DLLM_V2_BLOCK_SIZE
     elif family == "llada":
         out, cls = _llada_config(cfg), LlamaForCausalLM
     elif family == "llada2":
@@ -137,12 +145,20 @@ def stock_config(cfg: dict[str, Any]):
         out, cls = llada2_config(cfg), Glm4MoeForCausalLM
         out.block_size = cfg.get("block_size") or LLADA2_BLOCK_SIZE
         out.mask_token_id = cfg.get("mask_token_id", LLADA2_MASK_ID)  # the tokenizer's mask token wins where it names one
+    elif family == "sdar_moe":  # Qwen3-MoE tensor for tensor, block-causal (rollout/convert_sdar_moe.py)
+        from transformers import Qwen3MoeForCausalLM
+
+        from rollout.convert_sdar_moe import sdar_moe_config
+
+        out, cls = sdar_moe_config(cfg), Qwen3MoeForCausalLM
     else:
-        raise UnsupportedCheckpoint(f"model_type {cfg.get('model_type')!r} is not a hub-layout diffusion checkpoint (sdar, Dream, llada, llada2_moe)")
+        raise UnsupportedCheckpoint(
+            f"model_type {cfg.get('model_type')!r} is not a hub-layout diffusion checkpoint (sdar, sdar_moe, Dream, llada, llada2_moe, Fast_dLLM_Qwen)"
+        )
     for key in ("mask_token_id", "block_size"):
         if cfg.get(key) is not None:
             setattr(out, key, cfg[key])
-    if family == "block" and cfg.get("block_size") is None:
+    if family in ("block", "sdar_moe") and cfg.get("block_size") is None:
         out.block_size = SDAR_BLOCK_SIZE  # the hub configs carry none; model.block_size overrides
     out.unmask_family = family
     out.unmask_hub_config = dict(cfg)  # kept through training and saving, so `export_original` can write it back
@@ -207,6 +223,10 @@ def stock_state_dict(family: str, weights: dict[str, torch.Tensor], config=None)
         from rollout.convert_llada2 import llada2_to_stock
 
         return llada2_to_stock(weights, config)
+    if family == "sdar_moe":
+        from rollout.convert_sdar_moe import sdar_moe_to_stock
+
+        return sdar_moe_to_stock(weights, config)
     if family != "llada":
         return dict(weights)
     return {rename_llada(k): v for k, v in weights.items()}
@@ -289,6 +309,10 @@ def export_original(src: str | Path, dst: str | Path, code_from: str | Path | No
         from rollout.convert_llada2 import llada2_to_hub
 
         weights = llada2_to_hub(weights, hub)
+    elif family == "sdar_moe":
+        from rollout.convert_sdar_moe import sdar_moe_to_hub
+
+        weights = sdar_moe_to_hub(weights)
     dst.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in weights.items()}, str(dst / "model.safetensors"), metadata={"format": "pt"})
     (dst / "config.json").write_text(json.dumps(hub, indent=2))

@@ -74,6 +74,22 @@ class _BlockState:
     first_step: torch.Tensor  # [n] global step at which each row entered the block
     taken: torch.Tensor  # [n] steps each row has been live in this block
     masked: torch.Tensor | None = None  # [n, b]
+    blk_start: int = 0  # canvas column of the block's first position
+
+
+@dataclass
+class _StepRecord:
+    """One denoising step of every live row, kept only with `record_steps` (device tensors, read once
+    at the end of the decode)."""
+
+    samples: list[int]  # sample decoded by each canvas row at this step
+    step: torch.Tensor  # [n] global step of each row
+    width: int  # b, the block's width
+    blk_start: int  # canvas column of the block's first position
+    tokens: torch.Tensor  # [n, b] prediction at each position masked at the step's input (committed token elsewhere)
+    prob: torch.Tensor  # [n, b] float32 probability of each prediction under the sampling distribution (0: not predicted)
+    masked: torch.Tensor  # [n, b] positions masked at the step's input
+    host: tuple | None = None  # (step, tokens, prob, masked) on the host, filled on first read
 
 
 def transfer_schedule(num_masked: int, steps: int) -> list[int]:
@@ -163,6 +179,9 @@ class _Decoder:
         self.stop = self.col_end.clone()  # end column of each sample's decoded region
         self.decoded = torch.zeros(n, dtype=torch.long, device=dev)  # generated tokens committed so far
         self.budget = (self.col_end - self.gen_col).clamp(min=1).to(dev)  # for progress (eos_guard, prophet)
+        # params.record_steps: one _StepRecord per denoising step (MDPO's intermediate answers); None
+        # when off, so decoding keeps no extra tensor and takes no extra branch beyond this test.
+        self.records: list[_StepRecord] | None = [] if params.record_steps else None
 
     def _layout(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -187,7 +206,7 @@ class _Decoder:
         blk = slice(blk_start, blk_end)
         state = _BlockState(
             x=self.x[:, blk], step_map=self.step_map[:, blk], logp=self.logp[:, blk],
-            first_step=self.steps, taken=torch.zeros(len(self.x), dtype=torch.long, device=dev),
+            first_step=self.steps, taken=torch.zeros(len(self.x), dtype=torch.long, device=dev), blk_start=blk_start,
         )
         state.masked = state.x == lm.mask_id
         quota = None
@@ -253,6 +272,10 @@ class _Decoder:
         masked = state.masked
         conf = conf.masked_fill(~masked, -1.0)
         commit = self._commit(conf, masked, quota, gap, progress) & masked
+        if self.records is not None:  # before the commit: `masked` is the step's input
+            prob = torch.where(masked, tok_lp.exp(), torch.zeros_like(tok_lp)).float()
+            rows = list(getattr(self, "sample", range(len(masked))))  # canvas row -> sample (block decoders refill rows)
+            self.records.append(_StepRecord(rows, state.first_step + state.taken, state.x.shape[1], state.blk_start, tok, prob, masked))
         state.x.copy_(torch.where(commit, tok, state.x))  # the next forward reads the canvas
         state.step_map.copy_(torch.where(commit, (state.first_step + state.taken)[:, None], state.step_map))
         state.logp.copy_(torch.where(commit, tok_lp.to(state.logp.dtype), state.logp))
@@ -323,6 +346,11 @@ class _Decoder:
             comp = x[k, a:b].tolist()
             ended = lm.eos_id in comp
             text_ids = comp[: comp.index(lm.eos_id)] if ended else comp  # the text leaves the EOS out
+            steps = {}
+            if self.records is not None:
+                sample = self.sample[i] if hasattr(self, "sample") else i
+                preds, probs = self._step_canvases(sample, a, b, x[k, a:b], step_map[k, a:b])
+                steps = {"step_predictions": preds, "step_confidences": probs}
             out.append(
                 Trajectory(
                     prompt_ids=x[k, self.off[i] : a].tolist(),
@@ -334,9 +362,47 @@ class _Decoder:
                     nfe=int(nfe[k]),
                     finish_reason="eos" if ended else "length",
                     text=lm.tokenizer.decode(text_ids, skip_special_tokens=True),
+                    **steps,
                 )
             )
         return out
+
+    def _step_canvases(self, sample: int, a: int, b: int, comp: torch.Tensor, step_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The predicted canvas [S, C] and prediction probabilities [S, C] of `sample` (completion
+        columns [a, b)) at each of its S steps, from the step records.
+
+        Step t's canvas: the tokens committed before t, the step's prediction at every position
+        masked at its input in the block being decoded, the mask id at later blocks' positions (the
+        sampler does not predict them). So a token committed at step t equals canvas t at its position,
+        and the last canvas is the completion.
+        """
+        canvases, probs = [], []
+        for rec in self.records:
+            if sample not in rec.samples:
+                continue
+            if rec.host is None:
+                rec.host = (rec.step.cpu(), rec.tokens.cpu(), rec.prob.cpu(), rec.masked.cpu())
+            step, tokens, prob, masked = rec.host
+            k = rec.samples.index(sample)
+            if not masked[k].any():
+                continue  # the row had finished this block: no step for it
+            t = int(step[k])
+            canvas = torch.where(step_map < t, comp, torch.full_like(comp, self.lm.mask_id))
+            p = torch.zeros(len(comp), dtype=torch.float32)
+            lo, hi = max(rec.blk_start, a), min(rec.blk_start + rec.width, b)  # the block's completion columns
+            if lo < hi:
+                sl = slice(lo - rec.blk_start, hi - rec.blk_start)
+                pred = torch.where(masked[k, sl], tokens[k, sl], canvas[lo - a : hi - a])
+                canvas[lo - a : hi - a] = pred
+                p[lo - a : hi - a] = prob[k, sl]
+            if t != len(canvases):
+                raise RuntimeError(f"step records of sample {sample} out of order: step {t} after {len(canvases)} steps")
+            canvases.append(canvas)
+            probs.append(p)
+        c = len(comp)
+        if not canvases:
+            return torch.zeros((0, c), dtype=torch.long), torch.zeros((0, c), dtype=torch.float32)
+        return torch.stack(canvases), torch.stack(probs)
 
 
 class _BlockDecoder(_Decoder):
@@ -362,9 +428,15 @@ class _BlockDecoder(_Decoder):
         self.noisy = torch.zeros_like(self.valid)
         cache = SlotCache(self.width) if self.params.kv_cache else None
         self.committed = 0  # columns whose keys/values are in the cache
+        # Shifted heads (Fast-dLLM v2) predict a block's first token from the column before the
+        # block: that column stays out of the cache and every step of the block re-encodes it
+        # (a clean column of an earlier block: block-causal attention gives it the same state).
+        shift = lm.traits.logit_shift
         if cache is not None and self.start > 0:
             self._encode(0, self.start, cache, None)  # prefill the prompt's full blocks
-            self.committed = self.start
+            if shift:
+                cache.crop(-shift)
+            self.committed = self.start - shift
         blk_start = self.start
         while blk_start < self.width and len(self.x) > 0:
             blk_end = blk_start + bs
@@ -379,8 +451,9 @@ class _BlockDecoder(_Decoder):
                     select = cols + (blk_start - q_start)
                 logits = lm.forward_logits(self.x[:, q_start:q_end], pos, mask, select, cache)
                 if cache is not None:
-                    cache.crop(-bs)  # keep the committed prefix, drop the current block's keys
-                    self.committed = blk_start  # a finished block joins the cache with the next block's first step
+                    keep = max(blk_start - shift, 0)  # the committed prefix, less the column a shifted head reads
+                    cache.crop(-(q_end - keep))  # drop the current block's keys
+                    self.committed = keep  # a finished block joins the cache with the next block's first step
                 return logits
 
             self._decode_block(blk_start, blk_end, forward)
@@ -450,7 +523,7 @@ class _BlockDecoder(_Decoder):
             self.sample[i] = j
             admitted.append(i)
         if cache is not None and admitted:
-            self._prefill_rows(admitted, col - bs, cache)
+            self._prefill_rows(admitted, self.committed, cache)
         return set(admitted)
 
     def _prefill_rows(self, rows: list[int], upto: int, cache) -> None:

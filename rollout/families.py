@@ -71,6 +71,12 @@ FAMILIES: dict[str, FamilyTraits] = {
     # Block diffusion on a Glm4Moe backbone with aligned logits (LLaDA2.0/2.1-mini: their own generate()
     # uses blocks of 32 from position 0; 2.1's token editing is not used, see README).
     "llada2": FamilyTraits("llada2", Attention.BLOCK_CAUSAL, shift_logits=False, block_size=32),
+    # Block diffusion on a Qwen3-MoE backbone with aligned logits (SDAR-30B-A3B-Chat/-Sci): SDAR's traits,
+    # blocks of config.block_size (the hub config has none: 4, as SDAR's decoders use).
+    "sdar_moe": FamilyTraits("sdar_moe", Attention.BLOCK_CAUSAL, shift_logits=False),
+    # Block diffusion on a Qwen2.5 backbone with shifted logits (Fast-dLLM v2: bd_size 32; a block's
+    # first token is predicted by the clean last token of the block before, as its generate() does).
+    "fast_dllm_v2": FamilyTraits("fast_dllm_v2", Attention.BLOCK_CAUSAL, shift_logits=True, block_size=32),
 }
 
 

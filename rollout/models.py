@@ -52,7 +52,8 @@ _CACHE_KWARG = "cache" if "cache" in inspect.signature(Qwen3Model.forward).param
 
 # config.model_type -> family, for checkpoints saved without `unmask_family`.
 MODEL_TYPES = {"qwen3": "block", "sdar": "block", "llama": "llada", "llada": "llada", "qwen2": "dream", "dream": "dream",
-               "llada2_moe": "llada2", "glm4_moe": "llada2"}
+               "llada2_moe": "llada2", "glm4_moe": "llada2", "fast_dllm_qwen": "fast_dllm_v2",
+               "sdar_moe": "sdar_moe", "qwen3_moe": "sdar_moe"}
 
 
 class DiffusionLM:
@@ -277,8 +278,9 @@ class DiffusionLM:
         self.tokenizer.save_pretrained(path)
 
 
-# Mask tokens as hub tokenizers spell them (SDAR/TraDo's files say <|MASK|> or <MASK>; Dream <|mask|>; LLaDA <|mdm_mask|>).
-_MASK_TOKENS = ("<|MASK|>", "<MASK>", "<|mask|>", "<|mdm_mask|>", "<mask>", "[MASK]")
+# Mask tokens as hub tokenizers spell them (SDAR/TraDo's files say <|MASK|> or <MASK>; Dream <|mask|>; LLaDA <|mdm_mask|>;
+# Fast-dLLM v2 |<MASK>|, an added token its tokenizer does not name as the mask).
+_MASK_TOKENS = ("<|MASK|>", "<MASK>", "<|mask|>", "<|mdm_mask|>", "<mask>", "[MASK]", "|<MASK>|")
 
 
 def _special_id(tokenizer, config, attr: str) -> int:
@@ -365,7 +367,8 @@ def checkpoint_family(path: str | Path) -> str | None:
     return cfg.get("unmask_family") or hub_family(cfg) or MODEL_TYPES.get(str(cfg.get("model_type", "")).lower())
 
 
-_ARCHS = {"block": (Qwen3Config, Qwen3ForCausalLM), "llada": (LlamaConfig, LlamaForCausalLM), "dream": (Qwen2Config, Qwen2ForCausalLM)}
+_ARCHS = {"block": (Qwen3Config, Qwen3ForCausalLM), "llada": (LlamaConfig, LlamaForCausalLM), "dream": (Qwen2Config, Qwen2ForCausalLM),
+          "fast_dllm_v2": (Qwen2Config, Qwen2ForCausalLM)}  # fmt: skip
 
 
 def build_tiny_lm(

@@ -78,6 +78,11 @@ class SamplingParams:
         None, gt=0.0, le=1.0, description="Full attention: damp the confidence of a position predicting EOS by eos_guard**(1-progress) "
         "(progress: the fraction of the completion decoded), so EOS is not committed early everywhere (after EOSER)."
     )
+    record_steps: bool = Field(
+        False, description="Record, at every denoising step, the predicted canvas (the token predicted at each still-masked position "
+        "of the block being decoded) and the probability of each prediction, in Trajectory.step_predictions / step_confidences "
+        "(MDPO scores these intermediate answers). Off: nothing is kept and decoding is unchanged."
+    )
     max_batch: int | None = Field(
         None, ge=1, description="Decode at most this many samples at once per worker; block models refill finished rows with waiting "
         "prompts (continuous batching, same tokens at T=0), full attention decodes in chunks. None: all at once."

@@ -55,6 +55,15 @@ class Trajectory:
     version: int = 0
     """Weights version (learner updates applied) of the policy that decoded this sample; the
     learner's version minus this is the sample's staleness."""
+    step_predictions: Any = None
+    """[S, C] long tensor, only with `SamplingParams.record_steps` (else None): row t is the canvas the
+    model predicted at denoising step t (S = the sample's steps): the tokens committed before t, the
+    step's prediction at every position masked at its input in the block being decoded, the mask id
+    at later blocks' positions. A token committed at step t equals row t at its position; the last
+    row is the completion (MDPO's intermediate answers)."""
+    step_confidences: Any = None
+    """[S, C] float32 tensor with `step_predictions`: the probability of each prediction under the
+    sampling distribution at its step (0 where the step predicted nothing)."""
 
     def __post_init__(self) -> None:
         n = len(self.completion_ids)
@@ -63,6 +72,12 @@ class Trajectory:
                 f"Trajectory: completion_ids ({n}), step_map ({len(self.step_map)}) and "
                 f"logprobs ({len(self.logprobs)}) must have the same length"
             )
+        if (self.step_predictions is None) != (self.step_confidences is None):
+            raise ValueError("Trajectory: step_predictions and step_confidences come together (record_steps)")
+        if self.step_predictions is not None:
+            shapes = {tuple(self.step_predictions.shape), tuple(self.step_confidences.shape)}
+            if len(shapes) != 1 or self.step_predictions.dim() != 2 or self.step_predictions.shape[1] != n:
+                raise ValueError(f"Trajectory: step_predictions and step_confidences must both be [steps, {n}], got {sorted(shapes)}")
         if self.finish_reason not in ("eos", "length"):
             raise ValueError(f"Trajectory: finish_reason must be 'eos' or 'length', got {self.finish_reason!r}")
 

@@ -83,7 +83,7 @@ def test_a_one_line_config_gets_cj_grpos_preset_and_a_block_causal_model_is_refu
 def test_a_learner_update_reduces_per_decoding_step_of_each_group(tmp_path):
     lm = build_tiny_lm(build_char_tokenizer(), family="llada", hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64)
     lm.save_pretrained(tmp_path / "llada")
-    cfg = _config(tmp_path, "estimator: cj_grpo, lr: 1.0e-3", model=str(tmp_path / "llada"))
+    cfg = _config(tmp_path, "estimator: cj_grpo, lr: 1.0e-3, epochs: 1", model=str(tmp_path / "llada"))
     learner = Learner(cfg)
     worker = RolloutWorker(str(tmp_path / "llada"))
     tok = worker.lm.tokenizer

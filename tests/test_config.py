@@ -20,6 +20,14 @@ def test_shipped_configs_validate():
     cfg = load_config(ROOT / "configs" / "quickstart.yaml")
     assert cfg.rollout.samples_per_prompt == 8 and cfg.algorithm.estimator == "trace"
     assert load_config(ROOT / "configs" / "sft_quickstart.yaml", schema=SFTConfig).arch.block_size == 4
+    # The ablation's full-attention base: a LLaDA-style model the full-attention-only units accept,
+    # each taking its paper preset (only lr and minibatches are set there).
+    assert load_config(ROOT / "configs" / "sft_quickstart_full.yaml", schema=SFTConfig).arch.family == "llada"
+    full = load_config(ROOT / "configs" / "quickstart_full.yaml", overrides=["algorithm.estimator=gdpo"])
+    assert (full.algorithm.epochs, full.algorithm.advantage) == (12, "mean")
+    from rollout.models import checkpoint_family
+
+    assert checkpoint_family(ROOT / full.model.path) == "llada"
 
 
 def test_unknown_key_names_file_key_and_suggestion(tmp_path):

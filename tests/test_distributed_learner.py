@@ -49,7 +49,7 @@ def cfg_for(algo: dict, learner: dict | None = None, lora: bool = False) -> RunC
     return RunConfig.model_validate(
         {
             "data": {"sources": [{"path": "arithmetic"}]}, "model": {"path": str(BASE_CKPT), "lora": {"enabled": lora, "r": 4}},
-            "algorithm": {"lr": 1e-3, "minibatches": 2, "grad_clip": 1e9, **algo},
+            "algorithm": {"lr": 1e-3, "minibatches": 2, "grad_clip": 1e9, "epochs": 1, **algo},  # one pass, whatever the preset's
             "learner": learner or {},
             "train": {"threads": 1},
             "wandb": {"mode": "disabled"},

@@ -137,7 +137,7 @@ def test_a_one_line_config_gets_espos_preset_and_a_block_causal_model_is_refused
 def test_a_learner_update_scores_old_and_reference_on_the_same_stratified_masks(tmp_path):
     lm = build_tiny_lm(build_char_tokenizer(), family="llada", hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64)
     lm.save_pretrained(tmp_path / "llada")
-    cfg = _config(tmp_path, "estimator: espo, lr: 1.0e-3, beta: 0.01, options: {num_mc: 1, strata: 2}", model=str(tmp_path / "llada"))
+    cfg = _config(tmp_path, "estimator: espo, lr: 1.0e-3, beta: 0.01, epochs: 1, options: {num_mc: 1, strata: 2}", model=str(tmp_path / "llada"))
     learner = Learner(cfg)
     worker = RolloutWorker(str(tmp_path / "llada"))
     tok = worker.lm.tokenizer

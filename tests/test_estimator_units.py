@@ -1,6 +1,8 @@
 """Estimators as units: a new one is one module, named in a config, asked (never name-compared)
 by the config and the learner."""
 
+import ast
+import re
 import textwrap
 
 import pytest
@@ -107,8 +109,13 @@ def test_an_option_the_estimator_does_not_take_is_an_error_naming_it(toy, tmp_pa
 
 
 def test_unknown_estimators_are_refused_with_the_known_names(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown estimator 'tracer'; known: \['block_random', 'cj_grpo', 'coupled', 'espo', 'mc_elbo', 'one_step', 'spg', 'trace', 'wd1'"):
+    # Every paper's unit is registered on import of `algorithms` (a new unit joins this set).
+    shipped = {"block_random", "cj_grpo", "coupled", "espo", "gdpo", "just_grpo", "mc_elbo", "mdpo", "one_step", "spg", "trace", "vrpo", "wd1"}
+    with pytest.raises(ConfigError, match=r"unknown estimator 'tracer'; known: \[") as e:
         _cfg(tmp_path, "estimator: tracer")
+    listed = re.search(r"known: (\[[^\]]*\])", str(e.value)).group(1)
+    names = ast.literal_eval(listed)
+    assert names == sorted(names) and shipped <= set(names), names
     with pytest.raises(ConfigError, match="cannot import 'no_such_pkg.mod': No module named 'no_such_pkg'"):
         _cfg(tmp_path, "estimator: 'no_such_pkg.mod:UNIT'")
 

@@ -24,12 +24,12 @@ SOURCES = {
         "accelerate_configs/4_node_8_gpus_deepspeed_zero3.yaml", "configs/trado_eval.yaml")),
     "trado_4b_tracerl_value": ("Gen-Verse/dLLM-RL", "10b4fd1", (
         "configs/multinode_rl_sdar_with_value.yaml", "configs/rl_trado_with_value.yaml", "data/download_data.py", "train/rl_sdar.py",
-        "assets/maintable.png")),
+        "assets/maintable.png", "configs/trado_eval.yaml", "configs/multinode_rl_trado.yaml")),
     "d1_diffu_grpo_gsm8k": ("dllm-reasoning/d1", "837888f", (
         "diffu-grpo/slurm_scripts/train.yaml", "diffu-grpo/slurm_scripts/gsm_sft.sbatch", "diffu-grpo/data_utils.py",
         "diffu-grpo/slurm_scripts/accelerate_a100.yaml", "diffu-grpo/diffu_grpo_train.py", "diffu-grpo/diffu_grpo_config.py",
         "diffu-grpo/diffu_grpo_trainer.py", "diffu-grpo/reward_func.py", "SFT/sft_train.py", "README.md", "media/sota.png",
-        "eval/eval.py", "eval/run_eval.sh")),
+        "eval/eval.py", "eval/run_eval.sh", "eval/gsm8k.py", "eval/math500.py")),
     "diffucoder_coupled_grpo": ("apple/ml-diffucoder", "f735e01", (
         "recipes/config_coupled_code.yaml", "run.sh", "src/open_r1/coupled_grpo.py", "recipes/process_data.py", "README.md",
         "src/open_r1/rewards.py", "figs/teaser.png")),
@@ -172,3 +172,85 @@ def test_every_recipe_smoke_runs_two_steps_and_checkpoints(tmp_path):
         assert [r["step"] for r in records if "frac_reward_zero_std" in r] == [1, 2], f"{name}: two RL steps"
         if not cfg.algorithm.drop_zero_std:  # DiRL drops zero-variance groups: a random model's all-zero rewards leave no update
             assert [r["step"] for r in records if "loss/policy" in r] == [1, 2], f"{name}: two updates"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_recipe_has_a_paper_table_that_validates(name):
+    # `unmask eval --config RECIPE` runs eval.table: benchmarks in the -b syntax, strategies that parse against its decoding.
+    from rl.data import parse_benchmark
+    from rollout.sampling import parse_strategy
+
+    table = load_config(RECIPES / f"{name}.yaml").eval.table
+    assert table is not None and table.benchmarks and table.strategies, f"{name}: no eval.table"
+    base = table.sampling.params(8)
+    for spec in table.strategies:
+        parse_strategy(spec, base)
+    assert all(parse_benchmark(b).name in ("math", "gsm8k", "humaneval", "mbpp") for b in table.benchmarks)
+    assert table.sampling.max_new_tokens and (table.samples == 1 or table.sampling.temperature > 0)
+
+
+# Hand-checked against the authors' evaluation files named in each recipe's eval.table comments.
+TABLES = {
+    "trado_8b_tracerl": (3, ["threshold:0.9", "static:4"], 1.0, 2000),       # configs/trado_eval.yaml:24-32
+    "trado_4b_tracerl_value": (3, ["threshold:0.9", "static:4"], 1.0, 2000),
+    "d1_diffu_grpo_gsm8k": (1, ["static:16"], 0.0, 256),                     # eval/eval.py:55,187,195
+    "diffucoder_coupled_grpo": (1, ["static:256"], 0.4, 256),                # README.md:222-228
+    "dirl_8b": (16, ["threshold:0.9", "static:4"], 1.0, 8192),               # scripts/eval.sh:1-14
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_paper_table_values(name):
+    t = load_config(RECIPES / f"{name}.yaml").eval.table
+    assert (t.samples, t.strategies, t.sampling.temperature, t.sampling.max_new_tokens) == TABLES[name]
+
+
+def test_eval_table_refuses_what_cannot_run(tmp_path):
+    import yaml
+
+    from rl.config import ConfigError
+
+    base = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    for table, msg in [({"strategies": ["fastest"]}, "unknown strategy 'fastest'"), ({"samples": 4}, "samples 4 with temperature 0"),
+                       ({"benchmarks": ["nosuch:file.jsonl"]}, "unknown name 'nosuch'")]:  # fmt: skip
+        cfg = {**base, "eval": {**base["eval"], "table": table}}
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+        with pytest.raises(ConfigError, match=msg):
+            load_config(tmp_path / "c.yaml")
+
+
+def test_unmask_eval_config_hands_the_files_settings_to_the_evaluator_and_flags_win(tmp_path, monkeypatch):
+    import yaml
+    from typer.testing import CliRunner
+
+    import rl.evaluate as ev
+    from rl.cli import app
+
+    seen = []
+    monkeypatch.setattr(ev, "run_eval", lambda checkpoints, benches, opts, *a, **k: seen.append((benches, opts)) or {})
+    cfg = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    cfg["eval"]["table"] = {"benchmarks": ["arithmetic,digits=2,limit=5,label=add2"], "strategies": ["threshold:0.8", "static:2"], "samples": 3,
+                            "sampling": {"temperature": 0.7, "top_k": 5, "block_length": 8, "max_new_tokens": 12}}  # fmt: skip
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = CliRunner().invoke
+    res = run(app, ["eval", "ckpt", "--config", str(path)])
+    assert res.exit_code == 0, res.output
+    benches, opts = seen[-1]
+    assert [b.label for b in benches] == ["add2"] and benches[0].max_new_tokens == 12 and len(benches[0].problems) == 5
+    assert opts.strategies == ["threshold:0.8", "static:2"] and opts.samples == 3
+    assert (opts.base.temperature, opts.base.top_k, opts.base.block_length) == (0.7, 5, 8)
+    # Flags on the command line win, the rest still comes from the file.
+    res = run(app, ["eval", "ckpt", "--config", str(path), "--strategy", "static", "--temperature", "0.5", "-k", "2", "--max-new-tokens", "9",
+                    "-b", "arithmetic,digits=3,limit=4,label=add3"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    benches, opts = seen[-1]
+    assert [b.label for b in benches] == ["add3"] and benches[0].max_new_tokens == 9
+    assert opts.strategies == ["static"] and opts.samples == 2 and opts.base.temperature == 0.5 and opts.base.top_k == 5
+    # Without a table, the in-training benchmarks and decoding are the table.
+    del cfg["eval"]["table"]
+    cfg["eval"]["benchmarks"] = ["arithmetic,digits=2,limit=3,label=plain"]
+    path.write_text(yaml.safe_dump(cfg))
+    assert run(app, ["eval", "ckpt", "--config", str(path)]).exit_code == 0
+    benches, opts = seen[-1]
+    assert [b.label for b in benches] == ["plain"] and opts.strategies == ["static"] and opts.samples == 1 and opts.base.temperature == 0.0

@@ -109,7 +109,7 @@ def test_a_one_line_config_gets_spgs_preset_and_a_block_causal_model_is_refused(
 def test_a_learner_update_on_a_full_attention_model(tmp_path):
     lm = build_tiny_lm(build_char_tokenizer(), family="llada", hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64)
     lm.save_pretrained(tmp_path / "llada")
-    cfg = _config(tmp_path, "estimator: spg, lr: 1.0e-3, options: {block_length: 2}", model=str(tmp_path / "llada"))
+    cfg = _config(tmp_path, "estimator: spg, lr: 1.0e-3, epochs: 1, options: {block_length: 2}", model=str(tmp_path / "llada"))
     learner = Learner(cfg)
     worker = RolloutWorker(str(tmp_path / "llada"))
     tok = worker.lm.tokenizer

@@ -15,6 +15,7 @@ and `unmask eval -b gsm8k:FILE`.
 | humaneval | HumanEval rows (task_id, prompt, test, entry_point) | prompt, tests, entry_point, prefix | code | canonical_solution, fenced |
 | gym | generated: ``gym:DATASET`` (reasoning-gym) | question, entry | gym (its own scorer) | the entry's answer in <answer></answer> |
 | arithmetic | generated: the built-in zero-padded addition task | prompt, answer | arithmetic | answer |
+| preference | prompt (text or chat turns; else the turns before the answer in chosen), chosen, rejected (text, or chat turns ending in the assistant's answer: UltraFeedback, TRL) | prompt, chosen, rejected | none (offline: `algorithm.estimator: vrpo`) | none |
 | none | anything: name the prompt column, reward columns and rewards yourself | the row as is | (set rewards) | the ``response`` column |
 """
 
@@ -84,6 +85,8 @@ class Preset:
     reward_kwargs: dict[str, Any] = field(default_factory=dict)
     options: tuple[str, ...] = ()
     """Options (``SourceConfig.options``) the normaliser or generator takes; None of them: any."""
+    pairs: bool = False
+    """Rows are preference pairs: canonical fields ``chosen`` and ``rejected`` (text or chat turns ending in the answer)."""
 
 
 PRESETS: dict[str, Preset] = {}
@@ -359,6 +362,25 @@ def generate_arithmetic(name: str, limit: int | None = None, digits: int | str =
     return [{"id": r["prompt"], **r} for r in task.heldout_rows(limit or 500, seed=_int(seed, "seed"))]
 
 
+# --- preference pairs -----------------------------------------------------------------------------
+
+
+def normalize_preference(rec: dict, loc: str, i: int, root: Path | None = None) -> dict[str, Any]:
+    """A preference row -> {id, prompt, chosen, rejected} (other fields kept). The prompt is the row's
+    ``prompt`` (text or chat turns), else the turns before the answer in a conversational ``chosen``
+    (UltraFeedback's binarized rows carry both; TRL's conversational rows have prompt turns)."""
+    from rl.data.prompts import is_messages
+
+    hint = "a preference row has prompt, chosen and rejected"
+    chosen, rejected = pick(rec, loc, "chosen", hint=hint), pick(rec, loc, "rejected", hint=hint)
+    prompt = rec.get("prompt")
+    if not present(prompt) or (isinstance(prompt, list) and not prompt):
+        if not (is_messages(chosen) and len(chosen) > 1):
+            pick(rec, loc, "prompt", hint=hint + " (or chosen is a conversation whose turns before the answer are the prompt)")
+        prompt = [{"role": str(m["role"]), "content": str(m["content"])} for m in chosen[:-1]]
+    return {**rec, "id": row_id(rec, i), "prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
 # --- the registry ---------------------------------------------------------------------------------
 
 _SHORT_MATH = Template("{question}\nPut the final answer in \\boxed{{}}.")
@@ -407,4 +429,5 @@ register_preset(Preset(
     lambda digits=3, **_: arithmetic_task(digits).max_new_tokens, response=lambda row: row["answer"],
     generate=generate_arithmetic, infinite=True, chat=False, options=("digits", "seed"),
 ))  # fmt: skip
+register_preset(Preset("preference", normalize_preference, None, (), {"default": Template("{prompt}")}, 512, response=None, pairs=True))
 register_preset(Preset("none", None, None, (), {}, 256))

@@ -41,6 +41,10 @@ class Example:
     """Token ids of the prompt once encoded for a tokenizer (data/stream.py)."""
     response_ids: list[int] | None = None
     """Token ids of the response once encoded (SFT), EOS not included."""
+    chosen: str | None = None
+    """Preference pairs (VRPO): the preferred response, when the source has pairs."""
+    rejected: str | None = None
+    """Preference pairs: the dispreferred response."""
 
 
 @dataclass
@@ -91,13 +95,14 @@ class Source:
     def _example(self, row: dict[str, Any], loc: str) -> Example:
         cfg = self.cfg
         messages = None
-        if cfg.prompt is not None and is_messages(row.get(cfg.prompt)):
-            turns = [{"role": str(m["role"]), "content": str(m["content"])} for m in row[cfg.prompt]]
+        prompt_col = cfg.prompt if cfg.prompt is not None else ("prompt" if self.preset.pairs else None)  # a pair's prompt may be chat turns
+        if prompt_col is not None and is_messages(row.get(prompt_col)):
+            turns = [{"role": str(m["role"]), "content": str(m["content"])} for m in row[prompt_col]]
             response = None
             if turns[-1]["role"] == "assistant":
                 response = turns.pop()["content"]
             if not turns:
-                raise DataError(f"{loc}: column {cfg.prompt!r} holds only an assistant message; there is no prompt")
+                raise DataError(f"{loc}: column {prompt_col!r} holds only an assistant message; there is no prompt")
             if cfg.system_prompt and turns[0]["role"] != "system":
                 turns.insert(0, {"role": "system", "content": cfg.system_prompt})
             users = [m["content"] for m in turns if m["role"] == "user"]
@@ -118,7 +123,36 @@ class Source:
             if col not in row:
                 raise DataError(f"{loc}: missing column {col!r} for the rewards (columns: {', '.join(sorted(row))})")
             columns[kwarg] = row[col]
-        return Example(id=str(row["id"]), source=self.name, prompt=prompt, messages=messages, columns=columns, response=response, loc=loc)
+        chosen, rejected = self._pair(row, loc)
+        return Example(id=str(row["id"]), source=self.name, prompt=prompt, messages=messages, columns=columns, response=response, loc=loc,
+                       chosen=chosen, rejected=rejected)  # fmt: skip
+
+    def _pair(self, row: dict[str, Any], loc: str) -> tuple[str | None, str | None]:
+        """(chosen, rejected) response texts of a preference row; (None, None) for a source without pairs.
+        A column may hold text or chat turns ending in the assistant's answer (its text is the response)."""
+        cfg = self.cfg
+        if (cfg.chosen is None) != (cfg.rejected is None):
+            raise DataError(f"source {self.name!r}: preference pairs need both chosen: and rejected: columns (only {'chosen' if cfg.chosen else 'rejected'} is set)")
+        if cfg.chosen is None and not self.preset.pairs:
+            return None, None
+        out = []
+        for role, col in (("chosen", cfg.chosen or "chosen"), ("rejected", cfg.rejected or "rejected")):
+            if col not in row:
+                raise DataError(f"{loc}: missing {role} response column {col!r} (columns: {', '.join(sorted(k for k in row if k != '_loc'))})")
+            value = row[col]
+            if is_messages(value):
+                if str(value[-1]["role"]) != "assistant":
+                    raise DataError(f"{loc}: column {col!r} is a conversation whose last turn is {value[-1]['role']!r}, not the assistant's answer")
+                value = value[-1]["content"]
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = str(value)  # a typed reader (parquet, datasets' inference) may hand over "42" as a number
+            if not isinstance(value, str) or not value.strip():
+                raise DataError(f"{loc}: {role} response column {col!r} is {'empty' if isinstance(value, str) or value is None else type(value).__name__}; "
+                                "it must hold the response text or chat turns ending in the assistant's answer")  # fmt: skip
+            out.append(value)
+        if out[0] == out[1]:
+            raise DataError(f"{loc}: the chosen and rejected responses are identical; a pair must prefer one response to another")
+        return out[0], out[1]
 
 
 def _column_map(preset: Preset, cfg: Any) -> dict[str, str]:
