@@ -46,7 +46,7 @@ def test_predicted_activations_match_a_real_update(estimator, gen):
     # The learner's real update on the quickstart model, bytes saved for backward counted by autograd's
     # hooks (parameters excluded): the plan's meta-device count of the same shape is within 15%.
     cfg = load_config(ROOT / "configs" / "quickstart.yaml",
-                      ["wandb.mode=disabled", "algorithm.beta=0", "algorithm.minibatches=1", f"algorithm.estimator={estimator}"])  # fmt: skip
+                      ["wandb.mode=disabled", "algorithm.beta=0", "algorithm.minibatches=1", "algorithm.epochs=1", f"algorithm.estimator={estimator}"])  # fmt: skip
     learner = Learner(cfg)
     prompt, rows = 12, 4  # one_step's long rows: attention's L x L terms would show
     trajs = _trajs(prompt, gen, rows, learner.lm.num_tokens, learner.lm.block_size)

@@ -15,8 +15,9 @@ from .conftest import BASE_CKPT
 
 
 def run_cfg(**algo):
+    # one pass per batch unless a test asks for more (the presets' passes, d1's 12, are tested in test_presets.py)
     return RunConfig.model_validate(
-        {"data": {"sources": [{"path": "arithmetic"}]}, "model": {"path": str(BASE_CKPT)}, "algorithm": {"lr": 1e-3, "minibatches": 2, **algo}, "wandb": {"mode": "disabled"}}
+        {"data": {"sources": [{"path": "arithmetic"}]}, "model": {"path": str(BASE_CKPT)}, "algorithm": {"lr": 1e-3, "minibatches": 2, "epochs": 1, **algo}, "wandb": {"mode": "disabled"}}
     )
 
 
