@@ -221,8 +221,30 @@ def espo_loss(
     Returns:
         (loss, metrics): loss/policy, kl (the k2 term), clipfrac and ratio/mean per sequence, logp/sequence.
     """
+    def k2(seq: torch.Tensor, ref_seq: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        return (seq - ref_seq) ** 2 / 2 / length.clamp(min=1)
+
+    return sequence_ratio_objective("espo", k2, logp, old_logp, advantages, mask, eps_low, eps_high, ref_logp, beta, totals)
+
+
+def sequence_ratio_objective(
+    name: str,
+    kl_of,
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    eps_low: float,
+    eps_high: float,
+    ref_logp: torch.Tensor | None,
+    beta: float,
+    totals: LossTotals | None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The sequence-level clipped ELBO-ratio objective ESPO and GDPO share: r_i = exp((ELBO_i -
+    ELBO_i^old) / L_i), -min(r A, clip(r) A) and beta * KL averaged over samples; `kl_of(seq, ref_seq,
+    length) -> [B]` is the paper's KL on the ELBOs (ESPO's k2 per length, GDPO's k3)."""
     if advantages.dim() != 1:
-        raise ValueError(f"espo's ratio is per sequence: advantages must be [B], got {tuple(advantages.shape)}")
+        raise ValueError(f"{name}'s ratio is per sequence: advantages must be [B], got {tuple(advantages.shape)}")
     if beta > 0 and ref_logp is None:
         raise ValueError("beta > 0 needs ref_logp")
     totals = totals or LossTotals.of(mask)
@@ -236,7 +258,7 @@ def espo_loss(
     pg1, pg2 = ratio * adv, torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
     pg = -torch.minimum(pg1, pg2)  # [B]
     nseq = max(totals.sequences, 1.0)
-    kl = ((seq - (ref_logp * m).sum(1)) ** 2 / 2 / length.clamp(min=1)) if ref_logp is not None else torch.zeros_like(seq)
+    kl = kl_of(seq, (ref_logp * m).sum(1), length) if ref_logp is not None else torch.zeros_like(seq)
     loss = (pg * has).sum() / nseq
     if beta > 0:
         loss = loss + beta * (kl * has).sum() / nseq

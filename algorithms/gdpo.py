@@ -72,7 +72,8 @@ from algorithms.estimators import (
     register_estimator,
     sample_generators,
 )
-from algorithms.losses import LOG_RATIO_CLAMP, LossTotals
+from algorithms.espo import sequence_ratio_objective
+from algorithms.losses import LossTotals
 from rollout.models import DiffusionLM
 from rollout.trajectory import Trajectory
 
@@ -191,38 +192,11 @@ def gdpo_loss(
     Returns:
         (loss, metrics): loss/policy, kl (the k3 term), clipfrac and ratio/mean per sequence, logp/sequence.
     """
-    if advantages.dim() != 1:
-        raise ValueError(f"gdpo's ratio is per sequence: advantages must be [B], got {tuple(advantages.shape)}")
-    if beta > 0 and ref_logp is None:
-        raise ValueError("beta > 0 needs ref_logp")
-    totals = totals or LossTotals.of(mask)
-    m = mask.to(logp.dtype)
-    length = m.sum(1)  # [B] L_i
-    has = (length > 0).to(logp.dtype)
-    seq = (logp * m).sum(1)  # [B] ELBO_i
-    log_ratio = ((seq - (old_logp * m).sum(1)) / length.clamp(min=1)).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    ratio = torch.exp(log_ratio)  # [B] r_i
-    adv = advantages.to(logp.dtype)
-    pg1, pg2 = ratio * adv, torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
-    pg = -torch.minimum(pg1, pg2)  # [B]
-    nseq = max(totals.sequences, 1.0)
-    if ref_logp is not None:
-        delta = (ref_logp * m).sum(1) - seq  # [B] ELBO^ref - ELBO
-        kl = torch.exp(delta) - delta - 1.0
-    else:
-        kl = torch.zeros_like(seq)
-    loss = (pg * has).sum() / nseq
-    if beta > 0:
-        loss = loss + beta * (kl * has).sum() / nseq
-    with torch.no_grad():
-        metrics = {
-            "loss/policy": float((pg * has).sum() / nseq),
-            "kl": float((kl * has).sum() / nseq),
-            "clipfrac": float(((pg2 < pg1).to(logp.dtype) * has).sum() / nseq),
-            "ratio/mean": float((ratio * has).sum() / nseq),
-            "logp/sequence": float((seq * has).sum() / nseq),
-        }
-    return loss, metrics
+    def k3(seq: torch.Tensor, ref_seq: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        delta = ref_seq - seq  # [B] ELBO^ref - ELBO
+        return torch.exp(delta) - delta - 1.0
+
+    return sequence_ratio_objective("gdpo", k3, logp, old_logp, advantages, mask, eps_low, eps_high, ref_logp, beta, totals)
 
 
 def _passes(trajs: Sequence[Trajectory], o: GdpoOptions) -> int:

@@ -1068,8 +1068,8 @@ MUTANTS: list[Mutant] = [
     M(
         "espo_kl_not_per_length",
         "algorithms/espo.py",
-        "    kl = ((seq - (ref_logp * m).sum(1)) ** 2 / 2 / length.clamp(min=1))",
-        "    kl = ((seq - (ref_logp * m).sum(1)) ** 2 / 2)",
+        "        return (seq - ref_seq) ** 2 / 2 / length.clamp(min=1)",
+        "        return (seq - ref_seq) ** 2 / 2",
         ["tests/test_espo.py::test_loss_by_hand_sequence_ratio_per_canvas_length_and_k2_kl"],
         "the k2 KL not divided by the canvas length (espo_trainer.py:200 divides by batch x L)",
     ),
@@ -1124,8 +1124,8 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "gdpo_ratio_not_per_length",
-        "algorithms/gdpo.py",
-        "    log_ratio = ((seq - (old_logp * m).sum(1)) / length.clamp(min=1)).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)",
+        "algorithms/espo.py",
+        "    log_ratio = (((seq - (old_logp * m).sum(1)) / length.clamp(min=1))).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)",
         "    log_ratio = ((seq - (old_logp * m).sum(1)) / 1.0).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)",
         ["tests/test_gdpo.py::test_loss_by_hand_sequence_ratio_per_canvas_length_and_k3_kl"],
         "the sequence ratio not divided by the canvas length (gdpo_trainer.py:120)",
@@ -1133,8 +1133,8 @@ MUTANTS: list[Mutant] = [
     M(
         "gdpo_kl_k2",
         "algorithms/gdpo.py",
-        "        kl = torch.exp(delta) - delta - 1.0",
-        "        kl = delta**2 / 2",
+        "        return torch.exp(delta) - delta - 1.0",
+        "        return delta**2 / 2",
         ["tests/test_gdpo.py::test_loss_by_hand_sequence_ratio_per_canvas_length_and_k3_kl"],
         "GDPO's k3 on the ELBOs replaced by ESPO's k2",
     ),
