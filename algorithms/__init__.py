@@ -2,6 +2,7 @@
 
 from algorithms.advantages import filter_groups, group_advantages, truncated_rewards
 from algorithms.cj_grpo import cj_grpo_loss, cj_step_weights  # registers the cj_grpo estimator unit
+from algorithms.d_tree_rpo import d_tree_rpo_loss, tree_advantages  # registers the d_tree_rpo estimator unit (tree rollouts)
 from algorithms.espo import espo_estimate, espo_loss  # registers the espo estimator unit
 from algorithms.estimators import ESTIMATORS, count_forward_passes, get_estimator, loss_mask
 from algorithms.gdpo import gdpo_estimate, gdpo_loss  # registers the gdpo estimator unit
@@ -24,6 +25,7 @@ __all__ = [
     "LOSSES",
     "ValueModel",
     "count_forward_passes",
+    "d_tree_rpo_loss",
     "espo_estimate",
     "espo_loss",
     "filter_groups",
@@ -50,6 +52,7 @@ __all__ = [
     "trace_pass_index",
     "trace_step_index",
     "tracerl_gae",
+    "tree_advantages",
     "truncated_rewards",
     "value_loss",
     "vrpo_estimate",

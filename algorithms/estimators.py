@@ -526,6 +526,9 @@ class EstimatorUnit:
         step_batch: `step_batch(trajs, step_rewards [B, T], scored, options) -> (rows, advantages [n],
             owner)`: the learner rows the samples and their step rewards become (`owner[r]`: the sample
             of row r), with one advantage per row, in place of the group advantages (MDPO's step rows).
+        tree_batch: `tree_batch(leaves, rewards [B], tree, options) -> (rows, advantages [n], owner)`: the learner
+            rows a tree rollout (`rollout.sampling.tree`, which the unit's rollout_sampling sets) becomes, one per
+            tree edge, with one advantage per row, in place of the group advantages (d-TreeRPO).
         rollout_sampling: `rollout.sampling` settings the unit's paper decodes with, filled in where a
             run config leaves them unset (`rl.config.RunConfig`): JustGRPO's left-to-right block_length 1.
     """
@@ -553,6 +556,7 @@ class EstimatorUnit:
     scored_steps: Callable[[int, Any], list[int]] | None = None
     step_batch: Callable[..., tuple[list[Trajectory], torch.Tensor, list[int]]] | None = None
     offline_pairs: bool = False
+    tree_batch: Callable[..., tuple[list[Trajectory], torch.Tensor, list[int]]] | None = None
     rollout_sampling: Mapping[str, Any] = field(default_factory=dict)
 
     def check_options(self, options: Mapping[str, Any]) -> Any:

@@ -1,8 +1,8 @@
 """logp_mismatch per model family: rollout log-probs vs the learner's TraceRL replay of the same tokens.
 
-For each family (block = SDAR/TraDo, llada, dream, llada2 = LLaDA2.0/2.1 on Glm4Moe, fast_dllm_v2 =
-Fast-dLLM v2: block-causal with shifted logits, run here on blocks of 4 so that most tokens sit next
-to a block boundary) a tiny model of its architecture decodes the
+For each family (block = SDAR/TraDo, llada, dream, llada2 = LLaDA2.0/2.1 on Glm4Moe, sdar_moe =
+SDAR-30B-A3B on Qwen3-MoE, fast_dllm_v2 = Fast-dLLM v2: block-causal with shifted logits, run here on
+blocks of 4 so that most tokens sit next to a block boundary) a tiny model of its architecture decodes the
 same prompts with each cache setting; the learner's `trace_logprobs` then scores the sampled
 tokens on the decoded trajectory. The mean and max |rollout - learner| per token is what the
 metric `logp_mismatch` reports during training: ~1e-7 means the rollout's log-probs are the
@@ -13,7 +13,7 @@ The models are the SFT-trained quickstart base (block) and tiny random models fo
 families, so the numbers show the size of the cache approximation, not a real model's.
 
     python benchmarks/families.py --json out.json
-    python benchmarks/families.py --families llada2,fast_dllm_v2
+    python benchmarks/families.py --families llada2,sdar_moe,fast_dllm_v2
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ BASE = Path(__file__).resolve().parents[1] / "examples" / "checkpoints" / "arith
 SETTINGS = {"block": [("kv_cache", {"kv_cache": True}), ("recompute", {"kv_cache": False})],
             "llada": [("prefix cache", {"kv_cache": True}), ("dual cache", {"kv_cache": True, "dual_cache": True}), ("recompute", {"kv_cache": False})]}  # fmt: skip
 SETTINGS["dream"] = SETTINGS["llada"]
-SETTINGS["llada2"] = SETTINGS["fast_dllm_v2"] = SETTINGS["block"]
+SETTINGS["llada2"] = SETTINGS["sdar_moe"] = SETTINGS["fast_dllm_v2"] = SETTINGS["block"]
 
 
 def tiny_family_lm(family: str, tok, seed: int):
@@ -57,6 +57,18 @@ def tiny_family_lm(family: str, tok, seed: int):
                                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)  # fmt: skip
         config.mask_token_id = tok.mask_token_id
         return DiffusionLM(Glm4MoeForCausalLM(config).eval(), tok, family="llada2", block_size=32)
+    if family == "sdar_moe":  # Qwen3-MoE, as rollout/convert_sdar_moe.py maps SDAR-30B-A3B: every layer routed, top-k renormalised
+        from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+        from rollout.models import DiffusionLM
+
+        torch.manual_seed(seed)
+        config = Qwen3MoeConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                num_key_value_heads=2, head_dim=16, moe_intermediate_size=32, num_experts=8, num_experts_per_tok=2,
+                                norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[], output_router_logits=False,
+                                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)  # fmt: skip
+        config.mask_token_id = tok.mask_token_id
+        return DiffusionLM(Qwen3MoeForCausalLM(config).eval(), tok, family="sdar_moe", block_size=4)  # SDAR-30B-A3B's blocks of 4
     return build_tiny_lm(tok, family=family, seed=seed)
 
 

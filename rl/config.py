@@ -537,6 +537,21 @@ class RunConfig(_Section):
         for name, value in self.algorithm.estimator_unit().rollout_sampling.items():
             if name not in self.rollout.sampling.model_fields_set:
                 self.rollout.sampling.__dict__[name] = value
+        if self.eval.sampling.tree is not None:
+            raise ValueError("eval.sampling.tree: evaluation decodes one sample per problem; a tree is a training rollout (rollout.sampling.tree)")
+        if self.rollout.sampling.tree is not None:  # a tree rollout: each prompt's samples are its leaves
+            n, bf, s = self.rollout.sampling.tree
+            leaves = n * bf ** (s - 1)  # rollout.tree.tree_leaves (this module imports no torch)
+            if "samples_per_prompt" not in self.rollout.model_fields_set:
+                self.rollout.__dict__["samples_per_prompt"] = leaves
+            elif self.rollout.samples_per_prompt != leaves:
+                raise ValueError(f"rollout.samples_per_prompt is {self.rollout.samples_per_prompt}, but rollout.sampling.tree "
+                                 f"{tuple(self.rollout.sampling.tree)} has {leaves} leaves per prompt; set it to {leaves} or leave it unset")
+            if self.rollout.prompts_per_step % self.rollout.num_workers:
+                raise ValueError(f"a tree rollout decodes each prompt's tree on one worker: rollout.prompts_per_step "
+                                 f"({self.rollout.prompts_per_step}) must be a multiple of rollout.num_workers ({self.rollout.num_workers})")
+            if self.rollout.overlap:
+                raise ValueError("rollout.sampling.tree does not run with rollout.overlap")
         return self
 
 

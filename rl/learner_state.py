@@ -41,7 +41,14 @@ from rollout.weights import WeightsSnapshot, snapshot
 
 def _fully_shard(root: nn.Module, hf_model: nn.Module, mesh) -> None:
     """FSDP2: one unit per decoder layer (the classes transformers lists as `_no_split_modules`),
-    then the root, which holds the rest (embeddings, final norm, head) and runs the estimate."""
+    then the root, which holds the rest (embeddings, final norm, head) and runs the estimate.
+
+    Mixtures of experts (llada2 on Glm4Moe, sdar_moe on Qwen3-MoE) shard the same way: a layer's
+    router and stacked experts (`experts.gate_up_proj` [E, 2I, H], `experts.down_proj` [E, H, I])
+    live in its unit, split on dim 0, so each rank stores whole experts. Which experts a token picks
+    differs between ranks, but every rank runs every layer and every stacked tensor gets a gradient
+    (zero rows for experts nothing picked), so all ranks issue the same all-gathers and
+    reduce-scatters; the gradients equal one rank's (tests/test_distributed_learner.py)."""
     from torch.distributed.fsdp import fully_shard
 
     layer_classes = set(getattr(hf_model, "_no_split_modules", None) or [])

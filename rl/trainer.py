@@ -358,6 +358,13 @@ class Trainer:
             kept = dataclasses.replace(kept, trajs=rows, rewards=kept.rewards[own], advantages=row_adv, loss_mask=kept.loss_mask[own],
                                        value_rewards=None, token_rewards=None, step_rewards=None, scored_steps=None)  # fmt: skip
             metrics["step_rows"] = float(len(rows))
+        if self.unit.tree_batch is not None and len(kept):
+            # A tree rollout's leaves become one row per tree edge, with its node advantage (d-TreeRPO).
+            rows, row_adv, owner = self.unit.tree_batch(kept.trajs, kept.rewards, self.train_params.tree, self.unit_options)
+            own = torch.tensor(owner, dtype=torch.long)
+            kept = dataclasses.replace(kept, trajs=rows, rewards=kept.rewards[own], advantages=row_adv, loss_mask=kept.loss_mask[own],
+                                       value_rewards=None, token_rewards=None, step_rewards=None, scored_steps=None)  # fmt: skip
+            metrics["tree_edges"] = float(len(rows))
         return kept, metrics
 
     def update(self, batch: StepBatch) -> dict[str, float]:

@@ -55,7 +55,9 @@ def llada2_config(cfg: dict[str, Any]):
     missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                            "num_experts", "moe_intermediate_size", "num_experts_per_tok") if cfg.get(k) is None]  # fmt: skip
     if missing:
-        raise UnsupportedCheckpoint(f"llada2 config lacks {missing}: not a LLaDA2 MoE config.json")
+        raise UnsupportedCheckpoint(
+            f"llada2 config lacks {missing}: not a LLaDA2 MoE config.json (the hub's sets them all); use the checkpoint's own config.json"
+        )
     n_group = cfg.get("n_group") or 1
     _require(cfg, "n_group", lambda v: cfg["num_experts"] % (v or 1) == 0, f"{cfg['num_experts']} experts do not split into equal groups", f)
     shared = cfg["moe_intermediate_size"] * cfg["num_shared_experts"]
@@ -114,13 +116,22 @@ def llada2_to_stock(weights: dict[str, torch.Tensor], config) -> dict[str, torch
         elif e := _EXPERT.match(rest):
             experts.setdefault((int(m.group(1)), e.group(2)), {})[int(e.group(1))] = t
         else:
-            raise UnsupportedCheckpoint(f"llada2 tensor {name!r} has no Glm4Moe counterpart (a bias or a layer the conversion does not know)")
+            raise UnsupportedCheckpoint(
+                f"llada2 tensor {name!r} has no Glm4Moe counterpart (a bias or a layer the conversion does not know): this is a "
+                "LLaDA2 variant unmask does not convert (it refuses rather than drop a tensor); use LLaDA2.0/2.1-mini's layout"
+            )
     for layer in sorted({i for i, _ in experts}):
         stacked = {}
         for proj in ("gate", "up", "down"):
             got = experts.get((layer, proj), {})
             if sorted(got) != list(range(config.n_routed_experts)):
-                raise UnsupportedCheckpoint(f"llada2 layer {layer}: {proj}_proj of experts {sorted(got)[:4]}..., not all {config.n_routed_experts}")
+                n = config.n_routed_experts
+                missing, extra = sorted(set(range(n)) - set(got)), sorted(set(got) - set(range(n)))
+                raise UnsupportedCheckpoint(
+                    f"llada2 layer {layer}: {proj}_proj of {len(got)} experts, config.json num_experts={n} (missing {missing[:8]}, "
+                    f"beyond it {extra[:8]}): the weights and config.json disagree (an incomplete download, or another "
+                    "checkpoint's config.json); fetch every safetensors file of the checkpoint or correct num_experts"
+                )
             stacked[proj] = torch.stack([got[i] for i in range(config.n_routed_experts)])  # [E, I, H] or [E, H, I]
         out[f"model.layers.{layer}.mlp.experts.gate_up_proj"] = torch.cat([stacked["gate"], stacked["up"]], dim=1)  # [E, 2I, H]
         out[f"model.layers.{layer}.mlp.experts.down_proj"] = stacked["down"]  # [E, H, I]
@@ -139,7 +150,7 @@ def llada2_to_hub(weights: dict[str, torch.Tensor], config: dict[str, Any]) -> d
             continue
         m = _LAYER_NAME.match(name)
         if not m:
-            raise UnsupportedCheckpoint(f"tensor {name!r} has no LLaDA2 counterpart")
+            raise UnsupportedCheckpoint(f"tensor {name!r} has no LLaDA2 counterpart: export writes back only what was converted from LLaDA2's layout")
         pre, rest = f"model.layers.{m.group(1)}.", m.group(2)
         if rest in ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"):
             qkv.setdefault(pre, {})[rest[10]] = t
@@ -155,7 +166,7 @@ def llada2_to_hub(weights: dict[str, torch.Tensor], config: dict[str, Any]) -> d
         elif _SAME.match(rest) or _EXPERT.match(rest):  # transformers saves Glm4Moe's experts one by one, as LLaDA2 names them
             out[name] = t
         else:
-            raise UnsupportedCheckpoint(f"tensor {name!r} has no LLaDA2 counterpart")
+            raise UnsupportedCheckpoint(f"tensor {name!r} has no LLaDA2 counterpart: export writes back only what was converted from LLaDA2's layout")
     for pre, parts in qkv.items():
         out[pre + "attention.query_key_value.weight"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
     return out

@@ -55,7 +55,9 @@ def sdar_moe_config(cfg: dict[str, Any]):
     f = "sdar_moe"
     missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads") if cfg.get(k) is None]
     if missing:
-        raise UnsupportedCheckpoint(f"sdar_moe config lacks {missing}: not an SDAR-MoE config.json")
+        raise UnsupportedCheckpoint(
+            f"sdar_moe config lacks {missing}: not an SDAR-MoE config.json (the hub's sets them all); use the checkpoint's own config.json"
+        )
     _require(cfg, "hidden_act", lambda v: v == "silu", "only the SiLU-gated MLP is converted", f)
     _require(cfg, "use_sliding_window", lambda v: not v, "sliding-window attention is not part of the stock mapping", f)
     _require(cfg, "rope_scaling", lambda v: v is None or (isinstance(v, dict) and v.get("rope_type", v.get("type")) == "default"), "scaled RoPE is not converted", f)
@@ -106,7 +108,12 @@ def sdar_moe_to_stock(weights: dict[str, torch.Tensor], config) -> dict[str, tor
         for proj in ("gate", "up", "down"):
             got = projs.get(proj, {})
             if sorted(got) != list(range(n)):
-                raise UnsupportedCheckpoint(f"sdar_moe {prefix}: {proj}_proj of experts {sorted(got)[:4]}..., not all {n}")
+                missing, extra = sorted(set(range(n)) - set(got)), sorted(set(got) - set(range(n)))
+                raise UnsupportedCheckpoint(
+                    f"sdar_moe {prefix}: {proj}_proj of {len(got)} experts, config.json num_experts={n} (missing {missing[:8]}, "
+                    f"beyond it {extra[:8]}): the weights and config.json disagree (an incomplete download, or another "
+                    "checkpoint's config.json); fetch every safetensors file of the checkpoint or correct num_experts"
+                )
             stacked[proj] = torch.stack([got[i] for i in range(n)])  # [E, I, H] or [E, H, I]
         out[prefix + ".gate_up_proj"] = torch.cat([stacked["gate"], stacked["up"]], dim=1)  # [E, 2I, H]: gate rows, then up
         out[prefix + ".down_proj"] = stacked["down"]  # [E, H, I]

@@ -51,7 +51,7 @@ style of LLaDA's `generate`, and gives the same tokens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import torch
@@ -62,6 +62,7 @@ from rollout.cache import SlotCache
 from rollout.models import DiffusionLM
 from rollout.sampling import SamplingParams
 from rollout.trajectory import Trajectory
+from rollout.tree import branch_steps, total_steps, tree_leaves, tree_roots
 
 
 @dataclass
@@ -132,7 +133,9 @@ def generate(
         # model's device. Seed it from the caller's, so a seed gives the same samples and each
         # call (each eval batch) draws a fresh stream.
         generator = torch.Generator(device=lm.device).manual_seed(int(torch.randint(2**62, (), generator=generator)))
-    if lm.traits.block_causal:
+    if params.tree is not None:  # d-TreeRPO: each group's samples are the leaves of one tree
+        trajs = tree_generate(lm, prompts, params, generator, groups)
+    elif lm.traits.block_causal:
         trajs = _BlockDecoder(lm, prompts, params, generator).run()
     else:
         step = params.max_batch or len(prompts)
@@ -186,7 +189,7 @@ class _Decoder:
     def _layout(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def _decode_block(self, blk_start: int, blk_end: int, forward) -> None:
+    def _decode_block(self, blk_start: int, blk_end: int, forward, window: tuple[list[int], list[list[int]]] | None = None) -> None:
         """Denoise columns [blk_start, blk_end) of every row until no mask is left.
 
         `forward(step_in_block, cols)` returns logits [n, m, V] for the block as the canvas
@@ -198,11 +201,12 @@ class _Decoder:
         known on the host (the canvas masks exactly its generated columns, and a static schedule
         says how many each step commits), so static decoding needs no look at the device. The
         block's records are views of the canvas's: a step writes its commits in place, no row
-        index, no copy back.
+        index, no copy back. `window` (a resumed static decode, `_FullDecoder.resume`): each row's
+        masked count and its static plan for the steps to run, in place of a whole block's.
         """
         lm, p = self.lm, self.params
         dev = lm.device
-        masked_per_row = (blk_end - self.gen_col.clamp(min=blk_start)).tolist()  # host-known, no device read
+        masked_per_row = (blk_end - self.gen_col.clamp(min=blk_start)).tolist() if window is None else window[0]  # host-known
         blk = slice(blk_start, blk_end)
         state = _BlockState(
             x=self.x[:, blk], step_map=self.step_map[:, blk], logp=self.logp[:, blk],
@@ -212,7 +216,7 @@ class _Decoder:
         quota = None
         if p.strategy in ("static", "prophet"):
             steps = p.steps_per_block or blk_end - blk_start
-            plans = [ascending_schedule(m) if p.schedule == "ascending" else transfer_schedule(m, steps) for m in masked_per_row]
+            plans = [ascending_schedule(m) if p.schedule == "ascending" else transfer_schedule(m, steps) for m in masked_per_row] if window is None else window[1]
             max_steps = max(len(q) for q in plans)
             plans = [q + [0] * (max_steps - len(q)) for q in plans]
             quota = torch.tensor(plans, device=dev).T.contiguous()  # [steps, n]
@@ -329,6 +333,9 @@ class _Decoder:
         c = self.params.confidence
         if c == "prob":
             return tok_lp.exp()
+        if c == "raw_prob":  # temperature 1: log_softmax(t lp) = log_softmax(logits) (the excluded ids stay -inf)
+            t = self.params.temperature
+            return tok_lp.exp() if t in (0, 1) else torch.exp(t * tok_lp - torch.logsumexp(t * lp, dim=-1))
         probs = lp.exp()
         if c == "margin":
             top2 = probs.topk(2, dim=-1).values
@@ -579,6 +586,51 @@ class _FullDecoder(_Decoder):
     def __init__(self, *args):
         super().__init__(*args)
         self._layouts: dict[tuple, tuple] = {}  # one block's (mask, positions, columns, rows) per query layout
+        self.stop_step: int | None = None  # `resume`: decode up to this global step only (None: to the end)
+
+    def resume(self, completion: torch.Tensor, step_map: torch.Tensor, logp: torch.Tensor, nfe: torch.Tensor, step: int, stop_step: int) -> None:
+        """Continue each row from a partial canvas instead of an all-masked one (d-TreeRPO's branching).
+
+        completion, step_map, logp: [n, C] the completion columns as a decode left them after `step`
+        global steps (mask id, step -1 and log-prob 0 where still masked); nfe: [n] forwards so far.
+        `run` then decodes steps [step, stop_step) and stops, its records extending these. Static
+        schedule (`transfer_schedule`) only: the rest of a block split evenly over its remaining steps
+        is the whole block's plan from that step on, so a resumed decode with the same random stream
+        commits exactly what the straight decode does.
+        """
+        p = self.params
+        if p.strategy != "static" or p.schedule != "even":
+            raise ValueError(f"resuming a decode needs the static strategy with the even schedule, got {p.strategy}/{p.schedule}")
+        if not 0 <= step <= stop_step:
+            raise ValueError(f"resume: need 0 <= step <= stop_step, got {step} and {stop_step}")
+        cols = slice(int(self.gen_col[0]), self.width)
+        if completion.shape != (len(self.x), self.width - cols.start) or step_map.shape != completion.shape or logp.shape != completion.shape:
+            raise ValueError(f"resume: completion, step_map and logp must be [{len(self.x)}, {self.width - cols.start}], got "
+                             f"{tuple(completion.shape)}, {tuple(step_map.shape)}, {tuple(logp.shape)}")
+        dev = self.x.device
+        self.x[:, cols] = completion.to(dev)
+        self.step_map[:, cols] = step_map.to(dev)
+        self.logp[:, cols] = logp.to(self.logp)
+        self.nfe.copy_(nfe.to(dev))
+        self.steps.fill_(step)
+        self.decoded.copy_((completion != self.lm.mask_id).sum(1).to(dev))
+        self.stop_step = stop_step
+
+    def _window(self, blk_start: int, blk_end: int) -> tuple[list[int], list[list[int]]] | None:
+        """A resumed decode's masked counts and plans in this block, for the steps left before
+        `stop_step` (None: the block is done or the window is spent). One host read per block."""
+        now = int(self.steps[0])
+        masked = (self.x[:, blk_start:blk_end] == self.lm.mask_id).sum(1).tolist()
+        if now >= self.stop_step or max(masked) == 0:
+            return None
+        sm = self.step_map[:, blk_start:blk_end].cpu()
+        total = min(self.params.steps_per_block or blk_end - blk_start, blk_end - blk_start)  # the block's steps (transfer_schedule)
+        plans = []
+        for i, m in enumerate(masked):
+            done = len(set(sm[i][sm[i] >= 0].tolist()))  # the block's steps already taken (each commits >= 1 token)
+            plans.append(transfer_schedule(m, total - done)[: self.stop_step - now] if m else [0])
+        width = max(len(q) for q in plans)
+        return masked, [q + [0] * (width - len(q)) for q in plans]
 
     def _layout(self):
         gen = int(self.plen.max())  # generation starts in this column for every sample
@@ -593,6 +645,9 @@ class _FullDecoder(_Decoder):
         everything = torch.arange(self.width)
         for blk_start in range(gen, self.width, length):
             blk_end = min(blk_start + length, self.width)
+            window = None if self.stop_step is None else self._window(blk_start, blk_end)
+            if self.stop_step is not None and window is None:
+                continue  # a resumed decode: this block is done, or the steps to run are spent
             cache = DynamicCache() if p.kv_cache else None
 
             def forward(k, cols, blk_start=blk_start, blk_end=blk_end, cache=cache):
@@ -619,7 +674,7 @@ class _FullDecoder(_Decoder):
                 cache.crop(-(self.width - lo))
                 return logits
 
-            self._decode_block(blk_start, blk_end, forward)
+            self._decode_block(blk_start, blk_end, forward, window)
         return self._trajectories(None)
 
     def _encode(self, q_cols: torch.Tensor, cache, select: torch.Tensor, key_cols: torch.Tensor | None = None):
@@ -656,3 +711,40 @@ def _drop_columns(cache: DynamicCache, start: int, end: int) -> None:
     for layer in cache.layers:
         layer.keys = torch.cat([layer.keys[..., :start, :], layer.keys[..., end:, :]], dim=-2)
         layer.values = torch.cat([layer.values[..., :start, :], layer.values[..., end:, :]], dim=-2)
+
+
+@torch.no_grad()
+def tree_generate(
+    lm: DiffusionLM, prompts: Sequence[Sequence[int]], params: SamplingParams, generator: torch.Generator | None = None,
+    groups: Sequence[int] | None = None,
+) -> list[Trajectory]:
+    """Decode one tree (rollout.tree) per run of `tree_leaves(params.tree)` identical prompts; the leaves, in
+    tree order, one per item. Each level's expansions of every tree decode as one batch (max_batch is not
+    applied): the root's children from an all-masked canvas, then every node's children resumed from its
+    canvas (`_FullDecoder.resume`) up to the next branch step."""
+    if params.tree is None:
+        raise ValueError("tree_generate needs SamplingParams.tree")
+    if not lm.traits.full_attention:
+        raise ValueError(f"tree rollouts continue full-attention canvases (d-TreeRPO decodes LLaDA); family {lm.traits.name!r} is block-causal")
+    n_root, bf, s = params.tree
+    roots = tree_roots(prompts, groups, tree_leaves(params.tree))
+    width = params.max_new_tokens
+    done = branch_steps(total_steps(params, width), s)
+    if len(done) != s + 1:
+        raise ValueError(f"tree_contraction_factor {s} needs at least {s} denoising steps, the decode has {done[-1]} "
+                         "(raise rollout.sampling.steps_per_block or lower the factor)")
+    flat = replace(params, tree=None)
+    comp = torch.full((len(roots), width), lm.mask_id, dtype=torch.long)
+    step_map = torch.full((len(roots), width), -1, dtype=torch.long)
+    logp = torch.zeros((len(roots), width), dtype=torch.float64)
+    nfe = torch.zeros(len(roots), dtype=torch.long)
+    rows, out = roots, []
+    for level in range(s):
+        idx = torch.arange(len(rows)).repeat_interleave(n_root if level == 0 else bf)  # each node's children, in order
+        rows = [rows[i] for i in idx.tolist()]
+        dec = _FullDecoder(lm, rows, flat, generator)
+        dec.resume(comp[idx], step_map[idx], logp[idx], nfe[idx], done[level], done[level + 1])
+        out = dec.run()
+        gen = int(dec.gen_col[0])
+        comp, step_map, logp, nfe = dec.x[:, gen:].cpu(), dec.step_map[:, gen:].cpu(), dec.logp[:, gen:].cpu(), dec.nfe.cpu()
+    return out

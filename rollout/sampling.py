@@ -14,12 +14,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Literal, get_args
 
-from pydantic import ConfigDict, Field, NonNegativeFloat, ValidationError
+from pydantic import ConfigDict, Field, NonNegativeFloat, PositiveInt, ValidationError
 from pydantic.dataclasses import dataclass
 
 Strategy = Literal["static", "threshold", "adaptive", "prophet"]
 Schedule = Literal["even", "ascending"]
-Confidence = Literal["prob", "margin", "entropy"]
+Confidence = Literal["prob", "margin", "entropy", "raw_prob"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 CONFIDENCES: tuple[str, ...] = get_args(Confidence)
@@ -57,7 +57,9 @@ class SamplingParams:
         "of the block, for progress < 1/3, < 2/3, and later (Prophet's own values)."
     )
     confidence: Confidence = Field(
-        "prob", description="Confidence criterion: prob (of the sampled token), margin (top-1 minus top-2 probability) or entropy (exp(-entropy), 1 for a one-hot distribution)."
+        "prob", description="Confidence criterion: prob (of the sampled token), margin (top-1 minus top-2 probability), entropy (exp(-entropy), "
+        "1 for a one-hot distribution), or raw_prob (of the sampled token at temperature 1, the softmax of the raw logits: LLaDA's generate "
+        "and the d1 / d-TreeRPO samplers rank by it whatever their temperature)."
     )
     temperature: float = Field(1.0, ge=0.0, description="Sampling temperature; 0 is greedy. Log-probs use logits / temperature.")
     top_k: int | None = Field(
@@ -82,6 +84,13 @@ class SamplingParams:
         False, description="Record, at every denoising step, the predicted canvas (the token predicted at each still-masked position "
         "of the block being decoded) and the probability of each prediction, in Trajectory.step_predictions / step_confidences "
         "(MDPO scores these intermediate answers). Off: nothing is kept and decoding is unchanged."
+    )
+    tree: tuple[PositiveInt, PositiveInt, PositiveInt] | None = Field(
+        None, description="Tree rollout (d-TreeRPO), full attention, static even schedule: (num_tree_samples, tree_branch_factor, "
+        "tree_contraction_factor s). Each prompt's root is decoded into num_tree_samples children, each child continued "
+        "into tree_branch_factor children at every branch point (after int(k T / s) of the T steps, k = 1..s-1); "
+        "the num_tree_samples x tree_branch_factor^(s-1) leaves are the prompt's samples (samples_per_prompt). "
+        "None: ordinary rollouts, unchanged."
     )
     max_batch: int | None = Field(
         None, ge=1, description="Decode at most this many samples at once per worker; block models refill finished rows with waiting "

@@ -4,6 +4,13 @@ Two gloo ranks run in spawned processes (one spawn for every scenario, to pay th
 once); the single-rank references run here. Gradients are read at `optimizer.step`, after the
 cross-rank reduction, with clipping out of the way (grad_clip huge), so a wrong normaliser
 shows up as a factor instead of being clipped away.
+
+Mixture of experts (`MOE_SCENARIOS`): tiny checkpoints in SDAR-30B-A3B's and LLaDA2.0-mini's hub
+layouts (tests/test_sdar_moe.py, tests/test_moe_family.py), loaded onto Qwen3-MoE and Glm4Moe, train
+under fsdp2 on their own rollouts. Their stacked expert tensors are sharded on the expert dimension
+(each rank stores half the experts), the routing inside each decoder layer differs between ranks, and
+the expert and router gradients still equal the one-rank run's; the SDAR-MoE checkpoint asks for the
+router's load-balancing loss and gets none.
 """
 
 from __future__ import annotations
@@ -15,10 +22,14 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from algorithms.estimators import count_forward_passes, occurrence_index, one_step_estimate
+from algorithms.estimators import (
+    count_forward_passes,
+    occurrence_index,
+    one_step_estimate,
+)
+from rl.batch import learner_batch
 from rl.config import RunConfig
 from rl.distributed import free_port, minibatch_pieces
-from rl.batch import learner_batch
 from rl.learner import Learner
 from rollout import SamplingParams
 from rollout.worker import RolloutWorker
@@ -42,13 +53,19 @@ SCENARIOS = {
         N,
         False,
     ),
+    # 4 rollouts: one sample per rank and minibatch (the dense fsdp2 scenario covers a sharded reference and critic)
+    "fsdp2_sdar_moe_trace_token": ({"estimator": "trace", "loss_norm": "token", "beta": 0.0}, {"parallel": "fsdp2"}, 4, False),
+    # LLaDA2's rollouts fill its block of 32 (26 tokens): shrink 4 replays them in a quarter of the passes
+    "fsdp2_llada2_trace_sequence": ({"estimator": "trace", "loss_norm": "sequence", "beta": 0.0, "shrink": 4}, {"parallel": "fsdp2"}, 4, False),
 }
+# scenario -> family: these run on the `moe` fixture's checkpoint of that family and its rollouts, not the base's
+MOE_SCENARIOS = {"fsdp2_sdar_moe_trace_token": "sdar_moe", "fsdp2_llada2_trace_sequence": "llada2"}
 
 
-def cfg_for(algo: dict, learner: dict | None = None, lora: bool = False) -> RunConfig:
+def cfg_for(algo: dict, learner: dict | None = None, lora: bool = False, path=BASE_CKPT) -> RunConfig:
     return RunConfig.model_validate(
         {
-            "data": {"sources": [{"path": "arithmetic"}]}, "model": {"path": str(BASE_CKPT), "lora": {"enabled": lora, "r": 4}},
+            "data": {"sources": [{"path": "arithmetic"}]}, "model": {"path": str(path), "lora": {"enabled": lora, "r": 4}},
             "algorithm": {"lr": 1e-3, "minibatches": 2, "grad_clip": 1e9, "epochs": 1, **algo},  # one pass, whatever the preset's
             "learner": learner or {},
             "train": {"threads": 1},
@@ -66,6 +83,8 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 def capture_grads(learner: Learner) -> dict[str, list]:
     """Record the (reduced, clipped) gradients each optimizer step applies."""
     seen: dict[str, list] = {"policy": [], "value": []}
+    names = {id(p): n for n, p in learner.lm.model.named_parameters()}  # the sharded parameters themselves under fsdp2
+    seen["policy_names"] = [names[id(p)] for g in learner.optimizer.param_groups for p in g["params"]]
     for key, opt in (("policy", learner.optimizer), ("value", learner.value_optimizer)):
         if opt is None:
             continue
@@ -95,17 +114,36 @@ def run_update(learner: Learner, trajs, n: int) -> tuple[dict, dict]:
     return grads, metrics
 
 
-def _rank_main(rank: int, world: int, port: int, trajs, out: str) -> None:
+def expert_shards(learner: Learner) -> dict[str, tuple[str, tuple, tuple]]:
+    """name -> (placements, local shape, global shape) of the policy's routed experts and routers."""
+    from torch.distributed.tensor import DTensor
+
+    out = {}
+    for n, p in learner.lm.model.named_parameters():
+        if ".mlp.experts." in n or n.endswith(".mlp.gate.weight"):
+            local = p.to_local() if isinstance(p, DTensor) else p
+            out[n] = (str(getattr(p, "placements", None)), tuple(local.shape), tuple(p.shape))
+    return out
+
+
+def _rank_main(rank: int, world: int, port: int, data: dict, out: str) -> None:
     torch.set_num_threads(1)
     results = {}
     learner = None
     for name, (algo, lrn, n, lora) in SCENARIOS.items():
-        learner = make_learner(cfg_for(algo, {"ranks": world, **lrn}, lora), rank, world)
+        path, trajs = data[MOE_SCENARIOS.get(name, "base")]
+        learner = make_learner(cfg_for(algo, {"ranks": world, **lrn}, lora, path), rank, world)
         learner.setup_distributed("127.0.0.1", port)
         grads, metrics = run_update(learner, trajs, n)
         res = {"grads": grads, "metrics": metrics, "weights": learner.get_weights()}
         if name.startswith("fsdp2") or name in ("trace_sequence", "lora_one_step_token_kl"):
             res["files"] = learner.state_files()
+        if name in MOE_SCENARIOS:
+            from torch.distributed.fsdp import FSDPModule
+
+            res["units"] = [n for n, m in learner._policy.named_modules() if isinstance(m, FSDPModule)]
+            res["experts"] = expert_shards(learner)
+            res["output_router_logits"] = learner.lm.model.config.output_router_logits
         results[name] = res
     learner.shutdown_distributed()
     torch.save(results, f"{out}/rank{rank}.pt")
@@ -123,9 +161,54 @@ def trajs():
 
 
 @pytest.fixture(scope="module")
-def two_ranks(trajs, tmp_path_factory):
+def moe(tmp_path_factory):
+    """family -> (path, rollouts): tiny hub-layout checkpoints of both MoE families, each with 4
+    rollouts of its own (SDAR-MoE: two blocks of 4; LLaDA2: the rest of its first block of 32). The
+    SDAR-MoE one asks for the load-balancing loss (output_router_logits, coefficient 10). The base's
+    character tokenizer keeps the vocabularies at 82 rows: with the families' 152k / 157k the head,
+    not the experts, would take most of the time."""
+    from rollout import build_char_tokenizer
+
+    from .test_moe_family import llada2_checkpoint
+    from .test_sdar_moe import sdar_moe_checkpoint
+
+    out = {}
+    for family, build, over in (("sdar_moe", sdar_moe_checkpoint, {"output_router_logits": True, "router_aux_loss_coef": 10.0}),
+                                ("llada2", llada2_checkpoint, {"mask_token_id": build_char_tokenizer().mask_token_id})):  # fmt: skip
+        path = tmp_path_factory.mktemp(family) / "hub"
+        build(path, tokenizer=build_char_tokenizer(), **over)
+        worker = RolloutWorker(str(path))
+        tok = worker.lm.tokenizer
+        prompts = [tok("12+34=")["input_ids"], tok("50+05=")["input_ids"]] * 2
+        params = SamplingParams(max_new_tokens=8, temperature=1.0, kv_cache=True)
+        out[family] = path, worker.generate(prompts, params, seed=0, groups=[0, 1] * 2)
+    return out
+
+
+def scenario_data(name: str, trajs, moe):
+    return moe[MOE_SCENARIOS[name]] if name in MOE_SCENARIOS else (BASE_CKPT, trajs)
+
+
+@pytest.fixture(scope="module")
+def one_rank(trajs, moe):
+    """name -> (grads, metrics, learner) of the scenario's single-rank reference, run once per module."""
+    runs = {}
+
+    def run(name: str):
+        if name not in runs:
+            algo, _, n, lora = SCENARIOS[name]
+            path, data = scenario_data(name, trajs, moe)
+            learner = make_learner(cfg_for(algo, lora=lora, path=path))
+            runs[name] = (*run_update(learner, data, n), learner)
+        return runs[name]
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def two_ranks(trajs, moe, tmp_path_factory):
     out = tmp_path_factory.mktemp("ranks")
-    mp.spawn(_rank_main, args=(2, free_port(), trajs, str(out)), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, free_port(), {"base": (BASE_CKPT, trajs), **moe}, str(out)), nprocs=2, join=True)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
@@ -153,10 +236,8 @@ def assert_metrics_equal(got: dict, want: dict, rel: float = 1e-4) -> None:
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
-def test_two_ranks_match_one_rank(name, two_ranks, trajs):
-    algo, _, n, lora = SCENARIOS[name]
-    one = make_learner(cfg_for(algo, lora=lora))
-    want_grads, want_metrics = run_update(one, trajs, n)
+def test_two_ranks_match_one_rank(name, two_ranks, one_rank):
+    want_grads, want_metrics, one = one_rank(name)
     r0, r1 = two_ranks[0][name], two_ranks[1][name]
     assert_grads_equal(r0["grads"], want_grads)
     assert_metrics_equal(r0["metrics"], want_metrics)
@@ -171,17 +252,18 @@ def test_two_ranks_match_one_rank(name, two_ranks, trajs):
         torch.testing.assert_close(r0["weights"][k], v, atol=1e-4, rtol=0, msg=k)
 
 
-def test_checkpoint_files_from_two_ranks_load_into_one(two_ranks):
+def test_checkpoint_files_from_two_ranks_load_into_one(two_ranks, trajs, moe):
     """state_files of a ddp and of an fsdp2 run (gathered weights, optimizer state by name)
-    restore into a single-rank learner."""
-    for name in ("trace_sequence", "fsdp2_trace_token_kl_value", "lora_one_step_token_kl"):
+    restore into a single-rank learner; the MoE's gathered expert stacks included."""
+    for name in ("trace_sequence", "fsdp2_trace_token_kl_value", "lora_one_step_token_kl", *MOE_SCENARIOS):
         algo, _, _, lora = SCENARIOS[name]
+        path, _ = scenario_data(name, trajs, moe)
         r0 = two_ranks[0][name]
         assert two_ranks[1][name]["files"] == {}
         files = r0["files"]
         weights_dir = "adapter/adapter_model.safetensors" if lora else "model/model.safetensors"
         assert "learner.pt" in files and weights_dir in files
-        one = make_learner(cfg_for(algo, lora=lora))
+        one = make_learner(cfg_for(algo, lora=lora, path=path))
         assert one.load_state_files(files) == 1
         state = one.get_weights()
         for k, v in r0["weights"].items():
@@ -190,6 +272,72 @@ def test_checkpoint_files_from_two_ranks_load_into_one(two_ranks):
         assert len(opt) == len(one.optimizer.param_groups[0]["params"]) and opt[0]["step"] == 2  # two minibatches
         if one.value is not None:
             assert one.value_optimizer.state_dict()["state"][0]["step"] == 2
+
+
+@pytest.mark.parametrize("name", list(MOE_SCENARIOS))
+def test_moe_experts_are_sharded_by_expert_and_train_like_one_rank_with_no_balance_loss(name, two_ranks, one_rank):
+    """fsdp2 on Qwen3-MoE (SDAR-MoE) and Glm4Moe (LLaDA2: layer 0 dense, layer 1 routed plus a shared
+    expert): one unit per decoder layer, its stacked experts [E, 2I, H] / [E, H, I] split on the
+    expert dimension (4 of the 8 experts stored per rank); after the update every expert and router
+    gradient of both optimizer steps is nonzero and equals the one-rank run's (the generic test
+    compares them all; this names them, so the check cannot pass vacuously). The router trains
+    through the routing weights of its chosen experts alone, as in the families' own RL: the
+    SDAR-MoE checkpoint asked for the balance loss (coefficient 10) and the converted config turns it
+    off on every rank (rollout/convert_sdar_moe.py; a flat loss gives it zero gradient,
+    tests/test_sdar_moe.py); Glm4Moe has no such loss."""
+    moe_layers = {"sdar_moe": (0, 1), "llada2": (1,)}[MOE_SCENARIOS[name]]
+    r0, r1 = two_ranks[0][name], two_ranks[1][name]
+    assert r0["output_router_logits"] is False and r1["output_router_logits"] is False
+    # the units: the estimator module (root: embeddings, final norm, head) and each decoder layer, experts inside it
+    assert r0["units"] == ["", "model.model.layers.0", "model.model.layers.1"]
+    for shards in (r0["experts"], r1["experts"]):
+        stacks = {n: v for n, v in shards.items() if ".mlp.experts." in n}
+        assert sorted(stacks) == [f"model.layers.{i}.mlp.experts.{p}" for i in moe_layers for p in ("down_proj", "gate_up_proj")]
+        for n, (placements, local, full) in stacks.items():
+            assert placements == "(Shard(dim=0),)" and full[0] == 8 and local == (4, *full[1:]), (n, placements, local, full)
+    if SCENARIOS[name][0].get("shrink", 1) == 1:  # merged step groups replay other contexts than the rollout's
+        # the replayed routing is the rollout's: a shard gathered wrong, or a stale one, would change the chosen experts
+        assert r0["metrics"]["logp_mismatch"] < 1e-5
+    want, _, _ = one_rank(name)
+    names = r0["grads"]["policy_names"]
+    assert names == want["policy_names"]
+    moe_params = [i for i, k in enumerate(names) if ".mlp.experts." in k or k.endswith(".mlp.gate.weight")]
+    assert len(moe_params) == 3 * len(moe_layers)  # per routed layer: gate_up_proj, down_proj, router
+    for step in range(2):
+        for i in moe_params:
+            g, w = r0["grads"]["policy"][step][i], want["policy"][step][i]
+            assert w.abs().max() > 0, names[i]
+            torch.testing.assert_close(g, w, rtol=0, atol=2e-6 * w.abs().max().item() if step == 0 else 1e-3 * w.abs().max().item(), msg=names[i])
+
+
+@pytest.mark.parametrize("family", ["sdar_moe", "llada2"])
+def test_fsdp2_units_are_decoder_layers_and_expert_stacks_shard_by_expert(family):
+    """What `fully_shard` wraps on both MoE families (in this process, a group of one rank): one unit
+    per decoder layer and the root, never the experts or the router on their own (routing differs
+    between ranks, so a unit that only some ranks' tokens reach would leave its collectives
+    unmatched), and the stacked expert tensors split on dim 0, the expert index."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor, Shard
+
+    from rl.learner_state import _fully_shard
+
+    from .test_sdar_moe import _tiny_moe
+
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        root = torch.nn.Module()
+        root.model = _tiny_moe(family)  # sdar_moe: both layers routed; llada2: layer 0 dense, layer 1 routed + shared expert
+        _fully_shard(root, root.model, init_device_mesh("cpu", (1,)))
+        assert [n for n, m in root.named_modules() if isinstance(m, FSDPModule)] == ["", "model.model.layers.0", "model.model.layers.1"]
+        stacks = {n: p for n, p in root.named_parameters() if ".mlp.experts." in n}
+        assert sorted(stacks) == [f"model.model.layers.{i}.mlp.experts.{p}" for i in ((0, 1) if family == "sdar_moe" else (1,)) for p in ("down_proj", "gate_up_proj")]
+        for n, p in stacks.items():
+            assert isinstance(p, DTensor) and p.placements == (Shard(0),) and p.shape[0] == 8, n
+    finally:
+        dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("estimator,norm,n", [("trace", "token", N), ("one_step", "sequence", 6)])

@@ -51,10 +51,14 @@ def _hub_name(name: str, t: torch.Tensor, heads: int, kv: int, hd: int) -> dict[
     return {name: t}
 
 
-def llada2_checkpoint(path, seed=3, **over):
-    """A tiny LLaDA2.0-mini-layout checkpoint; returns the stock Glm4Moe model its weights came from."""
+def llada2_checkpoint(path, seed=3, tokenizer=None, **over):
+    """A tiny LLaDA2.0-mini-layout checkpoint; returns the stock Glm4Moe model its weights came from.
+
+    `tokenizer`: written instead of LLaDA2's, the vocabulary (embedding, head, eos = pad) its size; the
+    layout and the conversion stay LLaDA2's. For multi-rank tests, where a 157k-row head would dominate."""
+    vocab, eos = (VOCAB, EOS) if tokenizer is None else (len(tokenizer), tokenizer.eos_token_id)
     torch.manual_seed(seed)
-    ref = Glm4MoeForCausalLM(Glm4MoeConfig(vocab_size=VOCAB, n_routed_experts=N_EXPERTS, n_shared_experts=1, norm_topk_prob=True, use_qk_norm=True,
+    ref = Glm4MoeForCausalLM(Glm4MoeConfig(vocab_size=vocab, n_routed_experts=N_EXPERTS, n_shared_experts=1, norm_topk_prob=True, use_qk_norm=True,
                                            rope_parameters={"rope_type": "default", "rope_theta": 600000.0, "partial_rotary_factor": 0.5},
                                            rms_norm_eps=1e-6, tie_word_embeddings=False, **SMALL, **MOE)).eval()  # fmt: skip
     with torch.no_grad():  # a trained router's bias: large enough to change which experts are picked
@@ -81,13 +85,13 @@ def llada2_checkpoint(path, seed=3, **over):
         "rotary_dim": 4, "use_qk_norm": True, "use_qkv_bias": False, "use_bias": False, "norm_head": False, "norm_softmax": False,
         "num_experts": N_EXPERTS, "num_shared_experts": 1, "moe_shared_expert_intermediate_size": 16, "norm_topk_prob": True,
         "score_function": "sigmoid", "moe_router_enable_expert_bias": True, "router_dtype": "fp32", "output_router_logits": False,
-        "use_rmsnorm": True, "tie_word_embeddings": False, "torch_dtype": "float32", "vocab_size": VOCAB, "pad_token_id": EOS,
-        "eos_token_id": EOS, "use_cache": True, **SMALL, **MOE, **over,
+        "use_rmsnorm": True, "tie_word_embeddings": False, "torch_dtype": "float32", "vocab_size": vocab, "pad_token_id": eos,
+        "eos_token_id": eos, "use_cache": True, **SMALL, **MOE, **over,
     }  # fmt: skip
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(config, indent=2))
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "model.safetensors"))
-    hub_tokenizer("llada2").save_pretrained(path)
+    (tokenizer or hub_tokenizer("llada2")).save_pretrained(path)
     return ref
 
 
@@ -120,6 +124,41 @@ def test_variants_the_conversion_cannot_reproduce_are_refused_by_name(tmp_path, 
     llada2_checkpoint(tmp_path / "hub", **over)
     with pytest.raises(UnsupportedCheckpoint, match=rf"llada2 config {field}="):
         load_model(tmp_path / "hub")
+
+
+LLADA2_CFG = {"model_type": "llada2_moe", "vocab_size": 64, "num_experts": N_EXPERTS, "num_shared_experts": 1, **SMALL, **MOE}
+
+
+# the flags the checkpoint-building test above does not set, checked on the config alone
+@pytest.mark.parametrize("over, field", [
+    ({"hidden_act": "gelu"}, "hidden_act"), ({"norm_softmax": True}, "norm_softmax"), ({"router_dtype": "bf16"}, "router_dtype"),
+    ({"use_rmsnorm": False}, "use_rmsnorm"), ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "rope_scaling"),
+    ({"num_experts": 0}, "num_experts"),
+])  # fmt: skip
+def test_other_variants_are_refused_by_name(over, field):
+    with pytest.raises(UnsupportedCheckpoint, match=rf"llada2 config {field}=.*; unmask converts this family only without it"):
+        stock_config({**LLADA2_CFG, **over})
+
+
+def test_a_config_without_the_moe_fields_is_refused_naming_them():
+    cfg = {k: v for k, v in LLADA2_CFG.items() if k not in ("moe_intermediate_size", "num_experts_per_tok")}
+    with pytest.raises(UnsupportedCheckpoint, match=r"llada2 config lacks \['moe_intermediate_size', 'num_experts_per_tok'\]: .*own config.json"):
+        stock_config(cfg)
+
+
+def test_tensors_the_conversion_cannot_place_are_refused_naming_them():
+    """Missing experts (an incomplete download), a tensor of a variant (a bias), and at export a
+    tensor that did not come from LLaDA2's layout: each named, with what to do."""
+    from rollout.convert_llada2 import llada2_to_hub, llada2_to_stock
+
+    config = stock_config(LLADA2_CFG)[1]
+    experts = {f"model.layers.1.mlp.experts.{e}.{p}_proj.weight": torch.zeros(1) for e in range(N_EXPERTS) if e != 3 for p in ("gate", "up", "down")}
+    with pytest.raises(UnsupportedCheckpoint, match=r"llada2 layer 1: gate_proj of 7 experts, config.json num_experts=8 \(missing \[3\], beyond it \[\]\): .*fetch every safetensors file"):
+        llada2_to_stock(experts, config)
+    with pytest.raises(UnsupportedCheckpoint, match=r"'model.layers.0.attention.dense.bias' has no Glm4Moe counterpart .*does not convert"):
+        llada2_to_stock({"model.layers.0.attention.dense.bias": torch.zeros(1)}, config)
+    with pytest.raises(UnsupportedCheckpoint, match=r"'model.layers.0.mlp.value_head.weight' has no LLaDA2 counterpart: export writes back only"):
+        llada2_to_hub({"model.layers.0.mlp.value_head.weight": torch.zeros(1)}, {})
 
 
 def test_topk_renormalisation_follows_the_remote_code_not_the_flag():

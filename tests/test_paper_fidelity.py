@@ -99,6 +99,8 @@ def test_every_estimator_stops_the_loss_at_the_first_eos(tokenizer, family, name
         # MDPO scores rows of (sample, decoding step) built from recorded step predictions, every predicted
         # position (filler included) as its authors' code does: tests/test_mdpo.py checks those rows.
         pytest.skip(f"{name} scores step rows, not trajectories")
+    if unit.tree_batch is not None:  # d-TreeRPO scores tree-edge rows: tests/test_d_tree_rpo.py checks their EOS rule
+        pytest.skip(f"{name} scores tree-edge rows, not trajectories")
     t = Trajectory(prompt, completion, step_map, [0.0] * 6, lm.block_size, 0.7, 6, "eos")
     calls = []
     real = lm.forward_logprobs

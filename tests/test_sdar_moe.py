@@ -22,6 +22,7 @@ from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
 from rollout.attention import additive_mask
 from rollout.convert import UnsupportedCheckpoint, hub_family, stock_config
+from rollout.convert_sdar_moe import sdar_moe_to_stock
 from rollout.engine import SamplingParams
 from rollout.models import load_model
 
@@ -51,11 +52,15 @@ def _hub_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def sdar_moe_checkpoint(path, seed=5, **over):
-    """A tiny SDAR-30B-A3B-Chat-layout checkpoint; returns the stock Qwen3-MoE model its weights came from."""
+def sdar_moe_checkpoint(path, seed=5, tokenizer=None, **over):
+    """A tiny SDAR-30B-A3B-Chat-layout checkpoint; returns the stock Qwen3-MoE model its weights came from.
+
+    `tokenizer`: written instead of SDAR's, the vocabulary (embedding, head, eos) its size; the layout and
+    the conversion stay SDAR-MoE's. For multi-rank tests, where a 152k-row head would dominate the time."""
+    vocab, eos = (VOCAB, EOS) if tokenizer is None else (len(tokenizer), tokenizer.eos_token_id)
     torch.manual_seed(seed)
     model = {**SMALL, **MOE, **{k: v for k, v in over.items() if k in {**SMALL, **MOE}}}
-    ref = Qwen3MoeForCausalLM(Qwen3MoeConfig(vocab_size=VOCAB, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, **model)).eval()
+    ref = Qwen3MoeForCausalLM(Qwen3MoeConfig(vocab_size=vocab, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, **model)).eval()
     with torch.no_grad():  # a trained router: far from uniform, so a wrong top-k or renormalisation shows
         for layer in ref.model.layers:
             if hasattr(layer.mlp, "gate"):
@@ -64,16 +69,16 @@ def sdar_moe_checkpoint(path, seed=5, **over):
         "architectures": ["SDARMoeForCausalLM"], "model_type": "sdar_moe",
         "auto_map": {"AutoConfig": "configuration_sdar_moe.SDARMoeConfig", "AutoModel": "modeling_sdar_moe.SDARMoeModel",
                      "AutoModelForCausalLM": "modeling_sdar_moe.SDARMoeForCausalLM"},
-        "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": EOS, "hidden_act": "silu",
+        "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": eos, "eos_token_id": eos, "hidden_act": "silu",
         "initializer_range": 0.02, "max_position_embeddings": 32768, "max_window_layers": 48, "output_router_logits": False,
         "rms_norm_eps": 1e-6, "rope_scaling": None, "rope_theta": 1000000.0, "router_aux_loss_coef": 0.001, "sliding_window": None,
         "tie_word_embeddings": False, "torch_dtype": "float32", "transformers_version": "4.51.0", "use_cache": True,
-        "use_sliding_window": False, "vocab_size": VOCAB, **SMALL, **MOE, **over,
+        "use_sliding_window": False, "vocab_size": vocab, **SMALL, **MOE, **over,
     }  # fmt: skip
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(config, indent=2))
     save_file({k: v.contiguous() for k, v in _hub_tensors(ref.state_dict()).items()}, str(path / "model.safetensors"))
-    hub_tokenizer("sdar").save_pretrained(path)  # its tokenizer_config.json names mask_token <|MASK|>
+    (tokenizer or hub_tokenizer("sdar")).save_pretrained(path)  # SDAR's tokenizer_config.json names mask_token <|MASK|>
     return ref
 
 
@@ -106,11 +111,36 @@ def test_sdar_moe_loads_onto_qwen3moe_with_identical_logits_and_its_special_ids(
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling"), ({"shared_expert_intermediate_size": 64}, "shared_expert_intermediate_size"),
     ({"num_experts_per_tok": 9}, "num_experts_per_tok"), ({"mlp_only_layers": [2]}, "mlp_only_layers"),
     ({"decoder_sparse_step": 0}, "decoder_sparse_step"), ({"scoring_func": "sigmoid"}, "scoring_func"),
+    ({"num_experts": 0}, "num_experts"), ({"routed_scaling_factor": 2.5}, "routed_scaling_factor"),
 ])  # fmt: skip
 def test_variants_the_conversion_cannot_reproduce_are_refused_by_name(over, field):
     cfg = {"model_type": "sdar_moe", "vocab_size": 64, **SMALL, **MOE, **over}
     with pytest.raises(UnsupportedCheckpoint, match=rf"sdar_moe config {field}="):
         stock_config(cfg)
+
+
+def test_a_config_without_the_model_fields_is_refused_naming_them():
+    cfg = {"model_type": "sdar_moe", "vocab_size": 64, "num_hidden_layers": 2, **MOE}
+    with pytest.raises(UnsupportedCheckpoint, match=r"sdar_moe config lacks \['hidden_size', 'intermediate_size', 'num_attention_heads'\]: .*own config.json"):
+        stock_config(cfg)
+
+
+def test_expert_tensors_that_disagree_with_num_experts_are_refused_naming_what_was_found(tmp_path):
+    """A checkpoint whose shards were not all fetched (expert 5's tensors absent), and one whose
+    config.json counts fewer experts than its weights hold: refused before loading, with the layer,
+    the experts found and what to do."""
+    from safetensors.torch import load_file
+
+    sdar_moe_checkpoint(tmp_path / "hub")
+    weights = load_file(tmp_path / "hub" / "model.safetensors")
+    partial = {k: v for k, v in weights.items() if ".mlp.experts.5." not in k}
+    with pytest.raises(UnsupportedCheckpoint, match=r"model.layers.0.mlp.experts: gate_proj of 7 experts, config.json num_experts=8 "
+                                                    r"\(missing \[5\], beyond it \[\]\): .*fetch every safetensors file"):  # fmt: skip
+        save_file(partial, str(tmp_path / "hub" / "model.safetensors"))
+        load_model(tmp_path / "hub")
+    fewer = stock_config({"model_type": "sdar_moe", "vocab_size": 64, **SMALL, **MOE, "num_experts": 6})[1]
+    with pytest.raises(UnsupportedCheckpoint, match=r"gate_proj of 8 experts, config.json num_experts=6 \(missing \[\], beyond it \[6, 7\]\)"):
+        sdar_moe_to_stock(weights, fewer)
 
 
 def test_family_from_model_type_or_architecture_and_no_aux_loss_in_the_converted_config():
