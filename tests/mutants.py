@@ -12,6 +12,11 @@ is a claim no test guards: fix the test, not the list.
 
 tests/test_mutants.py runs the same check under the `slow` marker (CI's slow stage).
 
+Each run is a fork of one server process that imported torch, transformers and peft once (never
+the project's modules, which each run imports fresh from the mutated copy): a mutant then costs its
+tests' own time, ~1-2 s for most, instead of ~15 s of interpreter start-up and imports on 2 cores.
+UNMASK_MUTANTS_FORK=0 runs each in a fresh interpreter instead; the verdicts must not differ.
+
 Adding an algorithm, a model family or a reward comes with its mutants here: the lines that
 would be wrong in a way a reader would not notice (a sign, an index, a default, a mask).
 
@@ -23,6 +28,7 @@ against the few tests that guard it, takes minutes and says which test guards wh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -33,6 +39,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -1688,13 +1695,135 @@ def scratch_copy(dest: Path) -> Path:
     return dest
 
 
+# Third-party modules every mutant's pytest run would import again (~7 s of a 2-core machine's
+# time per run, ~20 min over the list). The fork server imports them once and forks a child per
+# run; never the project's own modules (rl, rollout, algorithms, rewards, tests: the mutated
+# sources must be imported fresh), nor modules that start threads on import (datasets' pyarrow
+# pool, ray's and wandb's services), which a fork would leave half-copied.
+PRELOAD = (
+    "numpy", "torch", "pytest", "hypothesis", "pydantic", "yaml", "safetensors", "tokenizers", "typer",
+    "transformers", "transformers.modeling_utils", "transformers.models.llama.modeling_llama",
+    "transformers.models.qwen2.modeling_qwen2", "transformers.models.qwen3.modeling_qwen3",
+    "transformers.models.qwen3_moe.modeling_qwen3_moe", "transformers.models.glm4_moe.modeling_glm4_moe",
+    "peft", "math_verify",
+)
+
+
+def _pytest_args(tests: tuple[str, ...]) -> list[str]:
+    # -o addopts clears the default "not slow" filter so a listed node id always runs.
+    return ["-x", "-q", "-p", "no:cacheprovider", "-o", "addopts=--doctest-modules", *tests]
+
+
+def _env(workdir: Path) -> dict[str, str]:
+    # PYTHONPATH puts the copy ahead of the editable install for this process and every child it
+    # starts (CLI subprocesses, Ray workers); no bytecode, so a restored file is never shadowed by
+    # the mutant's .pyc written in the same second.
+    return {**os.environ, "PYTHONPATH": str(workdir), "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def _serve(workdir: str) -> None:
+    """The fork server's loop (run as `python tests/mutants.py --serve WORKDIR`).
+
+    Reads one JSON request per line on stdin ({"tests", "timeout", "out"}), forks a child that runs
+    pytest in-process with its output in `out`, and answers {"rc", "timed_out"} on stdout. Each
+    child is its own process group, killed whole when it ends or times out, so a Ray cluster or CLI
+    subprocess a failing test left behind does not outlive its run.
+    """
+    import importlib
+    import signal
+
+    # `python tests/mutants.py` puts tests/ first on sys.path; a child must see what `python -m
+    # pytest` run in the copy sees: the copy first.
+    sys.path[0] = workdir
+    reply = os.fdopen(os.dup(1), "w")  # answers go here; anything a module prints goes to stderr
+    os.dup2(2, 1)
+    for name in PRELOAD:
+        with contextlib.suppress(ImportError):  # a missing optional module only costs its import in each child
+            importlib.import_module(name)
+    import pytest
+
+    for line in sys.stdin:
+        req = json.loads(line)
+        pid = os.fork()
+        if pid == 0:  # the child: one pytest run, then exit without running the server's cleanup
+            rc = 3
+            try:
+                os.setsid()
+                null = os.open(os.devnull, os.O_RDONLY)
+                out = os.open(req["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                os.dup2(null, 0)
+                os.dup2(out, 1)
+                os.dup2(out, 2)
+                rc = int(pytest.main(_pytest_args(tuple(req["tests"]))))
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(rc)
+        deadline = time.monotonic() + req["timeout"]
+        status, timed_out = None, False
+        while status is None:
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = st
+            elif time.monotonic() > deadline:
+                timed_out = True
+                os.killpg(pid, signal.SIGKILL)
+                status = os.waitpid(pid, 0)[1]
+            else:
+                time.sleep(0.05)
+        try:  # whatever the run started and left behind
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        rc = os.waitstatus_to_exitcode(status)
+        reply.write(json.dumps({"rc": rc, "timed_out": timed_out}) + "\n")
+        reply.flush()
+
+
+class _ForkServer:
+    """A `_serve` process for one scratch copy, started on first use."""
+
+    _servers: ClassVar[dict[Path, _ForkServer]] = {}
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--serve", str(workdir)],
+            cwd=workdir, env=_env(workdir), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+
+    @classmethod
+    def for_dir(cls, workdir: Path) -> _ForkServer:
+        server = cls._servers.get(workdir)
+        if server is None or server.proc.poll() is not None:
+            server = cls._servers[workdir] = cls(workdir)
+        return server
+
+    def run(self, tests: tuple[str, ...], timeout: float) -> subprocess.CompletedProcess:
+        with tempfile.NamedTemporaryFile(prefix="mutant-", suffix=".log", delete=False) as f:
+            out = Path(f.name)
+        try:
+            self.proc.stdin.write(json.dumps({"tests": list(tests), "timeout": timeout, "out": str(out)}) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the mutants' fork server exited ({self.proc.poll()})")
+            reply = json.loads(line)
+            text = out.read_text(errors="replace")
+        finally:
+            out.unlink(missing_ok=True)
+        if reply["timed_out"]:
+            raise subprocess.TimeoutExpired(tests, timeout, output=text)
+        return subprocess.CompletedProcess(list(tests), reply["rc"], stdout=text, stderr="")
+
+
 def _pytest(workdir: Path, tests: tuple[str, ...], timeout: float) -> subprocess.CompletedProcess:
-    # PYTHONPATH puts the copy ahead of the editable install for this process and every child
-    # it starts (CLI subprocesses, Ray workers); -o addopts clears the default "not slow" filter
-    # so a listed node id always runs.
-    env = {**os.environ, "PYTHONPATH": str(workdir), "PYTHONDONTWRITEBYTECODE": "1"}
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-o", "addopts=--doctest-modules", *tests]
-    return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    """Run pytest on `tests` in `workdir`: in a child of the fork server where fork exists (set
+    UNMASK_MUTANTS_FORK=0 for a fresh interpreter per run, as the server's results must equal)."""
+    if hasattr(os, "fork") and os.environ.get("UNMASK_MUTANTS_FORK", "1") != "0":
+        return _ForkServer.for_dir(workdir).run(tests, timeout)
+    cmd = [sys.executable, "-m", "pytest", *_pytest_args(tests)]
+    return subprocess.run(cmd, check=False, cwd=workdir, env=_env(workdir), capture_output=True, text=True, timeout=timeout)
 
 
 def run_mutant(m: Mutant, workdir: Path, timeout: float = 600) -> Outcome:
@@ -1774,4 +1903,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if sys.argv[1:2] == ["--serve"]:
+        _serve(sys.argv[2])
+    else:
+        sys.exit(main())

@@ -4,6 +4,7 @@ recompilation."""
 
 import pickle
 
+import pytest
 import torch
 
 from rollout import SamplingParams
@@ -24,6 +25,7 @@ def _same(a, b):
         torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=2e-5, rtol=0)
 
 
+@pytest.mark.slow  # torch.compile on the CPU: ~1 min of compiling
 def test_compiled_worker_decodes_like_eager_before_and_after_a_weight_sync():
     torch._dynamo.reset()
     eager, compiled = RolloutWorker(str(BASE_CKPT)), RolloutWorker(str(BASE_CKPT), compile=True)

@@ -26,7 +26,7 @@ def test_every_mutant_still_applies():
     assert len({m.name for m in MUTANTS}) == len(MUTANTS)
 
 
-@pytest.mark.slow  # ~25 pytest runs of a few test files each
+@pytest.mark.slow  # one pytest run of a few tests per mutant, each forked from a server that imported torch once
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
 def test_mutant_is_caught(mutant, scratch):
     outcome = run_mutant(mutant, scratch)
