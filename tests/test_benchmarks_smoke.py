@@ -27,6 +27,7 @@ def _run(args, tmp_path, timeout=300):
     return res.stdout
 
 
+@pytest.mark.slow  # two methods' Ray runs and held-out evals: ~30-60 s; the default stage keeps the other scripts' smokes
 def test_ablation_smoke(tmp_path):
     out = tmp_path / "ablation.json"
     stdout = _run(
@@ -64,6 +65,7 @@ LEARNER_PASSES = {
 }
 
 
+@pytest.mark.slow  # every method's update on the base checkpoint: ~15-30 s; the default stage keeps the other scripts' smokes
 def test_learner_benchmark_smoke(tmp_path):
     out = tmp_path / "learner.json"
     _run(["benchmarks/learner.py", "--prompts", "2", "--samples", "2", "--long-tokens", "8", "--repeats", "1", "--threads", "2", "--json", str(out)], tmp_path)
@@ -102,6 +104,7 @@ def test_memory_benchmark_micro_batches_and_checkpointing_cut_saved_activations(
     assert res["checkpointing + micro_batches=4"]["saved_bytes"] < res["gradient_checkpointing"]["saved_bytes"]
 
 
+@pytest.mark.slow  # a 1024-wide layer saved, loaded and sent through Ray: ~25-50 s; the default stage keeps the other scripts' smokes
 def test_scaling_sync_only_smoke(tmp_path):
     out = tmp_path / "scaling.json"
     stdout = _run(["benchmarks/scaling.py", "--sync-only", "--sync-layers", "1", "--repeats", "1", "--json", str(out)], tmp_path)
