@@ -94,6 +94,14 @@ class _StopSignals:
         self._old = {}
 
 
+def _as_unit_rows(kept: StepBatch, rows: list, advantages: torch.Tensor, owner: list[int]) -> StepBatch:
+    """The batch as a unit's own learner rows (MDPO's step rows, d-TreeRPO's tree edges): row r carries
+    sample owner[r]'s reward and loss mask and its own advantage; per-sample value targets no longer apply."""
+    own = torch.tensor(owner, dtype=torch.long)
+    return dataclasses.replace(kept, trajs=rows, rewards=kept.rewards[own], advantages=advantages, loss_mask=kept.loss_mask[own],
+                               value_rewards=None, token_rewards=None, step_rewards=None, scored_steps=None)  # fmt: skip
+
+
 class Trainer:
     """Runs `unmask train`. Construct, then call `train()`."""
 
@@ -353,18 +361,12 @@ class Trainer:
         if kept.step_rewards is not None and self.unit.step_batch is not None and len(kept):
             # The unit's own rows and advantages (MDPO: one row per sample and trained step, its step advantage).
             steps = [[s for s in row if s >= 0] for row in kept.scored_steps.tolist()]
-            rows, row_adv, owner = self.unit.step_batch(kept.trajs, kept.step_rewards, steps, self.unit_options)
-            own = torch.tensor(owner, dtype=torch.long)
-            kept = dataclasses.replace(kept, trajs=rows, rewards=kept.rewards[own], advantages=row_adv, loss_mask=kept.loss_mask[own],
-                                       value_rewards=None, token_rewards=None, step_rewards=None, scored_steps=None)  # fmt: skip
-            metrics["step_rows"] = float(len(rows))
+            kept = _as_unit_rows(kept, *self.unit.step_batch(kept.trajs, kept.step_rewards, steps, self.unit_options))
+            metrics["step_rows"] = float(len(kept.trajs))
         if self.unit.tree_batch is not None and len(kept):
             # A tree rollout's leaves become one row per tree edge, with its node advantage (d-TreeRPO).
-            rows, row_adv, owner = self.unit.tree_batch(kept.trajs, kept.rewards, self.train_params.tree, self.unit_options)
-            own = torch.tensor(owner, dtype=torch.long)
-            kept = dataclasses.replace(kept, trajs=rows, rewards=kept.rewards[own], advantages=row_adv, loss_mask=kept.loss_mask[own],
-                                       value_rewards=None, token_rewards=None, step_rewards=None, scored_steps=None)  # fmt: skip
-            metrics["tree_edges"] = float(len(rows))
+            kept = _as_unit_rows(kept, *self.unit.tree_batch(kept.trajs, kept.rewards, self.train_params.tree, self.unit_options))
+            metrics["tree_edges"] = float(len(kept.trajs))
         return kept, metrics
 
     def update(self, batch: StepBatch) -> dict[str, float]:
