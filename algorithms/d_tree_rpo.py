@@ -34,8 +34,29 @@ when their cross-entropy also leaves the mask id out; with their full-vocabulary
 move by 2e-2 on the random model (a trained LLaDA gives the mask id ~0 mass). Greedy trees (branching
 at a block boundary and mid-block) decode the same canvases as their _generate_partial.
 
+Self-distillation (:814-902, on in their config; option `self_distillation`). Siblings are the children of
+one parent node of one prompt (`edge_rows`' sibling ids; the root's children too). For each parent with more
+than one child row, the children with A > 0 get w = softmax(A / tau(t)); at each position j where one of them
+scored a token, q_j is the w-weighted distribution of their tokens there (renormalised over those active at
+j), and the term is the mean over such (parent, j) pairs of the minibatch of KL(q_j || p_parent,j):
+
+    loss += lambda(t) mean_{(parent, j)} sum_u q_u (log(q_u + 1e-8) - log p_parent,j(u)),
+    lambda(t) = lambda_max (e^{gamma t/T} - 1) / (e^gamma - 1),   tau(t) = max(tau_max (1 - t/T)^beta, 1e-6)
+
+with t the optimizer step and T `sd_horizon` (their max_steps; default the run's optimizer steps). A child's
+input is its parent's canvas, so log p_parent,j at child k's token is row k's own edge log-prob: the term is
+linear in the rows' log-probs (`self_distillation_targets`), no extra forward, the same gradient (p_parent
+with gradient, theirs). With the term on, each minibatch holds whole sibling groups (the groups are shuffled,
+not the rows), and the weights are recomputed at every optimizer step (the schedule moves within an update).
+Like the edge log-probs, p_parent excludes the mask id and follows `raw_logits`. Logged as
+`loss/self_distillation` (unscaled, their log_dict). Against their compute_loss (enable_self_distillation_loss,
+t/T = 0.5, a (3, 3, 2) tree of two prompts, per parent segment, ties included, fp64): the term to 4e-8 (their q
+is float32; 4e-16 with it in float64), d loss / d log p_parent to 1e-12, the term's parameter gradient alone to
+5e-20; the whole loss to 3e-8 and its gradient to 5e-8 (the tiny model's float32 RMSNorm rounds the policy and
+distillation gradients summed in one pass, theirs in two), given the same A > 0 set: their float32 node
+advantages can put a child whose exact A is 0 at +1e-7 and keep it.
+
 Not implemented (a run under this name does not do these):
-- the self-distillation term lambda(t) KL(q || p_parent) (:814-902, on in their config);
 - their schedule (:645-697): each optimizer step takes one parent's children (parents_per_step 1) and
   reuses them for num_iterations (12) consecutive steps, the tree re-run when the buffer empties.
   unmask takes `algorithm.epochs` passes over all the step's edge rows (`algorithm.minibatches`
@@ -45,6 +66,7 @@ Not implemented (a run under this name does not do these):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -94,14 +116,16 @@ def tree_advantages(rewards: torch.Tensor, tree: tuple[int, int, int]) -> list[t
 
 def edge_rows(
     trajs: Sequence[Trajectory], rewards: torch.Tensor, tree: tuple[int, int, int], options: DTreeRpoOptions
-) -> tuple[list[Trajectory], torch.Tensor, list[int]]:
-    """The learner rows of a tree rollout: one per edge, (rows, advantages [n], the leaf of each row).
+) -> tuple[list[Trajectory], torch.Tensor, list[int], torch.Tensor]:
+    """The learner rows of a tree rollout: one per edge, (rows, advantages [n], the leaf of each row,
+    siblings [n] long: the parent node of each row, numbered over the batch).
 
     trajs: the leaves, `tree_leaves(tree)` per group in tree order; rewards: [B] their rewards. The edge
     into a node at level k + 1 is read off its first leaf: tokens of steps before the level's branch
     step are the parent canvas (step map CONTEXT), those of steps up to the next branch step were
     unmasked by the edge (SCORED), the rest are masked in both (LATER). Rows come group by group, level
-    by level, nodes in tree order.
+    by level, nodes in tree order. Rows with the same sibling id are the children of one parent of one
+    prompt (their group key (parent node, batch index), :431-440); the root's children are one such group.
     """
     if tree is None:
         raise ValueError("d_tree_rpo needs a tree rollout (rollout.sampling.tree)")
@@ -111,12 +135,14 @@ def edge_rows(
     total = max(max(t.step_map) for t in trajs) + 1
     done = branch_steps(total, tree[2])
     advs = tree_advantages(rewards, tree)
-    rows, adv, owner = [], [], []
+    rows, adv, owner, siblings, parents = [], [], [], [], 0
     for g in range(len(trajs) // leaves):
         for k, a in enumerate(advs):
             flat = a[g].flatten()
             span = leaves // len(flat)  # leaves under each node of this level
+            kids = a[g].shape[-1]  # the last axis holds a parent's children
             for j, node_adv in enumerate(flat.tolist()):
+                siblings.append(parents + j // kids)
                 i = g * leaves + j * span
                 t = trajs[i]
                 code = [CONTEXT if m < done[k] else (SCORED if m < done[k + 1] else LATER) for m in t.step_map]
@@ -127,7 +153,8 @@ def edge_rows(
                 ))  # fmt: skip
                 adv.append(node_adv)
                 owner.append(i)
-    return rows, torch.tensor(adv, dtype=torch.float64), owner
+            parents += len(flat) // kids
+    return rows, torch.tensor(adv, dtype=torch.float64), owner, torch.tensor(siblings, dtype=torch.long)
 
 
 def edge_mask(t: Trajectory, eos_id: int | None) -> list[bool]:
@@ -148,15 +175,90 @@ class DTreeRpoOptions:
     raw_logits: bool = True
     """Score the edges with raw logits (temperature 1), as their learner does (dtreerpo_trainer.py:175,
     no division by the sampling temperature); False: logits / the rollout's temperature (unmask's rule)."""
+    self_distillation: bool = True
+    """Add lambda(t) KL(q || p_parent) (module docstring; dtreerpo.yaml enable_self_distillation_loss true). Keeps
+    each parent's children in one minibatch."""
+    sd_lambda_max: float = 3e-3
+    """lambda_max of lambda(t) = lambda_max (e^{gamma t/T} - 1) / (e^gamma - 1) (dtreerpo.yaml self_distillation_lambda_max)."""
+    sd_gamma: float = 2.0
+    """gamma of lambda(t): how late the weight grows (dtreerpo.yaml self_distillation_gamma)."""
+    sd_tau_max: float = 2.0
+    """tau_max of the sibling softmax temperature tau(t) = max(tau_max (1 - t/T)^beta, 1e-6) (dtreerpo.yaml self_distillation_tau_max)."""
+    sd_tau_beta: float = 0.7
+    """beta of tau(t) (dtreerpo.yaml self_distillation_beta)."""
+    sd_horizon: int | None = None
+    """T of the schedules, in optimizer steps. None: the run's total optimizer steps (train.steps x epochs x
+    minibatches), so both schedules span the run. Theirs is max_steps (dtreerpo.yaml 30000), which only fits
+    their run length; t/T is clipped to [0, 1]."""
+
+    def __post_init__(self) -> None:
+        if self.sd_lambda_max < 0 or self.sd_tau_max <= 0 or self.sd_tau_beta < 0:
+            raise ValueError(f"d_tree_rpo: sd_lambda_max must be >= 0, sd_tau_max > 0 and sd_tau_beta >= 0, got "
+                             f"{self.sd_lambda_max}, {self.sd_tau_max}, {self.sd_tau_beta}")  # fmt: skip
+        if self.sd_horizon is not None and self.sd_horizon < 1:
+            raise ValueError(f"d_tree_rpo: sd_horizon must be a positive number of optimizer steps or None (the run's), got {self.sd_horizon}")
+
+
+def self_distillation_schedule(step: int, total: int, options: DTreeRpoOptions) -> tuple[float, float]:
+    """(lambda(t), tau(t)) at optimizer step t = `step` (0-based, their global_step) of T = options.sd_horizon, or
+    `total` (the run's optimizer steps) when that is None; t / T clipped to [0, 1] (their :823-837).
+
+    >>> [round(x, 6) for x in self_distillation_schedule(5, 10, DTreeRpoOptions())]
+    [0.000807, 1.231144]
+    """
+    horizon = max(1, options.sd_horizon or total)
+    progress = min(1.0, max(0.0, step / horizon))
+    lam = options.sd_lambda_max * (math.exp(options.sd_gamma * progress) - 1.0) / (math.exp(options.sd_gamma) - 1.0)
+    tau = max(options.sd_tau_max * (1.0 - progress) ** options.sd_tau_beta, 1e-6)
+    return lam, tau
+
+
+def self_distillation_targets(
+    targets: torch.Tensor, active: torch.Tensor, advantages: torch.Tensor, siblings: torch.Tensor, tau: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token of the rows, (a [n, C], log q [n, C]) with KL = sum_{k,j} a_kj (log q_kj - logp_kj) over the rows.
+
+    targets: [n, C] the edges' tokens; active: [n, C] bool, the scored tokens (`edge_mask`, and the row kept);
+    advantages: [n]; siblings: [n] parent ids (`edge_rows`). For each parent with more than one child row, the
+    children with A > 0 get w = softmax(A / tau); at each position j where one of them is active, q_j is their
+    w-weighted token distribution over the active ones, q_u = sum_{k: x_kj = u} w_k / (W_j + 1e-8), W_j = sum of
+    the active w (their :858-893), and KL(q_j || p_j) = sum_u q_u (log(q_u + 1e-8) - log p_j(u)). Every child
+    row's input is the parent canvas, so log p_j(x_kj) is row k's own log-prob at j: the sum over u is one over
+    the active children, a_kj = w_k / (W_j + 1e-8) / count, log q_kj = log(q_{x_kj} + 1e-8), count = the
+    (parent, j) pairs with W_j > 0 in the rows (their mean over pairs, :895).
+    """
+    a = torch.zeros(active.shape, dtype=torch.float64)
+    log_q = torch.zeros(active.shape, dtype=torch.float64)
+    count = 0
+    adv = torch.nan_to_num(advantages.detach().cpu().to(torch.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    for parent in torch.unique(siblings).tolist():
+        rows = (siblings == parent).nonzero().flatten()
+        if len(rows) <= 1:  # an only child has nothing to distil from (their :866)
+            continue
+        kept = rows[adv[rows] > 0]  # the children better than their siblings' mean
+        if not len(kept):
+            continue
+        w = torch.softmax(adv[kept] / tau, dim=0)  # [K]
+        act = active[kept].cpu()  # [K, C]
+        x = targets[kept].cpu()
+        w_act = w[:, None] * act  # [K, C]
+        total = w_act.sum(0)  # [C] W_j
+        same = x[:, None, :] == x[None, :, :]  # [K, K, C] children k and k' put the same token at j
+        q = (same * w_act[None, :, :]).sum(1) / (total + 1e-8)  # [K, C] q of child k's token at j
+        on = act & (total > 0)
+        a[kept] = torch.where(on, w[:, None] / (total + 1e-8), 0.0)
+        log_q[kept] = torch.where(on, torch.log(q + 1e-8), 0.0)
+        count += int((total > 0).sum())
+    return a / max(count, 1), log_q
 
 
 def d_tree_rpo_estimate(
     lm: DiffusionLM, trajs: Sequence[Trajectory], generator: torch.Generator | None = None, *, raw_logits: bool = True,
-    seed: int | None = None, occurrences: Sequence[int] | None = None, with_entropy: bool = False,
+    seed: int | None = None, occurrences: Sequence[int] | None = None, with_entropy: bool = False, **self_distillation: object,
 ) -> tuple[torch.Tensor, ...]:
     """Transition log-prob of every edge row (`edge_rows`): logp, mask [n, C]. One pass on the parent
     canvas (SCORED and LATER positions masked); mask = `edge_mask`. Deterministic; the rows carry the
-    temperature `raw_logits` chose."""
+    temperature `raw_logits` chose. The self-distillation options act in the weights, not here."""
     if not lm.traits.full_attention:
         raise ValueError(f"d_tree_rpo scores full-attention canvases (their tree decodes LLaDA); family {lm.traits.name!r} is block-causal")
     temperature = _temperature(trajs)
@@ -170,14 +272,30 @@ def d_tree_rpo_estimate(
     return _out(logp, mask, entropy, with_entropy)
 
 
-def d_tree_rpo_weights(trajs: Sequence[Trajectory], keep_rows: torch.Tensor, options: DTreeRpoOptions, eos_id: int | None) -> torch.Tensor:
-    """[n, C] token weights 1 / (max(1, |m_i|) N): each row's token mean, then the mean over the N rows
-    of the minibatch (every row counts, one with no scored token as a zero: their mean over B,
-    :799-800); a dropped row (keep_rows False) weighs 0 but still counts in N."""
+def d_tree_rpo_weights(
+    trajs: Sequence[Trajectory], keep_rows: torch.Tensor, options: DTreeRpoOptions, eos_id: int | None, *,
+    advantages: torch.Tensor | None = None, siblings: torch.Tensor | None = None, progress: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Token weights of the minibatch's rows: [n, C] without self-distillation, else [n, C, 4].
+
+    Channel 0 (the [n, C] alone): 1 / (max(1, |m_i|) N), each row's token mean, then the mean over the N
+    rows of the minibatch (every row counts, one with no scored token as a zero: their mean over B,
+    :799-800); a dropped row (keep_rows False) weighs 0 but still counts in N. With options.self_distillation
+    (the learner then calls this once per optimizer step with advantages [n], siblings [n] and progress = (t,
+    the run's optimizer steps)): channels 1, 2 = `self_distillation_targets`' a and log q over the whole
+    minibatch (a dropped row is never active), channel 3 = lambda(t) on every token."""
     width = max(len(t.completion_ids) for t in trajs)
     m = _pad([edge_mask(t, eos_id) for t in trajs], width, torch.float64, "cpu")
     m = m * keep_rows.to(torch.float64).cpu()[:, None]
-    return m / m.sum(1, keepdim=True).clamp(min=1) / len(trajs)
+    row_mean = m / m.sum(1, keepdim=True).clamp(min=1) / len(trajs)
+    if not options.self_distillation:
+        return row_mean
+    if advantages is None or siblings is None or progress is None:
+        raise ValueError("d_tree_rpo's self-distillation weights need advantages=, siblings= (edge_rows) and progress=(step, total)")
+    lam, tau = self_distillation_schedule(*progress, options)
+    targets = _pad([t.completion_ids for t in trajs], width, torch.long, "cpu")
+    a, log_q = self_distillation_targets(targets, m > 0, advantages, siblings.cpu(), tau)
+    return torch.stack([row_mean, a, log_q, torch.full_like(a, lam)], dim=-1)
 
 
 def d_tree_rpo_loss(
@@ -195,23 +313,36 @@ def d_tree_rpo_loss(
     pass_index: torch.Tensor | None = None,
     weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """sum_{i,t} w_it [ -min(rho A_i, clip(rho, 1 - eps_low, 1 + eps_high) A_i) + beta k3 ] (module docstring).
+    """sum_{i,t} w_it [ -min(rho A_i, clip(rho, 1 - eps_low, 1 + eps_high) A_i) + beta k3 ]
+    + lambda(t) sum_{i,t} a_it (log q_it - logp_it) (module docstring).
 
     logp, old_logp, ref_logp: [n, C] edge log-probs; advantages: [n] A of each edge's child; mask: [n, C];
     weights: [n, C] `d_tree_rpo_weights` of the whole minibatch (the reduction; norm, norm_constant,
-    totals and pass_index are not used). Log-ratios are clamped to [-10, 10] (algorithms.losses).
+    totals and pass_index are not used), or [n, C, 4] with the self-distillation channels (w, a, log q,
+    lambda): its KL term is linear in logp, so a piece's share is its own tokens' and the gradient of
+    each row's log-prob is that of log p_parent at its token. Log-ratios are clamped to [-10, 10]
+    (algorithms.losses).
     """
     if weights is None:
         raise ValueError("d_tree_rpo's loss needs weights= (d_tree_rpo_weights: 1 / (scored tokens x rows))")
     if beta > 0 and ref_logp is None:
         raise ValueError("beta > 0 needs ref_logp")
-    w = weights[:, : logp.shape[1]].to(logp.dtype) * mask.to(logp.dtype)
+    weights = weights[:, : logp.shape[1]].to(logp.dtype)
+    sd = None
+    if weights.dim() == 3:  # self-distillation: KL(q || p_parent) = sum a (log q - logp) over the active tokens
+        on = mask.to(logp.dtype)
+        sd_terms = weights[..., 1] * (weights[..., 2] - logp) * on
+        sd, sd_scaled = sd_terms.sum(), (weights[..., 3] * sd_terms).sum()
+        weights = weights[..., 0]
+    w = weights * mask.to(logp.dtype)
     adv = advantages.to(logp.dtype)[:, None]
     ratio = torch.exp(clamped_log_ratio(logp, old_logp))
     pg_loss1, pg_loss2 = -adv * ratio, -adv * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
     pg = torch.maximum(pg_loss1, pg_loss2)
     kl = k3_kl(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
     loss = (pg * w).sum() + (beta * (kl * w).sum() if beta > 0 else 0.0)
+    if sd is not None:
+        loss = loss + sd_scaled
     with torch.no_grad():
         tokens = mask.to(w.dtype)
         n = tokens.sum().clamp(min=1)
@@ -221,6 +352,8 @@ def d_tree_rpo_loss(
             "clipfrac": float(((pg_loss2 > pg_loss1).to(w.dtype) * tokens).sum() / n),
             "ratio/mean": float((ratio * tokens).sum() / n),
         }
+        if sd is not None:
+            metrics["loss/self_distillation"] = sd.item()  # unscaled, as their log_dict
     return loss, metrics
 
 
@@ -230,7 +363,7 @@ D_TREE_RPO = register_estimator(
     EstimatorUnit(
         "d_tree_rpo", d_tree_rpo_estimate, DTreeRpoOptions, lambda trajs, o: 1,
         paper=("d-TreeRPO (Pan et al., 2025, arXiv:2512.09675; THU-BPM/d-TreeRPO): tree rollouts, node advantages V - mean(siblings), "
-               "clipped loss per tree edge (self-distillation term and per-parent schedule not implemented)"),
+               "clipped loss per tree edge, self-distillation toward the better siblings (per-parent schedule not implemented)"),
         **_preset(
             eps_low=_EPS, eps_high=_EPS,
             beta=(0.01, (f"{_REPO}slurm_scripts/dtreerpo.yaml beta 0.01, k3 (dtreerpo_trainer.py:808-811) on reference log-probs taken with "
@@ -243,6 +376,8 @@ D_TREE_RPO = register_estimator(
         ),
         objective=d_tree_rpo_loss, objective_kl=True, attention=frozenset({"full"}),
         loss_weights=d_tree_rpo_weights,
+        # the self-distillation term couples a parent's children and follows the optimizer step
+        scheduled_weights=lambda o: o.self_distillation, sibling_minibatches=lambda o: o.self_distillation,
         tree_batch=edge_rows,
         # dtreerpo.yaml: tree_branch_factor 4, tree_contraction_factor 2, num_tree_samples 4; block_length 32 with
         # diffusion_steps 128 over max_completion_length 256 (16 steps a block); temperature 0.9

@@ -513,7 +513,16 @@ class EstimatorUnit:
         loss_weights: `loss_weights(trajs, keep_rows [n], options, eos_id) -> [n, C]` per-token weights
             of the objective, computed once per minibatch over all its samples (`keep_rows`: the
             batch's loss mask per sample) before it is split over ranks and micro-batches; the
-            objective is also called with `weights=` (the piece's rows): CJ-GRPO's per-step means.
+            objective is also called with `weights=` (the piece's rows): CJ-GRPO's per-step means. The weights
+            may carry a trailing channel axis, [n, C, K], which the objective reads.
+        scheduled_weights: `scheduled_weights(options) -> bool`; True: loss_weights is called once per optimizer
+            step instead of once per update, with the keywords `advantages=` [n] (as the objective gets them),
+            `siblings=` [n] long (`LearnerBatch.siblings`, or None) and `progress=(t, T)`: the optimizer step
+            (0-based over the run) and the run's optimizer steps, train.steps x epochs x minibatches (d-TreeRPO's
+            self-distillation schedule).
+        sibling_minibatches: `sibling_minibatches(options) -> bool`; True: every minibatch holds whole sibling
+            groups (the rows sharing a `LearnerBatch.siblings` id; the groups are shuffled, not the rows), for a
+            loss that couples a parent's children (d-TreeRPO's self-distillation).
         offline_pairs: the unit learns from preference pairs (prompt, chosen, rejected) of the data,
             with no rollouts and no rewards (VRPO): `unmask train` runs `rl.preference`'s pair loop,
             which scores each response with `estimate` (policy and reference on the same seed: the
@@ -526,9 +535,10 @@ class EstimatorUnit:
         step_batch: `step_batch(trajs, step_rewards [B, T], scored, options) -> (rows, advantages [n],
             owner)`: the learner rows the samples and their step rewards become (`owner[r]`: the sample
             of row r), with one advantage per row, in place of the group advantages (MDPO's step rows).
-        tree_batch: `tree_batch(leaves, rewards [B], tree, options) -> (rows, advantages [n], owner)`: the learner
-            rows a tree rollout (`rollout.sampling.tree`, which the unit's rollout_sampling sets) becomes, one per
-            tree edge, with one advantage per row, in place of the group advantages (d-TreeRPO).
+        tree_batch: `tree_batch(leaves, rewards [B], tree, options) -> (rows, advantages [n], owner, siblings [n])`: the
+            learner rows a tree rollout (`rollout.sampling.tree`, which the unit's rollout_sampling sets) becomes, one per
+            tree edge, with one advantage per row, in place of the group advantages, and each row's parent node
+            (`LearnerBatch.siblings`) (d-TreeRPO).
         rollout_sampling: `rollout.sampling` settings the unit's paper decodes with, filled in where a
             run config leaves them unset (`rl.config.RunConfig`): JustGRPO's left-to-right block_length 1.
     """
@@ -552,11 +562,13 @@ class EstimatorUnit:
     objective_kl: bool = False
     estimate_takes_group_ranks: bool = False
     loss_weights: Callable[..., torch.Tensor] | None = None
+    scheduled_weights: Callable[[Any], bool] = lambda options: False
+    sibling_minibatches: Callable[[Any], bool] = lambda options: False
     needs_step_predictions: bool = False
     scored_steps: Callable[[int, Any], list[int]] | None = None
     step_batch: Callable[..., tuple[list[Trajectory], torch.Tensor, list[int]]] | None = None
     offline_pairs: bool = False
-    tree_batch: Callable[..., tuple[list[Trajectory], torch.Tensor, list[int]]] | None = None
+    tree_batch: Callable[..., tuple[list[Trajectory], torch.Tensor, list[int], torch.Tensor]] | None = None
     rollout_sampling: Mapping[str, Any] = field(default_factory=dict)
 
     def check_options(self, options: Mapping[str, Any]) -> Any:

@@ -28,7 +28,7 @@ import torch
 from algorithms.advantages import group_advantages
 from rollout.trajectory import Trajectory
 
-_PER_SAMPLE = ("rewards", "token_rewards", "advantages", "loss_mask", "value_rewards", "step_rewards", "scored_steps")
+_PER_SAMPLE = ("rewards", "token_rewards", "advantages", "loss_mask", "value_rewards", "step_rewards", "scored_steps", "siblings")
 
 
 def _vector(values: Any, dtype: torch.dtype) -> torch.Tensor | None:
@@ -80,6 +80,9 @@ class StepBatch:
     `needs_step_predictions`, MDPO; set by score; 0 after a sample's steps)."""
     scored_steps: torch.Tensor | None = None
     """[B, T] long the recorded step of each step_rewards column, -1 after a sample's steps."""
+    siblings: torch.Tensor | None = None
+    """[B] long parent node of each row of a tree rollout's edge rows (`EstimatorUnit.tree_batch`): rows with
+    one id are one parent's children; None for other batches."""
 
     def __post_init__(self) -> None:
         self.rewards = _vector(self.rewards, torch.float64)
@@ -128,7 +131,7 @@ class StepBatch:
         if self.advantages is None:
             raise ValueError("the learner needs advantages: run the advantages stage first")
         return LearnerBatch.pack(self.trajs, self.advantages, loss_mask=self.loss_mask, value_rewards=self.value_rewards,
-                                 token_rewards=self.token_rewards)  # fmt: skip
+                                 token_rewards=self.token_rewards, siblings=self.siblings)  # fmt: skip
 
 
 @dataclass
@@ -175,6 +178,9 @@ class LearnerBatch:
     """[B, S, C] float32 probability of each prediction (`Trajectory.step_confidences`), 0-padded alike."""
     num_steps: torch.Tensor | None = None
     """[B] long recorded steps of each sample (with step_predictions)."""
+    siblings: torch.Tensor | None = None
+    """[B] long parent node of each tree edge row (`StepBatch.siblings`); `pack` gives other batches
+    arange(B) (every row its own parent's only child), so only tensors cross to the learner."""
 
     def __post_init__(self) -> None:
         n = len(self.prompt_ids)
@@ -192,6 +198,7 @@ class LearnerBatch:
         loss_mask: Sequence[bool] | torch.Tensor | None = None,
         value_rewards: Sequence[float] | torch.Tensor | None = None,
         token_rewards: Sequence[Sequence[float]] | torch.Tensor | None = None,
+        siblings: Sequence[int] | torch.Tensor | None = None,
     ) -> LearnerBatch:
         """Pack trajectories and their per-sample values; sizes are checked."""
         trajs = list(trajs)
@@ -233,6 +240,7 @@ class LearnerBatch:
             block_size=next(iter(sizes)) if sizes else None,
             value_rewards=_vector(value_rewards, torch.float64),
             token_rewards=padded(token_rewards),
+            siblings=torch.arange(n) if siblings is None else _vector(siblings, long),
             **steps,
         )
 

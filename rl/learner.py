@@ -90,7 +90,7 @@ class _Scored:
     adv: torch.Tensor  # [n] or [n, C]
     ref: torch.Tensor | None = None
     passes: torch.Tensor | None = None  # [n, C] trace pass of each token, -1 = none (loss_norm: pass)
-    weights: torch.Tensor | None = None  # [n, C] the unit's loss_weights, taken over the whole minibatch
+    weights: torch.Tensor | None = None  # [n, C] (or [n, C, K]) the unit's loss_weights, taken over the whole minibatch
     old_values: torch.Tensor | None = None
     returns: torch.Tensor | None = None
 
@@ -225,7 +225,7 @@ class Learner(LearnerState):
         self._group_rank, self._group_size = group_positions(batch.group.tolist())  # over the whole batch, before any split
         seed = self.cfg.train.seed * 1_000_003 + self.step
         gen = torch.Generator().manual_seed(seed)
-        chunks = [c.tolist() for c in torch.randperm(len(trajs), generator=gen).chunk(algo.minibatches)]
+        chunks = self._minibatches(batch, gen)
         # Old, reference and current passes draw the same masks: same seed, per-sample RNG. With
         # redraw_masks every inner epoch e draws its own masks (d1), so the old and reference
         # log-probs of every epoch's masks are taken now, under the weights that sampled the batch.
@@ -242,7 +242,10 @@ class Learner(LearnerState):
             d = epoch % draws
             scored, totals, _ = per_draw[d]
             for j in range(len(chunks)):
-                lr = self._set_lr((self.step * algo.epochs + epoch) * algo.minibatches + j)
+                opt_step = (self.step * algo.epochs + epoch) * algo.minibatches + j
+                lr = self._set_lr(opt_step)
+                if self.estimator.loss_weights is not None and self.estimator.scheduled_weights(self._estimator_options):  # weights that follow the optimizer step
+                    self._unit_weights(trajs, batch, chunks[j], scored[j], opt_step)
                 for k, v in self._optimizer_step(trajs, scored[j], totals[j], mb_seed(j, d)).items():
                     metrics[k].append(v)
                 metrics["lr"].append(lr)
@@ -251,6 +254,41 @@ class Learner(LearnerState):
             self.value.eval()
         self.step += 1
         return {k: float(np.mean(v)) for k, v in metrics.items()}
+
+    def _minibatches(self, batch: LearnerBatch, gen: torch.Generator) -> list[list[int]]:
+        """The rows of each minibatch: a random permutation of the rows in `algorithm.minibatches` chunks, or of
+        whole sibling groups (`LearnerBatch.siblings`) where the unit's loss couples them (`sibling_minibatches`)."""
+        minibatches = self.cfg.algorithm.minibatches
+        if not self.estimator.sibling_minibatches(self._estimator_options):
+            return [c.tolist() for c in torch.randperm(len(batch), generator=gen).chunk(minibatches)]
+        if batch.siblings is None:
+            raise ValueError(f"estimator {self.estimator.name!r} keeps sibling rows in one minibatch, but the batch has no siblings "
+                             "(LearnerBatch.pack(..., siblings=): the tree_batch rows' parent ids)")  # fmt: skip
+        ids, group_of = torch.unique(batch.siblings, return_inverse=True)
+        rows = [(group_of == g).nonzero().flatten().tolist() for g in range(len(ids))]
+        return [[i for g in part.tolist() for i in rows[g]] for part in torch.randperm(len(ids), generator=gen).chunk(minibatches)]
+
+    def _objective_advantages(self, trajs: list[Trajectory], packed: LearnerBatch) -> torch.Tensor:
+        """[B] the advantages the objective gets: the batch's, or the unit's advantage_weights of them, taken over
+        the whole batch before any split (wd1's group softmax)."""
+        adv_all = packed.advantages.float()
+        if self.estimator.advantage_weights is not None:  # over the whole batch, not a piece's rows
+            adv_all = self.estimator.advantage_weights(adv_all, packed.group, loss_mask(trajs, self.lm.eos_id).sum(1))
+        return adv_all
+
+    def _unit_weights(self, trajs: list[Trajectory], packed: LearnerBatch, idx: list[int], pieces: list[_Scored], opt_step: int | None = None) -> None:
+        """Set each piece's `weights`: the unit's loss_weights over the whole minibatch `idx`, before any split
+        (CJ-GRPO's per-step means); with `scheduled_weights`, those of optimizer step `opt_step`."""
+        kw = {}
+        if opt_step is not None:
+            algo = self.cfg.algorithm
+            adv = self._objective_advantages(trajs, packed)
+            kw = {"advantages": adv[idx], "siblings": None if packed.siblings is None else packed.siblings[idx],
+                  "progress": (opt_step, self.cfg.train.steps * algo.epochs * algo.minibatches)}  # fmt: skip
+        weights = self.estimator.loss_weights([trajs[i] for i in idx], packed.loss_mask[idx], self._estimator_options, self.lm.eos_id, **kw)
+        row_of = {i: r for r, i in enumerate(idx)}
+        for s in pieces:
+            s.weights = weights[[row_of[i] for i in s.piece.idx], : s.keep.shape[1]].to(self.device)
 
     def lr_at(self, opt_step: int) -> float:
         """The policy's learning rate at optimizer step `opt_step` (0-based over the run): `algorithm.lr`
@@ -300,9 +338,7 @@ class Learner(LearnerState):
         minibatch's global totals (one all-reduce)."""
         algo, lc = self.cfg.algorithm, self.cfg.learner
         dev = self.device
-        adv_all = packed.advantages.float()
-        if self.estimator.advantage_weights is not None:  # over the whole batch, before any split (wd1's group softmax)
-            adv_all = self.estimator.advantage_weights(adv_all, packed.group, loss_mask(trajs, self.lm.eos_id).sum(1))
+        adv_all = self._objective_advantages(trajs, packed)
         keep_all = packed.loss_mask
         token_rewards, value_rewards = packed.token_rewards, packed.value_rewards
         opts = self.estimator_opts
@@ -311,10 +347,6 @@ class Learner(LearnerState):
         for j, idx in enumerate(chunks):
             occ = occurrence_index([trajs[i] for i in idx])
             scored.append([])
-            weights = None
-            if self.estimator.loss_weights is not None:  # over the whole minibatch, before any split (CJ-GRPO's per-step means)
-                weights = self.estimator.loss_weights([trajs[i] for i in idx], keep_all[idx], self._estimator_options, self.lm.eos_id)
-                row_of = {i: r for r, i in enumerate(idx)}
             for piece in minibatch_pieces(idx, occ, self.rank, self.world_size, lc.micro_batches):
                 batch = [trajs[i] for i in piece.idx]
                 with self._autocast():
@@ -331,8 +363,6 @@ class Learner(LearnerState):
                             ref = self._ref(batch, seed=mb_seed(j), occurrences=piece.occurrences, **self._adv_kw(adv_all[piece.idx], piece.idx), **opts)[0]
                 keep = mask & keep_all[piece.idx].to(dev)[:, None]
                 s = _Scored(piece, old, keep, adv_all[piece.idx].to(dev), ref)
-                if weights is not None:
-                    s.weights = weights[[row_of[i] for i in piece.idx], : keep.shape[1]].to(dev)
                 if algo.loss_norm == "pass":
                     s.passes = self._rows(batch, trace_pass_index, mask.shape[1])
                 if self.value is not None:
@@ -367,6 +397,8 @@ class Learner(LearnerState):
                         # behaviour policy of the ratio is the rollout's own distribution.
                         s.old = rollout_lp.to(old.dtype)
                 scored[j].append(s)
+            if self.estimator.loss_weights is not None and not self.estimator.scheduled_weights(self._estimator_options):
+                self._unit_weights(trajs, packed, idx, scored[j])  # once: the same weights for every epoch
         distributed.all_reduce_sum(sums)
         totals = [LossTotals(float(t), float(n), float(k)) for t, n, k in sums[:, :3].tolist()]
         mismatch = (sums[:, 4] / sums[:, 3].clamp(min=1)).tolist() if self.estimator.replays_trace else None

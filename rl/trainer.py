@@ -94,12 +94,13 @@ class _StopSignals:
         self._old = {}
 
 
-def _as_unit_rows(kept: StepBatch, rows: list, advantages: torch.Tensor, owner: list[int]) -> StepBatch:
+def _as_unit_rows(kept: StepBatch, rows: list, advantages: torch.Tensor, owner: list[int], siblings: torch.Tensor | None = None) -> StepBatch:
     """The batch as a unit's own learner rows (MDPO's step rows, d-TreeRPO's tree edges): row r carries
-    sample owner[r]'s reward and loss mask and its own advantage; per-sample value targets no longer apply."""
+    sample owner[r]'s reward and loss mask and its own advantage (and its parent node, tree edges);
+    per-sample value targets no longer apply."""
     own = torch.tensor(owner, dtype=torch.long)
     return dataclasses.replace(kept, trajs=rows, rewards=kept.rewards[own], advantages=advantages, loss_mask=kept.loss_mask[own],
-                               value_rewards=None, token_rewards=None, step_rewards=None, scored_steps=None)  # fmt: skip
+                               value_rewards=None, token_rewards=None, step_rewards=None, scored_steps=None, siblings=siblings)  # fmt: skip
 
 
 class Trainer:

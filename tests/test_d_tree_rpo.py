@@ -2,6 +2,7 @@
 their parents, node advantages and edge rows by hand, the loss by hand, the preset from a one-line
 config, the trainer's stages and an update on the edge rows, and `unmask train` end to end."""
 
+import dataclasses
 import math
 
 import pytest
@@ -16,10 +17,11 @@ from algorithms.d_tree_rpo import (
     d_tree_rpo_weights,
     edge_mask,
     edge_rows,
+    self_distillation_schedule,
     tree_advantages,
 )
 from algorithms.estimators import get_estimator
-from rl.batch import StepBatch
+from rl.batch import LearnerBatch, StepBatch
 from rl.config import load_config
 from rollout import SamplingParams, build_char_tokenizer
 from rollout.engine import _FullDecoder, generate
@@ -137,8 +139,9 @@ def test_edge_rows_one_per_edge_with_parent_canvas_and_the_childs_new_tokens():
     maps = [[0, 1, 2, 3], [0, 1, 3, 2], [1, 0, 2, 3], [1, 0, 3, 2]]
     comps = [[7, 8, 9, eos], [7, 8, eos, 9], [5, 6, 7, 8], [5, 6, 8, 7]]
     trajs = [Trajectory([4], c, m, [0.0] * 4, None, 0.9, 4, "eos", group=3) for c, m in zip(comps, maps)]
-    rows, adv, owner = edge_rows(trajs, torch.tensor([1.0, 0.0, 0.0, 0.0]), (2, 2, 2), DTreeRpoOptions())
+    rows, adv, owner, siblings = edge_rows(trajs, torch.tensor([1.0, 0.0, 0.0, 0.0]), (2, 2, 2), DTreeRpoOptions())
     assert owner == [0, 2, 0, 1, 2, 3]  # root -> 2 children (read off their first leaves), then 4 leaf edges
+    assert siblings.tolist() == [0, 0, 1, 1, 2, 2]  # the root's children, then each level-1 node's
     assert adv.tolist() == [0.5, -0.5, 1.0, -1.0, 0.0, 0.0]
     assert [r.step_map for r in rows[:2]] == [[SCORED, SCORED, LATER, LATER]] * 2
     assert rows[2].step_map == [0, 0, SCORED, SCORED] and rows[3].step_map == [0, 0, SCORED, SCORED]
@@ -155,7 +158,7 @@ def test_the_loss_by_hand_row_token_mean_then_mean_over_every_row():
     trajs = [Trajectory([4], [7, 8, 9], [1, 1, 2], [0.0] * 3, None, 1.0, 0, "length"),
              Trajectory([4], [7, 2, 9], [0, 1, 1], [0.0] * 3, None, 1.0, 0, "eos"),
              Trajectory([4], [2, 8, 9], [0, 1, 1], [0.0] * 3, None, 1.0, 0, "eos")]  # fmt: skip  # row 2: only filler after EOS
-    w = d_tree_rpo_weights(trajs, torch.tensor([True, True, True]), DTreeRpoOptions(), eos_id=2)
+    w = d_tree_rpo_weights(trajs, torch.tensor([True, True, True]), DTreeRpoOptions(self_distillation=False), eos_id=2)
     assert w.tolist() == [[1 / 6, 1 / 6, 0.0], [0.0, 1 / 3, 0.0], [0.0, 0.0, 0.0]]  # N = 3 rows, the empty one too
     mask = w > 0
     old = torch.zeros(3, 3, dtype=torch.float64)
@@ -174,6 +177,92 @@ def test_the_loss_by_hand_row_token_mean_then_mean_over_every_row():
         d_tree_rpo_loss(logp, old, adv, mask)
 
 
+def _sd_rows():
+    """Parent 0: three children (A = 1, 0.5, -1.5), all on the masked canvas; parent 1: an only child (A = 2);
+    parent 2: two children with A = 0. Width 4, EOS id 2 nowhere."""
+    S, L = SCORED, LATER
+    rows = [([S, S, L, S], [7, 8, 9, 4]), ([S, L, S, S], [7, 9, 5, 3]), ([S, S, L, L], [6, 8, 9, 9]),  # parent 0
+            ([S, S, S, S], [1, 1, 1, 1]),  # parent 1
+            ([S, S, L, L], [4, 5, 6, 7]), ([S, S, L, L], [5, 4, 6, 7])]  # fmt: skip  # parent 2
+    trajs = [Trajectory([3], toks, codes, [0.0] * 4, None, 1.0, 0, "length") for codes, toks in rows]
+    return trajs, torch.tensor([1.0, 0.5, -1.5, 2.0, 0.0, 0.0], dtype=torch.float64), torch.tensor([0, 0, 0, 1, 2, 2])
+
+
+def test_self_distillation_by_hand_q_kl_and_the_schedules():
+    trajs, adv, siblings = _sd_rows()
+    keep = torch.ones(6, dtype=torch.bool)
+    # lambda(t), tau(t) at t / T = 5 / 10 (their :830-837); the horizon option replaces the run's T; t / T clipped at 1
+    lam = 3e-3 * (math.exp(2.0 * 0.5) - 1) / (math.exp(2.0) - 1)
+    tau = 2.0 * 0.5**0.7
+    assert self_distillation_schedule(5, 10, DTreeRpoOptions()) == pytest.approx((lam, tau), rel=1e-12)
+    assert self_distillation_schedule(5, 999, DTreeRpoOptions(sd_horizon=10)) == pytest.approx((lam, tau), rel=1e-12)
+    assert self_distillation_schedule(0, 10, DTreeRpoOptions()) == (0.0, 2.0)
+    assert self_distillation_schedule(20, 10, DTreeRpoOptions()) == pytest.approx((3e-3, 1e-6))
+    w = d_tree_rpo_weights(trajs, keep, DTreeRpoOptions(), 2, advantages=adv, siblings=siblings, progress=(5, 10))
+    assert w.shape == (6, 4, 4)
+    off = d_tree_rpo_weights(trajs, keep, DTreeRpoOptions(self_distillation=False), 2)
+    assert torch.equal(w[..., 0], off)  # the policy weights as without the term
+    # parent 0 keeps children 0 and 1 (A > 0): w = softmax([1, 0.5] / tau); parents 1 (only child) and 2 (no A > 0) add nothing.
+    # Positions: j0 both put 7 (a tie: q_7 = w0 + w1), j1 only child 0 is active, j2 only child 1, j3 both, tokens 4 and 3.
+    w0 = 1 / (1 + math.exp(-0.5 / tau))
+    w1 = 1 - w0
+    e = 1e-8
+    a = [[w0 / (1 + e), w0 / (w0 + e), 0, w0 / (1 + e)], [w1 / (1 + e), 0, w1 / (w1 + e), w1 / (1 + e)]]  # w_k / (W_j + 1e-8)
+    q = [[1 / (1 + e), w0 / (w0 + e), 0, w0 / (1 + e)], [1 / (1 + e), 0, w1 / (w1 + e), w1 / (1 + e)]]  # q of child k's token
+    close = lambda x, want: torch.allclose(x, torch.tensor(want, dtype=torch.float64), rtol=1e-12, atol=1e-15)
+    assert close(w[:2, :, 1], [[x / 4 for x in r] for r in a])  # over the 4 (parent, j) pairs
+    assert w[2:, :, 1].abs().sum() == 0 and w[2:, :, 2].abs().sum() == 0
+    assert close(w[:2, :, 2], [[math.log(x + e) if x else 0.0 for x in r] for r in q])
+    assert w[..., 3].unique().tolist() == pytest.approx([lam], rel=1e-12)
+    # the loss: their KL(q_j || p_parent,j) from a parent log-prob table, each row's log-prob read off it at its token
+    torch.manual_seed(0)
+    log_p = torch.log_softmax(torch.randn(4, 10, dtype=torch.float64), -1).requires_grad_()  # [j, u] p_parent
+    targets = torch.tensor([t.completion_ids for t in trajs])
+    mask = off > 0
+    logp = log_p.T[targets, torch.arange(4)]  # [6, 4] row k at j: log p_parent,j(x_kj)
+    logp = torch.where(mask, logp, torch.zeros_like(logp))
+    old = logp.detach() + 0.1
+    loss, m = d_tree_rpo_loss(logp, old, adv, mask, 0.4, 0.4, weights=w)
+    loss_off, _ = d_tree_rpo_loss(logp, old, adv, mask, 0.4, 0.4, weights=off)
+
+    def kl(j, qs):  # {token: q}, their sum over the support
+        return sum(qu * (torch.log(torch.tensor(qu + e, dtype=torch.float64)) - log_p[j, u]) for u, qu in qs.items())
+
+    sd = (kl(0, {7: 1 / (1 + e)}) + kl(1, {8: w0 / (w0 + e)}) + kl(2, {5: w1 / (w1 + e)}) + kl(3, {4: w0 / (1 + e), 3: w1 / (1 + e)})) / 4
+    assert m["loss/self_distillation"] == pytest.approx(sd.item(), rel=1e-12)
+    assert (loss - loss_off).item() == pytest.approx(lam * sd.item(), rel=1e-9)
+    (g,) = torch.autograd.grad(loss - loss_off, log_p)
+    (g_want,) = torch.autograd.grad(lam * sd, log_p)
+    assert torch.allclose(g, g_want, rtol=1e-12, atol=1e-18) and g.abs().sum() > 0
+    # a dropped row is never active: child 1 dropped, child 0 alone is q at j0 and j3
+    w_drop = d_tree_rpo_weights(trajs, torch.tensor([True, False, True, True, True, True]), DTreeRpoOptions(), 2,
+                                advantages=adv, siblings=siblings, progress=(5, 10))  # fmt: skip
+    assert w_drop[0, :, 1].tolist() == pytest.approx([w0 / (w0 + e) / 3, w0 / (w0 + e) / 3, 0.0, w0 / (w0 + e) / 3], rel=1e-12)
+    with pytest.raises(ValueError, match="siblings="):
+        d_tree_rpo_weights(trajs, keep, DTreeRpoOptions(), 2)
+
+
+def test_minibatches_keep_sibling_groups_whole_with_the_term_on():
+    from types import SimpleNamespace
+
+    from rl.learner import Learner
+
+    trajs, adv, _ = _sd_rows()
+    siblings = torch.tensor([0, 0, 0, 1, 2, 2, 3, 3, 4, 4, 4, 5])
+    batch = LearnerBatch.pack(trajs * 2, torch.cat([adv, adv]), siblings=siblings)
+    unit = get_estimator("d_tree_rpo")
+    for sd in (True, False):
+        me = SimpleNamespace(cfg=SimpleNamespace(algorithm=SimpleNamespace(minibatches=3)), estimator=unit,
+                             _estimator_options=DTreeRpoOptions(self_distillation=sd))  # fmt: skip
+        split = [Learner._minibatches(me, batch, torch.Generator().manual_seed(s)) for s in range(8)]
+        assert all(sorted(i for c in chunks for i in c) == list(range(12)) for chunks in split)
+        whole = [all(set(siblings[c].tolist()).isdisjoint(siblings[d].tolist()) for c in chunks for d in chunks if c is not d) for chunks in split]
+        assert all(whole) if sd else not all(whole)  # rows shuffled alone split some parent's children
+        if sd:  # 6 groups in 3 minibatches of 2 groups
+            assert all(len(chunks) == 3 and all(len(set(siblings[c].tolist())) == 2 for c in chunks) for chunks in split)
+    assert LearnerBatch.pack(trajs, adv).siblings.tolist() == list(range(6))  # no tree: every row its own parent's only child
+
+
 def test_the_estimate_is_one_forward_on_the_parent_canvas():
     lm = _llada()
     tok = lm.tokenizer
@@ -186,6 +275,11 @@ def test_the_estimate_is_one_forward_on_the_parent_canvas():
         lp = lm.sampling_logprobs(lm.sequence_logits(x, torch.arange(len(prompt), len(prompt) + 4)[None]), 1.0)[0]
     assert logp[0, 1:3].tolist() == pytest.approx([float(lp[1, comp[1]]), float(lp[2, comp[2]])], abs=1e-5)
     assert logp[0, 0] == 0 and logp[0, 3] == 0
+
+
+def _nth(ids):
+    """(id, how many times it came before) for each entry: where a row of a sibling group sits in its group."""
+    return [(x, ids[:i].count(x)) for i, x in enumerate(ids)]
 
 
 def _config(tmp_path, algorithm, model=str(BASE_CKPT), extra=""):
@@ -205,6 +299,12 @@ def test_a_one_line_config_gets_the_preset_and_the_tree_and_a_block_causal_model
     assert cfg.rollout.samples_per_prompt == 16  # the leaves
     unit = algo.estimator_unit()
     assert unit is get_estimator("d_tree_rpo") and unit.objective is d_tree_rpo_loss and unit.tree_batch is edge_rows
+    opts = unit.check_options(algo.estimator_options())
+    assert (opts.self_distillation, opts.sd_lambda_max, opts.sd_gamma, opts.sd_tau_max, opts.sd_tau_beta, opts.sd_horizon) == (True, 3e-3, 2.0, 2.0, 0.7, None)
+    off = _config(tmp_path, "estimator: d_tree_rpo, options: {self_distillation: false, sd_horizon: 30000}").algorithm
+    assert unit.check_options(off.estimator_options()) == DTreeRpoOptions(self_distillation=False, sd_horizon=30000)
+    with pytest.raises(ValueError, match="sd_horizon must be a positive"):
+        _config(tmp_path, "estimator: d_tree_rpo, options: {sd_horizon: 0}")
     with pytest.raises(ValueError, match="samples_per_prompt is 8, but rollout.sampling.tree"):
         _config(tmp_path, "estimator: d_tree_rpo", extra="rollout: {samples_per_prompt: 8}\n")
     with pytest.raises(ValueError, match="eval.sampling.tree"):
@@ -227,7 +327,7 @@ def test_one_training_step_through_the_trainers_stages(tmp_path):
     lm.save_pretrained(tmp_path / "llada")
     tok = lm.tokenizer
     extra = "rollout: {prompts_per_step: 2, sampling: {tree: [2, 2, 2], max_new_tokens: 6, block_length: 3, steps_per_block: 2}}\n"
-    cfg = _config(tmp_path, "estimator: d_tree_rpo, lr: 1.0e-3, epochs: 1", model=str(tmp_path / "llada"), extra=extra)
+    cfg = _config(tmp_path, "estimator: d_tree_rpo, lr: 1.0e-3, epochs: 2, minibatches: 2", model=str(tmp_path / "llada"), extra=extra)
     assert cfg.rollout.samples_per_prompt == 4
     tr = Trainer.__new__(Trainer)
     tr.cfg, tr.tokenizer = cfg, tok
@@ -247,13 +347,34 @@ def test_one_training_step_through_the_trainers_stages(tmp_path):
     assert batch.rewards.std() > 0
     kept, metrics = tr.advantages(batch)
     assert metrics["tree_edges"] == 12 and len(kept) == 12
-    want = edge_rows(trajs, batch.rewards, (2, 2, 2), DTreeRpoOptions())[1]
-    assert kept.advantages.tolist() == pytest.approx(want.tolist())
+    want = edge_rows(trajs, batch.rewards, (2, 2, 2), DTreeRpoOptions())
+    assert kept.advantages.tolist() == pytest.approx(want[1].tolist())
+    assert kept.siblings.tolist() == want[3].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
     learner = Learner(cfg)
+    calls = []
+
+    def spy(rows, keep, options, eos, **kw):  # the self-distillation weights: once per optimizer step, on whole sibling groups
+        calls.append((kw["progress"], kw["siblings"].tolist(), kw["advantages"].tolist()))
+        return d_tree_rpo_weights(rows, keep, options, eos, **kw)
+
+    learner.estimator = dataclasses.replace(learner.estimator, loss_weights=spy)
     start = {k: v.clone() for k, v in learner.lm.model.named_parameters()}
     m = learner.update(kept.for_learner())
-    assert math.isfinite(m["loss/policy"])
+    assert math.isfinite(m["loss/policy"]) and m["loss/self_distillation"] > 0
+    total = cfg.train.steps * 2 * 2
+    assert [c[0] for c in calls] == [(0, total), (1, total), (2, total), (3, total)]  # epochs x minibatches
+    for _, sib, a in calls:
+        assert len(sib) == 6 and all(sib.count(x) == 2 for x in set(sib))  # 3 whole parents of 2 children each
+        assert a == pytest.approx([float(kept.advantages[(kept.siblings == x).nonzero()[i]]) for x, i in _nth(sib)])
     assert any(not torch.equal(p, start[n]) for n, p in learner.lm.model.named_parameters())
+    # micro-batches split a parent's children (4 pieces of 2, 2, 1, 1 rows): the weights were taken over the whole
+    # minibatch, so the update and the term are the same
+    split = Learner(_config(tmp_path, "estimator: d_tree_rpo, lr: 1.0e-3, epochs: 2, minibatches: 2", model=str(tmp_path / "llada"),
+                            extra=extra + "learner: {micro_batches: 4}\n"))  # fmt: skip
+    m_split = split.update(kept.for_learner())
+    assert m_split["loss/self_distillation"] == pytest.approx(m["loss/self_distillation"], rel=1e-5)
+    for (n, p), q in zip(learner.lm.model.named_parameters(), split.lm.model.parameters()):  # fp32 sums in another order, through Adam
+        assert (p - q).abs().max() < 0.01 * (p - start[n]).abs().max(), n
 
 
 @pytest.mark.slow
@@ -283,4 +404,5 @@ def test_unmask_train_runs_d_tree_rpo_from_a_one_line_config(tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     step = next(r for r in records if "loss/policy" in r)
     assert step["tree_edges"] == 4 + 16 and step["rollout/nfe_mean"] == 4  # 4 tokens, one per step, branching after 2
+    assert step["loss/self_distillation"] >= 0  # the term, on by default, logged unscaled
     assert "THU-BPM/d-TreeRPO" in (run / "config.yaml").read_text()
