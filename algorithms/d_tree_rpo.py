@@ -56,12 +56,21 @@ is float32; 4e-16 with it in float64), d loss / d log p_parent to 1e-12, the ter
 distillation gradients summed in one pass, theirs in two), given the same A > 0 set: their float32 node
 advantages can put a child whose exact A is 0 at +1e-7 and keep it.
 
-Not implemented (a run under this name does not do these):
-- their schedule (:645-697): each optimizer step takes one parent's children (parents_per_step 1) and
-  reuses them for num_iterations (12) consecutive steps, the tree re-run when the buffer empties.
-  unmask takes `algorithm.epochs` passes over all the step's edge rows (`algorithm.minibatches`
-  optimizer steps each), old log-probs scored once before the first update, as theirs are (:456-459).
-- cfg_scale (0 in their config).
+Schedule (:645-697, :474-488; option `per_parent_schedule`, on by default). Their tree batch decodes every node
+for all B prompts at once, and `_pack_segments_by_parent` packs the edge rows by parent node: one segment = the
+children of one parent position (the root, then each level-1 node, ...) of every prompt, 1 + n + n bf + ... +
+n bf^(s-2) segments (5 of 4 B rows for their (4, 4, 2)). The segments are shuffled (random.shuffle), each
+optimizer step takes parents_per_step (1) of them and reuses it for num_iterations (12) consecutive steps, on the
+old and reference log-probs taken once at tree time (:456-465); an empty buffer re-runs the tree. unmask's
+update over one step's tree rollout: the segments in a seeded random order (`parent_segments`), each trained for
+`algorithm.epochs` consecutive optimizer steps (segment-major), old and reference log-probs taken once before
+the first, so one update is epochs x segments optimizer steps (the learning-rate and self-distillation
+schedules count them) and the next RL step re-runs the tree. `algorithm.minibatches` does not apply (a config
+setting it gets a warning and is ignored). A sibling group lies inside a segment, so the row mean and the self-distillation
+pairs are normalised over the segment, as theirs over their batch. parents_per_step is 1 (theirs). False:
+`algorithm.epochs` passes over all the step's edge rows, `algorithm.minibatches` optimizer steps each.
+
+Not implemented (a run under this name does not do these): cfg_scale (0 in their config).
 """
 
 from __future__ import annotations
@@ -157,6 +166,34 @@ def edge_rows(
     return rows, torch.tensor(adv, dtype=torch.float64), owner, torch.tensor(siblings, dtype=torch.long)
 
 
+def parent_positions(tree: tuple[int, int, int]) -> int:
+    """The parent nodes of one prompt's tree (root and every node above the leaves): 1 + n + n bf + ... + n bf^(s-2),
+    the sibling groups `edge_rows` numbers per prompt.
+
+    >>> parent_positions((4, 4, 2)), parent_positions((2, 2, 3))
+    (5, 7)
+    """
+    n, bf, s = tree
+    return 1 + sum(n * bf**k for k in range(s - 1))
+
+
+def parent_segments(siblings: torch.Tensor, tree: tuple[int, int, int], generator: torch.Generator) -> list[list[int]]:
+    """The rows of each training segment, in a random order (their `_pack_segments_by_parent` then random.shuffle,
+    :474-488, :660-661): one segment per parent position, the children of that parent node of every prompt.
+
+    siblings: [n] `edge_rows`' parent ids, numbered prompt by prompt with `parent_positions(tree)` per prompt, so a
+    row's parent position is its id modulo that count (0 the root, then the level-1 nodes, ... in tree order).
+    """
+    per_prompt = parent_positions(tree)
+    ids = torch.unique(siblings)  # sorted
+    if len(ids) % per_prompt or (len(ids) and int(ids[-1]) + 1 != len(ids)):
+        raise ValueError(f"d_tree_rpo's per-parent schedule needs edge_rows' parent ids, 0, 1, ... with {per_prompt} per prompt "
+                         f"for tree {tuple(tree)}; got {len(ids)} distinct ids {ids.tolist()[:8]}...")  # fmt: skip
+    position = siblings % per_prompt  # [n]
+    segments = [(position == p).nonzero().flatten().tolist() for p in torch.randperm(per_prompt, generator=generator).tolist()]
+    return [rows for rows in segments if rows]
+
+
 def edge_mask(t: Trajectory, eos_id: int | None) -> list[bool]:
     """Per completion position of an edge row: unmasked by the edge and at or before the child canvas's
     first EOS (their changed_mask & _build_completion_mask(child), :182-184).
@@ -186,9 +223,14 @@ class DTreeRpoOptions:
     """tau_max of the sibling softmax temperature tau(t) = max(tau_max (1 - t/T)^beta, 1e-6) (dtreerpo.yaml self_distillation_tau_max)."""
     sd_tau_beta: float = 0.7
     """beta of tau(t) (dtreerpo.yaml self_distillation_beta)."""
+    per_parent_schedule: bool = True
+    """Train the tree's parent segments one after another, each for `algorithm.epochs` consecutive optimizer steps,
+    in a random order (module docstring; their _prepare_inputs :645-697 with dtreerpo.yaml parents_per_step 1 and
+    num_iterations 12); `algorithm.minibatches` is then ignored. False: epochs passes over all edge rows, each
+    split into `algorithm.minibatches` random minibatches."""
     sd_horizon: int | None = None
     """T of the schedules, in optimizer steps. None: the run's total optimizer steps (train.steps x epochs x
-    minibatches), so both schedules span the run. Theirs is max_steps (dtreerpo.yaml 30000), which only fits
+    minibatches, or x the tree's parent segments with per_parent_schedule), so both schedules span the run. Theirs is max_steps (dtreerpo.yaml 30000), which only fits
     their run length; t/T is clipped to [0, 1]."""
 
     def __post_init__(self) -> None:
@@ -363,21 +405,24 @@ D_TREE_RPO = register_estimator(
     EstimatorUnit(
         "d_tree_rpo", d_tree_rpo_estimate, DTreeRpoOptions, lambda trajs, o: 1,
         paper=("d-TreeRPO (Pan et al., 2025, arXiv:2512.09675; THU-BPM/d-TreeRPO): tree rollouts, node advantages V - mean(siblings), "
-               "clipped loss per tree edge, self-distillation toward the better siblings (per-parent schedule not implemented)"),
+               "clipped loss per tree edge, self-distillation toward the better siblings, one parent segment per epochs optimizer steps"),
         **_preset(
             eps_low=_EPS, eps_high=_EPS,
             beta=(0.01, (f"{_REPO}slurm_scripts/dtreerpo.yaml beta 0.01, k3 (dtreerpo_trainer.py:808-811) on reference log-probs taken with "
                          "the LoRA adapter disabled (:461-465, use_peft true): the initial policy; the yaml's sync_ref_model syncs TRL's "
                          "ref_model, which this trainer never reads")),
             epochs=(12, (f"{_REPO}slurm_scripts/dtreerpo.yaml num_iterations 12: each edge row trained 12 times on the tree-time old "
-                         "log-probs (theirs: one parent's rows for 12 consecutive steps, dtreerpo_trainer.py:650-697; unmask: 12 passes "
-                         "over the step's rows)")),
+                         "log-probs: one parent segment for 12 consecutive optimizer steps (dtreerpo_trainer.py:650-697; option "
+                         "per_parent_schedule)")),
             redraw_masks=(False, "the edge rows are deterministic: no masks to redraw"),
         ),
         objective=d_tree_rpo_loss, objective_kl=True, attention=frozenset({"full"}),
         loss_weights=d_tree_rpo_weights,
         # the self-distillation term couples a parent's children and follows the optimizer step
         scheduled_weights=lambda o: o.self_distillation, sibling_minibatches=lambda o: o.self_distillation,
+        # their schedule: one parent segment at a time, epochs (num_iterations) optimizer steps each
+        segment_count=lambda o, tree: parent_positions(tree) if o.per_parent_schedule and tree is not None else None,
+        segments=lambda o, siblings, tree, generator: parent_segments(siblings, tree, generator),
         tree_batch=edge_rows,
         # dtreerpo.yaml: tree_branch_factor 4, tree_contraction_factor 2, num_tree_samples 4; block_length 32 with
         # diffusion_steps 128 over max_completion_length 256 (16 steps a block); temperature 0.9

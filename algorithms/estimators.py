@@ -523,6 +523,12 @@ class EstimatorUnit:
         sibling_minibatches: `sibling_minibatches(options) -> bool`; True: every minibatch holds whole sibling
             groups (the rows sharing a `LearnerBatch.siblings` id; the groups are shuffled, not the rows), for a
             loss that couples a parent's children (d-TreeRPO's self-distillation).
+        segment_count: `segment_count(options, tree) -> int | None` (tree: `rollout.sampling.tree` or None): the
+            segments one update trains, each for `algorithm.epochs` consecutive optimizer steps in place of the
+            epochs x minibatches loop, so an update is epochs x segments optimizer steps (the learning-rate and
+            scheduled-weight totals count them); None: the learner's loop (d-TreeRPO's per-parent schedule).
+        segments: with segment_count not None, `segments(options, siblings [n], tree, generator) -> [rows of each
+            segment]` in training order (`LearnerBatch.siblings`; the generator seeded per update).
         offline_pairs: the unit learns from preference pairs (prompt, chosen, rejected) of the data,
             with no rollouts and no rewards (VRPO): `unmask train` runs `rl.preference`'s pair loop,
             which scores each response with `estimate` (policy and reference on the same seed: the
@@ -564,6 +570,8 @@ class EstimatorUnit:
     loss_weights: Callable[..., torch.Tensor] | None = None
     scheduled_weights: Callable[[Any], bool] = lambda options: False
     sibling_minibatches: Callable[[Any], bool] = lambda options: False
+    segment_count: Callable[[Any, Any], int | None] = lambda options, tree: None
+    segments: Callable[..., list[list[int]]] | None = None
     needs_step_predictions: bool = False
     scored_steps: Callable[[int, Any], list[int]] | None = None
     step_batch: Callable[..., tuple[list[Trajectory], torch.Tensor, list[int]]] | None = None

@@ -278,7 +278,8 @@ class AlgorithmConfig(_Section):
     warmup_steps: int = Field(0, ge=0, description="Optimizer steps of linear warm-up from 0 to lr (transformers' form: 0 at the first step).")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, gt=0.0, description="Max global gradient norm.")
-    minibatches: int = Field(1, ge=1, description="Optimizer steps per rollout batch (the batch is split this many ways).")
+    minibatches: int = Field(1, ge=1, description="Optimizer steps per rollout batch (the batch is split this many ways). Ignored "
+        "by d_tree_rpo's per-parent schedule (on by default), which trains the tree's parent segments one after another.")
     epochs: int = Field(1, ge=1, description="Passes over each rollout batch (mu, d1's num_iterations); old log-probs are taken before the first. "
         "Default: the estimator's preset where the authors' config states it (12 for one_step and gdpo, 2 for coupled), else 1.")
     value: ValueConfig = Field(default_factory=ValueConfig, description="The diffusion value model (TraceRL + value).")
@@ -552,6 +553,14 @@ class RunConfig(_Section):
                                  f"({self.rollout.prompts_per_step}) must be a multiple of rollout.num_workers ({self.rollout.num_workers})")
             if self.rollout.overlap:
                 raise ValueError("rollout.sampling.tree does not run with rollout.overlap")
+            unit = self.algorithm.estimator_unit()
+            segments = unit.segment_count(unit.check_options(self.algorithm.estimator_options()), tuple(self.rollout.sampling.tree))
+            if segments is not None and "minibatches" in self.algorithm.model_fields_set and self.algorithm.minibatches != 1:
+                # a shared base config's minibatches (configs/quickstart_full.yaml) is deliberate for other units: warn, not refuse
+                warnings.warn(f"algorithm.minibatches ({self.algorithm.minibatches}) is ignored: estimator {unit.name!r} trains the tree's "
+                              f"{segments} parent segments one after another (each for algorithm.epochs optimizer steps); set "
+                              "algorithm.options: {per_parent_schedule: false} for epochs x minibatches over all edge rows",
+                              UserWarning, stacklevel=2)  # fmt: skip
         return self
 
 

@@ -3,7 +3,8 @@ the whole run.
 
 A plain class; the trainer runs it as Ray actors, one per data-parallel rank. One `update`
 consumes one rollout batch: old and reference log-probs (and old values) first, then
-`epochs x minibatches` optimizer steps of the configured estimator and loss.
+`epochs x minibatches` optimizer steps of the configured estimator and loss (or epochs x the unit's
+segments, segment by segment: `EstimatorUnit.segment_count`).
 
 The batch arrives as a `rl.batch.LearnerBatch` (tensors, advantages and the value model's
 outcome rewards computed on the driver). Data parallelism, the collective calls, weights and
@@ -225,7 +226,8 @@ class Learner(LearnerState):
         self._group_rank, self._group_size = group_positions(batch.group.tolist())  # over the whole batch, before any split
         seed = self.cfg.train.seed * 1_000_003 + self.step
         gen = torch.Generator().manual_seed(seed)
-        chunks = self._minibatches(batch, gen)
+        segmented = self._segment_count() is not None  # the unit's segments, each for `epochs` consecutive steps
+        chunks = self._segments(batch, gen) if segmented else self._minibatches(batch, gen)
         # Old, reference and current passes draw the same masks: same seed, per-sample RNG. With
         # redraw_masks every inner epoch e draws its own masks (d1), so the old and reference
         # log-probs of every epoch's masks are taken now, under the weights that sampled the batch.
@@ -238,17 +240,20 @@ class Learner(LearnerState):
         self.lm.model.train()
         if self.value is not None:
             self.value.train()
-        for epoch in range(algo.epochs):
+        if segmented:  # segment-major: each segment's epochs, then the next segment
+            order = [(epoch, j) for j in range(len(chunks)) for epoch in range(algo.epochs)]
+        else:
+            order = [(epoch, j) for epoch in range(algo.epochs) for j in range(len(chunks))]
+        for i, (epoch, j) in enumerate(order):
             d = epoch % draws
             scored, totals, _ = per_draw[d]
-            for j in range(len(chunks)):
-                opt_step = (self.step * algo.epochs + epoch) * algo.minibatches + j
-                lr = self._set_lr(opt_step)
-                if self.estimator.loss_weights is not None and self.estimator.scheduled_weights(self._estimator_options):  # weights that follow the optimizer step
-                    self._unit_weights(trajs, batch, chunks[j], scored[j], opt_step)
-                for k, v in self._optimizer_step(trajs, scored[j], totals[j], mb_seed(j, d)).items():
-                    metrics[k].append(v)
-                metrics["lr"].append(lr)
+            opt_step = self.step * self.steps_per_update() + i if segmented else (self.step * algo.epochs + epoch) * algo.minibatches + j
+            lr = self._set_lr(opt_step)
+            if self.estimator.loss_weights is not None and self.estimator.scheduled_weights(self._estimator_options):  # weights that follow the optimizer step
+                self._unit_weights(trajs, batch, chunks[j], scored[j], opt_step)
+            for k, v in self._optimizer_step(trajs, scored[j], totals[j], mb_seed(j, d)).items():
+                metrics[k].append(v)
+            metrics["lr"].append(lr)
         self.lm.model.eval()
         if self.value is not None:
             self.value.eval()
@@ -268,6 +273,24 @@ class Learner(LearnerState):
         rows = [(group_of == g).nonzero().flatten().tolist() for g in range(len(ids))]
         return [[i for g in part.tolist() for i in rows[g]] for part in torch.randperm(len(ids), generator=gen).chunk(minibatches)]
 
+    def _segment_count(self) -> int | None:
+        """The segments the unit trains one after another per update (`EstimatorUnit.segment_count`), or None."""
+        return self.estimator.segment_count(self._estimator_options, self.cfg.rollout.sampling.tree)
+
+    def _segments(self, batch: LearnerBatch, gen: torch.Generator) -> list[list[int]]:
+        """The rows of each of the unit's segments, in training order (`EstimatorUnit.segments`)."""
+        if batch.siblings is None:
+            raise ValueError(f"estimator {self.estimator.name!r} trains segments of parent nodes, but the batch has no siblings "
+                             "(LearnerBatch.pack(..., siblings=): the tree_batch rows' parent ids)")  # fmt: skip
+        return self.estimator.segments(self._estimator_options, batch.siblings, self.cfg.rollout.sampling.tree, gen)
+
+    def steps_per_update(self) -> int:
+        """Optimizer steps one update takes: epochs x minibatches, or epochs x the unit's segments
+        (`EstimatorUnit.segment_count`: d-TreeRPO's per-parent schedule)."""
+        algo = self.cfg.algorithm
+        segments = self._segment_count()
+        return algo.epochs * (algo.minibatches if segments is None else segments)
+
     def _objective_advantages(self, trajs: list[Trajectory], packed: LearnerBatch) -> torch.Tensor:
         """[B] the advantages the objective gets: the batch's, or the unit's advantage_weights of them, taken over
         the whole batch before any split (wd1's group softmax)."""
@@ -281,10 +304,9 @@ class Learner(LearnerState):
         (CJ-GRPO's per-step means); with `scheduled_weights`, those of optimizer step `opt_step`."""
         kw = {}
         if opt_step is not None:
-            algo = self.cfg.algorithm
             adv = self._objective_advantages(trajs, packed)
             kw = {"advantages": adv[idx], "siblings": None if packed.siblings is None else packed.siblings[idx],
-                  "progress": (opt_step, self.cfg.train.steps * algo.epochs * algo.minibatches)}  # fmt: skip
+                  "progress": (opt_step, self.cfg.train.steps * self.steps_per_update())}  # fmt: skip
         weights = self.estimator.loss_weights([trajs[i] for i in idx], packed.loss_mask[idx], self._estimator_options, self.lm.eos_id, **kw)
         row_of = {i: r for r, i in enumerate(idx)}
         for s in pieces:
@@ -300,7 +322,7 @@ class Learner(LearnerState):
         if self._lr_factor is None:
             from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
 
-            total = self.cfg.train.steps * algo.epochs * algo.minibatches
+            total = self.cfg.train.steps * self.steps_per_update()
             probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)  # the schedule's factor, no state
             if algo.lr_schedule == "cosine":
                 sched = get_cosine_with_min_lr_schedule_with_warmup(probe, algo.warmup_steps, total, min_lr_rate=algo.min_lr_ratio)

@@ -301,6 +301,7 @@ def test_a_one_line_config_gets_the_preset_and_the_tree_and_a_block_causal_model
     assert unit is get_estimator("d_tree_rpo") and unit.objective is d_tree_rpo_loss and unit.tree_batch is edge_rows
     opts = unit.check_options(algo.estimator_options())
     assert (opts.self_distillation, opts.sd_lambda_max, opts.sd_gamma, opts.sd_tau_max, opts.sd_tau_beta, opts.sd_horizon) == (True, 3e-3, 2.0, 2.0, 0.7, None)
+    assert opts.per_parent_schedule and unit.segment_count(opts, s.tree) == 5  # their schedule: the root and 4 level-1 parents
     off = _config(tmp_path, "estimator: d_tree_rpo, options: {self_distillation: false, sd_horizon: 30000}").algorithm
     assert unit.check_options(off.estimator_options()) == DTreeRpoOptions(self_distillation=False, sd_horizon=30000)
     with pytest.raises(ValueError, match="sd_horizon must be a positive"):
@@ -327,7 +328,8 @@ def test_one_training_step_through_the_trainers_stages(tmp_path):
     lm.save_pretrained(tmp_path / "llada")
     tok = lm.tokenizer
     extra = "rollout: {prompts_per_step: 2, sampling: {tree: [2, 2, 2], max_new_tokens: 6, block_length: 3, steps_per_block: 2}}\n"
-    cfg = _config(tmp_path, "estimator: d_tree_rpo, lr: 1.0e-3, epochs: 2, minibatches: 2", model=str(tmp_path / "llada"), extra=extra)
+    flat = "estimator: d_tree_rpo, lr: 1.0e-3, epochs: 2, minibatches: 2, options: {per_parent_schedule: false}"  # epochs x minibatches
+    cfg = _config(tmp_path, flat, model=str(tmp_path / "llada"), extra=extra)
     assert cfg.rollout.samples_per_prompt == 4
     tr = Trainer.__new__(Trainer)
     tr.cfg, tr.tokenizer = cfg, tok
@@ -369,8 +371,7 @@ def test_one_training_step_through_the_trainers_stages(tmp_path):
     assert any(not torch.equal(p, start[n]) for n, p in learner.lm.model.named_parameters())
     # micro-batches split a parent's children (4 pieces of 2, 2, 1, 1 rows): the weights were taken over the whole
     # minibatch, so the update and the term are the same
-    split = Learner(_config(tmp_path, "estimator: d_tree_rpo, lr: 1.0e-3, epochs: 2, minibatches: 2", model=str(tmp_path / "llada"),
-                            extra=extra + "learner: {micro_batches: 4}\n"))  # fmt: skip
+    split = Learner(_config(tmp_path, flat, model=str(tmp_path / "llada"), extra=extra + "learner: {micro_batches: 4}\n"))
     m_split = split.update(kept.for_learner())
     assert m_split["loss/self_distillation"] == pytest.approx(m["loss/self_distillation"], rel=1e-5)
     for (n, p), q in zip(learner.lm.model.named_parameters(), split.lm.model.parameters()):  # fp32 sums in another order, through Adam
@@ -380,8 +381,8 @@ def test_one_training_step_through_the_trainers_stages(tmp_path):
 @pytest.mark.slow
 def test_unmask_train_runs_d_tree_rpo_from_a_one_line_config(tmp_path):
     """`unmask train` with `algorithm: {estimator: d_tree_rpo}` on a tiny LLaDA (the preset's tree, 4 x 4
-    leaves, one prompt of 4 tokens): tree rollout, leaf rewards, 12 passes on the 4 + 16 edge rows,
-    config.yaml naming the preset's sources."""
+    leaves, one prompt of 4 tokens): tree rollout, leaf rewards, the 4 + 16 edge rows in 5 parent segments of
+    12 optimizer steps each (their schedule), config.yaml naming the preset's sources."""
     import json
     import subprocess
     import sys
@@ -406,3 +407,82 @@ def test_unmask_train_runs_d_tree_rpo_from_a_one_line_config(tmp_path):
     assert step["tree_edges"] == 4 + 16 and step["rollout/nfe_mean"] == 4  # 4 tokens, one per step, branching after 2
     assert step["loss/self_distillation"] >= 0  # the term, on by default, logged unscaled
     assert "THU-BPM/d-TreeRPO" in (run / "config.yaml").read_text()
+
+
+def _two_prompt_edges(eos=2):
+    """edge_rows of two prompts' (2, 2, 2) trees (test_edge_rows_...'s leaves, rewards differing per prompt)."""
+    maps = [[0, 1, 2, 3], [0, 1, 3, 2], [1, 0, 2, 3], [1, 0, 3, 2]]
+    comps = [[7, 8, 9, eos], [7, 8, eos, 9], [5, 6, 7, 8], [5, 6, 8, 7]]
+    trajs = [Trajectory([4], c, m, [0.0] * 4, None, 0.9, 4, "eos", group=g) for g in (0, 1) for c, m in zip(comps, maps)]
+    return edge_rows(trajs, torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0]), (2, 2, 2), DTreeRpoOptions())
+
+
+def test_parent_segments_are_the_parent_positions_of_every_prompt_in_a_seeded_order():
+    from algorithms.d_tree_rpo import parent_positions, parent_segments
+
+    assert (parent_positions((4, 4, 2)), parent_positions((2, 2, 2)), parent_positions((2, 3, 3)), parent_positions((3, 2, 1))) == (5, 3, 9, 1)
+    _, _, _, siblings = _two_prompt_edges()
+    assert siblings.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    by_position = [[0, 1, 6, 7], [2, 3, 8, 9], [4, 5, 10, 11]]  # the root's children, then level-1 node 0's, node 1's: both prompts
+    orders = set()
+    for seed in range(6):
+        order = torch.randperm(3, generator=torch.Generator().manual_seed(seed)).tolist()
+        assert parent_segments(siblings, (2, 2, 2), torch.Generator().manual_seed(seed)) == [by_position[p] for p in order]
+        orders.add(tuple(order))
+    assert len(orders) > 1  # shuffled (their random.shuffle), not in tree order
+    # their (4, 4, 2) tree, 3 prompts: 5 segments of 4 x 3 rows (each prompt's 4 root children, then 4 children per level-1 node)
+    big = torch.tensor([p * 5 + i for p in range(3) for i in [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4])
+    segs = parent_segments(big, (4, 4, 2), torch.Generator().manual_seed(0))
+    assert sorted(len(s) for s in segs) == [12] * 5 and sorted(i for s in segs for i in s) == list(range(60))
+    assert all(len({int(big[i]) % 5 for i in s}) == 1 for s in segs)
+    with pytest.raises(ValueError, match="parent ids"):  # ids that are not edge_rows' (5 per prompt)
+        parent_segments(torch.arange(7), (4, 4, 2), torch.Generator())
+
+
+def test_per_parent_schedule_trains_each_segment_for_epochs_consecutive_steps(tmp_path):
+    """One update of two prompts' (2, 2, 2) edge rows, epochs 2: 3 segments x 2 optimizer steps, segment-major, the
+    optimizer step (lr, self-distillation progress) counting 3 RL steps x 2 epochs x 3 segments; off: epochs x minibatches."""
+    from rl.learner import Learner
+
+    _llada().save_pretrained(tmp_path / "llada")
+    extra = "rollout: {prompts_per_step: 2, sampling: {tree: [2, 2, 2], max_new_tokens: 4}}\ntrain: {steps: 3}\n"
+    algo = "estimator: d_tree_rpo, lr: 1.0e-3, epochs: 2, lr_schedule: cosine"
+    rows, adv, _, siblings = _two_prompt_edges()
+    batch = LearnerBatch.pack(rows, adv, siblings=siblings)
+
+    def spied(learner):
+        seen, progress = [], []
+
+        def step(trajs, pieces, totals, seed):  # which rows each optimizer step trains, at which lr
+            seen.append((sorted(i for s in pieces for i in s.piece.idx), learner.optimizer.param_groups[0]["lr"]))
+            return {}
+
+        def weights(rows, keep, options, eos, **kw):
+            progress.append(kw["progress"])
+            return d_tree_rpo_weights(rows, keep, options, eos, **kw)
+
+        learner._optimizer_step = step
+        learner.estimator = dataclasses.replace(learner.estimator, loss_weights=weights)
+        return seen, progress
+
+    cfg = _config(tmp_path, algo, model=str(tmp_path / "llada"), extra=extra)
+    learner = Learner(cfg)
+    learner.step = 1  # the second RL step: its optimizer steps follow the first's 6
+    seen, progress = spied(learner)
+    learner.update(batch)
+    by_position = [[0, 1, 6, 7], [2, 3, 8, 9], [4, 5, 10, 11]]
+    order = torch.randperm(3, generator=torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + 1)).tolist()
+    assert [r for r, _ in seen] == [by_position[p] for p in order for _ in range(2)]  # each segment twice in a row
+    assert learner.steps_per_update() == 6 and progress == [(6 + i, 18) for i in range(6)]
+    assert [lr for _, lr in seen] == [learner.lr_at(6 + i) for i in range(6)]
+    assert learner.lr_at(9) == pytest.approx(0.5e-3, rel=1e-9)  # cosine half-way through 3 x 2 x 3 = 18 steps
+    with pytest.warns(UserWarning, match=r"minibatches \(2\) is ignored"):  # a base config's minibatches: the segments rule
+        assert _config(tmp_path, algo + ", minibatches: 2", extra=extra).algorithm.minibatches == 2
+    # off: today's loop, epoch-major over the learner's minibatches (whole sibling groups), 3 x 2 x 3 steps too
+    off = Learner(_config(tmp_path, algo + ", minibatches: 3, options: {per_parent_schedule: false}", model=str(tmp_path / "llada"), extra=extra))
+    off.step = 1
+    seen, progress = spied(off)
+    off.update(batch)
+    chunks = Learner._minibatches(off, batch, torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + 1))
+    assert [r for r, _ in seen] == [sorted(chunks[j]) for _ in range(2) for j in range(3)]
+    assert off.steps_per_update() == 6 and progress == [(6 + i, 18) for i in range(6)]
