@@ -368,6 +368,44 @@ def test_filling_the_disk_stops_at_the_file_size_limit(backend):
     assert not r.passed and "File too large" in r.units[0].error
 
 
+def _dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_work_dirs_of_killed_runs_are_swept(tmp_path):
+    """A SIGKILLed run (Ray's shutdown, `kill -9`) cannot remove its rlimit work dirs: the next sandbox of any process
+    removes those of dead processes, and keeps a live process's, a fresh one and anything not named like a work dir."""
+    from rewards.sandbox import launch
+
+    dead, old = _dead_pid(), time.time() - 3600
+    made = {name: tmp_path / name for name in (f"unmask-sandbox-{dead}-a1", f"unmask-sandbox-{dead}-b2", f"unmask-sandbox-{dead}-new",
+                                               f"unmask-sandbox-{os.getpid()}-live", "unmask-sandbox-x-odd", "unrelated-dir")}  # fmt: skip
+    for name, path in made.items():
+        (path / "sample-1").mkdir(parents=True)
+        (path / "sample-1" / "out.txt").write_text("x")
+        (path / "link").symlink_to(tmp_path / "unrelated-dir")  # rmtree must not follow it
+        if not name.endswith("-new"):
+            os.utime(path, (old, old))
+    assert sorted(launch.sweep_stale_workdirs(str(tmp_path))) == sorted(str(made[f"unmask-sandbox-{dead}-{k}"]) for k in ("a1", "b2"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n in made if not n.endswith(("-a1", "-b2")))
+    assert (tmp_path / "unrelated-dir" / "sample-1" / "out.txt").read_text() == "x"
+
+
+def test_the_first_rlimit_sandbox_of_a_process_sweeps(shared_tmp, monkeypatch):
+    from rewards.sandbox import launch
+
+    tmp_path = shared_tmp  # the sandbox's uid must reach its work dir in it
+    stale = tmp_path / f"unmask-sandbox-{_dead_pid()}-left"
+    stale.mkdir()
+    os.utime(stale, (time.time() - 3600,) * 2)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(launch, "_SWEPT", False)
+    assert sb.run_python("print(1)", backend="rlimit").passed
+    assert not stale.exists() and launch._SWEPT
+
+
 def test_test_process_is_unharmed_after_everything():
     # The suite is still running, can start processes and threads, and left no temp dirs behind.
     assert subprocess.run([sys.executable, "-c", "pass"]).returncode == 0

@@ -170,6 +170,47 @@ def _parse_records(buf: bytes, units: list[UnitResult], kinds: list[str]) -> tup
     return started, done
 
 
+_WORKDIR_PREFIX = "unmask-sandbox-"
+_STALE_AFTER_S = 600.0  # a dead process's work dir is left this long (a /tmp shared across pid namespaces)
+_SWEPT = False
+
+
+def sweep_stale_workdirs(root: str | None = None, *, older_than_s: float = _STALE_AFTER_S) -> list[str]:
+    """Remove the work dirs (``unmask-sandbox-PID-*`` under `root`, the temp dir by default) of processes that no
+    longer exist; returns the removed paths.
+
+    A process removes its own work dirs when it ends normally, but not when it is SIGKILLed: Ray kills rollout
+    workers that way at shutdown, and a user kills runs with ``kill -9``, so each such run would leave a dir behind.
+    A dir is removed only if its PID is not a live process *and* it has not changed for `older_than_s` seconds, so a
+    sandbox of another pid namespace that shares this /tmp (its PID looks dead from here) is kept while it is in use.
+    """
+    root = root or tempfile.gettempdir()
+    removed = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        if not entry.name.startswith(_WORKDIR_PREFIX):
+            continue
+        pid_text = entry.name[len(_WORKDIR_PREFIX):].split("-", 1)[0]
+        try:
+            if not pid_text.isdigit() or not entry.is_dir(follow_symlinks=False):
+                continue
+            if now - entry.stat(follow_symlinks=False).st_mtime < older_than_s:
+                continue
+            os.kill(int(pid_text), 0)
+            continue  # alive
+        except ProcessLookupError:
+            pass
+        except OSError:  # PermissionError: alive, another user's; anything else: leave it
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)  # rmtree does not follow symlinks inside
+        removed.append(entry.path)
+    return removed
+
+
 def _command(config: dict[str, Any], limits: Limits, tag: str) -> tuple[list[str], dict[str, Any], str, str | None]:
     """(command, Popen keywords, the work directory the programs see, the host temp dir to remove or None)."""
     interp = _interp(config)
@@ -181,7 +222,11 @@ def _command(config: dict[str, Any], limits: Limits, tag: str) -> tuple[list[str
         popen_kw["env"] = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         workdir, workdir_host = "/tmp", None
     else:
-        workdir_host = tempfile.mkdtemp(prefix=f"unmask-sandbox-{os.getpid()}-")
+        global _SWEPT
+        if not _SWEPT:  # once per process: the dirs SIGKILLed runs left (sweep_stale_workdirs)
+            _SWEPT = True
+            sweep_stale_workdirs()
+        workdir_host = tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-")
         workdir = workdir_host
         cmd = []
         popen_kw.update(env={"LANG": "C.UTF-8", "PATH": "/usr/bin:/bin", "HOME": workdir, **dict(interp.env)}, cwd=workdir)
