@@ -445,13 +445,35 @@ def plan(cfg: RunConfig, gpus: int | None = None, gpu_memory_gb: float = 80.0) -
     return report
 
 
+def planned_trajectory(cfg: RunConfig, shape: Shape, prompt: int, gen: int):
+    """A stand-in Trajectory of the planned lengths and decode: `gen` tokens (block models: to the end of the block
+    holding the last one) in decode blocks (the family's block
+    size, else `sampling.block_length`, else one block), each block in `sampling.steps_per_block` steps (default one
+    token per step) with its tokens spread evenly over them, steps numbered globally as the rollout records them.
+    Threshold strategies decode in at most that many steps, so the plan is an upper bound there."""
+    from rollout.trajectory import Trajectory
+
+    s = cfg.rollout.sampling
+    decode_block = shape.block_size or s.block_length or gen
+    if shape.block_size:  # block models decode whole blocks: the last one ends at a block boundary
+        gen = -(-(prompt + gen) // shape.block_size) * shape.block_size - prompt
+    step_map, base, start = [], 0, 0
+    while start < gen:
+        # Block models count blocks from position 0, so the first block holds what the prompt leaves of it.
+        n = min(gen - start, decode_block - (prompt + start) % decode_block if shape.block_size else decode_block)
+        k = min(n, s.steps_per_block or decode_block)
+        step_map += [base + i * k // n for i in range(n)]
+        base, start = base + k, start + n
+    return Trajectory(prompt_ids=[0] * prompt, completion_ids=[0] * gen, step_map=step_map, logprobs=[0.0] * gen,
+                      block_size=shape.block_size, temperature=s.temperature, nfe=base, finish_reason="length")  # fmt: skip
+
+
 def _passes(unit, cfg: RunConfig, gen: int, shape: Shape) -> int:
-    """Forward passes of one estimate (trace: distinct steps per block / shrink, one token per step)."""
-    if unit.replays_trace:
-        block = shape.block_size or gen
-        steps = getattr(cfg.rollout.sampling, "steps_per_block", None) or block
-        return max(1, math.ceil(min(steps, block) / max(cfg.algorithm.shrink, 1)))
-    return {"coupled": 3 if cfg.algorithm.coupled_full_mask_pass else 2, "mc_elbo": cfg.algorithm.mc_samples}.get(unit.name, 1)
+    """Forward passes of one estimate, as the unit counts them (`EstimatorUnit.passes`) on a trajectory of the
+    planned decode (planned_trajectory): trace, cj_grpo and just_grpo follow the decode's steps, the others their
+    own options (coupled 2-3, mc_elbo n, spg num_t, espo 2 x num_mc, ...); a plugin unit is counted the same way."""
+    prompt, _ = _lengths(cfg)
+    return max(1, unit.passes([planned_trajectory(cfg, shape, prompt, gen)], **cfg.algorithm.estimator_options()))
 
 
 def _gib(n: float) -> str:

@@ -485,6 +485,22 @@ MUTANTS: list[Mutant] = [
         "the plan assuming the math attention kernel (an L x L matrix per head saved) instead of a fused one",
     ),
     M(
+        "plan_passes_ignore_the_unit",
+        "rl/plan.py",
+        "    return max(1, unit.passes([planned_trajectory(cfg, shape, prompt, gen)], **cfg.algorithm.estimator_options()))",
+        "    return 1",
+        ["tests/test_plan.py::test_planned_passes_are_the_units_own_count_on_a_real_decode"],
+        "the plan counting one forward pass per estimate whatever the unit takes (trace's steps, espo's 2 x num_mc)",
+    ),
+    M(
+        "plan_steps_not_spread",
+        "rl/plan.py",
+        "        step_map += [base + i * k // n for i in range(n)]",
+        "        step_map += [base + i for i in range(n)]",
+        ["tests/test_plan.py::test_planned_passes_are_the_units_own_count_on_a_real_decode"],
+        "the planned decode taking one token per step whatever steps_per_block says",
+    ),
+    M(
         "plan_fsdp_not_sharded",
         "rl/plan.py",
         '    shard = ranks if lc.parallel == "fsdp2" else 1',

@@ -150,3 +150,46 @@ def test_a_mixture_of_experts_is_planned_and_matches_a_real_update(tmp_path):
     # The routed experts' share is what a dense stand-in would miss: tokens x top_k rows through gate/up/down.
     r = plan(cfg, gpus=1)
     assert r.parameters == parameter_count(shape) and r.learner_peak > 0 and r.rollout_peak > 0
+
+
+@pytest.mark.parametrize("family, block_length, steps_per_block, prompt_len, gen", [
+    ("block", None, None, 6, 13),  # a first block the prompt shares, one token per step
+    ("block", None, 2, 8, 12),
+    ("llada", None, None, 5, 9),   # full attention, one block
+    ("llada", 4, 2, 5, 12),        # LLaDA's semi-autoregressive blocks
+    ("llada", 8, 3, 5, 16),
+])  # fmt: skip
+def test_planned_passes_are_the_units_own_count_on_a_real_decode(tokenizer, family, block_length, steps_per_block, prompt_len, gen):
+    """`unmask plan` counts each estimate's forward passes with the unit's own count on a stand-in trajectory of the
+    planned decode: its steps per decode block, and so every registered unit's pass count (trace with shrink 1 and 2,
+    cj_grpo, just_grpo, spg, espo, ...), equal those of a real static decode of the same lengths."""
+    from algorithms.estimators import ESTIMATORS
+    from rl.plan import Shape, _passes, planned_trajectory
+    from rollout import SamplingParams, generate
+    from rollout.models import build_tiny_lm
+
+    lm = build_tiny_lm(tokenizer, family=family, block_size=4, hidden_size=32, num_layers=1, intermediate_size=64)
+    params = SamplingParams(max_new_tokens=gen, temperature=1.0, steps_per_block=steps_per_block, block_length=block_length, stop_at_eos=False)
+    prompts = [[tokenizer.bos_token_id or 1] * prompt_len] * 2
+    real = generate(lm, prompts, params, torch.Generator().manual_seed(0))
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml",
+                      ["wandb.mode=disabled", f"data.max_prompt_tokens={prompt_len}", f"rollout.sampling.block_length={block_length or 'null'}",
+                       f"rollout.sampling.steps_per_block={steps_per_block or 'null'}"])  # fmt: skip
+    shape = Shape(lm.model.config, family, lm.block_size, "test")
+    planned = planned_trajectory(cfg, shape, prompt_len, gen)
+    assert len(planned.step_map) == len(real[0].step_map) and planned.nfe == real[0].nfe
+    decode_block = lm.block_size or block_length or gen
+    for traj in real:  # the same distinct steps in every decode block (which token took which step differs)
+        blocks = lambda t: [sorted({s for c, s in enumerate(t.step_map) if (c + (prompt_len if lm.block_size else 0)) // decode_block == b})
+                            for b in range((prompt_len + gen) // decode_block + 1)]  # fmt: skip
+        assert blocks(planned) == blocks(traj)
+    counted = 0
+    for name, unit in ESTIMATORS.items():
+        if unit.offline_pairs or ("block_causal" if lm.block_size else "full") not in unit.attention:
+            continue
+        for shrink in ((1, 2) if name == "trace" else (None,)):
+            opts = {} if shrink is None else {"shrink": shrink}
+            with_cfg = cfg.model_copy(update={"algorithm": cfg.algorithm.model_copy(update={"estimator": name, **opts})})
+            assert _passes(unit, with_cfg, gen, shape) == max(1, unit.passes(real, **with_cfg.algorithm.estimator_options())), name
+            counted += 1
+    assert counted >= 5
