@@ -106,7 +106,10 @@ def forward_passes(cfg, trajs) -> tuple[int, int]:
     unit = algo.estimator_unit()
     old = 1 if unit.needs_old_logp else 0  # a ratio-free objective (wd1) takes no old pass
     calls = draws * (old + (1 if algo.beta > 0 else 0)) + algo.epochs  # old, reference, current per epoch
-    total = per_estimate * calls * algo.minibatches
+    # The learner's chunks: its minibatches, or the unit's segments (d-TreeRPO's parent positions), each scored
+    # old/reference once and trained for `epochs` steps.
+    segments = unit.segment_count(unit.check_options(estimator_options(algo)), cfg.rollout.sampling.tree)
+    total = per_estimate * calls * (algo.minibatches if segments is None else segments)
     if algo.value.enabled:
         total += count_forward_passes("trace", trajs, shrink=algo.shrink) * (1 + algo.epochs) * algo.minibatches
     return per_estimate, total

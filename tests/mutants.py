@@ -501,6 +501,14 @@ MUTANTS: list[Mutant] = [
         "the planned decode taking one token per step whatever steps_per_block says",
     ),
     M(
+        "ablation_forwards_ignore_segments",
+        "benchmarks/ablation.py",
+        "    total = per_estimate * calls * (algo.minibatches if segments is None else segments)",
+        "    total = per_estimate * calls * algo.minibatches",
+        ["tests/test_d_tree_rpo.py::test_the_ablations_forward_count_is_the_learners"],
+        "the ablation's fwd/update counting minibatches for d-TreeRPO, whose learner trains the tree's parent segments",
+    ),
+    M(
         "plan_fsdp_not_sharded",
         "rl/plan.py",
         '    shard = ranks if lc.parallel == "fsdp2" else 1',

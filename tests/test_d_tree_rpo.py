@@ -486,3 +486,23 @@ def test_per_parent_schedule_trains_each_segment_for_epochs_consecutive_steps(tm
     chunks = Learner._minibatches(off, batch, torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + 1))
     assert [r for r, _ in seen] == [sorted(chunks[j]) for _ in range(2) for j in range(3)]
     assert off.steps_per_update() == 6 and progress == [(6 + i, 18) for i in range(6)]
+
+
+@pytest.mark.parametrize("schedule", [True, False])
+def test_the_ablations_forward_count_is_the_learners(tmp_path, schedule):
+    """benchmarks/ablation.py's fwd/update column: the batched forwards one learner update really calls, with the
+    per-parent schedule (segments x (old + epochs)) and without it (minibatches x (old + epochs))."""
+    from benchmarks.ablation import forward_passes
+    from rl.learner import Learner
+
+    _llada().save_pretrained(tmp_path / "llada")
+    extra = "rollout: {prompts_per_step: 2, sampling: {tree: [2, 2, 2], max_new_tokens: 4}}\ntrain: {steps: 3}\n"
+    algo = "estimator: d_tree_rpo, lr: 1.0e-3, epochs: 2" + ("" if schedule else ", minibatches: 2, options: {per_parent_schedule: false}")
+    rows, adv, _, siblings = _two_prompt_edges()
+    learner = Learner(_config(tmp_path, algo, model=str(tmp_path / "llada"), extra=extra))
+    assert learner.cfg.algorithm.beta > 0 and learner.ref is not None  # the preset's KL: a reference pass too
+    calls = []
+    for lm in (learner.lm, learner.ref):
+        lm.forward_logprobs = lambda *a, _f=lm.forward_logprobs, **k: calls.append(1) or _f(*a, **k)
+    learner.update(LearnerBatch.pack(rows, adv, siblings=siblings))
+    assert len(calls) == forward_passes(learner.cfg, rows)[1] == (3 if schedule else 2) * (1 + 1 + 2)
