@@ -159,6 +159,10 @@ def evaluate(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="For checkpoints with their own modeling code."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile diffusion checkpoints' backbones (paid once, in the warm-up; helps small batches)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write {checkpoint: {strategy: metrics}} as JSON here (one benchmark; else the results.json schema)."),
+    sandbox: Optional[str] = typer.Option(
+        None, "--sandbox", help="Code sandbox for code benchmarks: auto (bubblewrap where it works, else rlimits + Landlock + seccomp) | bwrap | "
+        "rlimit; as a run's scoring.sandbox. Default: the UNMASK_SANDBOX environment variable, else auto.",
+    ),
 ) -> None:
     """Score checkpoints (diffusion or AR) on benchmarks: pass@1, pass@k, avg@k, NFE, tokens/s, as one table.
 
@@ -193,8 +197,10 @@ def evaluate(
     strategies = strategies or file_strategies or ["static"]
     samples = samples if samples is not None else (file_samples or 1)
     max_new_tokens = max_new_tokens or file_max_new
-    if chat_template not in ("auto", "none") or dtype not in ("auto", *DTYPES) or engine not in ("auto", "hf", "vllm") or samples < 1:
-        typer.echo("bad option: --chat-template auto|none, --dtype auto|float32|bfloat16|float16, --engine auto|hf|vllm, --samples >= 1", err=True)
+    if (chat_template not in ("auto", "none") or dtype not in ("auto", *DTYPES) or engine not in ("auto", "hf", "vllm") or samples < 1
+            or sandbox not in (None, "auto", "bwrap", "rlimit")):  # fmt: skip
+        typer.echo("bad option: --chat-template auto|none, --dtype auto|float32|bfloat16|float16, --engine auto|hf|vllm, --samples >= 1, "
+                   "--sandbox auto|bwrap|rlimit", err=True)  # fmt: skip
         raise typer.Exit(2)
     if resume and output is None:
         typer.echo("--resume needs --output DIR (the results.json to resume)", err=True)
@@ -214,7 +220,7 @@ def evaluate(
     base = _params(8, "static", threshold, steps_per_block, temperature, file_base)
     opts = EvalOptions(
         strategies=list(strategies), base=base, samples=samples, batch_size=batch_size, seed=seed, chat_template=chat_template,
-        device=device, engine=engine, dtype=dtype, trust_remote_code=trust_remote_code, resume=resume, compile=compile,
+        device=device, engine=engine, dtype=dtype, trust_remote_code=trust_remote_code, resume=resume, compile=compile, sandbox=sandbox,
     )
     ran: dict = {}
     try:

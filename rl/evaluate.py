@@ -193,6 +193,7 @@ def evaluate_benchmark(
     score_timeout_s: float = 600.0,
     progress: bool = False,
     desc: str = "",
+    sandbox: str | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Decode every problem `samples` times and score the completions.
 
@@ -216,7 +217,7 @@ def evaluate_benchmark(
             trajs = decode(policy, [encoded[i][0] for i, _ in chunk], params, gen)
             decode_s += time.perf_counter() - t0
             probs = [bench.problems[i] for i, _ in chunk]
-            rewards, err = score_benchmark(bench, probs, [t.text for t in trajs], score_timeout_s)
+            rewards, err = score_benchmark(bench, probs, [t.text for t in trajs], score_timeout_s, sandbox=sandbox)
             if err:
                 bar.write(f"reward {bench.reward} failed on some samples: {err}")
             for (i, s), t, r in zip(chunk, trajs, rewards):
@@ -262,7 +263,7 @@ def read_completions(path: str | Path) -> dict[str, list[str]]:
 
 
 def score_completions(
-    bench: Benchmark, completions: dict[str, list[str]], k: int = 1, score_timeout_s: float = 600.0
+    bench: Benchmark, completions: dict[str, list[str]], k: int = 1, score_timeout_s: float = 600.0, sandbox: str | None = None
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score given completions (id -> samples) on a benchmark instead of decoding.
 
@@ -276,7 +277,7 @@ def score_completions(
             f"(first: {', '.join(missing[:5])}); use --limit or complete the file"
         )
     flat = [(p, s, c) for p in bench.problems for s, c in enumerate(completions[p["id"]])]
-    rewards, err = score_benchmark(bench, [p for p, _, _ in flat], [c for _, _, c in flat], score_timeout_s)
+    rewards, err = score_benchmark(bench, [p for p, _, _ in flat], [c for _, _, c in flat], score_timeout_s, sandbox=sandbox)
     if err:
         print(f"reward {bench.reward} failed on some samples: {err}")
     records = [{"id": p["id"], "sample": s, "prompt": p["prompt"], "completion": c, "reward": r} for (p, s, c), r in zip(flat, rewards)]
@@ -406,6 +407,8 @@ class EvalOptions:
     resume: bool = False
     progress: bool = True
     score_timeout_s: float = 600.0
+    sandbox: str | None = None
+    """The code sandbox's backend for code rewards: "auto", "bwrap" or "rlimit" (None: `UNMASK_SANDBOX`, else auto)."""
 
 
 def _file_digest(path: Path) -> str:
@@ -474,7 +477,7 @@ def run_eval(
             settings = {"benchmark": bench.settings(), "completions": str(path), "sha256": _file_digest(path), "samples": opts.samples}
             if skip(bench, str(path), GIVEN_STRATEGY, settings):
                 continue
-            metrics, records = score_completions(bench, given, opts.samples, opts.score_timeout_s)
+            metrics, records = score_completions(bench, given, opts.samples, opts.score_timeout_s, sandbox=opts.sandbox)
             if metrics["ignored"]:
                 echo(f"note: {metrics['ignored']} completions in {path} are for problems outside this {bench.label} run (ignored)")
             finish(bench, str(path), GIVEN_STRATEGY, {**metrics, "kind": "completions", "settings": settings}, records)
@@ -513,6 +516,7 @@ def run_eval(
             metrics, records = evaluate_benchmark(
                 policy, bench, params, opts.samples, opts.batch_size, opts.seed, chat_template=opts.chat_template == "auto",
                 score_timeout_s=opts.score_timeout_s, progress=opts.progress, desc=f"{bench.label} | {ckpt} | {label}",
+                sandbox=opts.sandbox,
             )  # fmt: skip
             finish(bench, ckpt, label, {**metrics, "kind": "autoregressive" if ar else "diffusion", "settings": settings}, records)
         if isinstance(policy, VLLMModel):

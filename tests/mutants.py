@@ -509,6 +509,14 @@ MUTANTS: list[Mutant] = [
         "the ablation's fwd/update counting minibatches for d-TreeRPO, whose learner trains the tree's parent segments",
     ),
     M(
+        "eval_sandbox_flag_dropped",
+        "rl/evaluate.py",
+        "            metrics, records = score_completions(bench, given, opts.samples, opts.score_timeout_s, sandbox=opts.sandbox)",
+        "            metrics, records = score_completions(bench, given, opts.samples, opts.score_timeout_s)",
+        ["tests/test_eval.py::test_sandbox_option_picks_the_code_sandbox_backend"],
+        "`unmask eval --sandbox` accepted and ignored",
+    ),
+    M(
         "plan_fsdp_not_sharded",
         "rl/plan.py",
         '    shard = ranks if lc.parallel == "fsdp2" else 1',

@@ -161,6 +161,26 @@ def test_loader_errors_name_the_file_line_and_field(tmp_path):
 # --- scoring given completions ------------------------------------------------------------------
 
 
+def test_sandbox_option_picks_the_code_sandbox_backend(tmp_path, monkeypatch):
+    """`--sandbox rlimit` scores code benchmarks in that backend (as a run's scoring.sandbox), the default leaves the
+    choice to UNMASK_SANDBOX / auto, and an unknown backend is refused before anything runs."""
+    import rl.evaluate
+    from rewards.sandbox import launch
+
+    rows = [json.loads(line) for line in (FIX / "humaneval.jsonl").read_text().splitlines()]
+    canon = _jsonl(tmp_path / "canonical.jsonl", [{"task_id": r["task_id"], "completion": r["canonical_solution"]} for r in rows])
+    asked, started = [], []
+    score_texts, command = rl.evaluate.score_texts, launch._command
+    monkeypatch.setattr(rl.evaluate, "score_texts", lambda *a, **k: asked.append(k.get("sandbox")) or score_texts(*a, **k))
+    monkeypatch.setattr(launch, "_command", lambda config, *a: started.append(config["backend"]) or command(config, *a))
+    for flag, out in ((["--sandbox", "rlimit"], "a"), ([], "b")):
+        _eval("--benchmark", f"humaneval:{FIX / 'humaneval.jsonl'}", "--completions", canon, "--output", tmp_path / out, *flag)
+        assert json.loads((tmp_path / out / "results.json").read_text())["humaneval"][str(canon)]["completions"]["pass@1"] == 1.0
+    assert asked == ["rlimit", None] and started and started[0] == "rlimit"
+    res = runner.invoke(app, ["eval", "--benchmark", f"humaneval:{FIX / 'humaneval.jsonl'}", "--completions", str(canon), "--sandbox", "docker"])
+    assert res.exit_code == 2 and "--sandbox auto|bwrap|rlimit" in res.output
+
+
 def test_canonical_humaneval_solutions_score_one_and_empty_scores_zero(tmp_path):
     rows = [json.loads(line) for line in (FIX / "humaneval.jsonl").read_text().splitlines()]
     canon = _jsonl(tmp_path / "canonical.jsonl", [{"task_id": r["task_id"], "completion": r["canonical_solution"]} for r in rows])
