@@ -8,10 +8,10 @@ user's files). The rows are GSM8K-format word problems phrased unlike the demo b
 stories, plain numbers, a "#### N" answer), so the base scores 0 on them and only SFT on the rows makes RL possible.
 
 The bars come from measured runs (seeds fixed; the README section states the figures): the base scores 0.000, SFT
-reached 0.275 on the 51 held-out questions (bar: +0.10), and 10 RL steps from it did *not* raise it (0.216; 0.196 and
-0.216 with other learning rates and group sizes), so the RL bar only guards against a collapse (at most 0.15 lower)
-and checks that RL had a reward signal. Measured twice with identical figures: 6 minutes of wall time on 2 cores
-shared with other jobs (load ~6; SFT 85 s, RL 193 s), 18 minutes under load 12-20: over the ~5 minutes asked for.
+reached 0.275 on the 51 held-out questions (bar: +0.10), and 30 RL steps from it (TraceRL, shrink 4, lr 2e-4) raised it
+to 0.549 (0.314 and 0.373 at steps 10 and 20; bar: +0.10), with the train reward of the last 5 steps above the first 5's.
+Other RL settings measured on the same SFT model (README): lr 3e-4 rose and fell back (0.431 at step 30, 0.275 at 40),
+lr 1e-3 collapsed, shrink 1 at lr 1e-4 moved it by a few problems either way in 10 steps.
 """
 
 import hashlib
@@ -95,7 +95,7 @@ def test_readme_section_parses_into_files_and_commands():
 
 @pytest.mark.slow
 def test_readme_own_data_section_verbatim(tmp_path):
-    """Base 0 -> SFT >= 0.10 -> RL with a reward signal and no collapse, with the README's files and commands."""
+    """Base 0 -> SFT >= 0.10 -> RL raising it by >= 0.10 with a rising train reward, with the README's files and commands."""
     files, commands = section_files_and_commands(readme_section())
     for name, text in files.items():
         (tmp_path / name).write_text(text)
@@ -126,9 +126,10 @@ def test_readme_own_data_section_verbatim(tmp_path):
     assert base == 0.0, out["eval"][-2000:]  # the demo base cannot answer these rows: RL from it would learn nothing
     assert after_sft >= base + 0.10, out["sft"][-2000:]
     assert summary["heldout_size"] == heldout_size and summary["accuracy_before"] == pytest.approx(after_sft, abs=1e-9)
-    assert summary["accuracy_after"] >= summary["accuracy_before"] - 0.15, summary  # measured: 0.275 -> 0.216
+    assert summary["accuracy_after"] >= summary["accuracy_before"] + 0.10, summary  # measured: 0.275 -> 0.549
     steps = [json.loads(line) for line in (tmp_path / rl["train"]["output_dir"] / "metrics.jsonl").read_text().splitlines()]
     rewards = [r["reward/mean"] for r in steps if "reward/mean" in r]
-    assert len(rewards) == rl["train"]["steps"] and min(rewards) > 0, rewards  # measured: 0.16-0.37 every step
+    assert len(rewards) == rl["train"]["steps"] and min(rewards) > 0, rewards
+    assert sum(rewards[-5:]) > sum(rewards[:5]) + 0.5, rewards  # measured: 0.30 0.15 0.37 0.23 0.22 ... 0.52 0.42 0.45 0.41 0.45
     assert "no reward signal" not in out["train"]
     assert "\\boxed{" in out["generate"], out["generate"][-2000:]  # the trained model answers in the format the reward checks
