@@ -67,7 +67,8 @@ update over one step's tree rollout: the segments in a seeded random order (`par
 the first, so one update is epochs x segments optimizer steps (the learning-rate and self-distillation
 schedules count them) and the next RL step re-runs the tree. `algorithm.minibatches` does not apply (a config
 setting it gets a warning and is ignored). A sibling group lies inside a segment, so the row mean and the self-distillation
-pairs are normalised over the segment, as theirs over their batch. parents_per_step is 1 (theirs). False:
+pairs are normalised over the segment, as theirs over their batch. Option parents_per_step (1, theirs) trains k
+segments together (`parent_chunks`). False:
 `algorithm.epochs` passes over all the step's edge rows, `algorithm.minibatches` optimizer steps each.
 
 Not implemented (a run under this name does not do these): cfg_scale (0 in their config).
@@ -194,6 +195,16 @@ def parent_segments(siblings: torch.Tensor, tree: tuple[int, int, int], generato
     return [rows for rows in segments if rows]
 
 
+def parent_chunks(segments: list[list[int]], parents_per_step: int) -> list[list[int]]:
+    """`parent_segments`' segments, k = parents_per_step consecutive ones concatenated per training chunk (their
+    _prepare_inputs pops k shuffled segments and _concat_segments them, :673-685); the last chunk may hold fewer.
+
+    >>> parent_chunks([[4, 5], [0, 1], [2, 3]], 2)
+    [[4, 5, 0, 1], [2, 3]]
+    """
+    return [[i for seg in segments[a : a + parents_per_step] for i in seg] for a in range(0, len(segments), parents_per_step)]
+
+
 def edge_mask(t: Trajectory, eos_id: int | None) -> list[bool]:
     """Per completion position of an edge row: unmasked by the edge and at or before the child canvas's
     first EOS (their changed_mask & _build_completion_mask(child), :182-184).
@@ -228,15 +239,22 @@ class DTreeRpoOptions:
     in a random order (module docstring; their _prepare_inputs :645-697 with dtreerpo.yaml parents_per_step 1 and
     num_iterations 12); `algorithm.minibatches` is then ignored. False: epochs passes over all edge rows, each
     split into `algorithm.minibatches` random minibatches."""
+    parents_per_step: int = 1
+    """Parent segments trained together with per_parent_schedule (dtreerpo.yaml parents_per_step 1): each chunk
+    is k consecutive segments of the shuffled order, concatenated (their _prepare_inputs :673-685), so an update is
+    epochs x ceil(P / k) optimizer steps for P parent positions. Where k does not divide P the last chunk holds the
+    P mod k left over; theirs tops it up with segments of the next tree search (a buffer spanning RL steps)."""
     sd_horizon: int | None = None
     """T of the schedules, in optimizer steps. None: the run's total optimizer steps (train.steps x epochs x
-    minibatches, or x the tree's parent segments with per_parent_schedule), so both schedules span the run. Theirs is max_steps (dtreerpo.yaml 30000), which only fits
+    minibatches, or x ceil(parent segments / parents_per_step) with per_parent_schedule), so both schedules span the run. Theirs is max_steps (dtreerpo.yaml 30000), which only fits
     their run length; t/T is clipped to [0, 1]."""
 
     def __post_init__(self) -> None:
         if self.sd_lambda_max < 0 or self.sd_tau_max <= 0 or self.sd_tau_beta < 0:
             raise ValueError(f"d_tree_rpo: sd_lambda_max must be >= 0, sd_tau_max > 0 and sd_tau_beta >= 0, got "
                              f"{self.sd_lambda_max}, {self.sd_tau_max}, {self.sd_tau_beta}")  # fmt: skip
+        if self.parents_per_step < 1:
+            raise ValueError(f"d_tree_rpo: parents_per_step must be >= 1, got {self.parents_per_step}")
         if self.sd_horizon is not None and self.sd_horizon < 1:
             raise ValueError(f"d_tree_rpo: sd_horizon must be a positive number of optimizer steps or None (the run's), got {self.sd_horizon}")
 
@@ -421,8 +439,8 @@ D_TREE_RPO = register_estimator(
         # the self-distillation term couples a parent's children and follows the optimizer step
         scheduled_weights=lambda o: o.self_distillation, sibling_minibatches=lambda o: o.self_distillation,
         # their schedule: one parent segment at a time, epochs (num_iterations) optimizer steps each
-        segment_count=lambda o, tree: parent_positions(tree) if o.per_parent_schedule and tree is not None else None,
-        segments=lambda o, siblings, tree, generator: parent_segments(siblings, tree, generator),
+        segment_count=lambda o, tree: -(-parent_positions(tree) // o.parents_per_step) if o.per_parent_schedule and tree is not None else None,
+        segments=lambda o, siblings, tree, generator: parent_chunks(parent_segments(siblings, tree, generator), o.parents_per_step),
         tree_batch=edge_rows,
         # dtreerpo.yaml: tree_branch_factor 4, tree_contraction_factor 2, num_tree_samples 4; block_length 32 with
         # diffusion_steps 128 over max_completion_length 256 (16 steps a block); temperature 0.9

@@ -517,6 +517,14 @@ MUTANTS: list[Mutant] = [
         "`unmask eval --sandbox` accepted and ignored",
     ),
     M(
+        "dtree_parents_per_step_ignored",
+        "algorithms/d_tree_rpo.py",
+        "    return [[i for seg in segments[a : a + parents_per_step] for i in seg] for a in range(0, len(segments), parents_per_step)]",
+        "    return segments",
+        ["tests/test_d_tree_rpo.py::test_parents_per_step_trains_k_shuffled_segments_together"],
+        "d-TreeRPO's parents_per_step accepted and each segment still trained alone",
+    ),
+    M(
         "plan_fsdp_not_sharded",
         "rl/plan.py",
         '    shard = ranks if lc.parallel == "fsdp2" else 1',

@@ -506,3 +506,26 @@ def test_the_ablations_forward_count_is_the_learners(tmp_path, schedule):
         lm.forward_logprobs = lambda *a, _f=lm.forward_logprobs, **k: calls.append(1) or _f(*a, **k)
     learner.update(LearnerBatch.pack(rows, adv, siblings=siblings))
     assert len(calls) == forward_passes(learner.cfg, rows)[1] == (3 if schedule else 2) * (1 + 1 + 2)
+
+
+def test_parents_per_step_trains_k_shuffled_segments_together(tmp_path):
+    """options.parents_per_step 2 on a (2, 2, 2) tree (3 parent positions): chunks of 2 + 1 segments in the shuffled
+    order, each for epochs consecutive optimizer steps, so an update is 2 x 2 steps (their parents_per_step)."""
+    from algorithms.d_tree_rpo import parent_chunks
+    from rl.learner import Learner
+
+    assert parent_chunks([[4, 5], [0, 1], [2, 3]], 2) == [[4, 5, 0, 1], [2, 3]] and parent_chunks([[1], [0]], 3) == [[1, 0]]
+    with pytest.raises(ValueError, match="parents_per_step must be >= 1"):
+        DTreeRpoOptions(parents_per_step=0)
+    _llada().save_pretrained(tmp_path / "llada")
+    extra = "rollout: {prompts_per_step: 2, sampling: {tree: [2, 2, 2], max_new_tokens: 4}}\ntrain: {steps: 3}\n"
+    cfg = _config(tmp_path, "estimator: d_tree_rpo, lr: 1.0e-3, epochs: 2, options: {parents_per_step: 2}", model=str(tmp_path / "llada"), extra=extra)
+    learner = Learner(cfg)
+    seen = []
+    learner._optimizer_step = lambda trajs, pieces, totals, seed: seen.append(sorted(i for s in pieces for i in s.piece.idx)) or {}
+    rows, adv, _, siblings = _two_prompt_edges()
+    learner.update(LearnerBatch.pack(rows, adv, siblings=siblings))
+    by_position = [[0, 1, 6, 7], [2, 3, 8, 9], [4, 5, 10, 11]]
+    order = torch.randperm(3, generator=torch.Generator().manual_seed(cfg.train.seed * 1_000_003)).tolist()
+    first, second = sorted(by_position[order[0]] + by_position[order[1]]), by_position[order[2]]
+    assert seen == [first, first, second, second] and learner.steps_per_update() == 4
