@@ -527,8 +527,6 @@ class RunConfig(_Section):
                 "rollout.overlap needs algorithm.estimator: trace with algorithm.shrink: 1 (the one-step-stale ratio uses the "
                 "rollout's log-probs, which are the trace estimator's likelihoods only without shrinkage)"
             )
-        if self.learner.parallel == "fsdp2" and self.learner.ranks > 1 and self.model.lora.enabled:
-            raise ValueError("learner.parallel: fsdp2 does not shard LoRA adapters; use learner.parallel: ddp with model.lora.enabled")
         if self.learner.attention == "flex" and self.cluster.gpus_per_bundle == 0:
             raise ValueError("learner.attention: flex needs a GPU learner (cluster.gpus_per_bundle > 0): torch has no flex attention backward on CPU; use sdpa")
         if self.rollout.overlap and self.cluster.placement == "colocated":

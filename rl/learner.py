@@ -127,11 +127,6 @@ class Learner(LearnerState):
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
         m, algo, lc = cfg.model, cfg.algorithm, cfg.learner
         self.fsdp = world_size > 1 and lc.parallel == "fsdp2"
-        if self.fsdp and m.lora.enabled:
-            raise ValueError(
-                "learner.parallel: fsdp2 with model.lora.enabled is not supported: an adapter's gradients and optimizer "
-                "state are small, so use learner.parallel: ddp (the frozen base is then replicated on every rank)"
-            )
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.cfg, self.rank, self.world_size = cfg, rank, world_size

@@ -142,6 +142,8 @@ class LearnerState:
         snapshot is taken when Ray stores the return value; in-process callers that keep it
         across an `update` must clone it."""
         self._check_ready()
+        if self.fsdp and self.peft is not None:
+            return WeightsSnapshot(self._adapter_full_state())
         if self.fsdp:
             return snapshot(self._full_state(self.lm.model), dtype)
         if self.rank != 0:
@@ -150,13 +152,41 @@ class LearnerState:
             return WeightsSnapshot(adapter_state(self.peft))
         return snapshot(self.lm.model.state_dict(), dtype)
 
-    def _full_state(self, module: nn.Module) -> dict[str, torch.Tensor]:
-        """Unsharded CPU state dict on rank 0 ({} elsewhere); collective under fsdp2."""
+    def _full_state(self, module: nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+        """Unsharded CPU state dict on rank 0 ({} elsewhere); collective under fsdp2. trainable_only: the
+        parameters that require grad (a LoRA adapter's), so the frozen base is never gathered."""
         if not self.fsdp:
             return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()} if self.rank == 0 else {}
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only))
+
+    # LoRA under fsdp2: the adapter's parameters are shards of lm.model (a PeftModel's base_model.model), so they are
+    # gathered by name and handed to peft's own (de)serialisation, which reads the PeftModel's keys.
+    _PEFT_PREFIX = "base_model.model."
+
+    def _adapter_full_state(self) -> dict[str, torch.Tensor]:
+        """The adapter's tensors as `adapter_state` gives them (peft's keys), gathered to rank 0 ({} elsewhere);
+        collective under fsdp2: only the trainable (adapter) shards are gathered."""
+        from peft import get_peft_model_state_dict
+
+        full = self._full_state(self.lm.model, trainable_only=True)
+        if self.rank != 0:
+            return {}
+        return dict(get_peft_model_state_dict(self.peft, state_dict={self._PEFT_PREFIX + k: v for k, v in full.items()}))
+
+    def _load_adapter_sharded(self, state: dict[str, torch.Tensor]) -> None:
+        """Load an adapter file's tensors (peft's keys: no adapter name) into the sharded adapter; every rank holds
+        `state`. Strict: every adapter parameter must be in it, and nothing else."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        name = self.peft.active_adapter
+        wanted = {n: self._PEFT_PREFIX + n.replace(f".{name}.", ".") for n, p in self.lm.model.named_parameters() if p.requires_grad}
+        missing, unexpected = sorted(set(wanted.values()) - set(state)), sorted(set(state) - set(wanted.values()))
+        if missing or unexpected:
+            raise ValueError(f"adapter checkpoint does not match the model's adapter: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        set_model_state_dict(self.lm.model, {n: state[k] for n, k in wanted.items()},
+                             options=StateDictOptions(full_state_dict=True, strict=False))  # fmt: skip
 
     def _load_full_state(self, module: nn.Module, state: dict[str, torch.Tensor]) -> None:
         if not self.fsdp:
@@ -222,7 +252,7 @@ class LearnerState:
         (every rank must call it; the others write nothing)."""
         path = Path(path)
         # Gather first, on every rank in the same order (collectives under fsdp2).
-        model_state = self._full_state(self.lm.model) if self.fsdp else None
+        model_state = self._full_state(self.lm.model, trainable_only=self.peft is not None) if self.fsdp else None
         optimizer = self._optimizer_state(self.optimizer, self.lm.model)
         ref = None if self.ref is None else self._full_state(self.ref.model)
         value = None if self.value is None else self._full_state(self.value)
@@ -231,7 +261,9 @@ class LearnerState:
             return
         path.mkdir(parents=True, exist_ok=True)
         if self.peft is not None:
-            self.peft.save_pretrained(path / "adapter")  # base_model_name_or_path points at the base
+            # base_model_name_or_path points at the base; fsdp2: the gathered adapter, not the live shards
+            adapter = None if model_state is None else {self._PEFT_PREFIX + k: v for k, v in model_state.items()}
+            self.peft.save_pretrained(path / "adapter", state_dict=adapter)
             self.lm.tokenizer.save_pretrained(path / "adapter")
         else:
             self.lm.save_pretrained(path / "model", state_dict=model_state)  # fsdp2: the gathered weights
@@ -257,7 +289,8 @@ class LearnerState:
         if self.peft is not None:
             from safetensors.torch import load_file
 
-            load_adapter_state(self.peft, load_file(path / "adapter" / "adapter_model.safetensors"))
+            adapter = load_file(path / "adapter" / "adapter_model.safetensors")
+            self._load_adapter_sharded(adapter) if self.fsdp else load_adapter_state(self.peft, adapter)
         else:
             restored = load_model(path / "model", family=self.lm.traits.name, block_size=self.lm.traits.block_size,
                                   trust_remote_code=self.cfg.model.trust_remote_code)

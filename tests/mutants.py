@@ -525,6 +525,14 @@ MUTANTS: list[Mutant] = [
         "d-TreeRPO's parents_per_step accepted and each segment still trained alone",
     ),
     M(
+        "fsdp2_lora_resume_skips_the_adapter",
+        "rl/learner_state.py",
+        "        set_model_state_dict(self.lm.model, {n: state[k] for n, k in wanted.items()},",
+        "        (lambda *a, **k: None)(self.lm.model, {n: state[k] for n, k in wanted.items()},",
+        ["tests/test_distributed_learner.py::test_checkpoint_files_from_two_ranks_load_into_one"],
+        "a LoRA run under fsdp2 resuming with the adapter it had, not the checkpoint's",
+    ),
+    M(
         "plan_fsdp_not_sharded",
         "rl/plan.py",
         '    shard = ranks if lc.parallel == "fsdp2" else 1',

@@ -102,8 +102,7 @@ def test_scale_rules(tmp_path):
         load_config(p, ["rollout.overlap=true", "algorithm.estimator=one_step"])
     with pytest.raises(ConfigError, match="rollout.overlap needs cluster.placement: separate"):
         load_config(p, ["rollout.overlap=true", "cluster.placement=colocated"])
-    with pytest.raises(ConfigError, match="fsdp2 does not shard LoRA"):
-        load_config(p, ["learner.parallel=fsdp2", "learner.ranks=2", "model.lora.enabled=true"])
+    assert load_config(p, ["learner.parallel=fsdp2", "learner.ranks=2", "model.lora.enabled=true"]).model.lora.enabled  # sharded base, gathered adapter
     with pytest.raises(ConfigError, match="did you mean 'micro_batches'"):
         load_config(p, ["learner.micro_batch=2"])
 

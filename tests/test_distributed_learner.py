@@ -53,13 +53,17 @@ SCENARIOS = {
         N,
         False,
     ),
+    # the frozen base sharded too; the reference is the base with the adapter off; only the adapter is gathered
+    "fsdp2_lora_one_step_token_kl": ({"estimator": "one_step", "loss_norm": "token", "beta": 0.05}, {"parallel": "fsdp2"}, N, True),
+    # LoRA on the MoE: adapters on the stacked experts (peft target_parameters), sharded by expert with them
+    "fsdp2_lora_sdar_moe_trace_token": ({"estimator": "trace", "loss_norm": "token", "beta": 0.0}, {"parallel": "fsdp2"}, 4, True),
     # 4 rollouts: one sample per rank and minibatch (the dense fsdp2 scenario covers a sharded reference and critic)
     "fsdp2_sdar_moe_trace_token": ({"estimator": "trace", "loss_norm": "token", "beta": 0.0}, {"parallel": "fsdp2"}, 4, False),
     # LLaDA2's rollouts fill its block of 32 (26 tokens): shrink 4 replays them in a quarter of the passes
     "fsdp2_llada2_trace_sequence": ({"estimator": "trace", "loss_norm": "sequence", "beta": 0.0, "shrink": 4}, {"parallel": "fsdp2"}, 4, False),
 }
 # scenario -> family: these run on the `moe` fixture's checkpoint of that family and its rollouts, not the base's
-MOE_SCENARIOS = {"fsdp2_sdar_moe_trace_token": "sdar_moe", "fsdp2_llada2_trace_sequence": "llada2"}
+MOE_SCENARIOS = {"fsdp2_sdar_moe_trace_token": "sdar_moe", "fsdp2_llada2_trace_sequence": "llada2", "fsdp2_lora_sdar_moe_trace_token": "sdar_moe"}
 
 
 def cfg_for(algo: dict, learner: dict | None = None, lora: bool = False, path=BASE_CKPT) -> RunConfig:
@@ -138,6 +142,15 @@ def _rank_main(rank: int, world: int, port: int, data: dict, out: str) -> None:
         res = {"grads": grads, "metrics": metrics, "weights": learner.get_weights()}
         if name.startswith("fsdp2") or name in ("trace_sequence", "lora_one_step_token_kl"):
             res["files"] = learner.state_files()
+        if name == "fsdp2_lora_one_step_token_kl":  # resume on two ranks: the sharded adapter and its optimizer state
+            import torch.distributed as dist
+
+            files = [res["files"]]
+            dist.broadcast_object_list(files, src=0)  # every rank loads the same files
+            res["grads"] = {k: list(v) for k, v in grads.items()}  # the capture goes on recording
+            run_update(learner, trajs, n)  # move away from the saved state
+            step = learner.load_state_files(files[0])
+            res["resumed"] = (step, learner.get_weights(), len(learner.optimizer.state))
         if name in MOE_SCENARIOS:
             from torch.distributed.fsdp import FSDPModule
 
@@ -255,7 +268,7 @@ def test_two_ranks_match_one_rank(name, two_ranks, one_rank):
 def test_checkpoint_files_from_two_ranks_load_into_one(two_ranks, trajs, moe):
     """state_files of a ddp and of an fsdp2 run (gathered weights, optimizer state by name)
     restore into a single-rank learner; the MoE's gathered expert stacks included."""
-    for name in ("trace_sequence", "fsdp2_trace_token_kl_value", "lora_one_step_token_kl", *MOE_SCENARIOS):
+    for name in ("trace_sequence", "fsdp2_trace_token_kl_value", "lora_one_step_token_kl", "fsdp2_lora_one_step_token_kl", *MOE_SCENARIOS):
         algo, _, _, lora = SCENARIOS[name]
         path, _ = scenario_data(name, trajs, moe)
         r0 = two_ranks[0][name]
@@ -270,11 +283,15 @@ def test_checkpoint_files_from_two_ranks_load_into_one(two_ranks, trajs, moe):
             assert torch.equal(state[k], v), (name, k)
         opt = one.optimizer.state_dict()["state"]
         assert len(opt) == len(one.optimizer.param_groups[0]["params"]) and opt[0]["step"] == 2  # two minibatches
+        if "resumed" in r0:  # two ranks restored their own files: the saved adapter, step and optimizer state
+            step, weights, n_states = r0["resumed"]
+            assert step == 1 and n_states == len(opt) and weights.keys() == r0["weights"].keys()
+            assert all(torch.equal(weights[k], v) for k, v in r0["weights"].items())
         if one.value is not None:
             assert one.value_optimizer.state_dict()["state"][0]["step"] == 2
 
 
-@pytest.mark.parametrize("name", list(MOE_SCENARIOS))
+@pytest.mark.parametrize("name", [n for n in MOE_SCENARIOS if not SCENARIOS[n][3]])
 def test_moe_experts_are_sharded_by_expert_and_train_like_one_rank_with_no_balance_loss(name, two_ranks, one_rank):
     """fsdp2 on Qwen3-MoE (SDAR-MoE) and Glm4Moe (LLaDA2: layer 0 dense, layer 1 routed plus a shared
     expert): one unit per decoder layer, its stacked experts [E, 2I, H] / [E, H, I] split on the
@@ -451,3 +468,24 @@ def test_pieces_cover_the_minibatch_and_keep_masks(trajs):
     for p in pieces:
         part, _ = one_step_estimate(lm, [trajs[i] for i in p.idx], seed=7, p_mask_prompt=0.5, occurrences=p.occurrences)
         torch.testing.assert_close(part, whole[p.idx, : part.shape[1]], atol=1e-5, rtol=0)
+
+
+
+def test_lora_on_an_moe_under_fsdp2_shards_the_frozen_experts_and_trains_their_adapters(two_ranks, one_rank):
+    """LoRA + fsdp2 on the SDAR-MoE hub layout: the frozen base's stacked experts are sharded by expert like a full
+    fine-tune's (4 of 8 per rank), the router stays frozen (never an adapter target, no optimizer state), and the
+    experts' adapters (peft's target_parameters on gate_up_proj and down_proj) train with the one-rank gradients."""
+    name = "fsdp2_lora_sdar_moe_trace_token"
+    r0, r1 = two_ranks[0][name], two_ranks[1][name]
+    for shards in (r0["experts"], r1["experts"]):
+        stacks = {n: v for n, v in shards.items() if n.endswith(("base_layer.base_layer.gate_up_proj", "base_layer.base_layer.down_proj"))}
+        assert len(stacks) == 4 and all(pl == "(Shard(dim=0),)" and full[0] == 8 and local == (4, *full[1:]) for pl, local, full in stacks.values())
+    names = r0["grads"]["policy_names"]
+    assert all(".lora_" in n for n in names) and not any(".mlp.gate." in n for n in names)  # the adapter only, router frozen
+    expert_adapters = [i for i, n in enumerate(names) if ".mlp.experts." in n]
+    assert len(expert_adapters) == 2 * 4  # per layer: lora_A and lora_B of gate_up_proj and of down_proj
+    want, _, _ = one_rank(name)
+    for i in expert_adapters:  # step 2: lora_B moved at step 1, so lora_A has a gradient too
+        g, w = r0["grads"]["policy"][1][i], want["policy"][1][i]
+        assert w.abs().max() > 0, names[i]
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-3 * w.abs().max().item(), msg=names[i])
