@@ -203,6 +203,9 @@ class LearnerBatch:
         """Pack trajectories and their per-sample values; sizes are checked."""
         trajs = list(trajs)
         n = len(trajs)
+        if any(t.remasked for t in trajs):  # the flag does not survive packing: refuse here, before any estimator
+            raise ValueError("a trajectory decoded with re-masking (strategy 'rcr') cannot be trained on: its step map holds each "
+                             "token's last commit, not an unmask-once trace; roll out with static, threshold, adaptive or prophet")  # fmt: skip
         adv = _vector(advantages, torch.float64)
         if len(adv) != n:
             raise ValueError(f"{n} trajectories but {len(adv)} advantages")

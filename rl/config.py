@@ -517,6 +517,12 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
+        if self.rollout.sampling.strategy == "rcr":
+            raise ValueError(
+                "rollout.sampling.strategy: rcr re-masks committed tokens, but trajectory replay and the likelihood estimators "
+                "assume every token is unmasked once (MDPO's own trainer samples with rcr off); use rcr in eval.sampling, "
+                "eval.table or `unmask eval/generate --strategy rcr`, and a non-remasking strategy (static, threshold, ...) here"
+            )
         if self.rollout.sampling.temperature == 0 and self.rollout.samples_per_prompt > 1:
             raise ValueError(
                 "rollout.sampling.temperature is 0 (greedy) but rollout.samples_per_prompt > 1: every sample of a "

@@ -15,11 +15,14 @@ confidence criterion, then commits some of them:
   Language Models Know the Answer Before Decoding", arXiv:2508.19982): when the mean top-2
   log-prob gap of a block's masked positions reaches the gap for the decode's progress
   (`prophet_gaps`, for progress below 1/3, below 2/3, and after), every remaining masked
-  token of the block is committed at once.
+  token of the block is committed at once;
+- "rcr": MDPO's Running Confidence Remasking (rollout.rcr, full attention, evaluation and
+  generation only): each step fills every masked position and re-masks the least confident
+  committed ones, so it is the one decoder that remasks (its trajectories say `remasked`).
 
 `schedule="ascending"` makes static steps commit 1, 2, 4, ... tokens (the ascending step-size
 scheduler of Yang et al. 2025, arXiv:2509.23924, who pair it with EOS early rejection:
-`eos_guard`). Every decoder only unmasks, never remasks, so its step map replays exactly.
+`eos_guard`). Every decoder but rcr only unmasks, never remasks, so its step map replays exactly.
 
 The step at which each token is committed goes into the step map, together with its
 log-prob under the sampling distribution, so the learner can replay the exact trajectory.
@@ -133,7 +136,11 @@ def generate(
         # model's device. Seed it from the caller's, so a seed gives the same samples and each
         # call (each eval batch) draws a fresh stream.
         generator = torch.Generator(device=lm.device).manual_seed(int(torch.randint(2**62, (), generator=generator)))
-    if params.tree is not None:  # d-TreeRPO: each group's samples are the leaves of one tree
+    if params.strategy == "rcr":  # MDPO's remasking sampler; imported here because rollout.rcr builds on this module
+        from rollout.rcr import rcr_generate
+
+        trajs = rcr_generate(lm, prompts, params, generator)  # refuses block-causal families
+    elif params.tree is not None:  # d-TreeRPO: each group's samples are the leaves of one tree
         trajs = tree_generate(lm, prompts, params, generator, groups)
     elif lm.traits.block_causal:
         trajs = _BlockDecoder(lm, prompts, params, generator).run()

@@ -17,7 +17,7 @@ from typing import Literal, get_args
 from pydantic import ConfigDict, Field, NonNegativeFloat, PositiveInt, ValidationError
 from pydantic.dataclasses import dataclass
 
-Strategy = Literal["static", "threshold", "adaptive", "prophet"]
+Strategy = Literal["static", "threshold", "adaptive", "prophet", "rcr"]
 Schedule = Literal["even", "ascending"]
 Confidence = Literal["prob", "margin", "entropy", "raw_prob"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
@@ -30,6 +30,7 @@ STRATEGY_SPECS: dict[str, str] = {
     "threshold": "threshold[:T]",
     "adaptive": "adaptive[:FACTOR[:MAX_PER_STEP]]",
     "prophet": "prophet[:STEPS|:G1,G2,G3]",
+    "rcr": "rcr[:STEPS]",
 }
 
 
@@ -41,9 +42,11 @@ class SamplingParams:
     strategy: Strategy = Field(
         "static", description="static: fixed steps per block; threshold: dynamic confidence threshold (Fast-dLLM); adaptive: "
         "confidence-adaptive step sizes, bounded (Fast-dLLM's factor rule); prophet: static with early commit once the top-2 gap "
-        "says the block has converged (Prophet). All only unmask, so TraceRL replays them."
+        "says the block has converged (Prophet). All only unmask, so TraceRL replays them. rcr: MDPO's Running Confidence "
+        "Remasking (rollout.rcr; full attention, evaluation and generation only): every step fills all masked positions, then "
+        "re-masks the least confident ones, so a committed token can change and the trajectory cannot be replayed."
     )
-    steps_per_block: int | None = Field(None, ge=1, description="Static and prophet: denoising steps per block (default: block_size, one token per step).")
+    steps_per_block: int | None = Field(None, ge=1, description="Static, prophet and rcr: denoising steps per block (default: block_size, one token per step).")
     schedule: Schedule = Field(
         "even", description="Static and prophet step sizes: even (the remainder first), or ascending 1, 2, 4, ... tokens per step (which ignores steps_per_block)."
     )
@@ -111,7 +114,8 @@ def parse_strategy(spec: str, base: SamplingParams) -> tuple[str, SamplingParams
 
     ``static`` | ``static:STEPS`` (steps per block) | ``static:ascending``; ``threshold`` |
     ``threshold:T``; ``adaptive`` | ``adaptive:FACTOR`` | ``adaptive:FACTOR:MAX_PER_STEP``;
-    ``prophet`` | ``prophet:STEPS`` | ``prophet:G1,G2,G3`` (gaps for each third of the decode).
+    ``prophet`` | ``prophet:STEPS`` | ``prophet:G1,G2,G3`` (gaps for each third of the decode);
+    ``rcr`` | ``rcr:STEPS`` (steps per block).
 
     >>> parse_strategy("threshold:0.7", SamplingParams())[1].threshold
     0.7
@@ -130,6 +134,8 @@ def parse_strategy(spec: str, base: SamplingParams) -> tuple[str, SamplingParams
             elif args:
                 kw["steps_per_block"] = int(args[0])
             return spec.strip(), replace(base, **kw)
+        if name == "rcr" and len(args) <= 1:
+            return spec.strip(), replace(base, strategy="rcr", steps_per_block=int(args[0]) if args else base.steps_per_block)
         if name == "threshold" and len(args) <= 1:
             return spec.strip(), replace(base, strategy="threshold", threshold=float(args[0]) if args else base.threshold)
         if name == "adaptive" and len(args) <= 2:

@@ -64,6 +64,10 @@ class Trajectory:
     step_confidences: Any = None
     """[S, C] float32 tensor with `step_predictions`: the probability of each prediction under the
     sampling distribution at its step (0 where the step predicted nothing)."""
+    remasked: bool = False
+    """True when the decoder could re-mask committed tokens (strategy "rcr"): a token may have been
+    committed several times, step_map and logprobs hold its last commit, and the trajectory is not
+    an unmask-once trace (trace estimators must not replay it)."""
 
     def __post_init__(self) -> None:
         n = len(self.completion_ids)
