@@ -195,6 +195,24 @@ def parent_segments(siblings: torch.Tensor, tree: tuple[int, int, int], generato
     return [rows for rows in segments if rows]
 
 
+def planned_edge_rows(tree: tuple[int, int, int] | None, options: DTreeRpoOptions) -> tuple[int, int | None]:
+    """For `unmask plan`: (edge rows per prompt, rows per prompt of the largest training chunk, or None without the
+    per-parent schedule). A (n, bf, s) tree has n + n bf + ... + n bf^(s-1) edges per prompt; the root's segment holds
+    n of them, every other parent's bf, and a chunk at most parents_per_step segments.
+
+    >>> planned_edge_rows((4, 4, 2), DTreeRpoOptions()), planned_edge_rows((2, 3, 3), DTreeRpoOptions(parents_per_step=2))
+    ((20, 4), (26, 6))
+    """
+    if tree is None:
+        raise ValueError("d_tree_rpo needs a tree rollout (rollout.sampling.tree)")
+    n, bf, s = tree
+    rows = sum(n * bf**k for k in range(s))
+    if not options.per_parent_schedule:
+        return rows, None
+    widest = max([n] + ([bf] if s > 1 else []))
+    return rows, min(rows, widest * min(options.parents_per_step, parent_positions(tree)))
+
+
 def parent_chunks(segments: list[list[int]], parents_per_step: int) -> list[list[int]]:
     """`parent_segments`' segments, k = parents_per_step consecutive ones concatenated per training chunk (their
     _prepare_inputs pops k shuffled segments and _concat_segments them, :673-685); the last chunk may hold fewer.
@@ -441,6 +459,7 @@ D_TREE_RPO = register_estimator(
         # their schedule: one parent segment at a time, epochs (num_iterations) optimizer steps each
         segment_count=lambda o, tree: -(-parent_positions(tree) // o.parents_per_step) if o.per_parent_schedule and tree is not None else None,
         segments=lambda o, siblings, tree, generator: parent_chunks(parent_segments(siblings, tree, generator), o.parents_per_step),
+        planned_rows=lambda o, samples, tree: planned_edge_rows(tree, o),
         tree_batch=edge_rows,
         # dtreerpo.yaml: tree_branch_factor 4, tree_contraction_factor 2, num_tree_samples 4; block_length 32 with
         # diffusion_steps 128 over max_completion_length 256 (16 steps a block); temperature 0.9

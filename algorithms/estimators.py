@@ -547,6 +547,10 @@ class EstimatorUnit:
             (`LearnerBatch.siblings`) (d-TreeRPO).
         rollout_sampling: `rollout.sampling` settings the unit's paper decodes with, filled in where a
             run config leaves them unset (`rl.config.RunConfig`): JustGRPO's left-to-right block_length 1.
+        planned_rows: for `unmask plan` (rl.plan), where the unit's learner rows are not the samples:
+            `planned_rows(options, samples_per_prompt, tree) -> (rows per prompt, rows per prompt of the largest
+            optimizer step or None)`; None for the second: the rows split evenly over `algorithm.minibatches`.
+            MDPO's step rows (train_steps per sample), d-TreeRPO's tree edges and parent segments. None: the samples.
     """
 
     name: str
@@ -578,6 +582,7 @@ class EstimatorUnit:
     offline_pairs: bool = False
     tree_batch: Callable[..., tuple[list[Trajectory], torch.Tensor, list[int], torch.Tensor]] | None = None
     rollout_sampling: Mapping[str, Any] = field(default_factory=dict)
+    planned_rows: Callable[[Any, int, Any], tuple[int, int | None]] | None = None
 
     def check_options(self, options: Mapping[str, Any]) -> Any:
         """The options as this unit's dataclass; an unknown key is an error naming the valid ones."""

@@ -336,5 +336,6 @@ MDPO = register_estimator(
         needs_step_predictions=True,
         scored_steps=lambda n, o: scored_steps(n, o.score_every),
         step_batch=mdpo_step_batch,
+        planned_rows=lambda o, samples, tree: (samples * o.train_steps, None),  # at most train_steps step rows per sample
     )
 )

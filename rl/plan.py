@@ -381,8 +381,10 @@ def plan(cfg: RunConfig, gpus: int | None = None, gpu_memory_gb: float = 80.0) -
     ranks = max(lc.ranks, 1)
     prompt, gen = _lengths(cfg)
     length = packed_length(shape.family, prompt, gen)
-    samples = cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt
-    rows = max(1, math.ceil(samples / algo.minibatches / ranks / lc.micro_batches))
+    unit = get_estimator(algo.estimator)
+    samples = cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt  # decoded
+    trained, step_rows = learner_rows(unit, cfg)  # the learner's rows: the samples, or the unit's own
+    rows = max(1, math.ceil(step_rows / ranks / lc.micro_batches))
     report = PlanReport(cfg.model.path, shape.family, n_params, gpus, int(gpu_memory_gb * GIB), micro_batch_rows=rows)
 
     shard = ranks if lc.parallel == "fsdp2" else 1
@@ -399,7 +401,6 @@ def plan(cfg: RunConfig, gpus: int | None = None, gpu_memory_gb: float = 80.0) -
         report.learner["reference model (fp32)"] = 4 * n_params // shard
     if algo.value.enabled:
         report.learner["value model: weights, gradients, AdamW"] = 16 * n_params // shard
-    unit = get_estimator(algo.estimator)
     passes = _passes(unit, cfg, gen, shape)
     passes_alive = 1 if (lc.backward_per_pass or passes == 1) else passes
     trainable_shard = trainable // shard
@@ -439,10 +440,24 @@ def plan(cfg: RunConfig, gpus: int | None = None, gpu_memory_gb: float = 80.0) -
     report.flops["rollout"] = float(2 * n_params * decode_tokens + attn * samples * gen * (prompt + gen) // 2)
     passes = _passes(unit, cfg, gen, shape)
     fwd = 2 * n_params * length + attn * length * length
-    report.flops["learner"] = float(samples * algo.epochs * passes * 3 * fwd)
+    report.flops["learner"] = float(trained * algo.epochs * passes * 3 * fwd)
     if algo.value.enabled:
-        report.flops["value"] = float(samples * algo.epochs * passes * 3 * fwd)
+        report.flops["value"] = float(trained * algo.epochs * passes * 3 * fwd)
     return report
+
+
+def learner_rows(unit, cfg: RunConfig) -> tuple[int, int]:
+    """(learner rows of one RL step, rows of its largest optimizer step) before the split over ranks and
+    micro-batches: the samples over `algorithm.minibatches`, or what the unit trains instead
+    (`EstimatorUnit.planned_rows`: MDPO's step rows, d-TreeRPO's tree edges and parent segments)."""
+    r, prompts = cfg.rollout, cfg.rollout.prompts_per_step
+    if unit.planned_rows is None:
+        per_prompt, step_per_prompt = r.samples_per_prompt, None
+    else:
+        tree = tuple(r.sampling.tree) if r.sampling.tree is not None else None
+        per_prompt, step_per_prompt = unit.planned_rows(unit.check_options(cfg.algorithm.estimator_options()), r.samples_per_prompt, tree)
+    total = prompts * per_prompt
+    return total, (math.ceil(total / cfg.algorithm.minibatches) if step_per_prompt is None else prompts * step_per_prompt)
 
 
 def planned_trajectory(cfg: RunConfig, shape: Shape, prompt: int, gen: int):

@@ -541,6 +541,15 @@ MUTANTS: list[Mutant] = [
         "an rcr rollout packed for the learner, its last-commit step map replayed as an unmask-once trace",
     ),
     M(
+        "plan_rows_are_the_samples",
+        "rl/plan.py",
+        "    if unit.planned_rows is None:",
+        "    if True:",
+        ["tests/test_d_tree_rpo.py::test_the_plan_sizes_the_learner_by_the_tree_edges_and_the_largest_chunk",
+         "tests/test_mdpo.py::test_one_training_step_through_the_trainers_stages"],
+        "unmask plan sizing d-TreeRPO's and MDPO's learner by the decoded samples, not their edge or step rows",
+    ),
+    M(
         "plan_fsdp_not_sharded",
         "rl/plan.py",
         '    shard = ranks if lc.parallel == "fsdp2" else 1',

@@ -529,3 +529,24 @@ def test_parents_per_step_trains_k_shuffled_segments_together(tmp_path):
     order = torch.randperm(3, generator=torch.Generator().manual_seed(cfg.train.seed * 1_000_003)).tolist()
     first, second = sorted(by_position[order[0]] + by_position[order[1]]), by_position[order[2]]
     assert seen == [first, first, second, second] and learner.steps_per_update() == 4
+
+
+
+@pytest.mark.parametrize("options, chunk_rows", [("", [4, 4, 4]), (", options: {parents_per_step: 2}", [8, 4]),
+                                                 (", minibatches: 3, options: {per_parent_schedule: false}", [4, 4, 4])])  # fmt: skip
+def test_the_plan_sizes_the_learner_by_the_tree_edges_and_the_largest_chunk(tmp_path, options, chunk_rows):
+    """`unmask plan`'s learner rows for d-TreeRPO: the tree's edges (6 per prompt of a (2, 2, 2) tree, not its 4
+    leaves) and the largest optimizer step's rows, as the learner really chunks them."""
+    from rl.learner import Learner
+    from rl.plan import learner_rows
+
+    _llada().save_pretrained(tmp_path / "llada")
+    extra = "rollout: {prompts_per_step: 2, sampling: {tree: [2, 2, 2], max_new_tokens: 4}}\ntrain: {steps: 3}\n"
+    cfg = _config(tmp_path, "estimator: d_tree_rpo, lr: 1.0e-3, epochs: 2" + options, model=str(tmp_path / "llada"), extra=extra)
+    learner = Learner(cfg)
+    rows, adv, _, siblings = _two_prompt_edges()
+    batch = LearnerBatch.pack(rows, adv, siblings=siblings)
+    gen = torch.Generator().manual_seed(0)
+    chunks = learner._segments(batch, gen) if learner._segment_count() is not None else learner._minibatches(batch, gen)
+    assert sorted(map(len, chunks), reverse=True) == chunk_rows
+    assert learner_rows(learner.estimator, cfg) == (len(rows), max(chunk_rows)) == (12, max(chunk_rows))

@@ -255,6 +255,10 @@ def test_one_training_step_through_the_trainers_stages(tmp_path, tok):
     assert metrics["step_rows"] == 8 and len(kept) == 8 and kept.advantages.shape == (8,)
     expect = mdpo_step_batch(trajs, batch.step_rewards, [[0, 2, 4]] * 4, MdpoOptions(train_steps=2))[1]
     assert kept.advantages.tolist() == pytest.approx(expect.tolist())
+    from rl.plan import learner_rows  # `unmask plan` sizes the learner by these rows, not the 4 samples
+
+    cfg.rollout.prompts_per_step = 2
+    assert learner_rows(get_estimator("mdpo"), cfg) == (len(kept), math.ceil(len(kept) / cfg.algorithm.minibatches))
     learner = Learner(cfg)
     start = {k: v.clone() for k, v in learner.lm.model.named_parameters()}
     m = learner.update(kept.for_learner())
