@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from algorithms.estimators import EstimatorUnit, _out, _preset, loss_mask, register_estimator
-from algorithms.losses import LossTotals, clamped_log_ratio, k3_kl
+from algorithms.losses import LossTotals, clamped_log_ratio, clipped_surrogate, k3_kl
 from algorithms.trace import trace_logprobs
 from rollout.models import DiffusionLM
 from rollout.trajectory import Trajectory
@@ -130,8 +130,7 @@ def cj_grpo_loss(
     w = weights[:, : logp.shape[1]].to(logp.dtype) * mask.to(logp.dtype)
     adv = advantages[:, None] if advantages.dim() == 1 else advantages
     ratio = torch.exp(clamped_log_ratio(logp, old_logp))
-    pg_loss1, pg_loss2 = -adv * ratio, -adv * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
-    pg = torch.maximum(pg_loss1, pg_loss2)
+    pg, clipped = clipped_surrogate(ratio, adv, eps_low, eps_high)
     kl = k3_kl(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
     per_token = pg + beta * kl if beta > 0 else pg
     loss = (per_token * w).sum()
@@ -139,7 +138,7 @@ def cj_grpo_loss(
         metrics = {
             "loss/policy": float((pg * w).sum()),
             "kl": float((kl * w).sum()),
-            "clipfrac": float(((pg_loss2 > pg_loss1).to(w.dtype) * w).sum()),
+            "clipfrac": float((clipped.to(w.dtype) * w).sum()),
             "ratio/mean": float((ratio * w).sum()),
         }
     return loss, metrics

@@ -91,7 +91,7 @@ from algorithms.estimators import (
     _temperature,
     register_estimator,
 )
-from algorithms.losses import LossTotals, clamped_log_ratio, k3_kl
+from algorithms.losses import LossTotals, clamped_log_ratio, clipped_surrogate, k3_kl
 from rollout.models import DiffusionLM
 from rollout.trajectory import Trajectory
 from rollout.tree import branch_steps, tree_leaves
@@ -415,8 +415,7 @@ def d_tree_rpo_loss(
     w = weights * mask.to(logp.dtype)
     adv = advantages.to(logp.dtype)[:, None]
     ratio = torch.exp(clamped_log_ratio(logp, old_logp))
-    pg_loss1, pg_loss2 = -adv * ratio, -adv * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
-    pg = torch.maximum(pg_loss1, pg_loss2)
+    pg, clipped = clipped_surrogate(ratio, adv, eps_low, eps_high)
     kl = k3_kl(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
     loss = (pg * w).sum() + (beta * (kl * w).sum() if beta > 0 else 0.0)
     if sd is not None:
@@ -427,7 +426,7 @@ def d_tree_rpo_loss(
         metrics = {
             "loss/policy": float((pg * w).sum()),
             "kl": float((kl * tokens).sum() / n),
-            "clipfrac": float(((pg_loss2 > pg_loss1).to(w.dtype) * tokens).sum() / n),
+            "clipfrac": float((clipped.to(w.dtype) * tokens).sum() / n),
             "ratio/mean": float((ratio * tokens).sum() / n),
         }
         if sd is not None:

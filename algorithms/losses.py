@@ -88,6 +88,14 @@ def clamped_log_ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
 
 
+def clipped_surrogate(ratio: torch.Tensor, adv: torch.Tensor, eps_low: float, eps_high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's pessimistic clipped surrogate per token, the body every clipped objective here shares:
+    (max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high)), whether the clipped side won: clipfrac's count).
+    `ratio` and `adv` broadcast ([B, L] and [B, 1] or [B, L])."""
+    unclipped, clipped = -adv * ratio, -adv * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
+    return torch.maximum(unclipped, clipped), clipped > unclipped
+
+
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimator of KL(pi || pi_ref) (Schulman, "Approximating KL divergence").
 
@@ -173,12 +181,9 @@ def policy_loss(
     mask = mask.to(logp.dtype)
     adv = advantages[:, None] if advantages.dim() == 1 else advantages
     ratio = torch.exp(clamped_log_ratio(logp, old_logp))
-    pg_loss1 = -adv * ratio
-    pg_loss2 = -adv * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
-    per_token = torch.maximum(pg_loss1, pg_loss2)
+    pg, clipped = clipped_surrogate(ratio, adv, eps_low, eps_high)
     kl = k3_kl(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
-    if beta > 0:
-        per_token = per_token + beta * kl
+    per_token = pg + beta * kl if beta > 0 else pg
 
     totals = totals or LossTotals.of(mask, pass_index)
 
@@ -189,9 +194,9 @@ def policy_loss(
     with torch.no_grad():
         n = max(totals.tokens, 1.0)
         metrics = {
-            "loss/policy": reduce(torch.maximum(pg_loss1, pg_loss2)).item(),
+            "loss/policy": reduce(pg).item(),
             "kl": float((kl * mask).sum() / n),
-            "clipfrac": float(((pg_loss2 > pg_loss1).to(mask.dtype) * mask).sum() / n),
+            "clipfrac": float((clipped.to(mask.dtype) * mask).sum() / n),
             "approx_kl": float((0.5 * (logp - old_logp) ** 2 * mask).sum() / n),
             "ratio/mean": float((ratio * mask).sum() / n),
         }
@@ -239,16 +244,14 @@ def sequence_policy_loss(
     seq_ratio = torch.exp(seq_log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     ratio = seq_ratio.detach()[:, None] * torch.exp(logp - logp.detach())  # value s_i, gradient s_i * grad logp_t
     adv = advantages[:, None] if advantages.dim() == 1 else advantages
-    pg_loss1 = -adv * ratio
-    pg_loss2 = -adv * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
-    pg = torch.maximum(pg_loss1, pg_loss2)
+    pg, clipped = clipped_surrogate(ratio, adv, eps_low, eps_high)
     kl = k3_kl(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
     per_token = pg + beta * kl if beta > 0 else pg
     loss = reduce_loss(per_token, m, norm, norm_constant, totals, pass_index)
     with torch.no_grad():
         n = max(totals.tokens, 1.0)
         nseq = max(totals.sequences, 1.0)
-        clipped_seq = ((pg_loss2 > pg_loss1) & mask.bool()).any(1)
+        clipped_seq = (clipped & mask.bool()).any(1)
         metrics = {
             "loss/policy": reduce_loss(pg, m, norm, norm_constant, totals, pass_index).item(),
             "kl": float((kl * m).sum() / n),

@@ -72,7 +72,7 @@ from algorithms.estimators import (
     _temperature,
     register_estimator,
 )
-from algorithms.losses import LossTotals, clamped_log_ratio
+from algorithms.losses import LossTotals, clamped_log_ratio, clipped_surrogate
 from rollout.models import DiffusionLM
 from rollout.trajectory import Trajectory
 
@@ -302,8 +302,7 @@ def mdpo_loss(
     w_kl = weights[:, : logp.shape[1], 1].to(logp.dtype) * mask.to(logp.dtype)
     adv = advantages[:, None] if advantages.dim() == 1 else advantages
     ratio = torch.exp(clamped_log_ratio(logp, old_logp))
-    pg_loss1, pg_loss2 = -adv * ratio, -adv * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
-    pg = torch.maximum(pg_loss1, pg_loss2)
+    pg, clipped = clipped_surrogate(ratio, adv, eps_low, eps_high)
     kl = clamped_log_ratio(ref_logp, logp) ** 2 / 2 if ref_logp is not None else torch.zeros_like(logp)  # their k2
     loss = (pg * w).sum() + (beta * (kl * w_kl).sum() if beta > 0 else 0.0)
     with torch.no_grad():
@@ -312,7 +311,7 @@ def mdpo_loss(
         metrics = {
             "loss/policy": float((pg * w).sum()),
             "kl": float((kl * tokens).sum() / n),
-            "clipfrac": float(((pg_loss2 > pg_loss1).to(w.dtype) * tokens).sum() / n),
+            "clipfrac": float((clipped.to(w.dtype) * tokens).sum() / n),
             "ratio/mean": float((ratio * tokens).sum() / n),
         }
     return loss, metrics
