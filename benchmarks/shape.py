@@ -37,6 +37,7 @@ import re
 import statistics
 import string
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -154,8 +155,22 @@ class PeakMemory:
             return torch.cuda.max_memory_allocated() - base
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         base = self._status("VmRSS")
-        fn()
-        return self._status("VmHWM") - base
+        # VmHWM alone has read as no rise at all on a loaded machine (a baseline of 0, so every ratio to it
+        # NaN): RSS is also sampled every 2 ms while fn runs, and the larger of the two counts.
+        high, stop = [base], threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.002):
+                high[0] = max(high[0], self._status("VmRSS"))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            fn()
+        finally:
+            stop.set()
+            sampler.join()
+        return max(self._status("VmHWM"), high[0]) - base
 
 
 def run_shape(args, saved_bytes: bool = False) -> dict:
