@@ -43,7 +43,7 @@ class SamplingParams:
         "static", description="static: fixed steps per block; threshold: dynamic confidence threshold (Fast-dLLM); adaptive: "
         "confidence-adaptive step sizes, bounded (Fast-dLLM's factor rule); prophet: static with early commit once the top-2 gap "
         "says the block has converged (Prophet). All only unmask, so TraceRL replays them. rcr: MDPO's Running Confidence "
-        "Remasking (rollout.rcr; full attention, evaluation and generation only): every step fills all masked positions, then "
+        "Remasking (rollout.engine.rcr_generate; full attention, evaluation and generation only): every step fills all masked positions, then "
         "re-masks the least confident ones, so a committed token can change and the trajectory cannot be replayed."
     )
     steps_per_block: int | None = Field(None, ge=1, description="Static, prophet and rcr: denoising steps per block (default: block_size, one token per step).")

@@ -1904,7 +1904,7 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "rcr_schedule_without_float_floor",
-        "rollout/rcr.py",
+        "rollout/engine.py",
         "    done = [num_masked - math.floor(num_masked * max(1.0 - (t + 1) / steps, 1e-6)) for t in range(steps)]",
         "    done = [math.ceil(num_masked * (t + 1) / steps) for t in range(steps)]",
         ["tests/test_rcr.py::test_linear_schedule_is_maskgit_linear_with_its_float_floor"],
@@ -1912,7 +1912,7 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "rcr_remasks_the_most_confident",
-        "rollout/rcr.py",
+        "rollout/engine.py",
         "                    low = run.topk(k, dim=1, largest=False).indices  # [n, k]",
         "                    low = run.topk(k, dim=1, largest=True).indices  # [n, k]",
         ["tests/test_rcr.py::test_hand_checked_rcr_remasks_the_least_confident_and_a_committed_token_changes"],
@@ -1920,7 +1920,7 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "rcr_remask_only_the_current_block",
-        "rollout/rcr.py",
+        "rollout/engine.py",
         "                    low = run.topk(k, dim=1, largest=False).indices  # [n, k]",
         "                    low = run[:, blk_start - gen :].topk(k, dim=1, largest=False).indices + (blk_start - gen)  # [n, k]",
         ["tests/test_rcr.py::test_matches_mdpo_diffusion_generate_tokens_across_blocks"],
@@ -1928,7 +1928,7 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "rcr_running_confidence_not_kept",
-        "rollout/rcr.py",
+        "rollout/engine.py",
         "                run.copy_(torch.where(masked, conf, run))",
         "                run.copy_(torch.where(masked, conf, torch.ones_like(run)))",
         ["tests/test_rcr.py::test_hand_checked_rcr_remasks_the_least_confident_and_a_committed_token_changes"],
@@ -1936,7 +1936,7 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "rcr_step_map_first_commit",
-        "rollout/rcr.py",
+        "rollout/engine.py",
         "                self.step_map[:, seen] = torch.where(masked, step, self.step_map[:, seen])",
         "                self.step_map[:, seen] = torch.where(masked & (self.step_map[:, seen] < 0), step, self.step_map[:, seen])",
         ["tests/test_rcr.py::test_hand_checked_rcr_remasks_the_least_confident_and_a_committed_token_changes"],
@@ -1945,18 +1945,19 @@ MUTANTS: list[Mutant] = [
     M(
         "rcr_not_dispatched",
         "rollout/engine.py",
-        '    if params.strategy == "rcr":  # MDPO\'s remasking sampler; imported here because rollout.rcr builds on this module',
-        '    if params.strategy == "rcr_":  # MDPO\'s remasking sampler; imported here because rollout.rcr builds on this module',
+        '    if params.strategy == "rcr":  # MDPO\'s remasking sampler (below)',
+        '    if params.strategy == "rcr_":  # MDPO\'s remasking sampler (below)',
         ["tests/test_rcr.py::test_hand_checked_rcr_remasks_the_least_confident_and_a_committed_token_changes"],
         "strategy rcr decoded by the ordinary full-attention decoder",
     ),
     M(
         "rcr_block_causal_accepted",
-        "rollout/rcr.py",
+        "rollout/engine.py",
         "    if not lm.traits.full_attention:",
         "    if False:",
         ["tests/test_rcr.py::test_refusals_name_the_family_and_the_unsupported_settings"],
         "a block-causal model decoded with RCR instead of refused",
+        nth=1,  # the first is tree_generate's
     ),
     M(
         "rcr_rl_rollouts_accept_it",

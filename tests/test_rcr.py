@@ -1,4 +1,4 @@
-"""MDPO's Running Confidence Remasking (rollout.rcr): hand-checked steps, the authors' tokens, refusals."""
+"""MDPO's Running Confidence Remasking (rollout.engine's rcr_generate): hand-checked steps, the authors' tokens, refusals."""
 
 import math
 
@@ -11,7 +11,7 @@ from rl.config import ConfigError, load_config
 from rollout import build_char_tokenizer
 from rollout.engine import generate
 from rollout.models import build_tiny_lm
-from rollout.rcr import linear_schedule
+from rollout.engine import linear_schedule
 from rollout.sampling import SamplingParams, parse_strategy
 
 from .conftest import ROOT
