@@ -438,8 +438,7 @@ def plan(cfg: RunConfig, gpus: int | None = None, gpu_memory_gb: float = 80.0) -
     steps_per_block = getattr(cfg.rollout.sampling, "steps_per_block", None) or (shape.block_size or 1)
     decode_tokens = samples * gen * max(1, steps_per_block) // max(1, shape.block_size or 1)
     report.flops["rollout"] = float(2 * n_params * decode_tokens + attn * samples * gen * (prompt + gen) // 2)
-    passes = _passes(unit, cfg, gen, shape)
-    fwd = 2 * n_params * length + attn * length * length
+    fwd = 2 * n_params * length + attn * length * length  # `passes` as counted for the memory above
     report.flops["learner"] = float(trained * algo.epochs * passes * 3 * fwd)
     if algo.value.enabled:
         report.flops["value"] = float(trained * algo.epochs * passes * 3 * fwd)
