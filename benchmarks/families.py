@@ -2,7 +2,8 @@
 
 For each family (block = SDAR/TraDo, llada, dream, llada2 = LLaDA2.0/2.1 on Glm4Moe, sdar_moe =
 SDAR-30B-A3B on Qwen3-MoE, fast_dllm_v2 = Fast-dLLM v2: block-causal with shifted logits, run here on
-blocks of 4 so that most tokens sit next to a block boundary) a tiny model of its architecture decodes the
+blocks of 4 so that most tokens sit next to a block boundary, stable_diffcoder = Stable-DiffCoder on Llama:
+blocks of 4 and an exact budget, the last block cut mid-block) a tiny model of its architecture decodes the
 same prompts with each cache setting; the learner's `trace_logprobs` then scores the sampled
 tokens on the decoded trajectory. The mean and max |rollout - learner| per token is what the
 metric `logp_mismatch` reports during training: ~1e-7 means the rollout's log-probs are the
@@ -13,7 +14,7 @@ The models are the SFT-trained quickstart base (block) and tiny random models fo
 families, so the numbers show the size of the cache approximation, not a real model's.
 
     python benchmarks/families.py --json out.json
-    python benchmarks/families.py --families llada2,sdar_moe,fast_dllm_v2
+    python benchmarks/families.py --families llada2,sdar_moe,fast_dllm_v2,stable_diffcoder
 """
 
 from __future__ import annotations
@@ -36,14 +37,14 @@ BASE = Path(__file__).resolve().parents[1] / "examples" / "checkpoints" / "arith
 SETTINGS = {"block": [("kv_cache", {"kv_cache": True}), ("recompute", {"kv_cache": False})],
             "llada": [("prefix cache", {"kv_cache": True}), ("dual cache", {"kv_cache": True, "dual_cache": True}), ("recompute", {"kv_cache": False})]}  # fmt: skip
 SETTINGS["dream"] = SETTINGS["llada"]
-SETTINGS["llada2"] = SETTINGS["sdar_moe"] = SETTINGS["fast_dllm_v2"] = SETTINGS["block"]
+SETTINGS["llada2"] = SETTINGS["sdar_moe"] = SETTINGS["fast_dllm_v2"] = SETTINGS["stable_diffcoder"] = SETTINGS["block"]
 
 
 def tiny_family_lm(family: str, tok, seed: int):
     """The model a family's rows decode with: the quickstart base, or a tiny random one of the family's architecture."""
     if family == "block":
         return load_model(BASE)
-    if family == "fast_dllm_v2":
+    if family in ("fast_dllm_v2", "stable_diffcoder"):
         return build_tiny_lm(tok, family=family, block_size=4, seed=seed)
     if family == "llada2":  # Glm4Moe, as rollout/convert_llada2.py maps LLaDA2.0-mini: routed + shared experts, first layer dense
         from transformers import Glm4MoeConfig, Glm4MoeForCausalLM

@@ -72,6 +72,12 @@ def resolve_model_dir(path: str | Path) -> Path:
     return Path(local)
 
 
+# Families whose own modeling code runs on transformers 5: Stable-DiffCoder's class is transformers'
+# LlamaForCausalLM plus a generate() (updated for 5.3), so `trust_remote_code: true` loads it and
+# unmask's masks drive its stock forward.
+REMOTE_CODE_ON_5 = frozenset({"stable_diffcoder"})
+
+
 def check_loadable(path: str | Path, config: dict[str, Any], trust_remote_code: bool) -> None:
     """Refuse `trust_remote_code=True` for a hub family whose own modeling code does not run on the
     installed transformers (written for 4.4x-4.52), where unmask loads it without remote code."""
@@ -80,7 +86,7 @@ def check_loadable(path: str | Path, config: dict[str, Any], trust_remote_code: 
     from rollout.convert import hub_family
 
     family = hub_family(config)
-    if not trust_remote_code or family is None or int(transformers.__version__.split(".")[0]) < 5:
+    if not trust_remote_code or family is None or family in REMOTE_CODE_ON_5 or int(transformers.__version__.split(".")[0]) < 5:
         return
     arch = ", ".join(config.get("architectures") or []) or str(config.get("model_type"))
     raise ValueError(

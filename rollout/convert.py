@@ -4,7 +4,9 @@ SDAR and TraDo (model_type ``sdar``) are Qwen3 with a block-causal mask; Dream a
 (``Dream``) are Qwen2 with shifted logits; LLaDA (``llada``) is a Llama whose tensors and config
 fields carry other names; LLaDA2.0/2.1 (``llada2_moe``) are Glm4Moe with a block-causal mask
 (rollout/convert_llada2.py); SDAR-30B-A3B (``sdar_moe``) is Qwen3-MoE with a block-causal mask
-(rollout/convert_sdar_moe.py). Their own modeling code targets transformers 4.4x-4.52; mapped onto
+(rollout/convert_sdar_moe.py); Stable-DiffCoder (``llama``, told apart from a plain Llama by its
+architectures and auto_map) is LlamaForCausalLM itself with a block-causal mask. Their own modeling
+code targets transformers 4.4x-4.52 (Stable-DiffCoder's: 5.3 and later); mapped onto
 Qwen3ForCausalLM / Qwen2ForCausalLM / LlamaForCausalLM they run on the transformers this project
 requires, under unmask's own masks and caches. A config flag the stock class cannot reproduce (a
 bias, another activation or norm, scaled logits, ...) is refused with an error naming it: a
@@ -36,8 +38,13 @@ HUB_MODEL_TYPES = {"sdar": "block", "dream": "dream", "llada": "llada", "llada2_
                    "sdar_moe": "sdar_moe"}
 _ARCH_PREFIXES = {"sdarmoe": "sdar_moe", "sdar": "block",  # sdarmoe before sdar
                   "trado": "block", "dream": "dream", "llada2": "llada2", "llada": "llada",  # llada2 before llada
-                  "fast_dllm_qwen": "fast_dllm_v2"}  # fmt: skip
+                  "fast_dllm_qwen": "fast_dllm_v2", "stablediffcoder": "stable_diffcoder", "seeddiffcoder": "stable_diffcoder"}  # fmt: skip
 FAST_DLLM_V2_BLOCK_SIZE = 32  # config.json `bd_size`; its generate() defaults to blocks of 32 too
+# Stable-DiffCoder says model_type "llama": its auto_map (modeling_stable_diffcoder.StableDiffcoderForCausalLM; before
+# its transformers-5.3 update, modeling_seed_diffcoder.SeedDiffcoderForCausalLM with architectures LlamaForCausalLM)
+# is what tells it from a plain Llama.
+_AUTO_MAP_FAMILIES = {"stable_diffcoder": "stable_diffcoder", "seed_diffcoder": "stable_diffcoder"}
+STABLE_DIFFCODER_BLOCK_SIZE = 4  # its generate_block() default and model card; the config has no block field
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -59,6 +66,11 @@ def hub_family(config: dict[str, Any]) -> str | None:
     for arch in config.get("architectures") or []:
         for prefix, fam in _ARCH_PREFIXES.items():
             if str(arch).lower().startswith(prefix):
+                return fam
+    for target in (config.get("auto_map") or {}).values():
+        module = str(target).split(".")[0].lower()  # "modeling_stable_diffcoder.StableDiffcoderForCausalLM"
+        for key, fam in _AUTO_MAP_FAMILIES.items():
+            if module.endswith(key):
                 return fam
     return None
 
@@ -125,6 +137,28 @@ def _llada_config(cfg: dict) -> LlamaConfig:
     )  # fmt: skip
 
 
+# LlamaConfig fields that carry over one to one (Stable-DiffCoder's config.json is a Llama config).
+_LLAMA_FIELDS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    "head_dim", "hidden_act", "max_position_embeddings", "initializer_range", "rms_norm_eps", "tie_word_embeddings",
+    "rope_theta", "attention_bias", "mlp_bias", "bos_token_id", "eos_token_id", "pad_token_id",
+)  # fmt: skip
+
+
+def _stable_diffcoder_config(cfg: dict) -> LlamaConfig:
+    """Stable-DiffCoder's class is transformers' own LlamaForCausalLM plus a generate(): its forward is the
+    stock one. `attention_dropout` (0.1 in its config) is dropped to 0: the stock class applies it in
+    train mode, so the learner's log-probs would be a random draw, never the rollout's (TRL's and verl's RL
+    trainers turn dropout off too); eval-mode logits are unchanged. `resid_pdrop` and `layer_norm_eps`
+    are read by neither class."""
+    f = "stable_diffcoder"
+    _require(cfg, "hidden_act", lambda v: v == "silu", "only the SiLU-gated MLP is converted", f)
+    _require(cfg, "rope_scaling", lambda v: v is None or (isinstance(v, dict) and v.get("rope_type", v.get("type")) == "default"), "scaled RoPE is not converted", f)
+    _require(cfg, "pretraining_tp", lambda v: v in (None, 1), "tensor-parallel slicing of the MLP is not part of the stock Llama", f)
+    fields = {k: cfg[k] for k in _LLAMA_FIELDS if k in cfg}
+    return LlamaConfig(**fields, attention_dropout=0.0)
+
+
 def stock_config(cfg: dict[str, Any]):
     """(family, the stock transformers config, the stock model class) of a hub-layout config."""
     family = hub_family(cfg)
@@ -137,6 +171,9 @@ def stock_config(cfg: dict[str, Any]):
         out.block_size = cfg.get("bd_size") or FAST_DLLM_V2_BLOCK_SIZE
     elif family == "llada":
         out, cls = _llada_config(cfg), LlamaForCausalLM
+    elif family == "stable_diffcoder":  # Llama tensor for tensor; the mask <[MASK_TOKEN]> (5) is the tokenizer's
+        out, cls = _stable_diffcoder_config(cfg), LlamaForCausalLM
+        out.block_size = STABLE_DIFFCODER_BLOCK_SIZE
     elif family == "llada2":
         from transformers import Glm4MoeForCausalLM
 
@@ -153,7 +190,7 @@ def stock_config(cfg: dict[str, Any]):
         out, cls = sdar_moe_config(cfg), Qwen3MoeForCausalLM
     else:
         raise UnsupportedCheckpoint(
-            f"model_type {cfg.get('model_type')!r} is not a hub-layout diffusion checkpoint (sdar, sdar_moe, Dream, llada, llada2_moe, Fast_dLLM_Qwen)"
+            f"model_type {cfg.get('model_type')!r} is not a hub-layout diffusion checkpoint (sdar, sdar_moe, Dream, llada, llada2_moe, Fast_dLLM_Qwen, Stable-DiffCoder)"
         )
     for key in ("mask_token_id", "block_size"):
         if cfg.get(key) is not None:

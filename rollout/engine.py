@@ -212,7 +212,8 @@ class _Decoder:
         """
         lm, p = self.lm, self.params
         dev = lm.device
-        masked_per_row = (blk_end - self.gen_col.clamp(min=blk_start)).tolist() if window is None else window[0]  # host-known
+        # host-known; a budget cut inside the block (`budget_on_block_grid` False) leaves its last columns out
+        masked_per_row = (self.col_end.clamp(max=blk_end) - self.gen_col.clamp(min=blk_start)).tolist() if window is None else window[0]
         blk = slice(blk_start, blk_end)
         state = _BlockState(
             x=self.x[:, blk], step_map=self.step_map[:, blk], logp=self.logp[:, blk],
@@ -423,6 +424,10 @@ class _BlockDecoder(_Decoder):
 
     refills = True
 
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._cut_budgets(range(len(self.x)))
+
     def _layout(self):
         bs = self.lm.block_size
         first = (self.plen // bs) * bs  # absolute start of each sample's first generated block
@@ -430,6 +435,21 @@ class _BlockDecoder(_Decoder):
         budget_end = (self.plen + self.params.max_new_tokens + bs - 1) // bs * bs
         off = self.start - first  # left padding, a multiple of bs: blocks stay column-aligned
         return off, budget_end + off
+
+    def _cut_budgets(self, rows) -> None:
+        """Families without `budget_on_block_grid` (Stable-DiffCoder): end each of `rows` exactly
+        max_new_tokens after its prompt. The canvas keeps whole blocks; the columns past the budget
+        become padding, outside attention like left padding, so the last block's tokens see what its
+        own generate_block gives them (a block cut short), and the replay sees the same."""
+        if self.lm.traits.budget_on_block_grid:
+            return
+        for i in rows:
+            end = int(self.gen_col[i]) + self.params.max_new_tokens
+            if end < int(self.col_end[i]):
+                self.x[i, end : int(self.col_end[i])] = self.lm.pad_id
+                self.valid[i, end : int(self.col_end[i])] = False
+                self.col_end[i] = self.stop[i] = end
+                self.budget[i] = self.params.max_new_tokens
 
     def run(self) -> list[Trajectory]:
         lm, bs = self.lm, self.lm.block_size
@@ -474,7 +494,7 @@ class _BlockDecoder(_Decoder):
             if self.params.stop_at_eos:  # the one look at the device per block
                 gen = torch.arange(blk_start, blk_end)[None] >= self.gen_col[:, None]
                 hit = ((self.x[:, blk_start:blk_end].cpu() == lm.eos_id) & gen).any(1)
-                self.stop[hit] = blk_end
+                self.stop[hit] = self.col_end[hit].clamp(max=blk_end)
                 ended |= hit
             if ended.any():
                 rows = ended.nonzero().flatten().tolist()
@@ -535,6 +555,7 @@ class _BlockDecoder(_Decoder):
             self.budget[i] = end - (col + tail)
             self.sample[i] = j
             admitted.append(i)
+        self._cut_budgets(admitted)
         if cache is not None and admitted:
             self._prefill_rows(admitted, self.committed, cache)
         return set(admitted)

@@ -35,6 +35,12 @@ class FamilyTraits:
     """Tokens per block of block-causal attention. A registry entry leaves it None where each
     checkpoint says (config.block_size or `model.block_size`); a loaded model's traits carry it.
     Under full attention nothing reads it as a block grid."""
+    budget_on_block_grid: bool = True
+    """Block-causal decoding only. True: a decode runs to the end of the block holding its
+    max_new_tokens-th token, as SDAR's generate rounds its canvas up to whole blocks (a prompt
+    ending mid-block gets up to block_size - 1 more tokens). False: exactly max_new_tokens, the
+    last block cut there and its columns past the budget out of attention (Stable-DiffCoder's
+    generate_block)."""
     approximate_caches: frozenset[str] = frozenset()
     """KV caches the sampler offers this family whose logits are not the model's own:
     "prefix" (`kv_cache` under full attention) and "dual" (`dual_cache`), Fast-dLLM style.
@@ -77,6 +83,9 @@ FAMILIES: dict[str, FamilyTraits] = {
     # Block diffusion on a Qwen2.5 backbone with shifted logits (Fast-dLLM v2: bd_size 32; a block's
     # first token is predicted by the clean last token of the block before, as its generate() does).
     "fast_dllm_v2": FamilyTraits("fast_dllm_v2", Attention.BLOCK_CAUSAL, shift_logits=True, block_size=32),
+    # Block diffusion on a Llama backbone with aligned logits (Stable-DiffCoder-8B-Base/-Instruct: its own
+    # generate_block() uses blocks of 4 from position 0, shift=False, and decodes exactly gen_length tokens).
+    "stable_diffcoder": FamilyTraits("stable_diffcoder", Attention.BLOCK_CAUSAL, shift_logits=False, block_size=4, budget_on_block_grid=False),
 }
 
 

@@ -279,8 +279,8 @@ class DiffusionLM:
 
 
 # Mask tokens as hub tokenizers spell them (SDAR/TraDo's files say <|MASK|> or <MASK>; Dream <|mask|>; LLaDA <|mdm_mask|>;
-# Fast-dLLM v2 |<MASK>|, an added token its tokenizer does not name as the mask).
-_MASK_TOKENS = ("<|MASK|>", "<MASK>", "<|mask|>", "<|mdm_mask|>", "<mask>", "[MASK]", "|<MASK>|")
+# Fast-dLLM v2 |<MASK>|, an added token its tokenizer does not name as the mask; Stable-DiffCoder <[MASK_TOKEN]>).
+_MASK_TOKENS = ("<|MASK|>", "<MASK>", "<|mask|>", "<|mdm_mask|>", "<mask>", "[MASK]", "|<MASK>|", "<[MASK_TOKEN]>")
 
 
 def _special_id(tokenizer, config, attr: str) -> int:
@@ -368,7 +368,7 @@ def checkpoint_family(path: str | Path) -> str | None:
 
 
 _ARCHS = {"block": (Qwen3Config, Qwen3ForCausalLM), "llada": (LlamaConfig, LlamaForCausalLM), "dream": (Qwen2Config, Qwen2ForCausalLM),
-          "fast_dllm_v2": (Qwen2Config, Qwen2ForCausalLM)}  # fmt: skip
+          "fast_dllm_v2": (Qwen2Config, Qwen2ForCausalLM), "stable_diffcoder": (LlamaConfig, LlamaForCausalLM)}  # fmt: skip
 
 
 def build_tiny_lm(

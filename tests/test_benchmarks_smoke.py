@@ -231,7 +231,8 @@ def test_families_benchmark_separates_exact_from_approximate_caches(tmp_path):
     stdout = _run(["benchmarks/families.py", "--samples", "2", "--json", str(out)], tmp_path)
     res = json.loads(out.read_text())
     exact = ["block/kv_cache", "block/recompute", "llada/recompute", "dream/recompute", "llada2/kv_cache", "llada2/recompute",
-             "sdar_moe/kv_cache", "sdar_moe/recompute", "fast_dllm_v2/kv_cache", "fast_dllm_v2/recompute"]  # fmt: skip
+             "sdar_moe/kv_cache", "sdar_moe/recompute", "fast_dllm_v2/kv_cache", "fast_dllm_v2/recompute",
+             "stable_diffcoder/kv_cache", "stable_diffcoder/recompute"]  # fmt: skip
     approximate = ["llada/prefix cache", "llada/dual cache", "dream/prefix cache", "dream/dual cache"]
     assert set(res) == set(exact + approximate) and all(set(v) == {"mean", "max"} for v in res.values())
     # The block cache is exact and a recompute is the policy itself: the learner's replay gives the
@@ -241,7 +242,7 @@ def test_families_benchmark_separates_exact_from_approximate_caches(tmp_path):
         assert 0.0 <= res[key]["mean"] <= res[key]["max"] < 1e-5, (key, res[key])
     for key in approximate:
         assert res[key]["mean"] > 1e-3, (key, res[key])
-    assert stdout.count("logp_mismatch") == 14
+    assert stdout.count("logp_mismatch") == 16
 
 
 def _number(text: str) -> Fraction:

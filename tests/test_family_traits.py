@@ -45,6 +45,8 @@ HUB_TRAITS = {
     "sdar": FamilyTraits("block", Attention.BLOCK_CAUSAL, shift_logits=False, block_size=4),
     "llada": FamilyTraits("llada", Attention.FULL, shift_logits=False, approximate_caches=FULL_CACHES),
     "dream": FamilyTraits("dream", Attention.FULL, shift_logits=True, approximate_caches=FULL_CACHES),
+    # Stable-DiffCoder: blocks of 4, aligned heads, and its generate_block's exact budget (the last block cut)
+    "stable_diffcoder": FamilyTraits("stable_diffcoder", Attention.BLOCK_CAUSAL, shift_logits=False, block_size=4, budget_on_block_grid=False),
 }
 
 

@@ -137,8 +137,57 @@ def llada_checkpoint(path, **over):
     return ref
 
 
-BUILDERS = {"sdar": sdar_checkpoint, "dream": dream_checkpoint, "llada": llada_checkpoint}
-FAMILY = {"sdar": "block", "dream": "dream", "llada": "llada"}
+# Stable-DiffCoder-8B-Instruct's tokenizer (Seed-Coder's): <[begin▁of▁sentence]> 0 (bos), <[end▁of▁sentence]> 2 (eos),
+# <[MASK_TOKEN]> 5 (its generate_block's mask_id), vocabulary 155136; <[PAD▁TOKEN]> is its pad token (id 1 assumed here:
+# the loader reads it by name). The specials sit below the characters, unlike the other families'.
+SEED_CODER_SPECIALS = {"<[begin▁of▁sentence]>": 0, "<[PAD▁TOKEN]>": 1, "<[end▁of▁sentence]>": 2, "<[MASK_TOKEN]>": 5}
+FACTS["stable_diffcoder"] = (155136, 155136, SEED_CODER_SPECIALS, "<[end▁of▁sentence]>", "<[MASK_TOKEN]>")
+
+
+def seed_coder_tokenizer(name_mask: bool = True, n: int = 155136) -> PreTrainedTokenizerFast:
+    """Characters after Seed-Coder's specials (ids 0-5), padded with unused tokens to `n`."""
+    by_id = {i: t for t, i in SEED_CODER_SPECIALS.items()}
+    vocab = {by_id.get(i, f"<unused{i}>"): i for i in range(6)} | {c: 6 + i for i, c in enumerate(CHARS)}
+    vocab |= {f"<unused{i}>": i for i in range(6 + len(CHARS), n)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=None))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.add_special_tokens(list(SEED_CODER_SPECIALS))
+    kwargs = {"mask_token": "<[MASK_TOKEN]>"} if name_mask else {}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<[begin▁of▁sentence]>", eos_token="<[end▁of▁sentence]>",
+                                   pad_token="<[PAD▁TOKEN]>", **kwargs)  # fmt: skip
+
+
+def stable_diffcoder_checkpoint(path, version: str = "5.3", name_mask: bool = True, vocab: int = 155136, **over):
+    """Stable-DiffCoder-8B-Instruct: Llama tensors; config.json as on the hub, model_type `llama` with the
+    auto_map to its own code. `version` "5.3": after its transformers-5.3 update (architectures
+    StableDiffcoderForCausalLM, modeling_stable_diffcoder.py); "4.48": before it (architectures
+    LlamaForCausalLM, auto_map to modeling_seed_diffcoder.SeedDiffcoderForCausalLM, pretraining_tp, head_dim).
+    Both carry attention_dropout 0.1, resid_pdrop 0.1, layer_norm_eps null, rope_theta 5e5."""
+    torch.manual_seed(3)
+    heads = SMALL["num_attention_heads"]
+    ref = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, rms_norm_eps=1e-6, rope_theta=500000.0, max_position_embeddings=8192,
+                                       tie_word_embeddings=False, attention_bias=False, mlp_bias=False, **SMALL))  # fmt: skip
+    config = {
+        "attention_bias": False, "attention_dropout": 0.1, "bos_token_id": 0, "eos_token_id": 2, "hidden_act": "silu",
+        "initializer_range": 0.009882118, "layer_norm_eps": None, "max_position_embeddings": 8192, "mlp_bias": False, "model_type": "llama",
+        "resid_pdrop": 0.1, "rms_norm_eps": 1e-6, "rope_theta": 500000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+        "use_cache": True, "vocab_size": vocab, **SMALL,
+    }  # fmt: skip
+    if version == "5.3":
+        config |= {"architectures": ["StableDiffcoderForCausalLM"], "transformers_version": "5.3.0",
+                   "auto_map": {"AutoModel": "modeling_stable_diffcoder.StableDiffcoderForCausalLM",
+                                "AutoModelForCausalLM": "modeling_stable_diffcoder.StableDiffcoderForCausalLM"}}  # fmt: skip
+    else:
+        config |= {"architectures": ["LlamaForCausalLM"], "transformers_version": "4.48.2", "pretraining_tp": 1, "rope_scaling": None,
+                   "head_dim": SMALL["hidden_size"] // heads, "auto_map": {"AutoModelForCausalLM": "modeling_seed_diffcoder.SeedDiffcoderForCausalLM"}}  # fmt: skip
+    n_tokens = 155136 if vocab == 155136 else 6 + len(CHARS)  # a compact vocabulary: padded past the tokenizer
+    _save(path, config | over, ref.state_dict(), seed_coder_tokenizer(name_mask, n_tokens))
+    return ref
+
+
+BUILDERS = {"sdar": sdar_checkpoint, "dream": dream_checkpoint, "llada": llada_checkpoint, "stable_diffcoder": stable_diffcoder_checkpoint}
+FAMILY = {"sdar": "block", "dream": "dream", "llada": "llada", "stable_diffcoder": "stable_diffcoder"}
+BLOCK = {"sdar": 4, "stable_diffcoder": 4}  # hub configs without a block field: their own decoders use blocks of 4
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))
@@ -148,7 +197,7 @@ def test_hub_layout_loads_onto_the_stock_class_with_identical_logits(tmp_path, n
     n_tok, vocab, specials, eos, mask = FACTS[name]
     assert lm.family.name == FAMILY[name] and lm.mask_id == specials[mask] and lm.eos_id == specials[eos]
     assert lm.num_tokens == n_tok and lm.model.config.vocab_size == vocab
-    assert lm.block_size == (4 if name == "sdar" else None)  # SDAR's hub config has none: its own decoders use 4
+    assert lm.block_size == BLOCK.get(name)  # SDAR's and Stable-DiffCoder's hub configs have none: their own decoders use 4
     ids = torch.tensor([[3, 7, 10, 11, 2, 5, 9, 1]])
     sel = torch.arange(ids.shape[1])[None]
     got = lm.sequence_logits(ids, sel)
@@ -234,7 +283,7 @@ def test_rl_steps_weight_sync_and_resume_on_a_hub_checkpoint(tmp_path, name):
     tok = worker.lm.tokenizer
     prompts = [tok("12+34=")["input_ids"], tok("50+05=")["input_ids"]] * 4
     # Full attention: recompute decoding, whose log-probs are the policy's own (the prefix cache is approximate).
-    params = SamplingParams(max_new_tokens=8, temperature=1.0, kv_cache=name == "sdar")
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, kv_cache=name in BLOCK)
     for step in range(2):
         trajs = worker.generate(prompts, params, seed=step, groups=[0, 1] * 4)
         assert all(max(t.completion_ids) < worker.lm.num_tokens for t in trajs)
@@ -248,7 +297,7 @@ def test_rl_steps_weight_sync_and_resume_on_a_hub_checkpoint(tmp_path, name):
         assert torch.equal(a, b), k
     again = load_model(tmp_path / "ckpt" / "model")
     assert again.family.name == FAMILY[name] and again.mask_id == FACTS[name][2][FACTS[name][4]]
-    assert again.block_size == (4 if name == "sdar" else None)
+    assert again.block_size == BLOCK.get(name)
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))
@@ -286,7 +335,7 @@ def test_overlap_refuses_the_approximate_full_attention_cache(tmp_path):
         Trainer(cfg)  # refused before any actor starts: the ratio would use approximate-cache log-probs
 
 
-@pytest.mark.parametrize("name", ["sdar", "dream"])
+@pytest.mark.parametrize("name", ["sdar", "dream", "stable_diffcoder"])
 def test_generate_command_on_every_family(tmp_path, name):
     """`unmask generate` on the hub layout (LLaDA is covered with convert above): ids decode, the step map replays."""
     BUILDERS[name](tmp_path / name)
