@@ -16,6 +16,10 @@ confidence criterion, then commits some of them:
   log-prob gap of a block's masked positions reaches the gap for the decode's progress
   (`prophet_gaps`, for progress below 1/3, below 2/3, and after), every remaining masked
   token of the block is committed at once;
+- "bacd": TDAR's Bounded Adaptive Confidence Decoding (Lu et al. 2026, arXiv:2602.09555; its LMDeploy
+  `bounded_adaptive_confidence_decoding`): every masked token whose confidence reaches tau, at least
+  one; tau is the block's best masked confidence at its first step, then the mean confidence of the
+  tokens the block committed so far, clamped to `bacd_bounds` (lower, upper);
 - "rcr": MDPO's Running Confidence Remasking (`rcr_generate` below, full attention, evaluation and
   generation only): each step fills every masked position and re-masks the least confident
   committed ones, so it is the one decoder that remasks (its trajectories say `remasked`).
@@ -80,6 +84,7 @@ class _BlockState:
     taken: torch.Tensor  # [n] steps each row has been live in this block
     masked: torch.Tensor | None = None  # [n, b]
     blk_start: int = 0  # canvas column of the block's first position
+    committed_conf: tuple[torch.Tensor, torch.Tensor] | None = None  # bacd: ([n] sum, [n] count) of this block's commit confidences
 
 
 @dataclass
@@ -282,7 +287,10 @@ class _Decoder:
             conf = torch.where(tok == lm.eos_id, conf * p.eos_guard ** (1 - progress), conf)
         masked = state.masked
         conf = conf.masked_fill(~masked, -1.0)
-        commit = self._commit(conf, masked, quota, gap, progress) & masked
+        commit = self._commit(conf, masked, quota, gap, progress, state.committed_conf) & masked
+        if p.strategy == "bacd":  # the block's history of commit confidences sets its next threshold
+            total, count = state.committed_conf or (conf.new_zeros(len(conf)), conf.new_zeros(len(conf)))
+            state.committed_conf = (total + (conf * commit).sum(1), count + commit.sum(1))
         if self.records is not None:  # before the commit: `masked` is the step's input
             prob = torch.where(masked, tok_lp.exp(), torch.zeros_like(tok_lp)).float()
             rows = list(getattr(self, "sample", range(len(masked))))  # canvas row -> sample (block decoders refill rows)
@@ -295,9 +303,11 @@ class _Decoder:
         if progress is not None:
             self.decoded += commit.sum(1)
 
-    def _commit(self, conf: torch.Tensor, masked: torch.Tensor, quota: torch.Tensor | None, gap: torch.Tensor | None, progress) -> torch.Tensor:
+    def _commit(self, conf: torch.Tensor, masked: torch.Tensor, quota: torch.Tensor | None, gap: torch.Tensor | None, progress,
+                history: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Which masked positions [n, b] this step commits, by the strategy's rule (`gap`: prophet's
-        top-2 log-prob gap per position)."""
+        top-2 log-prob gap per position; `history`: bacd's (sum, count) of the confidences committed
+        earlier in the block)."""
         p = self.params
         if quota is not None or p.strategy == "adaptive" or p.max_tokens_per_step is not None:
             rank = conf.argsort(dim=1, descending=True).argsort(dim=1)  # 0 = most confident
@@ -311,6 +321,16 @@ class _Decoder:
             return commit
         if p.strategy == "threshold":
             commit = conf > p.threshold
+        elif p.strategy == "bacd":
+            # TDAR's Bounded Adaptive Confidence Decoding: commit what reaches tau, tau = the block's best masked
+            # confidence at its first step, then the mean confidence of the tokens it committed so far, clamped
+            # to [lower, upper] (at least one token a step, below).
+            lower, upper = p.bacd_bounds
+            tau = conf.max(dim=1).values  # masked positions only: the others are -1
+            if history is not None:
+                total, count = history
+                tau = torch.where(count > 0, total / count.clamp(min=1), tau)
+            commit = conf >= tau.clamp(lower, upper)[:, None]
         else:  # adaptive: the largest n with (n + 1)(1 - c_n) < factor, c sorted descending
             c = conf.sort(dim=1, descending=True).values
             n = torch.arange(1, c.shape[1] + 1, device=c.device)

@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Literal, get_args
 
-from pydantic import ConfigDict, Field, NonNegativeFloat, PositiveInt, ValidationError
+from pydantic import ConfigDict, Field, NonNegativeFloat, PositiveInt, ValidationError, field_validator
 from pydantic.dataclasses import dataclass
 
-Strategy = Literal["static", "threshold", "adaptive", "prophet", "rcr"]
+Strategy = Literal["static", "threshold", "adaptive", "prophet", "rcr", "bacd"]
 Schedule = Literal["even", "ascending"]
 Confidence = Literal["prob", "margin", "entropy", "raw_prob"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
@@ -31,6 +31,7 @@ STRATEGY_SPECS: dict[str, str] = {
     "adaptive": "adaptive[:FACTOR[:MAX_PER_STEP]]",
     "prophet": "prophet[:STEPS|:G1,G2,G3]",
     "rcr": "rcr[:STEPS]",
+    "bacd": "bacd[:LOWER,UPPER]",
 }
 
 
@@ -44,7 +45,9 @@ class SamplingParams:
         "confidence-adaptive step sizes, bounded (Fast-dLLM's factor rule); prophet: static with early commit once the top-2 gap "
         "says the block has converged (Prophet). All only unmask, so TraceRL replays them. rcr: MDPO's Running Confidence "
         "Remasking (rollout.engine.rcr_generate; full attention, evaluation and generation only): every step fills all masked positions, then "
-        "re-masks the least confident ones, so a committed token can change and the trajectory cannot be replayed."
+        "re-masks the least confident ones, so a committed token can change and the trajectory cannot be replayed. bacd: TDAR's "
+        "Bounded Adaptive Confidence Decoding (its LMDeploy unmasking.py): commit every masked token whose confidence reaches tau, "
+        "tau the block's best confidence at its first step, then the mean confidence of what the block committed so far, clamped to bacd_bounds."
     )
     steps_per_block: int | None = Field(None, ge=1, description="Static, prophet and rcr: denoising steps per block (default: block_size, one token per step).")
     schedule: Schedule = Field(
@@ -54,7 +57,11 @@ class SamplingParams:
     factor: float = Field(
         1.0, gt=0.0, description="Adaptive strategy: commit the largest n with (n + 1) * (1 - c_n) < factor (c_n: n-th highest confidence; larger commits more per step)."
     )
-    max_tokens_per_step: int | None = Field(None, ge=1, description="Threshold and adaptive: at most this many tokens per step and sample (None: no bound).")
+    bacd_bounds: tuple[float, float] = Field(
+        (0.6, 0.9), description="Bacd strategy: (lower, upper) clamp of its confidence threshold (TDAR's confidence_lower_threshold / "
+        "confidence_upper_threshold defaults)."
+    )
+    max_tokens_per_step: int | None = Field(None, ge=1, description="Threshold, adaptive and bacd: at most this many tokens per step and sample (None: no bound).")
     prophet_gaps: tuple[NonNegativeFloat, NonNegativeFloat, NonNegativeFloat] = Field(
         (7.5, 5.0, 2.5), description="Prophet: mean top-1 minus top-2 log-prob gap of a block's masked positions that commits the rest "
         "of the block, for progress < 1/3, < 2/3, and later (Prophet's own values)."
@@ -69,7 +76,10 @@ class SamplingParams:
         None, ge=1, description="Sample among the k most likely tokens (log-probs stay those of the full temperature-scaled distribution, as the learner scores them)."
     )
     top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling: the smallest set of tokens with cumulative probability >= top_p.")
-    max_new_tokens: int = Field(8, ge=1, description="Generation budget; decoding stops at the first block boundary at or past it.")
+    max_new_tokens: int = Field(
+        8, ge=1, description="Generation budget; block models stop at the first block boundary at or past it (Stable-DiffCoder, "
+        "whose own decoder stops exactly at its budget: at it)."
+    )
     stop_at_eos: bool = Field(True, description="Stop a sample after the block in which it decoded EOS (off: decode the whole budget).")
     kv_cache: bool = Field(
         True, description="Block models: exact cache of committed blocks. Full attention: approximate prefix cache, refreshed once per "
@@ -100,6 +110,13 @@ class SamplingParams:
         "prompts (continuous batching, same tokens at T=0), full attention decodes in chunks. None: all at once."
     )
 
+    @field_validator("bacd_bounds")
+    @classmethod
+    def _bounds_in_order(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < v[0] <= v[1] <= 1.0:
+            raise ValueError(f"bacd_bounds must be (lower, upper) with 0 < lower <= upper <= 1, got {v}")
+        return v
+
 
 def sampling_error(e: ValueError) -> str:
     """A refused SamplingParams as one line per problem, worded as a config error: `threshold: Input
@@ -115,7 +132,7 @@ def parse_strategy(spec: str, base: SamplingParams) -> tuple[str, SamplingParams
     ``static`` | ``static:STEPS`` (steps per block) | ``static:ascending``; ``threshold`` |
     ``threshold:T``; ``adaptive`` | ``adaptive:FACTOR`` | ``adaptive:FACTOR:MAX_PER_STEP``;
     ``prophet`` | ``prophet:STEPS`` | ``prophet:G1,G2,G3`` (gaps for each third of the decode);
-    ``rcr`` | ``rcr:STEPS`` (steps per block).
+    ``rcr`` | ``rcr:STEPS`` (steps per block); ``bacd`` | ``bacd:LOWER,UPPER``.
 
     >>> parse_strategy("threshold:0.7", SamplingParams())[1].threshold
     0.7
@@ -136,6 +153,9 @@ def parse_strategy(spec: str, base: SamplingParams) -> tuple[str, SamplingParams
             return spec.strip(), replace(base, **kw)
         if name == "rcr" and len(args) <= 1:
             return spec.strip(), replace(base, strategy="rcr", steps_per_block=int(args[0]) if args else base.steps_per_block)
+        if name == "bacd" and len(args) <= 1:
+            bounds = tuple(float(b) for b in args[0].split(",")) if args else base.bacd_bounds
+            return spec.strip(), replace(base, strategy="bacd", bacd_bounds=bounds)
         if name == "threshold" and len(args) <= 1:
             return spec.strip(), replace(base, strategy="threshold", threshold=float(args[0]) if args else base.threshold)
         if name == "adaptive" and len(args) <= 2:

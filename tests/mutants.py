@@ -1126,6 +1126,23 @@ MUTANTS: list[Mutant] = [
         ["tests/test_fast_dllm_v2.py::test_fast_dllm_v2_loads_onto_qwen2_with_shifted_block_causal_logits"],
         "Fast-dLLM v2's AR-style heads read at the token's own position",
     ),
+    # ---- TDAR's bounded adaptive confidence decoding (rollout/engine.py `strategy: bacd`) ----
+    M(
+        "bacd_history_ignored",
+        "rollout/engine.py",
+        "                tau = torch.where(count > 0, total / count.clamp(min=1), tau)",
+        "                pass",
+        ["tests/test_decoders.py::test_bacd_thresholds_follow_the_blocks_own_history"],
+        "tau always the best masked confidence: the mean of the block's commits never raises the bar",
+    ),
+    M(
+        "bacd_unclamped",
+        "rollout/engine.py",
+        "            commit = conf >= tau.clamp(lower, upper)[:, None]",
+        "            commit = conf >= tau[:, None]",
+        ["tests/test_decoders.py::test_bacd_thresholds_follow_the_blocks_own_history"],
+        "tau outside TDAR's [lower, upper] bounds",
+    ),
     # ---- Stable-DiffCoder: Llama, block-causal, exact budget (rollout/convert.py, families.py, engine.py) ----
     M(
         "sdc_budget_rounded_to_the_block_grid",

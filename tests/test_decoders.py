@@ -39,6 +39,7 @@ def _steps_per_block(t, bs=4):
         {"strategy": "static", "schedule": "ascending"},
         {"strategy": "prophet", "schedule": "ascending"},
         {"strategy": "threshold", "threshold": 0.05, "max_tokens_per_step": 3},
+        {"strategy": "bacd", "bacd_bounds": (0.05, 0.3)},
     ],
 )
 def test_every_decoder_replays_its_step_map(tokenizer, kw):
@@ -108,6 +109,44 @@ def test_adaptive_extremes_on_a_real_model(tokenizer):
         counts = Counter(t.step_map)
         assert max(counts.values()) == 2 and all(v in (1, 2) for v in counts.values())
         assert _steps_per_block(t) == [(n + 1) // 2 for n in _masked_per_block(t)]
+
+
+# TDAR's bounded adaptive confidence decoding, by hand: tau = clamp(best masked confidence) at a block's first step,
+# then clamp(mean confidence of the block's commits so far); commit confidence >= tau, at least one (the best).
+# Confidences (.4, .99, .92, .7) (none on a bound: exp(log .9) rounds below .9 in float32):
+#  (0.6, 0.9):  tau .9 -> positions 1, 2; mean .955 -> .9: none, the best (3); mean .87: none, position 0 -> [2, 0, 0, 1]
+#  (0.3, 0.5):  tau .5 -> 1, 2, 3; mean .87 -> .5: none, position 0                                       -> [1, 0, 0, 0]
+#  (0.3, 0.95): tau .95 -> 1; mean .99 -> .95: none, 2; mean .955: none, 3; mean .87: none, 0            -> [3, 0, 1, 2]
+#               (the second block starts afresh: the first block's history, mean .7525, would commit 1 and 2 at once)
+#  (0.6, 0.9), ties (.7, .99, .7, .7): tau .9 -> 1; mean .99 -> .9: none, 0 (first of the ties); mean .845: none, 2;
+#               mean .797: none, 3 (without the history, tau = clamp(max .7) = .7 would commit all three at once) -> [1, 0, 2, 3]
+BACD_CONF = (0.4, 0.99, 0.92, 0.7)
+BACD_STEPS = [
+    ((0.6, 0.9), BACD_CONF, [2, 0, 0, 1]),
+    ((0.3, 0.5), BACD_CONF, [1, 0, 0, 0]),
+    ((0.3, 0.95), BACD_CONF, [3, 0, 1, 2]),
+    ((0.6, 0.9), (0.7, 0.99, 0.7, 0.7), [1, 0, 2, 3]),
+]
+
+
+@pytest.mark.parametrize("bounds,conf,block_steps", BACD_STEPS)
+def test_bacd_thresholds_follow_the_blocks_own_history(tokenizer, monkeypatch, bounds, conf, block_steps):
+    lm = tiny_lm(tokenizer)
+    _crafted_confidences(lm, tokenizer, monkeypatch, conf)
+    for kv in (True, False):
+        _, (t,) = _run(lm, tokenizer, ["047+385="], max_new_tokens=8, strategy="bacd", bacd_bounds=bounds, kv_cache=kv)  # 2 whole blocks
+        per_block = max(block_steps) + 1
+        assert t.step_map == block_steps + [s + per_block for s in block_steps]
+        assert t.completion_ids == tokenizer("12341234")["input_ids"]
+
+
+def test_bacd_spec_and_bounds():
+    from rollout.sampling import parse_strategy
+
+    assert parse_strategy("bacd", SamplingParams())[1].bacd_bounds == (0.6, 0.9)  # TDAR's defaults
+    assert parse_strategy("bacd:0.5,0.95", SamplingParams())[1].bacd_bounds == (0.5, 0.95)
+    with pytest.raises(ValueError, match="0 < lower <= upper <= 1"):
+        parse_strategy("bacd:0.9,0.5", SamplingParams())
 
 
 def _masked_per_block(t, bs=4):
