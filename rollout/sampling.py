@@ -14,7 +14,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Literal, get_args
 
-from pydantic import ConfigDict, Field, NonNegativeFloat, PositiveInt, ValidationError, field_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
 from pydantic.dataclasses import dataclass
 
 Strategy = Literal["static", "threshold", "adaptive", "prophet", "rcr", "bacd"]
