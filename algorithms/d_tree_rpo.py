@@ -56,6 +56,11 @@ is float32; 4e-16 with it in float64), d loss / d log p_parent to 1e-12, the ter
 distillation gradients summed in one pass, theirs in two), given the same A > 0 set: their float32 node
 advantages can put a child whose exact A is 0 at +1e-7 and keep it.
 
+Guidance. Their config's `cfg_scale` is 0, and 0 is the only value their trainer runs: its edge and
+self-distillation passes call the inherited `get_logits(model, parent_ids, None, cfg_scale, mask_id)`
+(:175, :849) with no prompt index, and diffu_grpo_trainer.py:272 asserts `len(prompt_index) == ...` as
+soon as cfg_scale > 0. unmask decodes and scores without classifier-free guidance, which is that setting.
+
 Schedule (:645-697, :474-488; option `per_parent_schedule`, on by default). Their tree batch decodes every node
 for all B prompts at once, and `_pack_segments_by_parent` packs the edge rows by parent node: one segment = the
 children of one parent position (the root, then each level-1 node, ...) of every prompt, 1 + n + n bf + ... +
