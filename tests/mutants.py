@@ -934,8 +934,8 @@ MUTANTS: list[Mutant] = [
     M(
         "remote_code_habit_not_refused",
         "rollout/checkpoint_checks.py",
-        "    if not trust_remote_code or family is None or int(",
-        "    if True or family is None or int(",
+        "    if not trust_remote_code or family is None or family in REMOTE_CODE_ON_5 or int(",
+        "    if True or family is None or family in REMOTE_CODE_ON_5 or int(",
         ["tests/test_loader_errors.py::test_trust_remote_code_on_a_converted_family_says_what_unmask_does_instead"],
         "trust_remote_code=True on SDAR/Dream/LLaDA(2) reaching their 4.4x code and failing with an unrelated error",
     ),
