@@ -7,7 +7,7 @@ generate_block() decodes blocks of 4 counted from position 0, the first one shar
 each block's masked positions spread evenly over its steps (earlier steps take the remainder, an empty step
 is skipped), the most confident first, and exactly gen_length tokens: the last block is cut at the budget.
 The comparison with its own modeling_stable_diffcoder.py (transformers 5.3) runs outside the repository
-(closing note): 300/300 greedy decodes token-identical, logits to 6e-7.
+(closing note): 500/500 greedy decodes token-identical (static and its dynamic-threshold mode), logits to 6e-7.
 """
 
 import pytest
