@@ -86,6 +86,8 @@ _QWEN_FIELDS = (
 
 
 def _qwen_config(cfg: dict, family: str, config_cls):
+    """The stock config of a Qwen-style (or Llama) config.json: the `_QWEN_FIELDS` carried over, the flags
+    the stock class would not reproduce refused by name."""
     _require(cfg, "hidden_act", lambda v: v == "silu", "only the SiLU-gated MLP is converted", family)
     _require(cfg, "use_sliding_window", lambda v: not v, "sliding-window attention is not part of the stock mapping", family)
     _require(cfg, "rope_scaling", lambda v: v is None or (isinstance(v, dict) and v.get("rope_type", v.get("type")) == "default"), "scaled RoPE is not converted", family)
@@ -137,26 +139,17 @@ def _llada_config(cfg: dict) -> LlamaConfig:
     )  # fmt: skip
 
 
-# LlamaConfig fields that carry over one to one (Stable-DiffCoder's config.json is a Llama config).
-_LLAMA_FIELDS = (
-    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-    "head_dim", "hidden_act", "max_position_embeddings", "initializer_range", "rms_norm_eps", "tie_word_embeddings",
-    "rope_theta", "attention_bias", "mlp_bias", "bos_token_id", "eos_token_id", "pad_token_id",
-)  # fmt: skip
-
-
 def _stable_diffcoder_config(cfg: dict) -> LlamaConfig:
     """Stable-DiffCoder's class is transformers' own LlamaForCausalLM plus a generate(): its forward is the
-    stock one. `attention_dropout` (0.1 in its config) is dropped to 0: the stock class applies it in
-    train mode, so the learner's log-probs would be a random draw, never the rollout's (TRL's and verl's RL
-    trainers turn dropout off too); eval-mode logits are unchanged. `resid_pdrop` and `layer_norm_eps`
-    are read by neither class."""
-    f = "stable_diffcoder"
-    _require(cfg, "hidden_act", lambda v: v == "silu", "only the SiLU-gated MLP is converted", f)
-    _require(cfg, "rope_scaling", lambda v: v is None or (isinstance(v, dict) and v.get("rope_type", v.get("type")) == "default"), "scaled RoPE is not converted", f)
-    _require(cfg, "pretraining_tp", lambda v: v in (None, 1), "tensor-parallel slicing of the MLP is not part of the stock Llama", f)
-    fields = {k: cfg[k] for k in _LLAMA_FIELDS if k in cfg}
-    return LlamaConfig(**fields, attention_dropout=0.0)
+    stock one, its config.json a Llama config, mapped and checked as the Qwen-style ones are (plus `mlp_bias`).
+    `attention_dropout` (0.1 in its config) is dropped to 0: the stock class applies it in train mode, so the
+    learner's log-probs would be a random draw, never the rollout's (TRL's and verl's RL trainers turn
+    dropout off too); eval-mode logits are unchanged. `resid_pdrop` and `layer_norm_eps` are read by neither class."""
+    _require(cfg, "pretraining_tp", lambda v: v in (None, 1), "tensor-parallel slicing of the MLP is not part of the stock Llama", "stable_diffcoder")
+    out = _qwen_config(cfg, "stable_diffcoder", LlamaConfig)
+    out.mlp_bias = bool(cfg.get("mlp_bias", False))
+    out.attention_dropout = 0.0
+    return out
 
 
 def stock_config(cfg: dict[str, Any]):

@@ -1181,8 +1181,8 @@ MUTANTS: list[Mutant] = [
     M(
         "sdc_attention_dropout_kept",
         "rollout/convert.py",
-        "    return LlamaConfig(**fields, attention_dropout=0.0)",
-        "    return LlamaConfig(**fields, attention_dropout=cfg.get(\"attention_dropout\", 0.0))",
+        "    out.attention_dropout = 0.0",
+        "    pass",
         ["tests/test_stable_diffcoder.py::test_dropout_is_off_so_the_learner_replays_the_rollout"],
         "its attention_dropout 0.1 applied in the learner's train mode: every replayed log-prob a random draw",
     ),
